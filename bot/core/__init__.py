@@ -1,0 +1,1 @@
+"""Cross-cutting pieces of the bot: settings, logging and metrics."""

@@ -1,0 +1,26 @@
+"""Released's Kubernetes operator: reconciles ``WhatsAppAgent`` resources into running bots.
+
+Run it with ``kopf run -m whatsapp_operator`` or the ``released-operator`` console script.
+
+Layers, each importing only from the ones above it:
+
+- ``config``       operator settings (pydantic-settings, env prefix ``RELEASED_``).
+- ``spec``         the typed ``WhatsAppAgent`` spec (pydantic), parsed from the custom resource.
+- ``naming``       names and labels of the children, one place for ``NAME-web`` and friends.
+- ``validation``   cross-field checks shared by the admission handler and reconciliation.
+- ``builders``     pure ``build_*`` functions: spec in, Kubernetes manifests (dicts) out.
+- ``knowledge``    the agent's OpenAI knowledge (Files API + vector store), ``meta_webhook``
+                   Meta's callback URL override, ``database`` PostgreSQL provisioning,
+                   ``rotation`` the credential-rotation schedule and steps.
+- ``kube``         applying manifests (server-side apply), reading Secrets/ConfigMaps.
+- ``status``       conditions and Events.
+- ``metrics``      the operator's Prometheus metrics.
+- ``handlers``     thin kopf handlers that delegate to the modules above.
+"""
+
+GROUP = "whatsapp.released.io"
+VERSION = "v1alpha1"
+PLURAL = "whatsappagents"
+KIND = "WhatsAppAgent"
+FINALIZER = "whatsapp.released.io/cleanup"
+FIELD_MANAGER = "released-operator"
