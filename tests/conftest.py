@@ -1,0 +1,55 @@
+"""Session fixtures shared by the whole suite: real Redis and PostgreSQL servers.
+
+Both come from Debian's packages (``redis-server``, ``postgresql``) and are started on free
+ports on 127.0.0.1 by the suite itself; see ``tests/servers.py``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import psycopg2
+import pytest
+
+from tests.servers import Server, start_postgres, start_redis
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[Server]:
+    server = start_redis()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_url(redis_server: Server) -> str:
+    """URL of a real Redis server shared by the session (tests use distinct keys or flush)."""
+    return redis_server.url
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[Server]:
+    server = start_postgres()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_url(postgres_server: Server) -> str:
+    """Superuser URL of a real PostgreSQL server shared by the session."""
+    return postgres_server.url
+
+
+@pytest.fixture
+def postgres_db(postgres_server: Server) -> Iterator[str]:
+    """A fresh, empty database for one test; its URL (dropped afterwards)."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    admin = psycopg2.connect(postgres_server.url)
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute(f'CREATE DATABASE "{name}"')
+    yield postgres_server.url.rsplit("/", 1)[0] + f"/{name}"
+    with admin.cursor() as cur:
+        cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin.close()
