@@ -234,3 +234,282 @@ do_build() {
   flock -u 9
   exec 9>&-
 }
+
+# ---------------------------------------------------------------------------------------------
+# certificates and kubeconfigs
+
+free_ports() { # N -> N distinct free TCP ports on 127.0.0.1
+  python3 - "$1" <<'PY'
+import socket, sys
+socks = []
+for _ in range(int(sys.argv[1])):
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    socks.append(s)
+print(" ".join(str(s.getsockname()[1]) for s in socks))
+PY
+}
+
+gen_certs() {
+  local d="$STATE_DIR/pki"
+  mkdir -p "$d"
+  (
+    cd "$d"
+    openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt -days 3650 \
+      -subj "/CN=released-test-ca" >/dev/null 2>&1
+    # client_cert NAME SUBJECT [EXTFILE]
+    sign() {
+      openssl req -newkey rsa:2048 -nodes -keyout "$1.key" -out "$1.csr" -subj "$2" >/dev/null 2>&1
+      openssl x509 -req -in "$1.csr" -CA ca.crt -CAkey ca.key -CAcreateserial -out "$1.crt" \
+        -days 3650 -extfile "$1.ext" >/dev/null 2>&1
+      rm -f "$1.csr"
+    }
+    cat >apiserver.ext <<'EXT'
+basicConstraints=CA:FALSE
+keyUsage=critical,digitalSignature,keyEncipherment
+extendedKeyUsage=serverAuth
+subjectAltName=IP:127.0.0.1,DNS:localhost,IP:10.0.0.1,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local
+EXT
+    sign apiserver "/CN=kube-apiserver"
+    local client
+    for client in admin controller-manager; do
+      printf '%s\n' 'basicConstraints=CA:FALSE' 'keyUsage=critical,digitalSignature,keyEncipherment' \
+        'extendedKeyUsage=clientAuth' >"$client.ext"
+    done
+    sign admin "/O=system:masters/CN=admin"
+    sign controller-manager "/CN=system:kube-controller-manager"
+    # Service-account token signing key pair.
+    openssl genrsa -out sa.key 2048 >/dev/null 2>&1
+    openssl rsa -in sa.key -pubout -out sa.pub >/dev/null 2>&1
+    rm -f ./*.ext ca.srl
+  )
+  # A static admin token as well, for clients that prefer a bearer token.
+  head -c 24 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' >"$STATE_DIR/admin.token"
+  printf '%s,admin,admin-token,system:masters\n' "$(cat "$STATE_DIR/admin.token")" >"$d/tokens.csv"
+  chmod 600 "$d"/*.key "$d/tokens.csv" "$STATE_DIR/admin.token"
+}
+
+write_kubeconfig() { # FILE USER CERTNAME SERVER
+  local file=$1 user=$2 cert=$3 server=$4 d="$STATE_DIR/pki"
+  cat >"$file" <<KCFG
+apiVersion: v1
+kind: Config
+clusters:
+- name: released-test
+  cluster:
+    server: $server
+    certificate-authority-data: $(base64 -w0 <"$d/ca.crt")
+users:
+- name: $user
+  user:
+    client-certificate-data: $(base64 -w0 <"$d/$cert.crt")
+    client-key-data: $(base64 -w0 <"$d/$cert.key")
+contexts:
+- name: released-test
+  context:
+    cluster: released-test
+    user: $user
+    namespace: default
+current-context: released-test
+KCFG
+  chmod 600 "$file"
+}
+
+# ---------------------------------------------------------------------------------------------
+# processes
+
+COMPONENTS=(kube-controller-manager kube-apiserver etcd) # stop order
+
+pid_alive() { # NAME -> 0 when the recorded process runs
+  local f="$STATE_DIR/$1.pid" pid
+  [[ -f "$f" ]] || return 1
+  pid=$(cat "$f")
+  [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null || return 1
+  # Guard against pid reuse: the process must still be ours.
+  tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q -- "$1" || return 1
+}
+
+launch() { # NAME BINARY ARGS...
+  local name=$1
+  shift
+  log "starting $name (log: $STATE_DIR/$name.log)"
+  setsid "$@" </dev/null >"$STATE_DIR/$name.log" 2>&1 &
+  echo $! >"$STATE_DIR/$name.pid"
+}
+
+fail_with_log() { # NAME MESSAGE
+  log "$2"
+  if [[ -f "$STATE_DIR/$1.log" ]]; then
+    log "last lines of $STATE_DIR/$1.log:"
+    tail -n 40 "$STATE_DIR/$1.log" >&2
+  fi
+  stop_processes
+  die "$2 (state kept in $STATE_DIR)"
+}
+
+wait_for() { # NAME DESCRIPTION COMMAND...
+  local name=$1 what=$2 deadline=$((SECONDS + TIMEOUT))
+  shift 2
+  until "$@" >/dev/null 2>&1; do
+    pid_alive "$name" || fail_with_log "$name" "$name exited while waiting for $what"
+    ((SECONDS < deadline)) || fail_with_log "$name" "timed out after ${TIMEOUT}s waiting for $what"
+    sleep 0.3
+  done
+}
+
+stop_processes() {
+  local name pid i
+  for name in "${COMPONENTS[@]}"; do
+    if pid_alive "$name"; then
+      pid=$(cat "$STATE_DIR/$name.pid")
+      kill -TERM "$pid" 2>/dev/null || true
+      for ((i = 0; i < 50; i++)); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.2
+      done
+      kill -KILL "$pid" 2>/dev/null || true
+      log "stopped $name (pid $pid)"
+    fi
+    rm -f "$STATE_DIR/$name.pid"
+  done
+}
+
+running() { pid_alive kube-apiserver && [[ -f "$STATE_DIR/kubeconfig" ]]; }
+
+export_line() { echo "export KUBECONFIG=$STATE_DIR/kubeconfig"; }
+
+curl_admin() { # PATH -> body
+  curl -sf --max-time 5 --cacert "$STATE_DIR/pki/ca.crt" --cert "$STATE_DIR/pki/admin.crt" \
+    --key "$STATE_DIR/pki/admin.key" "$(cat "$STATE_DIR/server")$1"
+}
+
+readyz_ok() { [[ "$(curl_admin /readyz)" == ok ]]; }
+etcd_ok() { curl -sf --max-time 5 "http://$HOST:$1/health" | grep -q '"health":"true"'; }
+kcm_ok() { [[ "$(curl -sfk --max-time 5 "https://$HOST:$1/healthz")" == ok ]]; }
+# The token controller has given the default service account its token secret.
+default_sa_ok() { curl_admin /api/v1/namespaces/default/serviceaccounts/default | grep -q '"secrets"'; }
+
+do_start() {
+  STATE_DIR=$(mkdir -p "$STATE_DIR" && cd "$STATE_DIR" && pwd)
+  if running; then
+    log "already running in $STATE_DIR"
+    export_line
+    return
+  fi
+  stop_processes
+  if [[ -n "$(ls -A "$STATE_DIR")" && ! -f "$STATE_DIR/.released-k8s-state" ]]; then
+    die "$STATE_DIR is not empty and is not a control-plane state dir; refusing to wipe it"
+  fi
+  find "$STATE_DIR" -mindepth 1 -delete
+  touch "$STATE_DIR/.released-k8s-state"
+
+  if ! binaries_ready; then do_build; fi
+  local etcd apiserver kcm
+  etcd=$(bin_path etcd)
+  apiserver=$(bin_path kube-apiserver)
+  kcm=$(bin_path kube-controller-manager)
+  local t0=$SECONDS
+
+  gen_certs
+  local etcd_port peer_port api_port kcm_port
+  read -r etcd_port peer_port api_port kcm_port <<<"$(free_ports 4)"
+  local server="https://$HOST:$api_port"
+  echo "$server" >"$STATE_DIR/server"
+  write_kubeconfig "$STATE_DIR/kubeconfig" admin admin "$server"
+  write_kubeconfig "$STATE_DIR/controller-manager.kubeconfig" system:kube-controller-manager \
+    controller-manager "$server"
+  local pki="$STATE_DIR/pki"
+
+  launch etcd "$etcd" \
+    --name released-test \
+    --data-dir "$STATE_DIR/etcd" \
+    --listen-client-urls "http://$HOST:$etcd_port" \
+    --advertise-client-urls "http://$HOST:$etcd_port" \
+    --listen-peer-urls "http://$HOST:$peer_port" \
+    --initial-advertise-peer-urls "http://$HOST:$peer_port" \
+    --initial-cluster "released-test=http://$HOST:$peer_port" \
+    --log-level warn
+  wait_for etcd "etcd health on port $etcd_port" etcd_ok "$etcd_port"
+
+  # No kubelets run here: the endpoint reconciler would try to publish 127.0.0.1 as the
+  # kubernetes service endpoint, which validation refuses, so it is off.
+  launch kube-apiserver "$apiserver" \
+    --advertise-address "$HOST" \
+    --bind-address "$HOST" \
+    --secure-port "$api_port" \
+    --insecure-port 0 \
+    --etcd-servers "http://$HOST:$etcd_port" \
+    --cert-dir "$STATE_DIR/apiserver-certs" \
+    --tls-cert-file "$pki/apiserver.crt" \
+    --tls-private-key-file "$pki/apiserver.key" \
+    --client-ca-file "$pki/ca.crt" \
+    --token-auth-file "$pki/tokens.csv" \
+    --authorization-mode RBAC \
+    --enable-admission-plugins NamespaceLifecycle,LimitRanger,ServiceAccount,DefaultTolerationSeconds,ResourceQuota,MutatingAdmissionWebhook,ValidatingAdmissionWebhook \
+    --service-account-key-file "$pki/sa.pub" \
+    --service-account-signing-key-file "$pki/sa.key" \
+    --service-account-issuer https://kubernetes.default.svc.cluster.local \
+    --api-audiences https://kubernetes.default.svc.cluster.local \
+    --service-cluster-ip-range 10.0.0.0/24 \
+    --endpoint-reconciler-type none \
+    --allow-privileged=true \
+    --profiling=false \
+    --v 1
+  wait_for kube-apiserver "/readyz on $server" readyz_ok
+
+  # nodelifecycle is off: no kubelet sends heartbeats, so it would mark every (fake) node
+  # unreachable and its pods not ready. Everything else runs, garbage collection included.
+  launch kube-controller-manager "$kcm" \
+    --kubeconfig "$STATE_DIR/controller-manager.kubeconfig" \
+    --authentication-kubeconfig "$STATE_DIR/controller-manager.kubeconfig" \
+    --authorization-kubeconfig "$STATE_DIR/controller-manager.kubeconfig" \
+    --bind-address "$HOST" \
+    --secure-port "$kcm_port" \
+    --port 0 \
+    --cert-dir "$STATE_DIR/controller-manager-certs" \
+    --leader-elect=false \
+    --controllers '*,-nodelifecycle' \
+    --service-account-private-key-file "$pki/sa.key" \
+    --root-ca-file "$pki/ca.crt" \
+    --use-service-account-credentials=true \
+    --cluster-signing-cert-file "$pki/ca.crt" \
+    --cluster-signing-key-file "$pki/ca.key" \
+    --profiling=false \
+    --v 1
+  wait_for kube-controller-manager "controller-manager /healthz on port $kcm_port" kcm_ok "$kcm_port"
+  wait_for kube-controller-manager "the default service account and its token" default_sa_ok
+
+  log "control plane ready in $((SECONDS - t0))s: $server (state: $STATE_DIR)"
+  export_line
+}
+
+do_stop() {
+  if [[ -d "$STATE_DIR" ]]; then
+    stop_processes
+    if [[ -n "$(ls -A "$STATE_DIR")" && ! -f "$STATE_DIR/.released-k8s-state" ]]; then
+      die "$STATE_DIR is not a control-plane state dir; not removing it"
+    fi
+    rm -rf "$STATE_DIR"
+    log "removed $STATE_DIR"
+  else
+    log "nothing to stop in $STATE_DIR"
+  fi
+}
+
+do_env() {
+  running || die "no control plane runs in $STATE_DIR (run: $0 start)"
+  export_line
+}
+
+usage() {
+  echo "usage: $0 start|stop|env|build" >&2
+  exit 2
+}
+
+case "${1:-}" in
+build) do_build ;;
+start) do_start ;;
+stop) do_stop ;;
+env) do_env ;;
+*) usage ;;
+esac
