@@ -1,0 +1,106 @@
+"""SQLModel tables: one ``Conversation`` per (agent phone number, WhatsApp user), its ``Message``s.
+
+Timestamps are timezone-aware UTC. Column names, lengths and indexes here must match the
+Alembic revisions in ``bot/migrations/versions``: production never creates tables from these
+classes, only tests and the embedded ``released run`` path go through the migrations too.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+
+from sqlalchemy import Column, DateTime, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware UTC."""
+    return datetime.now(UTC)
+
+
+class Direction(StrEnum):
+    """Who sent a message: the WhatsApp user (inbound) or the agent (outbound)."""
+
+    INBOUND = "inbound"
+    OUTBOUND = "outbound"
+
+
+class MessageStatus(StrEnum):
+    """Lifecycle of a message. Inbound messages are ``received``; outbound ones move forward
+    ``pending`` → ``sent`` → ``delivered`` → ``read``, or end ``failed``."""
+
+    RECEIVED = "received"
+    PENDING = "pending"
+    SENT = "sent"
+    DELIVERED = "delivered"
+    READ = "read"
+    FAILED = "failed"
+
+
+#: Rank of outbound statuses: a status event only applies when it moves the message forward.
+STATUS_RANK: dict[str, int] = {
+    MessageStatus.PENDING: 0,
+    MessageStatus.SENT: 1,
+    MessageStatus.DELIVERED: 2,
+    MessageStatus.READ: 3,
+}
+
+
+class Conversation(SQLModel, table=True):
+    """The thread between one agent phone number and one WhatsApp user."""
+
+    __tablename__ = "conversations"
+    __table_args__ = (
+        UniqueConstraint("phone_number_id", "wa_id", name="uq_conversations_phone_wa"),
+    )
+
+    id: int | None = Field(default=None, sa_column=Column(Integer, primary_key=True))
+    phone_number_id: str = Field(sa_column=Column(String(64), nullable=False))
+    wa_id: str = Field(sa_column=Column(String(64), nullable=False))
+    contact_name: str | None = Field(default=None, sa_column=Column(String(256), nullable=True))
+    created_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
+    )
+    updated_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
+    )
+
+
+class Message(SQLModel, table=True):
+    """One WhatsApp message, either way. ``wamid`` is Meta's message id (unique; ``None`` for an
+    outbound message not sent yet); ``reply_to`` is the inbound wamid an outbound message answers
+    (unique, which makes "one reply per inbound message" a database guarantee)."""
+
+    __tablename__ = "messages"
+    __table_args__ = (
+        UniqueConstraint("wamid", name="uq_messages_wamid"),
+        UniqueConstraint("reply_to", name="uq_messages_reply_to"),
+        Index("ix_messages_created_at", "created_at"),
+        Index("ix_messages_conversation_created", "conversation_id", "created_at"),
+    )
+
+    id: int | None = Field(default=None, sa_column=Column(Integer, primary_key=True))
+    conversation_id: int = Field(
+        sa_column=Column(
+            Integer,
+            ForeignKey("conversations.id", ondelete="CASCADE", name="fk_messages_conversation_id"),
+            nullable=False,
+        )
+    )
+    direction: str = Field(sa_column=Column(String(16), nullable=False))
+    wamid: str | None = Field(default=None, sa_column=Column(String(256), nullable=True))
+    reply_to: str | None = Field(default=None, sa_column=Column(String(256), nullable=True))
+    kind: str = Field(default="text", sa_column=Column(String(32), nullable=False))
+    text: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    #: Where an outbound answer came from: model, faq, fallback, unsupported.
+    source: str | None = Field(default=None, sa_column=Column(String(16), nullable=True))
+    status: str = Field(sa_column=Column(String(16), nullable=False))
+    error_code: int | None = Field(default=None, sa_column=Column(Integer, nullable=True))
+    error_title: str | None = Field(default=None, sa_column=Column(String(512), nullable=True))
+    created_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
+    )
+    updated_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
+    )

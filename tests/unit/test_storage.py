@@ -1,0 +1,214 @@
+"""Storage on SQLite and on a real PostgreSQL: migrations, idempotent inbound, replies,
+statuses, history and purge."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from bot.core.config import Settings
+from bot.storage import repository as repo
+from bot.storage.db import (
+    dispose_engines,
+    get_engine,
+    normalize_database_url,
+    run_migrations,
+    session_scope,
+)
+from bot.storage.models import Message, MessageStatus
+from bot.whatsapp.events import InboundMessage, StatusUpdate
+
+PHONE = "100000000000001"
+
+
+@pytest.fixture(
+    params=["sqlite", pytest.param("postgres", marks=pytest.mark.integration)],
+)
+async def settings(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Settings]:
+    if request.param == "sqlite":
+        url = f"sqlite+aiosqlite:///{tmp_path / 'bot.db'}"
+    else:
+        url = request.getfixturevalue("postgres_db")
+    s = Settings(database_url=url)
+    run_migrations(s)  # from inside the running loop: runs in a helper thread
+    yield s
+    await dispose_engines()
+
+
+def inbound(wamid: str, text_: str | None = "hello", wa_id: str = "15550001111") -> InboundMessage:
+    return InboundMessage(
+        wamid=wamid, phone_number_id=PHONE, wa_id=wa_id, contact_name="Ana", kind="text", text=text_
+    )
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("postgres://u:p@h:5432/d", "postgresql+asyncpg://u:p@h:5432/d"),
+        ("postgresql://u:p@h/d?sslmode=require", "postgresql+asyncpg://u:p@h/d?ssl=require"),
+        ("postgresql+psycopg2://u@h/d", "postgresql+asyncpg://u@h/d"),
+        ("postgresql+asyncpg://u@h/d", "postgresql+asyncpg://u@h/d"),
+        ("sqlite:///./x.db", "sqlite+aiosqlite:///./x.db"),
+        ("sqlite+aiosqlite:///./x.db", "sqlite+aiosqlite:///./x.db"),
+    ],
+)
+def test_normalize_database_url(url: str, expected: str) -> None:
+    assert normalize_database_url(url) == expected
+
+
+async def test_engine_cached_per_url(settings: Settings) -> None:
+    assert get_engine(settings) is get_engine(Settings(database_url=settings.database_url))
+
+
+async def test_migrations_are_idempotent(settings: Settings) -> None:
+    run_migrations(settings)
+    async with session_scope(settings) as session:
+        version = (await session.execute(text("SELECT version_num FROM alembic_version"))).scalar()
+    assert version == "0001_initial"
+
+
+async def test_record_inbound_is_idempotent(settings: Settings) -> None:
+    async with session_scope(settings) as session:
+        first = await repo.record_inbound(session, inbound("wamid.A"))
+    async with session_scope(settings) as session:
+        second = await repo.record_inbound(session, inbound("wamid.A", "changed"))
+    assert first.created and not second.created
+    assert second.message.id == first.message.id
+    assert second.message.text == "hello"
+    assert first.conversation.id == second.conversation.id
+    assert first.message.status == MessageStatus.RECEIVED
+
+
+async def test_reply_lifecycle_and_exactly_once_guard(settings: Settings) -> None:
+    async with session_scope(settings) as session:
+        rec = await repo.record_inbound(session, inbound("wamid.in"))
+        assert not await repo.reply_already_sent(session, "wamid.in")
+        out, created = await repo.record_outbound_pending(
+            session, rec.conversation.id or 0, "wamid.in", "hi!", source="faq"
+        )
+        assert created and out.status == MessageStatus.PENDING
+        again, created_again = await repo.record_outbound_pending(
+            session, rec.conversation.id or 0, "wamid.in", "other"
+        )
+        assert not created_again and again.id == out.id and again.text == "hi!"
+        assert not await repo.reply_already_sent(session, "wamid.in")
+        await repo.mark_sent(session, out, "wamid.out")
+    async with session_scope(settings) as session:
+        assert await repo.reply_already_sent(session, "wamid.in")
+        reply = await repo.find_reply(session, "wamid.in")
+        assert reply is not None and reply.wamid == "wamid.out" and reply.status == "sent"
+
+
+async def test_mark_failed_records_error(settings: Settings) -> None:
+    async with session_scope(settings) as session:
+        rec = await repo.record_inbound(session, inbound("wamid.f"))
+        out, _ = await repo.record_outbound_pending(
+            session, rec.conversation.id or 0, "wamid.f", "x"
+        )
+        await repo.mark_failed(session, out, 131047, "Re-engagement message")
+    async with session_scope(settings) as session:
+        reply = await repo.find_reply(session, "wamid.f")
+        assert reply is not None
+        assert (reply.status, reply.error_code) == ("failed", 131047)
+        assert await repo.reply_already_sent(session, "wamid.f")
+
+
+async def _sent_message(settings: Settings, wamid_in: str, wamid_out: str) -> None:
+    async with session_scope(settings) as session:
+        rec = await repo.record_inbound(session, inbound(wamid_in))
+        out, _ = await repo.record_outbound_pending(
+            session, rec.conversation.id or 0, wamid_in, "a"
+        )
+        await repo.mark_sent(session, out, wamid_out)
+
+
+def status(wamid: str, kind: str, code: int | None = None) -> StatusUpdate:
+    return StatusUpdate.model_validate(
+        {
+            "wamid": wamid,
+            "phone_number_id": PHONE,
+            "status": kind,
+            "error_code": code,
+            "error_title": "boom" if code else None,
+        }
+    )
+
+
+async def test_statuses_only_move_forward(settings: Settings) -> None:
+    await _sent_message(settings, "wamid.s-in", "wamid.s-out")
+    steps = [
+        ("delivered", repo.StatusOutcome.APPLIED, "delivered"),
+        ("sent", repo.StatusOutcome.STALE, "delivered"),
+        ("read", repo.StatusOutcome.APPLIED, "read"),
+        ("delivered", repo.StatusOutcome.STALE, "read"),
+        ("failed", repo.StatusOutcome.STALE, "read"),
+        ("deleted", repo.StatusOutcome.IGNORED, "read"),
+    ]
+    for kind, outcome, stored in steps:
+        async with session_scope(settings) as session:
+            assert await repo.apply_status(session, status("wamid.s-out", kind)) == outcome
+            msg = await repo.get_message(session, "wamid.s-out")
+            assert msg is not None and msg.status == stored
+    async with session_scope(settings) as session:
+        assert await repo.apply_status(session, status("wamid.nope", "read")) == "unknown"
+        # Inbound messages are not touched by statuses.
+        assert await repo.apply_status(session, status("wamid.s-in", "read")) == "unknown"
+
+
+async def test_failed_status_records_error(settings: Settings) -> None:
+    await _sent_message(settings, "wamid.x-in", "wamid.x-out")
+    async with session_scope(settings) as session:
+        outcome = await repo.apply_status(session, status("wamid.x-out", "failed", 131026))
+        assert outcome == repo.StatusOutcome.APPLIED
+    async with session_scope(settings) as session:
+        msg = await repo.get_message(session, "wamid.x-out")
+        assert msg is not None
+        assert (msg.status, msg.error_code, msg.error_title) == ("failed", 131026, "boom")
+        assert await repo.apply_status(session, status("wamid.x-out", "read")) == "stale"
+
+
+async def test_history_returns_last_turns_in_order(settings: Settings) -> None:
+    async with session_scope(settings) as session:
+        for i in range(4):
+            rec = await repo.record_inbound(session, inbound(f"wamid.h{i}", f"q{i}"))
+            out, _ = await repo.record_outbound_pending(
+                session, rec.conversation.id or 0, f"wamid.h{i}", f"a{i}"
+            )
+            await repo.mark_sent(session, out, f"wamid.ho{i}")
+        current = await repo.record_inbound(session, inbound("wamid.now", "current"))
+        await repo.record_inbound(session, inbound("wamid.img", None))
+        other = await repo.record_inbound(session, inbound("wamid.o", "other user", wa_id="1"))
+    async with session_scope(settings) as session:
+        turns = await repo.history(
+            session, current.conversation.id or 0, 3, before_message_id=current.message.id
+        )
+        assert [m.text for m in turns] == ["a2", "q3", "a3"]
+        assert await repo.history(session, current.conversation.id or 0, 0) == []
+        assert other.conversation.id != current.conversation.id
+
+
+async def test_purge_deletes_only_old_messages(settings: Settings) -> None:
+    async with session_scope(settings) as session:
+        old = await repo.record_inbound(session, inbound("wamid.old", wa_id="1"))
+        await repo.record_inbound(session, inbound("wamid.new", wa_id="2"))
+        old.message.created_at = datetime.now(UTC) - timedelta(days=20)
+        old.conversation.updated_at = datetime.now(UTC) - timedelta(days=20)
+        session.add(old.message)
+        session.add(old.conversation)
+    async with session_scope(settings) as session:
+        assert await repo.purge_older_than(session, 14) == 1
+    async with session_scope(settings) as session:
+        assert await repo.get_message(session, "wamid.old") is None
+        assert await repo.get_message(session, "wamid.new") is not None
+        assert await repo.purge_older_than(session, 14) == 0
+        rows = (await session.execute(text("SELECT count(*) FROM conversations"))).scalar()
+        assert rows == 1
+
+
+async def test_message_model_defaults() -> None:
+    msg = Message(conversation_id=1, direction="inbound", status="received")
+    assert msg.kind == "text" and msg.created_at.tzinfo is not None
