@@ -1,0 +1,265 @@
+"""The whole bot on one machine: what ``released run`` starts and the end-to-end tests drive.
+
+``LocalStack`` starts, as real separate processes, a Redis server (Debian's ``redis-server``),
+the web tier (uvicorn), a Celery worker and Celery beat, on 127.0.0.1, with SQLite as the
+database. Unless real credentials are given it also starts the repository's local fakes of Meta's
+Graph API and OpenAI (``tests/fakes``, present in a source checkout), and points the bot at them
+through ``META_GRAPH_URL`` and ``OPENAI_BASE_URL`` exactly as production points it at Meta and
+OpenAI.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import httpx
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+REPO_ROOT = PACKAGE_DIR.parent
+DEFAULT_FAQS = PACKAGE_DIR / "data" / "faqs.yaml"
+STATE_FILE_NAME = "stack.json"
+
+
+class StackError(RuntimeError):
+    """A part of the local stack did not start; the message says which and where its log is."""
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def fakes_available() -> bool:
+    """Whether the local fakes of Meta and OpenAI ship with this installation (a checkout)."""
+    return (REPO_ROOT / "tests" / "fakes" / "meta.py").exists()
+
+
+@dataclass
+class LocalStack:
+    """Processes of one local bot; ``start()`` brings them up, ``stop()`` ends them all."""
+
+    workdir: Path
+    web_port: int = 8000
+    use_fakes: bool = True
+    worker_concurrency: int = 2
+    worker_pool: str = "prefork"
+    with_beat: bool = True
+    extra_env: dict[str, str] = field(default_factory=dict)
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict, init=False)
+    env: dict[str, str] = field(default_factory=dict, init=False)
+    urls: dict[str, str] = field(default_factory=dict, init=False)
+    _logs: dict[str, IO[bytes]] = field(default_factory=dict, init=False)
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def start(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        try:
+            self._start_redis()
+            self._prepare_env()
+            if self.use_fakes:
+                self._start_fakes()
+            self.migrate()
+            self.start_worker()
+            if self.with_beat:
+                self._spawn("beat", [sys.executable, "-m", "celery", "-A", "bot.tasks", "beat",
+                                     "--loglevel=INFO",
+                                     "--schedule", str(self.workdir / "celerybeat-schedule")])
+            self._start_web()
+        except BaseException:
+            self.stop()
+            raise
+        self._write_state()
+
+    def stop(self) -> None:
+        for name in reversed(list(self.processes)):
+            self._terminate(name)
+        for log in self._logs.values():
+            log.close()
+        self._logs.clear()
+        with contextlib.suppress(FileNotFoundError):
+            (self.workdir / STATE_FILE_NAME).unlink()
+
+    def __enter__(self) -> LocalStack:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- parts -----------------------------------------------------------------------------
+    def migrate(self) -> None:
+        """Apply the database migrations (``released migrate``) with the stack's environment."""
+        result = subprocess.run([sys.executable, "-m", "bot.cli", "migrate"], env=self.env,
+                                capture_output=True, text=True, timeout=120, check=False)
+        if result.returncode != 0:
+            raise StackError(f"migrations failed:\n{result.stderr[-2000:]}")
+
+    def start_worker(self, name: str = "worker") -> subprocess.Popen[bytes]:
+        """Start (or restart) a Celery worker process."""
+        return self._spawn(name, [
+            sys.executable, "-m", "celery", "-A", "bot.tasks", "worker", "--loglevel=INFO",
+            f"--pool={self.worker_pool}", f"--concurrency={self.worker_concurrency}",
+            "--without-gossip", "--without-mingle", "-n", f"{name}@%h",
+        ])
+
+    def kill(self, name: str) -> None:
+        """SIGKILL a process of the stack (and its children), as a crashed pod would die."""
+        proc = self.processes.pop(name)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+
+    def log_text(self, name: str) -> str:
+        path = self.workdir / f"{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    # -- internals -------------------------------------------------------------------------
+    def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None,
+               cwd: Path | None = None) -> subprocess.Popen[bytes]:
+        if name in self.processes:
+            self._terminate(name)
+        log = open(self.workdir / f"{name}.log", "ab")  # noqa: SIM115 - closed in stop()
+        self._logs[name] = log
+        proc = subprocess.Popen(args, env=env or self.env, cwd=cwd or REPO_ROOT, stdout=log,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+        self.processes[name] = proc
+        return proc
+
+    def _terminate(self, name: str) -> None:
+        proc = self.processes.pop(name, None)
+        if proc is None or proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=5)
+
+    def _wait_http(self, name: str, url: str, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        proc = self.processes[name]
+        last = ""
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise StackError(f"{name} exited with {proc.returncode}; see "
+                                 f"{self.workdir / (name + '.log')}:\n{self.log_text(name)[-2000:]}")
+            try:
+                if httpx.get(url, timeout=1.0).status_code < 500:
+                    return
+            except httpx.HTTPError as exc:
+                last = type(exc).__name__
+            time.sleep(0.1)
+        raise StackError(f"{name} did not answer {url} within {timeout}s ({last}); see "
+                         f"{self.workdir / (name + '.log')}")
+
+    def _start_redis(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise StackError("redis-server is not installed: apt-get install redis-server")
+        port = free_port()
+        data = self.workdir / "redis"
+        data.mkdir(exist_ok=True)
+        self._spawn("redis", [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir",
+                              str(data), "--appendonly", "yes", "--save", ""], env=dict(os.environ))
+        deadline = time.monotonic() + 20
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+                break
+            if time.monotonic() > deadline or self.processes["redis"].poll() is not None:
+                raise StackError(f"redis-server did not start; see {self.workdir / 'redis.log'}")
+            time.sleep(0.05)
+        self.urls["redis"] = f"redis://127.0.0.1:{port}/0"
+
+    def _prepare_env(self) -> None:
+        env = dict(os.environ)
+        env.update({
+            "DATABASE_URL": env.get("DATABASE_URL")
+            or f"sqlite+aiosqlite:///{self.workdir / 'released.db'}",
+            "REDIS_URL": self.urls["redis"],
+            "CELERY_BROKER_URL": self.urls["redis"],
+            "FAQS_PATH": env.get("FAQS_PATH") or str(DEFAULT_FAQS),
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), str(REPO_ROOT / "operator"),
+                                                        env.get("PYTHONPATH")])),
+        })
+        env.setdefault("PHONE_NUMBER_ID", "100000000000001")
+        env.setdefault("META_APP_SECRET", "local-dev-app-secret")
+        env.setdefault("META_VERIFY_TOKEN", "local-dev-verify-token")
+        env.update(self.extra_env)
+        self.env = env
+
+    def _start_fakes(self) -> None:
+        if not fakes_available():
+            raise StackError("the local fakes of Meta and OpenAI ship with the source checkout "
+                             "(tests/fakes); set META_ACCESS_TOKEN and OPENAI_API_KEY to use the "
+                             "real services instead")
+        meta_port, openai_port = free_port(), free_port()
+        token = self.env.setdefault("META_ACCESS_TOKEN", "local-dev-access-token")
+        key = self.env.setdefault("OPENAI_API_KEY", "local-dev-openai-key")
+        fake_env = dict(self.env, FAKE_META_TOKEN=token, FAKE_OPENAI_KEY=key)
+        self._spawn("fake-meta", [sys.executable, "-m", "tests.fakes.meta", "--port",
+                                  str(meta_port)], env=fake_env)
+        self._spawn("fake-openai", [sys.executable, "-m", "tests.fakes.openai", "--port",
+                                    str(openai_port)], env=fake_env)
+        self.urls["fake_meta"] = f"http://127.0.0.1:{meta_port}"
+        self.urls["fake_openai"] = f"http://127.0.0.1:{openai_port}"
+        self._wait_http("fake-meta", f"{self.urls['fake_meta']}/_fake/sent")
+        self._wait_http("fake-openai", f"{self.urls['fake_openai']}/_fake/calls")
+        self.env["META_GRAPH_URL"] = f"{self.urls['fake_meta']}/v23.0"
+        self.env["OPENAI_BASE_URL"] = f"{self.urls['fake_openai']}/v1"
+
+    def _start_web(self) -> None:
+        port = self.web_port if port_is_free(self.web_port) else free_port()
+        self._spawn("web", [sys.executable, "-m", "uvicorn", "bot.main:app", "--host",
+                            "127.0.0.1", "--port", str(port), "--no-access-log"])
+        self.urls["web"] = f"http://127.0.0.1:{port}"
+        self._wait_http("web", f"{self.urls['web']}/readyz")
+
+    def state(self) -> dict[str, Any]:
+        """What ``released say`` needs to talk to this stack (no secrets beyond local ones)."""
+        return {
+            "urls": self.urls,
+            "phone_number_id": self.env["PHONE_NUMBER_ID"],
+            "app_secret_env": "META_APP_SECRET",
+            "app_secret": self.env["META_APP_SECRET"],
+            "workdir": str(self.workdir),
+        }
+
+    def _write_state(self) -> None:
+        path = self.workdir / STATE_FILE_NAME
+        path.write_text(json.dumps(self.state(), indent=2))
+        path.chmod(0o600)
+
+
+def read_state(workdir: Path) -> dict[str, Any]:
+    """The state ``released run`` left behind, or a clear error when nothing runs."""
+    path = workdir / STATE_FILE_NAME
+    if not path.exists():
+        raise StackError(f"no local bot is running (no {path}); start one with `released run`")
+    data: dict[str, Any] = json.loads(path.read_text())
+    return data
