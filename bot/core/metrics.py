@@ -1,0 +1,199 @@
+"""Every Prometheus metric of the bot, in one module, and the ``/metrics`` rendering.
+
+The web tier and the Celery worker import their metrics from here, so names, labels and
+buckets are defined once:
+
+================================== ========= ===========================================
+name                               type      labels / meaning
+================================== ========= ===========================================
+released_webhook_requests_total    counter   ``outcome``: accepted, duplicate,
+                                             bad_signature, malformed, ignored, verify_ok,
+                                             verify_failed (one per webhook request)
+released_webhook_latency_seconds   histogram time to answer a webhook POST
+released_messages_received_total   counter   ``kind``: the InboundMessage kind, new ones only
+released_tasks_total               counter   ``task``, ``outcome``: success, retry, failure
+released_openai_request_seconds    histogram duration of one OpenAI request
+released_openai_tokens_total       counter   ``direction``: input, output
+released_openai_requests_total     counter   ``outcome`` (e.g. success, rate_limited, error)
+released_graph_requests_total      counter   ``endpoint``, ``status`` (HTTP status code)
+released_fallback_answers_total    counter   ``source``: faq, fallback_message
+released_queue_depth               gauge     tasks waiting in the Celery queue (Redis LLEN)
+================================== ========= ===========================================
+
+``released_queue_depth`` is not a stored value: :class:`QueueDepthCollector` reports the
+length read from Redis when the metrics are scraped (:func:`refresh_queue_depth`, awaited by the
+``/metrics`` route, or a synchronous probe set with :meth:`QueueDepthCollector.set_probe`).
+
+Multiprocess mode: when ``PROMETHEUS_MULTIPROC_DIR`` is set before ``prometheus_client`` is
+imported (Celery's prefork pool, several uvicorn workers), every process writes its samples to
+files there and :func:`render_metrics` aggregates them with ``MultiProcessCollector``; otherwise
+the default in-process registry is rendered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable, Iterable
+from typing import Protocol
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
+
+WEBHOOK_OUTCOMES = (
+    "accepted",
+    "duplicate",
+    "bad_signature",
+    "malformed",
+    "ignored",
+    "verify_ok",
+    "verify_failed",
+)
+TASK_OUTCOMES = ("success", "retry", "failure")
+TOKEN_DIRECTIONS = ("input", "output")
+FALLBACK_SOURCES = ("faq", "fallback_message")
+
+# ``*_created`` series double the output and no dashboard of ours uses them.
+disable_created_metrics()  # type: ignore[no-untyped-call]
+
+WEBHOOK_REQUESTS = Counter(
+    "released_webhook_requests_total",
+    "Webhook requests by outcome.",
+    ["outcome"],
+)
+WEBHOOK_LATENCY = Histogram(
+    "released_webhook_latency_seconds",
+    "Time to answer a webhook POST.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+MESSAGES_RECEIVED = Counter(
+    "released_messages_received_total",
+    "New inbound WhatsApp messages (duplicates excluded) by kind.",
+    ["kind"],
+)
+TASKS = Counter(
+    "released_tasks_total",
+    "Celery task runs by task name and outcome.",
+    ["task", "outcome"],
+)
+OPENAI_REQUEST_SECONDS = Histogram(
+    "released_openai_request_seconds",
+    "Duration of one OpenAI API request.",
+    buckets=(0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0, 120.0),
+)
+OPENAI_TOKENS = Counter(
+    "released_openai_tokens_total",
+    "OpenAI tokens used, by direction (input, output).",
+    ["direction"],
+)
+OPENAI_REQUESTS = Counter(
+    "released_openai_requests_total",
+    "OpenAI API requests by outcome.",
+    ["outcome"],
+)
+GRAPH_REQUESTS = Counter(
+    "released_graph_requests_total",
+    "Meta Graph API requests by endpoint and HTTP status.",
+    ["endpoint", "status"],
+)
+FALLBACK_ANSWERS = Counter(
+    "released_fallback_answers_total",
+    "Answers given without the model, by source (faq, fallback_message).",
+    ["source"],
+)
+
+# Known label values start at zero, so dashboards and alerts see them before the first event.
+for _outcome in WEBHOOK_OUTCOMES:
+    WEBHOOK_REQUESTS.labels(outcome=_outcome)
+for _direction in TOKEN_DIRECTIONS:
+    OPENAI_TOKENS.labels(direction=_direction)
+for _source in FALLBACK_SOURCES:
+    FALLBACK_ANSWERS.labels(source=_source)
+
+QUEUE_DEPTH_NAME = "released_queue_depth"
+_QUEUE_DEPTH_HELP = "Tasks waiting in the Celery queue (Redis LLEN), read at scrape time."
+
+
+class QueueDepthCollector(Collector):
+    """Reports ``released_queue_depth`` from the last Redis reading or a synchronous probe.
+
+    Nothing is reported when no reading is available (Redis unreachable), rather than a stale
+    or made-up number.
+    """
+
+    def __init__(self) -> None:
+        self._value: int | None = None
+        self._probe: Callable[[], int | None] | None = None
+
+    def set(self, depth: int | None) -> None:
+        """Store a reading (``None``: unknown)."""
+        self._value = depth
+
+    def set_probe(self, probe: Callable[[], int | None] | None) -> None:
+        """Read the depth with ``probe`` on every collection instead of a stored reading."""
+        self._probe = probe
+
+    def describe(self) -> Iterable[Metric]:
+        return [GaugeMetricFamily(QUEUE_DEPTH_NAME, _QUEUE_DEPTH_HELP)]
+
+    def collect(self) -> Iterable[Metric]:
+        value = self._value
+        if self._probe is not None:
+            try:
+                value = self._probe()
+            except Exception:
+                value = None
+        if value is None:
+            return []
+        return [GaugeMetricFamily(QUEUE_DEPTH_NAME, _QUEUE_DEPTH_HELP, value=float(value))]
+
+
+QUEUE_DEPTH = QueueDepthCollector()
+REGISTRY.register(QUEUE_DEPTH)
+
+
+class _AsyncLlen(Protocol):
+    async def llen(self, name: str) -> int: ...
+
+
+async def refresh_queue_depth(
+    redis: _AsyncLlen, queue: str = "celery", *, max_wait: float = 1.0
+) -> int | None:
+    """Read the queue's length from Redis (``LLEN``) into ``released_queue_depth``.
+
+    Returns the depth, or ``None`` (and the gauge is omitted) when Redis does not answer
+    within ``max_wait`` seconds.
+    """
+    depth: int | None
+    try:
+        async with asyncio.timeout(max_wait):
+            depth = int(await redis.llen(queue))
+    except Exception:
+        depth = None
+    QUEUE_DEPTH.set(depth)
+    return depth
+
+
+def multiprocess_dir() -> str | None:
+    """The multiprocess directory when multiprocess mode is on."""
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+def render_metrics() -> tuple[bytes, str]:
+    """The metrics in Prometheus' text format and its content type, for ``/metrics``."""
+    if multiprocess_dir():
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        registry.register(QUEUE_DEPTH)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST

@@ -1,0 +1,197 @@
+"""Publishing the worker's Celery tasks from the async web tier, without blocking its loop.
+
+The web tier never imports ``bot.tasks`` (the worker's Celery app and its dependencies). It
+publishes two tasks by name, each with one positional argument, the event as JSON:
+
+- ``bot.tasks.process_message(InboundMessage.model_dump(mode="json"))``
+- ``bot.tasks.record_status(StatusUpdate.model_dump(mode="json"))``
+
+How: for a Redis broker (``redis://``, ``rediss://``, ``unix://``; the normal case) the message
+is written with the async Redis client exactly as Celery's ``send_task`` and kombu's Redis
+transport write it: one ``LPUSH`` of kombu's JSON envelope onto the list named after the queue
+(``celery``), whose base64 body is Celery's task protocol v2 ``[args, kwargs, embed]`` and whose
+``headers`` carry the task name and id. This is one non-blocking round trip, where
+``send_task`` would block the event loop on a synchronous connection (or cost a thread hop per
+message). The envelope was read from a real ``Celery.send_task`` on Celery/kombu 5.7 (see
+``celery.app.amqp.AMQP.as_task_v2`` and ``kombu.transport.redis.Channel._put``), and the tests
+check that a real Celery worker consumes it. Priority 0 maps to the plain list name, as in
+kombu. Not supported on this path: kombu's ``global_keyprefix`` transport option (unused here).
+
+For any other broker URL (amqp, sentinel...) :class:`TaskPublisher` falls back to a minimal
+producer-only ``Celery("released")`` app and ``send_task`` in a worker thread
+(``anyio.to_thread``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import socket
+import uuid
+import weakref
+from functools import cached_property, partial
+from typing import Any
+from urllib.parse import urlsplit
+
+import anyio.to_thread
+from celery import Celery
+from redis.asyncio import Redis
+
+from bot.whatsapp.events import InboundMessage, StatusUpdate
+
+#: Celery's default queue, which ``celery -A bot.tasks worker`` consumes.
+CELERY_QUEUE = "celery"
+PROCESS_MESSAGE_TASK = "bot.tasks.process_message"
+RECORD_STATUS_TASK = "bot.tasks.record_status"
+
+_REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})
+_ORIGIN = f"gen{os.getpid()}@{socket.gethostname()}"
+
+
+def build_task_message(
+    name: str,
+    args: list[Any] | tuple[Any, ...],
+    *,
+    task_id: str | None = None,
+    queue: str = CELERY_QUEUE,
+    argsrepr: str | None = None,
+) -> dict[str, Any]:
+    """The kombu envelope of a Celery task message (protocol v2), as the Redis list holds it.
+
+    ``argsrepr`` is what Celery shows for the arguments in events and monitoring tools; by
+    default a short summary rather than the message text, so user content stays out of them.
+    """
+    task_id = task_id or str(uuid.uuid4())
+    embed = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
+    body = json.dumps([list(args), {}, embed]).encode("utf-8")
+    return {
+        "body": base64.b64encode(body).decode("ascii"),
+        "content-encoding": "utf-8",
+        "content-type": "application/json",
+        "headers": {
+            "lang": "py",
+            "task": name,
+            "id": task_id,
+            "shadow": None,
+            "eta": None,
+            "expires": None,
+            "group": None,
+            "group_index": None,
+            "retries": 0,
+            "timelimit": [None, None],
+            "root_id": task_id,
+            "parent_id": None,
+            "argsrepr": argsrepr if argsrepr is not None else f"<{len(args)} args>",
+            "kwargsrepr": "{}",
+            "origin": _ORIGIN,
+            "ignore_result": None,
+            "replaced_task_nesting": 0,
+            "stamped_headers": None,
+            "stamps": {},
+        },
+        "properties": {
+            "correlation_id": task_id,
+            "reply_to": "",
+            "delivery_mode": 2,
+            "delivery_info": {"exchange": "", "routing_key": queue},
+            "priority": 0,
+            "body_encoding": "base64",
+            "delivery_tag": str(uuid.uuid4()),
+        },
+    }
+
+
+class TaskPublisher:
+    """Publishes Celery tasks by name to the broker at ``broker_url`` (see the module doc).
+
+    Pass ``redis`` to reuse an existing async client for a Redis broker; the publisher then
+    does not close it. Create one per event loop (the web app keeps one in its lifespan).
+    """
+
+    def __init__(
+        self, broker_url: str, *, redis: Redis | None = None, queue: str = CELERY_QUEUE
+    ) -> None:
+        self.broker_url = broker_url
+        self.queue = queue
+        self._is_redis = urlsplit(broker_url).scheme in _REDIS_SCHEMES
+        self._owns_redis = redis is None and self._is_redis
+        self._redis = redis
+        if self._is_redis and redis is None:
+            self._redis = Redis.from_url(broker_url)
+
+    @property
+    def uses_redis(self) -> bool:
+        """Whether tasks go out with the async Redis client (else through Celery in a thread)."""
+        return self._redis is not None
+
+    @cached_property
+    def _celery(self) -> Celery:
+        return Celery("released", broker=self.broker_url, set_as_current=False)
+
+    async def send_task(
+        self, name: str, args: list[Any] | tuple[Any, ...], *, argsrepr: str | None = None
+    ) -> str:
+        """Publish task ``name`` with positional ``args``; returns the task id."""
+        task_id = str(uuid.uuid4())
+        if self._redis is not None:
+            message = build_task_message(
+                name, args, task_id=task_id, queue=self.queue, argsrepr=argsrepr
+            )
+            await self._redis.lpush(self.queue, json.dumps(message))
+            return task_id
+        send = partial(
+            self._celery.send_task, name, args=list(args), task_id=task_id, queue=self.queue
+        )
+        await anyio.to_thread.run_sync(send)
+        return task_id
+
+    async def queue_depth(self) -> int | None:
+        """Messages waiting in the queue (Redis brokers only)."""
+        if self._redis is None:
+            return None
+        return int(await self._redis.llen(self.queue))
+
+    async def aclose(self) -> None:
+        """Close what this publisher opened."""
+        if self._owns_redis and self._redis is not None:
+            await self._redis.aclose()
+        if "_celery" in self.__dict__:
+            await anyio.to_thread.run_sync(self._celery.close)
+
+
+_defaults: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, TaskPublisher] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def default_publisher() -> TaskPublisher:
+    """A publisher for ``get_settings().broker_url``, one per running event loop."""
+    from bot.core.config import get_settings
+
+    loop = asyncio.get_running_loop()
+    publisher = _defaults.get(loop)
+    if publisher is None:
+        publisher = _defaults[loop] = TaskPublisher(get_settings().broker_url)
+    return publisher
+
+
+async def enqueue_message(msg: InboundMessage, publisher: TaskPublisher | None = None) -> str:
+    """Queue ``bot.tasks.process_message`` for ``msg``; returns the Celery task id."""
+    publisher = publisher or default_publisher()
+    return await publisher.send_task(
+        PROCESS_MESSAGE_TASK,
+        [msg.model_dump(mode="json")],
+        argsrepr=f"(<InboundMessage {msg.wamid} kind={msg.kind}>,)",
+    )
+
+
+async def enqueue_status(s: StatusUpdate, publisher: TaskPublisher | None = None) -> str:
+    """Queue ``bot.tasks.record_status`` for ``s``; returns the Celery task id."""
+    publisher = publisher or default_publisher()
+    return await publisher.send_task(
+        RECORD_STATUS_TASK,
+        [s.model_dump(mode="json")],
+        argsrepr=f"(<StatusUpdate {s.wamid} {s.status}>,)",
+    )
