@@ -1,0 +1,172 @@
+"""``whatsapp_operator.meta_webhook`` against the Meta Graph API fake (``tests.fakes.meta``).
+
+Covers setting, reading and removing the phone number's callback override, Meta's verification
+handshake (against a tiny local web tier), and the mapping of Meta's errors to retryable and
+permanent errors whose messages hold neither the access token nor the verify token.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+from whatsapp_operator import meta_webhook as mw
+from whatsapp_operator.errors import PermanentError, TemporaryError
+
+from tests.fakes.meta import FakeMeta
+from tests.servers import free_port
+
+TOKEN = "EAAtestaccesstoken1234567890"
+PHONE = "106540352242922"
+CALLBACK = "https://bot.example.com/webhook"
+VERIFY = "verify-token-0123456789"
+
+
+@pytest.fixture(scope="module")
+def meta() -> Iterator[FakeMeta]:
+    fake = FakeMeta(access_token=TOKEN).start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture
+def graph(meta: FakeMeta) -> str:
+    meta.reset()
+    meta.configure(verify_webhooks=False)
+    return meta.url
+
+
+class _WebTier:
+    """A minimal stand-in for the web tier's ``GET /webhook`` handshake."""
+
+    def __init__(self, accepted: set[str]) -> None:
+        accepted_tokens = accepted
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                query = parse_qs(urlsplit(self.path).query)
+                token = query.get("hub.verify_token", [""])[0]
+                if query.get("hub.mode") == ["subscribe"] and token in accepted_tokens:
+                    body = query.get("hub.challenge", [""])[0].encode()
+                    self.send_response(200)
+                else:
+                    body = b"forbidden"
+                    self.send_response(403)
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                return None
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/webhook"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+async def test_register_read_unregister(graph: str, meta: FakeMeta) -> None:
+    assert await mw.current_callback(graph, PHONE, TOKEN) is None
+    await mw.register_callback(graph, PHONE, TOKEN, CALLBACK, VERIFY)
+    assert await mw.current_callback(graph, PHONE, TOKEN) == CALLBACK
+    assert meta.webhooks()["phone_numbers"][PHONE] == {
+        "override_callback_uri": CALLBACK,
+        "verify_token": VERIFY,
+    }
+    # Idempotent.
+    await mw.register_callback(graph, PHONE, TOKEN, CALLBACK, VERIFY)
+    assert meta.webhook_override(PHONE) == CALLBACK
+
+    # The request has the documented shape and the token only in the header.
+    posts = [r for r in meta.requests() if r["method"] == "POST"]
+    assert posts[-1]["body"] == {
+        "webhook_configuration": {"override_callback_uri": CALLBACK, "verify_token": VERIFY}
+    }
+    assert TOKEN not in str(posts[-1]["query"])
+
+    await mw.unregister_callback(graph, PHONE, TOKEN)
+    assert await mw.current_callback(graph, PHONE, TOKEN) is None
+    assert meta.webhook_override(PHONE) is None
+    await mw.unregister_callback(graph, PHONE, TOKEN)  # nothing set: still fine
+
+
+async def test_verification_handshake(graph: str, meta: FakeMeta) -> None:
+    meta.configure(verify_webhooks=True)
+    web = _WebTier({VERIFY})
+    try:
+        await mw.register_callback(graph, PHONE, TOKEN, web.url, VERIFY)
+        assert meta.webhook_override(PHONE) == web.url
+        # A token the web tier does not accept yet: retryable, and no token in the message.
+        with pytest.raises(TemporaryError) as excinfo:
+            await mw.register_callback(graph, PHONE, TOKEN, web.url, "new-token-not-rolled-out")
+        assert excinfo.value.reason == "WebhookVerificationFailed"
+        assert "new-token-not-rolled-out" not in str(excinfo.value)
+        assert TOKEN not in str(excinfo.value)
+        assert meta.webhook_override(PHONE) == web.url
+    finally:
+        web.close()
+
+
+@pytest.mark.parametrize(
+    ("error", "kind", "reason"),
+    [
+        ("rate_limit", TemporaryError, "MetaRateLimited"),
+        ("server_error", TemporaryError, "MetaUnavailable"),
+        ("unavailable", TemporaryError, "MetaUnavailable"),
+        ("auth", PermanentError, "MetaTokenRejected"),
+        ("invalid_parameter", PermanentError, "MetaRequestInvalid"),
+        (
+            {"status": 403, "code": 200, "message": "Permissions error"},
+            PermanentError,
+            "MetaPermissionDenied",
+        ),
+        (
+            {"status": 400, "code": 4, "message": "Application request limit reached"},
+            TemporaryError,
+            "MetaRateLimited",
+        ),
+    ],
+)
+async def test_error_mapping(
+    graph: str, meta: FakeMeta, error: Any, kind: type[Exception], reason: str
+) -> None:
+    meta.script_errors([error])
+    with pytest.raises(kind) as excinfo:
+        await mw.register_callback(graph, PHONE, TOKEN, CALLBACK, VERIFY)
+    assert getattr(excinfo.value, "reason", None) == reason
+    assert TOKEN not in str(excinfo.value) and VERIFY not in str(excinfo.value)
+    assert meta.webhook_override(PHONE) is None
+
+
+async def test_wrong_token_is_permanent_and_not_leaked(graph: str) -> None:
+    wrong = "EAAwrongtoken0987654321"
+    with pytest.raises(PermanentError) as excinfo:
+        await mw.current_callback(graph, PHONE, wrong)
+    assert excinfo.value.reason == "MetaTokenRejected"
+    assert wrong not in str(excinfo.value)
+    assert "spec.secrets.meta" in str(excinfo.value)
+
+
+async def test_unreachable_is_temporary() -> None:
+    graph = f"http://127.0.0.1:{free_port()}/v23.0"
+    with pytest.raises(TemporaryError) as excinfo:
+        await mw.register_callback(graph, PHONE, TOKEN, CALLBACK, VERIFY, request_timeout=2)
+    assert excinfo.value.reason == "MetaUnavailable"
+
+
+async def test_bad_inputs_are_refused_before_calling(graph: str, meta: FakeMeta) -> None:
+    with pytest.raises(PermanentError, match="digits"):
+        await mw.register_callback(graph, "12/../34", TOKEN, CALLBACK, VERIFY)
+    with pytest.raises(PermanentError, match="200 characters"):
+        await mw.register_callback(graph, PHONE, TOKEN, "https://x/" + "a" * 200, VERIFY)
+    with pytest.raises(PermanentError, match="http"):
+        await mw.register_callback(graph, PHONE, TOKEN, "ftp://x/webhook", VERIFY)
+    assert meta.requests() == []
