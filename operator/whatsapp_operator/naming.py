@@ -1,0 +1,115 @@
+"""Names and labels of an agent's children: the one place that knows ``NAME-web`` and friends.
+
+Every child carries the labels of :func:`labels`; selectors (Deployments, Services,
+NetworkPolicies, the PodDisruptionBudget) use the immutable subset of :func:`selector_labels`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from . import GROUP
+
+#: ``app.kubernetes.io/name`` of every child of every agent.
+APP_NAME = "released-agent"
+PART_OF = "released"
+MANAGED_BY = "released-operator"
+
+LABEL_NAME = "app.kubernetes.io/name"
+LABEL_INSTANCE = "app.kubernetes.io/instance"
+LABEL_COMPONENT = "app.kubernetes.io/component"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+LABEL_PART_OF = "app.kubernetes.io/part-of"
+
+#: Pod-template annotation: checksum of the configuration and Secrets the pods use.
+CONFIG_CHECKSUM_ANNOTATION = f"{GROUP}/config-checksum"
+
+# Components (``app.kubernetes.io/component``).
+WEB = "web"
+WORKER = "worker"
+BEAT = "beat"
+REDIS = "redis"
+#: Component of the objects that belong to the agent as a whole (ConfigMap, Secret, SA, ...).
+AGENT = "agent"
+#: Components of the pods that run the bot (and may reach Redis).
+BOT_COMPONENTS: tuple[str, ...] = (WEB, WORKER, BEAT)
+
+
+@dataclass(frozen=True)
+class ChildNames:
+    """The names of one agent's children (all in the agent's namespace)."""
+
+    web_deployment: str
+    worker_deployment: str
+    beat_deployment: str
+    redis_deployment: str
+    redis_pvc: str
+    web_service: str
+    redis_service: str
+    ingress: str
+    faqs_configmap: str
+    credentials_secret: str
+    service_account: str
+    web_network_policy: str
+    redis_network_policy: str
+    web_pdb: str
+    service_monitor: str
+
+    @property
+    def deployments(self) -> tuple[str, ...]:
+        """The four Deployments, web first."""
+        return (
+            self.web_deployment,
+            self.worker_deployment,
+            self.beat_deployment,
+            self.redis_deployment,
+        )
+
+
+def child_names(name: str) -> ChildNames:
+    """The names of the children of agent ``name`` (see DESIGN.md)."""
+    return ChildNames(
+        web_deployment=f"{name}-web",
+        worker_deployment=f"{name}-worker",
+        beat_deployment=f"{name}-beat",
+        redis_deployment=f"{name}-redis",
+        redis_pvc=f"{name}-redis",
+        web_service=f"{name}-web",
+        redis_service=f"{name}-redis",
+        ingress=name,
+        faqs_configmap=f"{name}-faqs",
+        credentials_secret=f"{name}-credentials",
+        service_account=name,
+        web_network_policy=f"{name}-web",
+        redis_network_policy=f"{name}-redis",
+        web_pdb=f"{name}-web",
+        service_monitor=f"{name}-web",
+    )
+
+
+def selector_labels(name: str, component: str) -> dict[str, str]:
+    """Labels that select agent ``name``'s pods of ``component`` (never change these)."""
+    return {
+        LABEL_NAME: APP_NAME,
+        LABEL_INSTANCE: name,
+        LABEL_COMPONENT: component,
+    }
+
+
+def labels(name: str, component: str) -> dict[str, str]:
+    """The labels of every child of agent ``name`` (and of its pods)."""
+    return {
+        **selector_labels(name, component),
+        LABEL_MANAGED_BY: MANAGED_BY,
+        LABEL_PART_OF: PART_OF,
+    }
+
+
+def agent_selector(name: str) -> str:
+    """A label selector string for every child of agent ``name`` (``kubectl get -l ...``)."""
+    return f"{LABEL_NAME}={APP_NAME},{LABEL_INSTANCE}={name}"
+
+
+def redis_host(name: str) -> str:
+    """The in-namespace DNS name of agent ``name``'s Redis Service."""
+    return child_names(name).redis_service
