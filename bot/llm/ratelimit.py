@@ -1,0 +1,124 @@
+"""A Redis token bucket that keeps one agent under its OpenAI rate limit.
+
+Every worker process of an agent shares one bucket, keyed by the agent's phone number id, so
+``OPENAI_RATE_LIMIT_PER_SECOND`` holds for the agent as a whole however many workers run. The
+bucket lives in a small Lua script, atomic in Redis, with Redis' own clock (workers' clocks may
+disagree). A caller that finds the bucket empty *reserves* its token (the count goes negative)
+and sleeps until it is due, so waiters are served in order and never poll; a wait longer than
+``max_wait`` reserves nothing and raises :class:`RateLimitTimeout`, which the task turns into a
+later retry instead of holding a worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from bot.core.config import Settings
+
+# KEYS[1]: bucket key. ARGV: rate (tokens/s), capacity, tokens requested, max wait (s).
+# Returns {granted (0/1), wait seconds as a string}.
+BUCKET_SCRIPT = """
+local key = KEYS[1]
+local rate = tonumber(ARGV[1])
+local capacity = tonumber(ARGV[2])
+local requested = tonumber(ARGV[3])
+local max_wait = tonumber(ARGV[4])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local state = redis.call('HMGET', key, 'tokens', 'ts')
+local tokens = tonumber(state[1])
+local ts = tonumber(state[2])
+if tokens == nil or ts == nil then
+  tokens = capacity
+  ts = now
+end
+if now > ts then
+  tokens = math.min(capacity, tokens + (now - ts) * rate)
+  ts = now
+end
+local wait = 0
+if tokens < requested then
+  wait = (requested - tokens) / rate
+end
+if wait > max_wait then
+  return {0, tostring(wait)}
+end
+tokens = tokens - requested
+redis.call('HSET', key, 'tokens', tostring(tokens), 'ts', tostring(ts))
+redis.call('PEXPIRE', key, math.ceil((capacity - tokens) / rate * 1000) + 1000)
+return {1, tostring(wait)}
+"""
+
+#: Waiting longer than this for a token gives up (the task retries later instead).
+DEFAULT_MAX_WAIT = 30.0
+
+
+class RateLimitTimeout(Exception):
+    """No token within the allowed wait; ``retry_after`` says when one would be free."""
+
+    def __init__(self, retry_after: float) -> None:
+        super().__init__(f"rate limit: next token in {retry_after:.1f}s")
+        self.retry_after = retry_after
+
+
+def bucket_key(phone_number_id: str, name: str = "openai") -> str:
+    """The Redis key of an agent's bucket."""
+    return f"released:ratelimit:{name}:{phone_number_id}"
+
+
+class TokenBucket:
+    """A token bucket of ``rate`` tokens per second holding at most ``capacity`` (the burst;
+    default ``max(1, rate)``), stored in Redis under ``key``.
+
+    ``redis`` is a ``redis.asyncio.Redis`` client (of the event loop that uses the bucket).
+    """
+
+    def __init__(
+        self,
+        redis: Any,
+        key: str,
+        rate: float,
+        capacity: float | None = None,
+        *,
+        max_wait: float = DEFAULT_MAX_WAIT,
+    ) -> None:
+        if rate <= 0:
+            raise ValueError("rate must be positive")
+        self.redis = redis
+        self.key = key
+        self.rate = float(rate)
+        self.capacity = float(capacity if capacity is not None else max(1.0, rate))
+        self.max_wait = max_wait
+        self._script = redis.register_script(BUCKET_SCRIPT)
+
+    async def reserve(self, tokens: float = 1.0, max_wait: float | None = None) -> float:
+        """Reserve ``tokens`` and return how long to wait before using them (0: now).
+
+        Raises :class:`RateLimitTimeout` (reserving nothing) when that wait exceeds
+        ``max_wait``.
+        """
+        limit = self.max_wait if max_wait is None else max_wait
+        granted, wait = await self._script(
+            keys=[self.key], args=[self.rate, self.capacity, tokens, limit]
+        )
+        seconds = float(wait.decode() if isinstance(wait, bytes) else wait)
+        if not int(granted):
+            raise RateLimitTimeout(seconds)
+        return seconds
+
+    async def acquire(self, tokens: float = 1.0, max_wait: float | None = None) -> float:
+        """Wait until ``tokens`` are available and take them; return the seconds waited."""
+        wait = await self.reserve(tokens, max_wait)
+        if wait > 0:
+            await asyncio.sleep(wait)
+        return wait
+
+
+def openai_bucket(settings: Settings, redis: Any) -> TokenBucket:
+    """The agent's OpenAI bucket: ``OPENAI_RATE_LIMIT_PER_SECOND`` for its phone number id."""
+    return TokenBucket(
+        redis,
+        bucket_key(settings.phone_number_id),
+        settings.openai_rate_limit_per_second,
+    )

@@ -1,0 +1,326 @@
+"""The LLM side: FAQ loading and matching, instructions, the Responses API call and its error
+mapping and fallback (through httpx.MockTransport), and the Redis token bucket (real Redis)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from bot.core.config import Settings
+from bot.llm import faqs as faqs_mod
+from bot.llm.client import Answer, ModelError, Turn, answer, ask_model, fallback_answer, make_client
+from bot.llm.faqs import FAQ, FAQError, build_instructions, load_faqs, match_faq
+from bot.llm.ratelimit import RateLimitTimeout, TokenBucket, bucket_key, openai_bucket
+
+FAQS = [
+    FAQ(q="What are your opening hours?", a="Mon-Fri 9:00-18:00."),
+    FAQ(q="How long do you keep messages?", a="14 days."),
+    FAQ(q="¿Qué es Released?", a="Bots de WhatsApp."),
+    FAQ(q="What is Released?", a="WhatsApp bots on Kubernetes."),
+]
+
+
+# -- FAQs -----------------------------------------------------------------------------------
+
+
+def test_load_faqs_yaml_json_and_wrapped(tmp_path: Path) -> None:
+    y = tmp_path / "faqs.yaml"
+    y.write_text("- q: Hours?\n  a: Nine to five.\n", encoding="utf-8")
+    j = tmp_path / "faqs.json"
+    j.write_text(json.dumps({"faqs": [{"q": "Price?", "a": "Free."}]}), encoding="utf-8")
+    assert load_faqs(y) == [FAQ(q="Hours?", a="Nine to five.")]
+    assert load_faqs(j) == [FAQ(q="Price?", a="Free.")]
+    assert load_faqs(None) == []
+    assert len(load_faqs(faqs_mod.EMBEDDED_FAQS_PATH)) >= 3
+
+
+def test_load_faqs_reloads_when_file_changes(tmp_path: Path) -> None:
+    path = tmp_path / "faqs.yaml"
+    path.write_text("- {q: 'A?', a: one}\n", encoding="utf-8")
+    assert load_faqs(path)[0].a == "one"
+    path.write_text("- {q: 'A?', a: two, extra: ignored}\n", encoding="utf-8")
+    assert load_faqs(path)[0].a == "two"
+
+
+@pytest.mark.parametrize(
+    "content", ["- q: only a question\n", "{not yaml: [", "just a string", "- {q: '', a: x}\n"]
+)
+def test_bad_faq_files_raise_faq_error(tmp_path: Path, content: str) -> None:
+    path = tmp_path / "faqs.yaml"
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(FAQError):
+        load_faqs(path)
+    with pytest.raises(FAQError):
+        load_faqs(tmp_path / "missing.yaml")
+
+
+@pytest.mark.parametrize(
+    ("question", "expected"),
+    [
+        ("what are your opening hours?", "Mon-Fri 9:00-18:00."),
+        ("OPENING HOURS", "Mon-Fri 9:00-18:00."),
+        ("how long do you keep my messages", "14 days."),
+        ("What is Released", "WhatsApp bots on Kubernetes."),
+        ("que es released", "Bots de WhatsApp."),
+        ("hi", None),
+        ("what?", None),
+        ("do you sell shoes", None),
+        ("", None),
+    ],
+)
+def test_match_faq(question: str, expected: str | None) -> None:
+    match = match_faq(question, FAQS)
+    assert (match[0].a if match else None) == expected
+
+
+def test_build_instructions_has_persona_language_faqs_and_rule() -> None:
+    settings = Settings(openai_instructions="You are Ana from Acme.", language="es")
+    text = build_instructions(settings, FAQS)
+    assert text.startswith("You are Ana from Acme.")
+    assert "Spanish" in text
+    assert "Answer only from these FAQs" in text
+    assert "Q: What are your opening hours?\nA: Mon-Fri 9:00-18:00." in text
+    assert "file_search" not in text
+    with_store = build_instructions(Settings(openai_vector_store_id="vs_1"), [])
+    assert "file_search" in with_store and "FAQs: (none)" in with_store
+
+
+# -- the Responses API ----------------------------------------------------------------------
+
+
+def response_body(text: str = "Hello from the model") -> dict[str, Any]:
+    return {
+        "id": "resp_1",
+        "object": "response",
+        "created_at": 1,
+        "status": "completed",
+        "model": "gpt-test",
+        "output": [
+            {
+                "type": "message",
+                "id": "msg_1",
+                "status": "completed",
+                "role": "assistant",
+                "content": [{"type": "output_text", "text": text, "annotations": []}],
+            }
+        ],
+        "parallel_tool_calls": True,
+        "tool_choice": "auto",
+        "tools": [],
+        "usage": {
+            "input_tokens": 120,
+            "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens": 8,
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": 128,
+        },
+    }
+
+
+class Recorder:
+    def __init__(self, responder: Callable[[httpx.Request], httpx.Response]) -> None:
+        self.requests: list[httpx.Request] = []
+        self.responder = responder
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        return self.responder(request)
+
+    def client(self, settings: Settings) -> openai.AsyncOpenAI:
+        http = httpx.AsyncClient(transport=httpx.MockTransport(self))
+        return make_client(settings, http_client=http)
+
+    def json(self, i: int = -1) -> dict[str, Any]:
+        body: dict[str, Any] = json.loads(self.requests[i].content)
+        return body
+
+
+def settings_for(**kw: Any) -> Settings:
+    return Settings(openai_base_url="http://openai.test/v1", openai_model="gpt-test", **kw)
+
+
+async def test_ask_model_sends_grounded_request_and_reads_usage() -> None:
+    settings = settings_for(openai_max_output_tokens=123)
+    rec = Recorder(lambda r: httpx.Response(200, json=response_body()))
+    history = [Turn("user", "hi"), Turn("assistant", "Hello!"), Turn("user", "  ")]
+    result = await ask_model(
+        "When do you open?", history, FAQS, settings, client=rec.client(settings)
+    )
+    assert result == Answer("Hello from the model", "model", 128, 120, 8)
+    req = rec.requests[0]
+    assert req.url.path == "/v1/responses"
+    assert req.headers["authorization"] == "Bearer local-dev-openai-key"
+    body = rec.json()
+    assert body["model"] == "gpt-test"
+    assert body["max_output_tokens"] == 123
+    assert "Q: What are your opening hours?" in body["instructions"]
+    assert body["input"] == [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "Hello!"},
+        {"role": "user", "content": "When do you open?"},
+    ]
+    assert "tools" not in body
+
+
+async def test_vector_store_adds_file_search_tool() -> None:
+    settings = settings_for(openai_vector_store_id="vs_abc")
+    rec = Recorder(lambda r: httpx.Response(200, json=response_body()))
+    await ask_model("q", [], FAQS, settings, client=rec.client(settings))
+    assert rec.json()["tools"] == [{"type": "file_search", "vector_store_ids": ["vs_abc"]}]
+
+
+async def test_sdk_retries_are_disabled_and_5xx_is_retryable() -> None:
+    settings = settings_for()
+    rec = Recorder(lambda r: httpx.Response(500, json={"error": {"message": "boom"}}))
+    with pytest.raises(ModelError) as info:
+        await ask_model("q", [], FAQS, settings, client=rec.client(settings))
+    assert info.value.retryable and info.value.status == 500
+    assert len(rec.requests) == 1  # max_retries=0
+
+
+async def test_429_carries_retry_after() -> None:
+    settings = settings_for()
+    rec = Recorder(
+        lambda r: httpx.Response(
+            429,
+            headers={"retry-after": "7"},
+            json={"error": {"message": "slow down", "type": "requests", "code": "rate_limit"}},
+        )
+    )
+    with pytest.raises(ModelError) as info:
+        await ask_model("q", [], FAQS, settings, client=rec.client(settings))
+    assert info.value.retryable and info.value.retry_after == 7.0
+
+
+async def test_insufficient_quota_and_4xx_are_not_retryable() -> None:
+    settings = settings_for()
+    for status, code in ((429, "insufficient_quota"), (401, "invalid_api_key"), (400, None)):
+        rec = Recorder(
+            lambda r, s=status, c=code: httpx.Response(
+                s, json={"error": {"message": "x", "code": c}}
+            )
+        )
+        with pytest.raises(ModelError) as info:
+            await ask_model("q", [], FAQS, settings, client=rec.client(settings))
+        assert not info.value.retryable, (status, code)
+        assert "local-dev-openai-key" not in str(info.value)
+
+
+async def test_connection_error_is_retried_once_inside_the_call() -> None:
+    settings = settings_for()
+
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("refused", request=request)
+
+    rec = Recorder(refuse)
+    calls: list[float] = []
+
+    async def before() -> None:
+        calls.append(time.monotonic())
+
+    with pytest.raises(ModelError) as info:
+        await ask_model("q", [], FAQS, settings, client=rec.client(settings), before_request=before)
+    assert info.value.retryable and info.value.status is None
+    assert len(rec.requests) == 2 and len(calls) == 2  # each attempt takes a token
+
+
+async def test_answer_falls_back_to_faq_then_message() -> None:
+    settings = settings_for(fallback_message="We'll get back to you.")
+    rec = Recorder(lambda r: httpx.Response(503, json={"error": {"message": "down"}}))
+    client = rec.client(settings)
+    got = await answer("opening hours?", [], FAQS, settings, client=client)
+    assert got == Answer("Mon-Fri 9:00-18:00.", "faq")
+    got = await answer("do you sell shoes?", [], FAQS, settings, client=client)
+    assert got == Answer("We'll get back to you.", "fallback")
+    with pytest.raises(ModelError):
+        await answer("opening hours?", [], FAQS, settings, client=client, fallback_on_error=False)
+
+
+async def test_answer_falls_back_on_permanent_error_even_when_retrying() -> None:
+    settings = settings_for()
+    rec = Recorder(lambda r: httpx.Response(404, json={"error": {"message": "no such model"}}))
+    got = await answer(
+        "opening hours?", [], FAQS, settings, client=rec.client(settings), fallback_on_error=False
+    )
+    assert got.source == "faq"
+
+
+async def test_empty_model_output_falls_back() -> None:
+    settings = settings_for()
+    rec = Recorder(lambda r: httpx.Response(200, json=response_body("   ")))
+    got = await answer("nothing matches this", [], FAQS, settings, client=rec.client(settings))
+    assert got.source == "fallback" and got.text == settings.fallback_message
+
+
+async def test_answer_creates_and_closes_its_own_client() -> None:
+    settings = Settings(openai_base_url="http://127.0.0.1:9/v1", openai_timeout_seconds=2)
+    got = await answer("opening hours", [], FAQS, settings)
+    assert got.source == "faq"
+
+
+def test_fallback_answer_with_no_faqs() -> None:
+    settings = Settings()
+    assert fallback_answer("anything", [], settings) == Answer(
+        settings.fallback_message, "fallback"
+    )
+
+
+# -- the token bucket (real Redis) ----------------------------------------------------------
+
+
+@pytest.fixture
+async def redis_client(redis_url: str) -> Any:
+    import redis.asyncio as aioredis
+
+    client = aioredis.from_url(redis_url)
+    yield client
+    await client.aclose()
+
+
+@pytest.mark.integration
+async def test_token_bucket_limits_rate_across_clients(redis_client: Any, redis_url: str) -> None:
+    import redis.asyncio as aioredis
+
+    key = bucket_key(f"rl-{time.monotonic_ns()}")
+    other = aioredis.from_url(redis_url)
+    try:
+        a = TokenBucket(redis_client, key, rate=10, capacity=2)
+        b = TokenBucket(other, key, rate=10, capacity=2)  # another worker process, same agent
+        started = time.monotonic()
+        waits = await asyncio.gather(*(bucket.acquire() for bucket in [a, b] * 4))
+        elapsed = time.monotonic() - started
+    finally:
+        await other.aclose()
+    # 8 tokens, 2 of them from the initial burst, the rest at 10/s: about 0.6 s.
+    assert sorted(waits)[:2] == [0.0, 0.0]
+    assert 0.5 <= elapsed < 1.5
+    assert max(waits) == pytest.approx(0.6, abs=0.1)
+
+
+@pytest.mark.integration
+async def test_token_bucket_gives_up_beyond_max_wait(redis_client: Any) -> None:
+    bucket = TokenBucket(redis_client, bucket_key(f"slow-{time.monotonic_ns()}"), rate=0.5)
+    assert await bucket.acquire(max_wait=0) == 0
+    with pytest.raises(RateLimitTimeout) as info:
+        await bucket.acquire(max_wait=0.5)
+    assert info.value.retry_after == pytest.approx(2.0, abs=0.1)
+    # Nothing was reserved by the refusal: the next caller waits no longer.
+    assert await bucket.reserve(max_wait=5) == pytest.approx(2.0, abs=0.1)
+
+
+@pytest.mark.integration
+async def test_openai_bucket_uses_settings(redis_client: Any) -> None:
+    settings = Settings(phone_number_id="123", openai_rate_limit_per_second=3)
+    bucket = openai_bucket(settings, redis_client)
+    assert bucket.key == "released:ratelimit:openai:123"
+    assert (bucket.rate, bucket.capacity) == (3.0, 3.0)
+    with pytest.raises(ValueError):
+        TokenBucket(redis_client, "k", rate=0)
