@@ -122,6 +122,11 @@ class TaskPublisher:
             self._redis = Redis.from_url(broker_url)
 
     @property
+    def redis(self) -> Redis | None:
+        """The async Redis client of a Redis broker (``None`` for other brokers)."""
+        return self._redis
+
+    @property
     def uses_redis(self) -> bool:
         """Whether tasks go out with the async Redis client (else through Celery in a thread)."""
         return self._redis is not None

@@ -8,7 +8,8 @@ name                               type      labels / meaning
 ================================== ========= ===========================================
 released_webhook_requests_total    counter   ``outcome``: accepted, duplicate,
                                              bad_signature, malformed, ignored, verify_ok,
-                                             verify_failed (one per webhook request)
+                                             verify_failed, error (one per request;
+                                             error: Redis or the broker failed, 503)
 released_webhook_latency_seconds   histogram time to answer a webhook POST
 released_messages_received_total   counter   ``kind``: the InboundMessage kind, new ones only
 released_tasks_total               counter   ``task``, ``outcome``: success, retry, failure
@@ -34,7 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Protocol
 
 from prometheus_client import (
@@ -58,6 +59,7 @@ WEBHOOK_OUTCOMES = (
     "ignored",
     "verify_ok",
     "verify_failed",
+    "error",
 )
 TASK_OUTCOMES = ("success", "retry", "failure")
 TOKEN_DIRECTIONS = ("input", "output")
@@ -163,7 +165,7 @@ REGISTRY.register(QUEUE_DEPTH)
 
 
 class _AsyncLlen(Protocol):
-    async def llen(self, name: str) -> int: ...
+    def llen(self, name: str) -> Awaitable[int]: ...
 
 
 async def refresh_queue_depth(

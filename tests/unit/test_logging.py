@@ -27,7 +27,7 @@ def make_settings(log_format: str = "json") -> Settings:
         meta_app_secret=SecretStr(APP_SECRET),
         meta_verify_token=SecretStr(VERIFY),
         openai_api_key=SecretStr(OPENAI),
-        log_format=log_format,  # type: ignore[arg-type]
+        log_format=log_format,
         log_level="DEBUG",
     )
 

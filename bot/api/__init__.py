@@ -1,0 +1,17 @@
+"""The web tier's HTTP routes: Meta's webhook (``webhook``), probes and metrics (``health``).
+
+``api_router`` holds them all; :func:`bot.main.create_app` includes it.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from bot.api.health import router as health_router
+from bot.api.webhook import router as webhook_router
+
+api_router = APIRouter()
+api_router.include_router(webhook_router)
+api_router.include_router(health_router)
+
+__all__ = ["api_router"]

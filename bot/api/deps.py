@@ -1,0 +1,55 @@
+"""FastAPI dependencies of the web tier, as ``Annotated`` aliases for route signatures.
+
+The application's lifespan (:func:`bot.main.create_app`) puts the settings, the async Redis
+client and the task publisher on ``app.state``; these dependencies hand them to routes, and
+tests replace them with ``app.dependency_overrides``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Annotated, cast
+
+from fastapi import Depends, Request
+from redis.asyncio import Redis
+from sqlalchemy import text
+
+from bot.core.config import Settings
+from bot.queue import TaskPublisher
+from bot.storage.db import get_engine
+
+#: A readiness probe of the database: returns when it answers, raises otherwise.
+DatabaseCheck = Callable[[], Awaitable[None]]
+
+
+def get_app_settings(request: Request) -> Settings:
+    """The settings the application was created with."""
+    return cast(Settings, request.app.state.settings)
+
+
+def get_redis(request: Request) -> Redis:
+    """The application's async Redis client (de-duplication, readiness)."""
+    return cast(Redis, request.app.state.redis)
+
+
+def get_publisher(request: Request) -> TaskPublisher:
+    """The application's Celery task publisher."""
+    return cast(TaskPublisher, request.app.state.publisher)
+
+
+SettingsDep = Annotated[Settings, Depends(get_app_settings)]
+RedisDep = Annotated[Redis, Depends(get_redis)]
+PublisherDep = Annotated[TaskPublisher, Depends(get_publisher)]
+
+
+def get_database_check(settings: SettingsDep) -> DatabaseCheck:
+    """A probe that runs ``SELECT 1`` on the async engine for ``settings.database_url``."""
+
+    async def check() -> None:
+        async with get_engine(settings).connect() as connection:
+            await connection.execute(text("SELECT 1"))
+
+    return check
+
+
+DatabaseCheckDep = Annotated[DatabaseCheck, Depends(get_database_check)]

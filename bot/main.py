@@ -1,0 +1,84 @@
+"""The web tier's FastAPI application: ``uvicorn bot.main:app`` or the factory ``create_app``.
+
+:func:`create_app` builds the app for a :class:`~bot.core.config.Settings` (from the
+environment by default) and configures logging. Connections are opened only by the lifespan:
+an async Redis client (de-duplication, readiness) and a task publisher for the Celery broker
+(sharing that client when ``CELERY_BROKER_URL`` is unset or equal to ``REDIS_URL``); both are
+closed, and the database engines disposed, at shutdown.
+
+``app`` is built on first access (a module ``__getattr__``), so importing this module reads no
+environment and connects nowhere; ``uvicorn bot.main:app`` and ``from bot.main import app`` work
+as usual.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from urllib.parse import urlsplit
+
+from fastapi import FastAPI
+from redis.asyncio import Redis
+
+from bot import __version__
+from bot.api import api_router
+from bot.core.config import Settings, get_settings
+from bot.core.logging import configure_logging
+from bot.queue import TaskPublisher
+from bot.storage.db import dispose_engines
+
+_REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})
+
+
+def create_app(settings: Settings | None = None, *, setup_logging: bool = True) -> FastAPI:
+    """The web application for ``settings`` (default: ``get_settings()``).
+
+    ``setup_logging=False`` leaves the process's logging configuration alone (tests).
+    """
+    settings = settings or get_settings()
+    if setup_logging:
+        configure_logging(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        redis = Redis.from_url(settings.redis_url)
+        broker_redis: Redis | None = None
+        if settings.broker_url == settings.redis_url:
+            broker_redis = redis
+        elif urlsplit(settings.broker_url).scheme in _REDIS_SCHEMES:
+            broker_redis = Redis.from_url(settings.broker_url)
+        publisher = TaskPublisher(settings.broker_url, redis=broker_redis)
+        app.state.redis = redis
+        app.state.publisher = publisher
+        try:
+            yield
+        finally:
+            await publisher.aclose()
+            if broker_redis is not None and broker_redis is not redis:
+                await broker_redis.aclose()
+            await redis.aclose()
+            await dispose_engines()
+
+    app = FastAPI(
+        title="Released WhatsApp bot",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.settings = settings
+    app.include_router(api_router)
+    return app
+
+
+_app: FastAPI | None = None
+
+
+def __getattr__(name: str) -> FastAPI:
+    """``bot.main.app``: the application for the environment's settings, built once."""
+    global _app
+    if name == "app":
+        if _app is None:
+            _app = create_app()
+        return _app
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

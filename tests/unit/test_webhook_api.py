@@ -1,0 +1,565 @@
+"""The web tier end to end in-process: webhook handshake and deliveries, de-dup, queueing,
+probes and metrics, against a real Redis server (the ``redis_url`` session fixture).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis as sync_redis
+import structlog
+from celery import Celery
+from celery.contrib.testing.worker import start_worker
+from fastapi import FastAPI
+from kombu import Connection  # type: ignore[attr-defined]
+from pydantic import SecretStr
+from redis.asyncio import Redis
+
+from bot.api.deps import get_database_check
+from bot.core.config import Settings
+from bot.dedup import DEDUP_TTL_SECONDS, dedup_key, first_seen, release
+from bot.main import create_app
+from bot.queue import (
+    CELERY_QUEUE,
+    PROCESS_MESSAGE_TASK,
+    RECORD_STATUS_TASK,
+    TaskPublisher,
+    build_task_message,
+    enqueue_message,
+    enqueue_status,
+)
+from bot.whatsapp.events import InboundMessage, StatusUpdate
+from bot.whatsapp.signature import sign
+
+PAYLOADS = Path(__file__).parent / "payloads"
+PN = "106540352242922"
+APP_SECRET = "test-app-secret-0123"
+VERIFY_TOKEN = "test-verify-token-4567"
+ACCESS_TOKEN = "EAAtest-access-token-89"
+DB_INDEX = 11
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def test_redis_url(redis_url: str) -> Iterator[str]:
+    url = redis_url.rsplit("/", 1)[0] + f"/{DB_INDEX}"
+    client = sync_redis.Redis.from_url(url)
+    client.flushdb()
+    yield url
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture
+def raw(test_redis_url: str) -> Iterator[sync_redis.Redis]:
+    client = sync_redis.Redis.from_url(test_redis_url)
+    yield client
+    client.close()
+
+
+def make_settings(redis_url: str, tmp_path: Path, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "phone_number_id": PN,
+        "meta_app_secret": SecretStr(APP_SECRET),
+        "meta_verify_token": SecretStr(VERIFY_TOKEN),
+        "meta_access_token": SecretStr(ACCESS_TOKEN),
+        "redis_url": redis_url,
+        "database_url": f"sqlite+aiosqlite:///{tmp_path / 'bot.db'}",
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+@pytest.fixture
+def settings(test_redis_url: str, tmp_path: Path) -> Settings:
+    return make_settings(test_redis_url, tmp_path)
+
+
+async def open_client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://bot") as client:
+            yield client
+
+
+@pytest.fixture
+async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    async for c in open_client(create_app(settings, setup_logging=False)):
+        yield c
+
+
+def sample(name: str) -> bytes:
+    return (PAYLOADS / f"{name}.json").read_bytes()
+
+
+async def post(
+    client: httpx.AsyncClient, body: bytes, *, secret: str | None = APP_SECRET
+) -> httpx.Response:
+    headers = {"Content-Type": "application/json"}
+    if secret is not None:
+        headers["X-Hub-Signature-256"] = sign(body, secret)
+    return await client.post("/webhook", content=body, headers=headers)
+
+
+def queued(raw: sync_redis.Redis) -> list[tuple[str, Any]]:
+    """(task name, first positional arg) of every queued task, oldest first."""
+    out = []
+    for item in reversed(raw.lrange(CELERY_QUEUE, 0, -1)):
+        envelope = json.loads(item)
+        args, kwargs, _embed = json.loads(base64.b64decode(envelope["body"]))
+        assert kwargs == {}
+        assert len(args) == 1
+        out.append((envelope["headers"]["task"], args[0]))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Verification handshake
+
+
+async def test_verify_handshake_ok(client: httpx.AsyncClient) -> None:
+    params = {"hub.mode": "subscribe", "hub.verify_token": VERIFY_TOKEN, "hub.challenge": "1158"}
+    response = await client.get("/webhook", params=params)
+    assert response.status_code == 200
+    assert response.text == "1158"
+    assert response.headers["content-type"].startswith("text/plain")
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"hub.mode": "subscribe", "hub.verify_token": "wrong", "hub.challenge": "1"},
+        {"hub.mode": "unsubscribe", "hub.verify_token": VERIFY_TOKEN, "hub.challenge": "1"},
+        {"hub.verify_token": VERIFY_TOKEN, "hub.challenge": "1"},
+        {"hub.mode": "subscribe", "hub.challenge": "1"},
+        {"hub.mode": "subscribe", "hub.verify_token": VERIFY_TOKEN},
+        {},
+    ],
+)
+async def test_verify_handshake_refused(client: httpx.AsyncClient, params: dict[str, str]) -> None:
+    response = await client.get("/webhook", params=params)
+    assert response.status_code == 403
+    assert "1" not in response.text
+
+
+# ---------------------------------------------------------------------------------------------
+# Signatures
+
+
+@pytest.mark.parametrize("secret", [None, "not-the-app-secret"])
+async def test_bad_or_missing_signature_is_401_and_nothing_happens(
+    client: httpx.AsyncClient, raw: sync_redis.Redis, secret: str | None
+) -> None:
+    with structlog.testing.capture_logs() as logs:
+        response = await post(client, sample("text"), secret=secret)
+    assert response.status_code == 401
+    assert raw.llen(CELERY_QUEUE) == 0
+    assert raw.dbsize() == 0  # no de-dup claim either
+    assert [e["event"] for e in logs] == ["webhook.bad_signature"]
+    assert APP_SECRET not in repr(logs)
+
+
+async def test_signature_over_other_bytes_is_401(
+    client: httpx.AsyncClient, raw: sync_redis.Redis
+) -> None:
+    body = sample("text")
+    response = await client.post(
+        "/webhook",
+        content=body.replace(b"red?", b"blue"),
+        headers={"X-Hub-Signature-256": sign(body, APP_SECRET)},
+    )
+    assert response.status_code == 401
+    assert raw.llen(CELERY_QUEUE) == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Malformed bodies
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "fragment"),
+    [
+        (b"{this is not json", 400, "not valid JSON"),
+        (b'"just a string"', 400, "not a JSON object"),
+        (b'{"entry": []}', 422, "object"),
+        (b'{"object": "whatsapp_business_account", "entry": [{"changes": "x"}]}', 422, "changes"),
+    ],
+)
+async def test_malformed_body_is_4xx_with_reason(
+    client: httpx.AsyncClient, raw: sync_redis.Redis, body: bytes, status: int, fragment: str
+) -> None:
+    with structlog.testing.capture_logs() as logs:
+        response = await post(client, body)
+    assert response.status_code == status
+    assert fragment in response.json()["detail"]
+    assert raw.llen(CELERY_QUEUE) == 0
+    assert logs[-1]["event"] == "webhook.malformed"
+    assert fragment in logs[-1]["reason"]
+
+
+async def test_invalid_event_values_are_422(client: httpx.AsyncClient) -> None:
+    data = json.loads(sample("text"))
+    data["entry"][0]["changes"][0]["value"]["messages"][0]["id"] = "w" * 300
+    response = await post(client, json.dumps(data).encode())
+    assert response.status_code == 422
+    assert "wamid" in response.json()["detail"]
+    assert "www" not in response.json()["detail"]
+
+
+async def test_oversized_body_is_413(client: httpx.AsyncClient) -> None:
+    body = b'{"object": "x", "pad": "' + b"a" * (1024 * 1024 + 10) + b'"}'
+    response = await post(client, body)
+    assert response.status_code == 413
+
+
+# ---------------------------------------------------------------------------------------------
+# Deliveries
+
+
+async def test_text_message_is_queued_once(
+    client: httpx.AsyncClient, raw: sync_redis.Redis
+) -> None:
+    body = sample("text")
+    first = await post(client, body)
+    assert first.status_code == 200
+    assert first.json() == {"status": "ok"}
+    [(task, arg)] = queued(raw)
+    assert task == PROCESS_MESSAGE_TASK
+    msg = InboundMessage.model_validate(arg)
+    assert msg.kind == "text"
+    assert msg.text == "Does the coffee maker come in red?"
+    assert msg.phone_number_id == PN
+    ttl = raw.ttl(dedup_key(PN, msg.wamid))
+    assert DEDUP_TTL_SECONDS - 60 < ttl <= DEDUP_TTL_SECONDS
+
+    with structlog.testing.capture_logs() as logs:
+        again = await post(client, body)
+    assert again.status_code == 200
+    assert len(queued(raw)) == 1
+    assert "webhook.duplicate" in [e["event"] for e in logs]
+
+
+async def test_statuses_are_queued(client: httpx.AsyncClient, raw: sync_redis.Redis) -> None:
+    for name in ("status_sent", "status_failed"):
+        assert (await post(client, sample(name))).status_code == 200
+    tasks = queued(raw)
+    assert [t for t, _ in tasks] == [RECORD_STATUS_TASK, RECORD_STATUS_TASK]
+    failed = StatusUpdate.model_validate(tasks[1][1])
+    assert (failed.status, failed.error_code) == ("failed", 131047)
+
+
+async def test_foreign_phone_number_id_is_acknowledged_and_ignored(
+    client: httpx.AsyncClient, raw: sync_redis.Redis
+) -> None:
+    with structlog.testing.capture_logs() as logs:
+        response = await post(client, sample("foreign_phone"))
+    assert response.status_code == 200
+    assert raw.llen(CELERY_QUEUE) == 0
+    assert raw.dbsize() == 0
+    [line] = [e for e in logs if e["event"] == "webhook.foreign_phone_number_id"]
+    assert line["phone_number_ids"] == ["999999999999999"]
+
+
+async def test_non_whatsapp_object_is_acknowledged(
+    client: httpx.AsyncClient, raw: sync_redis.Redis
+) -> None:
+    response = await post(client, b'{"object": "page", "entry": []}')
+    assert response.status_code == 200
+    assert raw.llen(CELERY_QUEUE) == 0
+
+
+async def test_every_sample_is_accepted(client: httpx.AsyncClient, raw: sync_redis.Redis) -> None:
+    expected: dict[str, str] = {}
+    for path in sorted(PAYLOADS.glob("*.json")):
+        response = await post(client, path.read_bytes())
+        assert response.status_code == 200, path.name
+        data = json.loads(path.read_bytes())
+        value = data["entry"][0]["changes"][0]["value"]
+        if value["metadata"]["phone_number_id"] != PN:
+            continue
+        for m in value.get("messages", []):
+            expected[m["id"]] = PROCESS_MESSAGE_TASK
+        for s in value.get("statuses", []):
+            expected[s["id"] + s["status"]] = RECORD_STATUS_TASK
+    got = {
+        (arg["wamid"] + arg["status"] if task == RECORD_STATUS_TASK else arg["wamid"]): task
+        for task, arg in queued(raw)
+    }
+    assert got == expected
+    kinds = {
+        InboundMessage.model_validate(arg).kind
+        for task, arg in queued(raw)
+        if task == PROCESS_MESSAGE_TASK
+    }
+    assert {"text", "button", "interactive", "image", "location", "unsupported"} <= kinds
+
+
+async def test_broker_failure_is_503_and_releases_the_claim(
+    settings: Settings, raw: sync_redis.Redis
+) -> None:
+    app = create_app(settings, setup_logging=False)
+    async for client in open_client(app):
+        # The broker stops answering: a publisher pointing at a closed port.
+        app.state.publisher = TaskPublisher(f"redis://127.0.0.1:{free_port()}/0")
+        response = await post(client, sample("text"))
+        assert response.status_code == 503
+        assert raw.dbsize() == 0  # the wamid is not remembered: Meta's retry will be processed
+        await app.state.publisher.aclose()
+
+
+async def test_redis_down_is_503(tmp_path: Path) -> None:
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    app = create_app(make_settings(dead, tmp_path), setup_logging=False)
+    async for client in open_client(app):
+        response = await post(client, sample("text"))
+        assert response.status_code == 503
+        ready = await client.get("/readyz")
+        assert ready.status_code == 503
+        assert ready.json()["checks"]["redis"].startswith("error")
+        assert ready.json()["checks"]["database"] == "ok"
+
+
+async def test_webhook_logs_hold_no_secret(client: httpx.AsyncClient) -> None:
+    with structlog.testing.capture_logs() as logs:
+        await post(client, sample("text"), secret="wrong")
+        await post(client, b"{bad json")
+        await post(client, sample("text"))
+        await client.get("/webhook", params={"hub.mode": "subscribe", "hub.verify_token": "x"})
+    text = repr(logs)
+    for secret in (APP_SECRET, VERIFY_TOKEN, ACCESS_TOKEN):
+        assert secret not in text
+
+
+# ---------------------------------------------------------------------------------------------
+# Probes and metrics
+
+
+async def test_healthz_and_readyz(client: httpx.AsyncClient) -> None:
+    assert (await client.get("/healthz")).json() == {"status": "ok"}
+    ready = await client.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json() == {"status": "ok", "checks": {"redis": "ok", "database": "ok"}}
+
+
+async def test_readyz_reports_database_failure(settings: Settings) -> None:
+    app = create_app(settings, setup_logging=False)
+
+    async def broken() -> None:
+        raise OSError("db at postgresql://u:hunter2@db is down")
+
+    app.dependency_overrides[get_database_check] = lambda: broken
+    async for client in open_client(app):
+        ready = await client.get("/readyz")
+    assert ready.status_code == 503
+    assert ready.json()["checks"] == {"redis": "ok", "database": "error: OSError"}
+    assert "hunter2" not in ready.text
+
+
+async def test_metrics(client: httpx.AsyncClient, raw: sync_redis.Redis) -> None:
+    await post(client, sample("text"))
+    await post(client, sample("text"))
+    await post(client, sample("text"), secret=None)
+    await client.get("/webhook", params={"hub.mode": "subscribe"})
+    response = await client.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    text = response.text
+    for name in (
+        "released_webhook_requests_total",
+        "released_webhook_latency_seconds_bucket",
+        "released_messages_received_total",
+        "released_tasks_total",
+        "released_openai_request_seconds",
+        "released_openai_tokens_total",
+        "released_openai_requests_total",
+        "released_graph_requests_total",
+        "released_fallback_answers_total",
+    ):
+        assert name in text, name
+    for outcome in ("accepted", "duplicate", "bad_signature", "verify_failed"):
+        line = f'released_webhook_requests_total{{outcome="{outcome}"}}'
+        assert line in text
+        value = float(text.split(line, 1)[1].split()[0])
+        assert value >= 1
+    assert 'released_messages_received_total{kind="text"}' in text
+    assert f"released_queue_depth {float(raw.llen(CELERY_QUEUE))}" in text
+
+
+def test_metrics_multiprocess_mode(tmp_path: Path) -> None:
+    """With PROMETHEUS_MULTIPROC_DIR, samples of several processes are aggregated."""
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    script = (
+        "from bot.core.metrics import TASKS\n"
+        "TASKS.labels(task='bot.tasks.process_message', outcome='success').inc()\n"
+    )
+    for _ in range(2):
+        subprocess.run([sys.executable, "-c", script], env=env, check=True)
+    render = "from bot.core.metrics import render_metrics\nprint(render_metrics()[0].decode())\n"
+    out = subprocess.run(
+        [sys.executable, "-c", render], env=env, check=True, capture_output=True, text=True
+    ).stdout
+    assert 'released_tasks_total{outcome="success",task="bot.tasks.process_message"} 2.0' in out
+
+
+# ---------------------------------------------------------------------------------------------
+# De-duplication and queueing
+
+
+async def test_first_seen(test_redis_url: str) -> None:
+    redis = Redis.from_url(test_redis_url)
+    try:
+        assert await first_seen(redis, PN, "wamid.a")
+        assert not await first_seen(redis, PN, "wamid.a")
+        assert await first_seen(redis, "222", "wamid.a")  # keyed by phone number id
+        assert await redis.ttl(dedup_key(PN, "wamid.a")) > DEDUP_TTL_SECONDS - 60
+        await release(redis, PN, "wamid.a")
+        assert await first_seen(redis, PN, "wamid.a", ttl_seconds=5)
+        assert 0 < await redis.ttl(dedup_key(PN, "wamid.a")) <= 5
+    finally:
+        await redis.aclose()
+
+
+def test_envelope_matches_celery_send_task(test_redis_url: str, raw: sync_redis.Redis) -> None:
+    """Our envelope has the same shape as the one Celery's own send_task writes."""
+    app = Celery("released", broker=test_redis_url, set_as_current=False)
+    app.send_task(PROCESS_MESSAGE_TASK, args=[{"a": 1}])
+    app.close()
+    popped = raw.rpop(CELERY_QUEUE)
+    assert isinstance(popped, bytes)
+    theirs = json.loads(popped)
+    ours = build_task_message(PROCESS_MESSAGE_TASK, [{"a": 1}])
+    assert ours.keys() == theirs.keys()
+    assert ours["headers"].keys() == theirs["headers"].keys()
+    assert ours["properties"].keys() == theirs["properties"].keys()
+    for key in ("content-type", "content-encoding", "body"):
+        assert ours[key] == theirs[key]
+    assert ours["properties"]["delivery_info"] == theirs["properties"]["delivery_info"]
+    assert ours["properties"]["body_encoding"] == theirs["properties"]["body_encoding"]
+
+
+def test_kombu_decodes_the_message(test_redis_url: str) -> None:
+    async def publish() -> None:
+        publisher = TaskPublisher(test_redis_url)
+        await enqueue_message(
+            InboundMessage(wamid="wamid.k", phone_number_id=PN, wa_id="1", kind="text", text="hi"),
+            publisher,
+        )
+        await publisher.aclose()
+
+    asyncio.run(publish())
+    with Connection(test_redis_url) as conn:  # type: ignore[no-untyped-call]
+        queue = conn.SimpleQueue(CELERY_QUEUE)
+        message = queue.get(timeout=5)
+        args, _kwargs, _embed = message.decode()
+        assert message.headers["task"] == PROCESS_MESSAGE_TASK
+        assert args[0]["wamid"] == "wamid.k"
+        message.ack()
+        queue.close()
+
+
+def test_a_real_celery_worker_runs_the_tasks(test_redis_url: str) -> None:
+    app = Celery("released-test", broker=test_redis_url, set_as_current=False)
+    app.conf.task_acks_late = True
+    received: list[tuple[str, dict[str, Any]]] = []
+    done = threading.Event()
+
+    @app.task(name=PROCESS_MESSAGE_TASK)  # type: ignore[untyped-decorator]
+    def process_message(payload: dict[str, Any]) -> None:
+        received.append(("message", payload))
+        if len(received) == 2:
+            done.set()
+
+    @app.task(name=RECORD_STATUS_TASK)  # type: ignore[untyped-decorator]
+    def record_status(payload: dict[str, Any]) -> None:
+        received.append(("status", payload))
+        if len(received) == 2:
+            done.set()
+
+    msg = InboundMessage(
+        wamid="wamid.w", phone_number_id=PN, wa_id="16505551234", kind="text", text="hola"
+    )
+    status = StatusUpdate(wamid="wamid.s", phone_number_id=PN, status="delivered")
+
+    async def publish() -> None:
+        publisher = TaskPublisher(test_redis_url)
+        await enqueue_message(msg, publisher)
+        await enqueue_status(status, publisher)
+        await publisher.aclose()
+
+    asyncio.run(publish())
+    with start_worker(app, pool="solo", perform_ping_check=False, loglevel="WARNING"):
+        assert done.wait(20)
+    app.close()
+    by_kind = dict(received)
+    assert InboundMessage.model_validate(by_kind["message"]) == msg
+    assert StatusUpdate.model_validate(by_kind["status"]) == status
+
+
+async def test_fallback_to_celery_producer_for_other_brokers() -> None:
+    """Non-Redis broker URLs go through Celery's own producer in a thread."""
+    publisher = TaskPublisher("memory://")
+    assert not publisher.uses_redis
+    task_id = await publisher.send_task(RECORD_STATUS_TASK, [{"x": 1}])
+    assert task_id
+    await publisher.aclose()
+
+
+# ---------------------------------------------------------------------------------------------
+# The module-level app
+
+
+def test_import_connects_nowhere_and_uvicorn_serves(tmp_path: Path, test_redis_url: str) -> None:
+    env = {
+        **os.environ,
+        "REDIS_URL": test_redis_url,
+        "DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'bot.db'}",
+        "PHONE_NUMBER_ID": PN,
+        "LOG_FORMAT": "json",
+    }
+    # Importing builds nothing: no settings read, no app.
+    check = "import bot.main as m; assert m._app is None; import fastapi;"
+    check += "assert isinstance(m.app, fastapi.FastAPI) and m.app is m.app"
+    subprocess.run([sys.executable, "-c", check], env=env, check=True)
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "bot.main:app", "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                response = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1)
+                break
+            except httpx.TransportError:
+                assert proc.poll() is None, "uvicorn exited"
+                assert time.monotonic() < deadline, "uvicorn did not start"
+                time.sleep(0.1)
+        assert response.status_code == 200
+    finally:
+        proc.terminate()
+        output = proc.communicate(timeout=10)[0].decode()
+    # uvicorn's own lines come out through our JSON logging.
+    json_lines = [line for line in output.splitlines() if line.startswith("{")]
+    assert any(json.loads(line).get("logger", "").startswith("uvicorn") for line in json_lines)
