@@ -1,0 +1,633 @@
+"""The Helm chart charts/released-operator: lint, render, validate, schema, RBAC, CRD copy.
+
+Needs the helm binary: found on PATH, in $HELM, or installed by hack/install-helm.sh into the
+cache. Rendered objects are validated against the Kubernetes OpenAPI schemas of
+kubernetes-validate (strict: unknown fields fail).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from tests.unit.chart._helm import (
+    CHART_DIR,
+    CRD_COPY,
+    CRD_SOURCE,
+    REPO_ROOT,
+    find_helm,
+    render,
+    rule_triples,
+    run_helm,
+)
+
+K8S_VERSIONS = ("1.25.0", "1.30.0")
+CRD_NAME = "whatsappagents.whatsapp.released.io"
+# Custom resources kubernetes-validate has no schema for; checked by hand below.
+CUSTOM_KINDS = {"ServiceMonitor", "PrometheusRule", "ClusterKopfPeering"}
+
+NON_DEFAULT = (
+    "replicas=2",
+    "serviceMonitor.enabled=true",
+    "prometheusRule.enabled=true",
+    "postgres.adminSecret.name=shared-postgres",
+    "postgres.adminSecret.key=adminUrl",
+    "postgres.hostForPods=postgres.db.svc:5432",
+    "crds.keep=false",
+    "image.tag=1.2.3",
+    "serviceAccount.annotations.team=bots",
+    "podLabels.tier=control",
+    "operator.extraArgs={--verbose}",
+    "operator.extraEnv[0].name=EXTRA",
+    "operator.extraEnv[0].value=yes",
+)
+
+
+@pytest.fixture(scope="module")
+def helm() -> str:
+    path, why = find_helm()
+    if path is None:
+        pytest.skip(why)
+    return path
+
+
+@pytest.fixture(scope="module")
+def default_objects(helm: str) -> list[dict[str, Any]]:
+    return render(helm)
+
+
+@pytest.fixture(scope="module")
+def custom_objects(helm: str) -> list[dict[str, Any]]:
+    return render(helm, *NON_DEFAULT)
+
+
+def by_kind(objects: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [o for o in objects if o["kind"] == kind]
+
+
+def one(objects: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    found = by_kind(objects, kind)
+    assert len(found) == 1, f"expected one {kind}, found {len(found)}"
+    return found[0]
+
+
+def container(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    deployment = one(objects, "Deployment")
+    (c,) = deployment["spec"]["template"]["spec"]["containers"]
+    return c
+
+
+def env_of(c: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {e["name"]: e for e in c["env"]}
+
+
+def chart_meta() -> dict[str, Any]:
+    return yaml.safe_load((CHART_DIR / "Chart.yaml").read_text())
+
+
+# --- lint and schema --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("values", [(), NON_DEFAULT], ids=["default", "non-default"])
+def test_helm_lint_strict(helm: str, values: tuple[str, ...]) -> None:
+    args = ["lint", "--strict", str(CHART_DIR)]
+    for v in values:
+        args += ["--set", v]
+    proc = run_helm(helm, *args, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "0 chart(s) failed" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "foo=1",
+        "image.digest=sha256:abc",
+        "operator.bogus=1",
+        "crds.Install=true",
+        "serviceMonitor.selector=x",
+        "prometheusRule.thresholds.latency=1",
+        "postgres.adminSecret.namespace=db",
+        "resources.request.cpu=1",
+        "metrics.service.port=9000",
+    ],
+)
+def test_unknown_value_keys_are_rejected(helm: str, value: str) -> None:
+    proc = run_helm(helm, "template", "r", str(CHART_DIR), "--set", value, check=False)
+    assert proc.returncode != 0, f"--set {value} was accepted"
+    assert "additional propert" in proc.stderr or "not allowed" in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "replicas=0",
+        "image.pullPolicy=Sometimes",
+        "operator.logFormat=xml",
+        "operator.graphUrl=graph.facebook.com",
+        "postgres.adminSecret.name=Not_A_Name",
+        "serviceMonitor.interval=soon",
+        "crds.keep=maybe",
+    ],
+)
+def test_values_of_the_wrong_shape_are_rejected(helm: str, value: str) -> None:
+    proc = run_helm(helm, "template", "r", str(CHART_DIR), "--set", value, check=False)
+    assert proc.returncode != 0, f"--set {value} was accepted"
+
+
+def _walk_schema(node: Any, path: str, out: list[str]) -> None:
+    if isinstance(node, dict):
+        closed = node.get("additionalProperties") is False
+        if node.get("type") == "object" and "properties" in node and not closed:
+            out.append(path or "/")
+        for key, child in node.items():
+            _walk_schema(child, f"{path}/{key}", out)
+    elif isinstance(node, list):
+        for i, child in enumerate(node):
+            _walk_schema(child, f"{path}/{i}", out)
+
+
+def test_values_schema_closes_every_object() -> None:
+    schema = json.loads((CHART_DIR / "values.schema.json").read_text())
+    open_objects: list[str] = []
+    _walk_schema(schema, "", open_objects)
+    assert open_objects == [], f"objects without additionalProperties: false: {open_objects}"
+    # Maps (labels, annotations, resources) are closed by a key pattern or a value type instead.
+    for key in ("podLabels", "podAnnotations", "nodeSelector"):
+        node = schema["properties"][key]
+        assert node["additionalProperties"] is False
+        assert node["patternProperties"]
+
+
+def test_values_yaml_documents_every_schema_key() -> None:
+    schema = json.loads((CHART_DIR / "values.schema.json").read_text())
+    values = yaml.safe_load((CHART_DIR / "values.yaml").read_text())
+    assert set(values) == set(schema["properties"]) - {"global"}
+
+
+# --- rendering and Kubernetes validation ------------------------------------------------------
+
+
+def _validate_all(objects: list[dict[str, Any]]) -> list[str]:
+    kinds = []
+    for obj in objects:
+        if obj["kind"] in CUSTOM_KINDS:
+            continue
+        for version in K8S_VERSIONS:
+            kubernetes_validate.validate(obj, version, strict=True)
+        kinds.append(obj["kind"])
+    return kinds
+
+
+def test_default_render_is_valid_kubernetes(default_objects: list[dict[str, Any]]) -> None:
+    kinds = _validate_all(default_objects)
+    assert sorted(kinds) == sorted(
+        [
+            "CustomResourceDefinition",  # WhatsAppAgent (template)
+            "CustomResourceDefinition",  # kopf's ClusterKopfPeering (crds/, used with replicas > 1)
+            "ServiceAccount",
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "Service",
+            "Deployment",
+            "Pod",
+        ]
+    )
+    for obj in default_objects:
+        if obj["kind"] not in {"CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding"}:
+            assert obj["metadata"]["namespace"] == "released-system", obj["kind"]
+
+
+def test_non_default_render_is_valid_kubernetes(custom_objects: list[dict[str, Any]]) -> None:
+    kinds = _validate_all(custom_objects)
+    assert "Deployment" in kinds
+    assert {o["kind"] for o in custom_objects} >= CUSTOM_KINDS
+    # The kopf peering CRD comes from the chart's crds/ directory.
+    crds = {o["metadata"]["name"] for o in by_kind(custom_objects, "CustomResourceDefinition")}
+    assert crds == {CRD_NAME, "clusterkopfpeerings.kopf.dev"}
+
+
+def test_the_validator_does_reject_bad_objects(default_objects: list[dict[str, Any]]) -> None:
+    """Guards the tests above against a validator that accepts anything."""
+    bad = copy.deepcopy(one(default_objects, "Deployment"))
+    bad["spec"]["template"]["spec"]["containers"][0]["livenessProbe"]["httpGet"]["pathh"] = "/"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(bad, K8S_VERSIONS[-1], strict=True)
+    bad = copy.deepcopy(_crd(default_objects))
+    bad["spec"]["scope"] = 7
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(bad, K8S_VERSIONS[-1], strict=True)
+
+
+def test_chart_packages_with_the_crd_copy(helm: str, tmp_path: Path) -> None:
+    run_helm(helm, "package", str(CHART_DIR), "--destination", str(tmp_path))
+    (archive,) = tmp_path.glob("released-operator-*.tgz")
+    with tarfile.open(archive) as tar:
+        names = set(tar.getnames())
+    assert "released-operator/files/crds/whatsappagent.yaml" in names
+    assert "released-operator/crds/kopf-peering.yaml" in names
+    assert not any("/docs/" in n for n in names), "docs/ is not part of the package"
+
+
+# --- the CRD ----------------------------------------------------------------------------------
+
+
+def test_chart_crd_copy_equals_crds_dir() -> None:
+    assert CRD_COPY.read_text() == CRD_SOURCE.read_text(), (
+        "charts/released-operator/files/crds/whatsappagent.yaml differs from "
+        "crds/whatsappagent.yaml; run: cp crds/whatsappagent.yaml "
+        "charts/released-operator/files/crds/whatsappagent.yaml"
+    )
+
+
+def _crd(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    crds = [
+        o for o in by_kind(objects, "CustomResourceDefinition") if o["metadata"]["name"] == CRD_NAME
+    ]
+    assert len(crds) == 1
+    return crds[0]
+
+
+def test_rendered_crd_is_the_source_crd(default_objects: list[dict[str, Any]]) -> None:
+    source = yaml.safe_load(CRD_SOURCE.read_text())
+    rendered = _crd(default_objects)
+    assert rendered["spec"] == source["spec"]
+    assert rendered["metadata"]["name"] == source["metadata"]["name"]
+    for key, value in (source["metadata"].get("labels") or {}).items():
+        assert rendered["metadata"]["labels"][key] == value
+    annotations = rendered["metadata"]["annotations"]
+    assert annotations["helm.sh/resource-policy"] == "keep"
+    assert annotations["argocd.argoproj.io/sync-wave"] == "-1"
+    assert rendered["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "Helm"
+
+
+def test_crd_keep_and_install_toggles(helm: str, custom_objects: list[dict[str, Any]]) -> None:
+    assert "helm.sh/resource-policy" not in _crd(custom_objects)["metadata"]["annotations"]
+    objects = render(helm, "crds.install=false")
+    names = {o["metadata"]["name"] for o in by_kind(objects, "CustomResourceDefinition")}
+    assert CRD_NAME not in names
+
+
+def test_crd_is_a_template_not_in_crds_dir() -> None:
+    """Helm never upgrades crds/; the WhatsAppAgent CRD must change with `helm upgrade`."""
+    in_crds_dir = [yaml.safe_load(p.read_text()) for p in (CHART_DIR / "crds").glob("*.yaml")]
+    assert CRD_NAME not in {d["metadata"]["name"] for d in in_crds_dir}
+
+
+# --- the operator Deployment ------------------------------------------------------------------
+
+
+def test_deployment_defaults(default_objects: list[dict[str, Any]]) -> None:
+    deployment = one(default_objects, "Deployment")
+    spec = deployment["spec"]
+    assert spec["replicas"] == 1
+    assert spec["strategy"] == {"type": "Recreate"}
+    pod = spec["template"]["spec"]
+    c = container(default_objects)
+    app_version = chart_meta()["appVersion"]
+    assert c["image"] == f"ghcr.io/released/released:{app_version}"
+    # The console script: kopf standalone, all namespaces, liveness on RELEASED_HEALTH_PORT.
+    assert c["command"] == ["released-operator"]
+    assert "args" not in c
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert ports == {"metrics": 8080, "health": 8081}
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert c["resources"]["requests"] and c["resources"]["limits"]["memory"]
+    # Security: non-root, read-only root filesystem, seccomp, no privilege escalation.
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] == 10001
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    sc = c["securityContext"]
+    assert sc["readOnlyRootFilesystem"] is True
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"] == {"drop": ["ALL"]}
+    assert {m["mountPath"] for m in c["volumeMounts"]} == {"/tmp"}
+    assert pod["serviceAccountName"] == one(default_objects, "ServiceAccount")["metadata"]["name"]
+    env = env_of(c)
+    assert env["RELEASED_BOT_IMAGE"]["value"] == c["image"]
+    assert "RELEASED_POSTGRES_ADMIN_URL" not in env
+    # The selector matches the pod template and the metrics Service.
+    labels = spec["template"]["metadata"]["labels"]
+    assert spec["selector"]["matchLabels"].items() <= labels.items()
+    service = one(default_objects, "Service")
+    assert service["spec"]["selector"].items() <= labels.items()
+    assert {p["name"]: p["port"] for p in service["spec"]["ports"]} == {
+        "metrics": 8080,
+        "health": 8081,
+    }
+
+
+def test_deployment_non_default(custom_objects: list[dict[str, Any]]) -> None:
+    deployment = one(custom_objects, "Deployment")
+    assert deployment["spec"]["replicas"] == 2
+    assert deployment["spec"]["strategy"]["type"] == "RollingUpdate"
+    c = container(custom_objects)
+    name = deployment["metadata"]["name"]
+    assert c["command"] == ["kopf"]
+    assert c["args"] == [
+        "run",
+        "--module=whatsapp_operator.handlers",
+        f"--peering={name}",
+        "--all-namespaces",
+        "--liveness=http://0.0.0.0:8081/healthz",
+        "--log-format=json",
+        "--verbose",
+    ]
+    assert c["image"] == "ghcr.io/released/released:1.2.3"
+    env = env_of(c)
+    assert env["RELEASED_BOT_IMAGE"]["value"] == "ghcr.io/released/released:1.2.3"
+    assert env["RELEASED_POSTGRES_ADMIN_URL"]["valueFrom"] == {
+        "secretKeyRef": {"name": "shared-postgres", "key": "adminUrl"}
+    }
+    assert env["RELEASED_POSTGRES_HOST_FOR_PODS"]["value"] == "postgres.db.svc:5432"
+    assert env["EXTRA"]["value"] == "yes"
+    peering = one(custom_objects, "ClusterKopfPeering")
+    assert peering["metadata"]["name"] == name
+    assert deployment["spec"]["template"]["metadata"]["labels"]["tier"] == "control"
+
+
+def test_watched_namespaces(helm: str) -> None:
+    values = ("operator.namespaces={clients-*,demo}",)
+    env = env_of(container(render(helm, *values)))
+    assert env["RELEASED_NAMESPACES"]["value"] == "clients-*,demo"
+    args = container(render(helm, "replicas=2", *values))["args"]
+    assert "--namespace=clients-*" in args and "--namespace=demo" in args
+    assert "--all-namespaces" not in args
+
+
+def test_admission_webhook_toggle(helm: str, default_objects: list[dict[str, Any]]) -> None:
+    assert "RELEASED_ADMISSION_WEBHOOK" not in env_of(container(default_objects))
+    objects = render(helm, "admission.enabled=true")
+    _validate_all(objects)
+    c = container(objects)
+    env = env_of(c)
+    assert env["RELEASED_ADMISSION_WEBHOOK"]["value"] == "1"
+    services = {s["metadata"]["name"]: s for s in by_kind(objects, "Service")}
+    host = env["RELEASED_ADMISSION_HOST"]["value"]
+    name, namespace = host.split(".")[:2]
+    assert namespace == "released-system"
+    (port,) = services[name]["spec"]["ports"]
+    assert port["port"] == int(env["RELEASED_ADMISSION_PORT"]["value"]) == 9443
+    assert {"name": "webhook", "containerPort": 9443, "protocol": "TCP"} in c["ports"]
+
+
+def test_bot_image_override(helm: str) -> None:
+    env = env_of(container(render(helm, "botImage=registry.local/bot:dev")))
+    assert env["RELEASED_BOT_IMAGE"]["value"] == "registry.local/bot:dev"
+
+
+def test_every_released_env_is_an_operator_setting(
+    helm: str, default_objects: list[dict[str, Any]], custom_objects: list[dict[str, Any]]
+) -> None:
+    from whatsapp_operator.config import OperatorSettings
+
+    fields = {f"RELEASED_{name.upper()}" for name in OperatorSettings.model_fields}
+    # Variables read outside OperatorSettings (entry point, admission) appear in the source.
+    source = "\n".join(
+        p.read_text() for p in (REPO_ROOT / "operator" / "whatsapp_operator").glob("*.py")
+    )
+    names = set(env_of(container(default_objects))) | set(env_of(container(custom_objects)))
+    names |= set(
+        env_of(container(render(helm, "admission.enabled=true", "operator.namespaces={a}")))
+    )
+    released = {n for n in names if n.startswith("RELEASED_")}
+    unknown = {n for n in released - fields if f'"{n}"' not in source}
+    assert unknown == set(), "the chart sets variables the operator does not read"
+    # And the settings the chart must set are set.
+    assert {
+        "RELEASED_BOT_IMAGE",
+        "RELEASED_POSTGRES_ADMIN_URL",
+        "RELEASED_METRICS_PORT",
+        "RELEASED_HEALTH_PORT",
+    } <= released
+
+
+def test_helm_test_pod(default_objects: list[dict[str, Any]]) -> None:
+    pod = one(default_objects, "Pod")
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    (c,) = pod["spec"]["containers"]
+    assert c["image"] == container(default_objects)["image"]
+    assert c["command"] == ["python", "-c"]
+    compile(c["args"][0], "helm-test", "exec")  # the script at least parses
+    assert "Established" in c["args"][0]
+    env = env_of(c)
+    service = one(default_objects, "Service")["metadata"]["name"]
+    assert f"{service}.released-system.svc:8080/metrics" in env["METRICS_URL"]["value"]
+    assert f"{service}.released-system.svc:8081/healthz" in env["HEALTH_URL"]["value"]
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+def test_notes_render(helm: str) -> None:
+    proc = run_helm(helm, "install", "released", str(CHART_DIR), "--dry-run=client", "-n", "ops")
+    assert "helm test released -n ops" in proc.stdout
+    assert "DatabaseNotConfigured" in proc.stdout
+
+
+# --- RBAC -------------------------------------------------------------------------------------
+
+WRITE_VERBS = {"create", "update", "patch", "delete"}
+
+
+def test_cluster_role_is_least_privilege(default_objects: list[dict[str, Any]]) -> None:
+    role = one(default_objects, "ClusterRole")
+    triples = rule_triples(role["rules"])
+    assert not any("*" in t for t in triples), "no wildcards"
+    resources = {r for _, r, _ in triples}
+    assert not resources & {
+        "nodes",
+        "clusterroles",
+        "clusterrolebindings",
+        "roles",
+        "rolebindings",
+        "pods/exec",
+        "pods/portforward",
+        "serviceaccounts/token",
+        "validatingwebhookconfigurations",
+    }
+    # Pods, namespaces and CRDs are read only.
+    for group, resource, verb in triples:
+        if resource in {"pods", "namespaces", "customresourcedefinitions"}:
+            assert verb in {"get", "list", "watch"}, (group, resource, verb)
+    # What the operator manages, it can fully manage.
+    for group, resource in [
+        ("apps", "deployments"),
+        ("", "services"),
+        ("", "configmaps"),
+        ("", "secrets"),
+        ("", "serviceaccounts"),
+        ("", "persistentvolumeclaims"),
+        ("networking.k8s.io", "ingresses"),
+        ("networking.k8s.io", "networkpolicies"),
+        ("policy", "poddisruptionbudgets"),
+        ("monitoring.coreos.com", "servicemonitors"),
+    ]:
+        for verb in {"get", "list", "watch"} | WRITE_VERBS:
+            assert (group, resource, verb) in triples, (group, resource, verb)
+    assert ("whatsapp.released.io", "whatsappagents/status", "patch") in triples
+    assert ("whatsapp.released.io", "whatsappagents", "delete") not in triples
+    assert ("", "events", "create") in triples
+    # Peering and webhook-configuration rights only when those are on.
+    assert not any(g in {"kopf.dev", "admissionregistration.k8s.io"} for g, _, _ in triples)
+    binding = one(default_objects, "ClusterRoleBinding")
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"] == [
+        {
+            "kind": "ServiceAccount",
+            "name": one(default_objects, "ServiceAccount")["metadata"]["name"],
+            "namespace": "released-system",
+        }
+    ]
+
+
+def test_peering_rbac_only_with_replicas(custom_objects: list[dict[str, Any]]) -> None:
+    triples = rule_triples(one(custom_objects, "ClusterRole")["rules"])
+    assert {
+        ("kopf.dev", "clusterkopfpeerings", v) for v in ("get", "list", "watch", "patch")
+    } <= triples
+
+
+def _rbac_rules_module() -> Any:
+    if not (REPO_ROOT / "operator" / "whatsapp_operator" / "rbac.py").exists():
+        pytest.skip("operator/whatsapp_operator/rbac.py (RBAC_RULES) does not exist yet")
+    from whatsapp_operator import rbac
+
+    return rbac
+
+
+def _as_dicts(rules: Any) -> list[dict[str, Any]]:
+    out = []
+    for rule in rules:
+        if not isinstance(rule, dict):
+            rule = rule.to_dict() if hasattr(rule, "to_dict") else vars(rule)
+        out.append(
+            {
+                "apiGroups": list(rule.get("apiGroups", rule.get("api_groups", []))),
+                "resources": list(rule["resources"]),
+                "verbs": list(rule["verbs"]),
+            }
+        )
+    return out
+
+
+ADMISSION_GROUP = "admissionregistration.k8s.io"
+
+
+def test_cluster_role_equals_operator_rbac_rules(
+    helm: str, default_objects: list[dict[str, Any]]
+) -> None:
+    """With the admission webhook on, the ClusterRole is exactly RBAC_RULES; without it, the
+    same less the webhook configuration rule (RBAC_RULES marks that rule as webhook-only)."""
+    rbac = _rbac_rules_module()
+    operator = rule_triples(_as_dicts(rbac.RBAC_RULES))
+    with_webhook = rule_triples(one(render(helm, "admission.enabled=true"), "ClusterRole")["rules"])
+    assert with_webhook - operator == set(), "the chart grants more than the operator declares"
+    assert operator - with_webhook == set(), "the operator needs rights the chart does not grant"
+    chart = rule_triples(one(default_objects, "ClusterRole")["rules"])
+    assert chart == {t for t in operator if t[0] != ADMISSION_GROUP}
+
+
+# --- monitoring -------------------------------------------------------------------------------
+
+
+def test_service_monitor(custom_objects: list[dict[str, Any]]) -> None:
+    monitor = one(custom_objects, "ServiceMonitor")
+    service = one(custom_objects, "Service")
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    assert (
+        monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    )
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": ["released-system"]}
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert endpoint["port"] == "metrics" and endpoint["path"] == "/metrics"
+
+
+EXPECTED_ALERTS = {
+    "ReleasedOperatorDown",
+    "ReleasedReconcileErrors",
+    "ReleasedAgentNotReady",
+    "ReleasedWebhookErrors",
+    "ReleasedWebhookBadSignatures",
+    "ReleasedQueueDepthHigh",
+    "ReleasedOpenAIErrors",
+}
+
+
+def _rules(custom_objects: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    rule = one(custom_objects, "PrometheusRule")
+    return {r["alert"]: r for g in rule["spec"]["groups"] for r in g["rules"]}
+
+
+def test_prometheus_rule(custom_objects: list[dict[str, Any]]) -> None:
+    rules = _rules(custom_objects)
+    assert set(rules) == EXPECTED_ALERTS
+    assert rules["ReleasedAgentNotReady"]["for"] == "15m"
+    service = one(custom_objects, "Service")["metadata"]["name"]
+    assert f'job="{service}"' in rules["ReleasedOperatorDown"]["expr"]
+    for name, rule in rules.items():
+        assert rule["labels"]["severity"], name
+        assert rule["annotations"]["summary"], name
+        expr = rule["expr"]
+        assert expr.count("(") == expr.count(")"), name
+        assert "{{" not in expr, f"{name}: unrendered template in expr"
+    # Alert templating survives Helm: Prometheus sees {{ $labels... }} literally.
+    assert "{{ $labels.namespace }}" in rules["ReleasedQueueDepthHigh"]["annotations"]["summary"]
+
+
+def test_prometheus_rule_thresholds_come_from_values(helm: str) -> None:
+    objects = render(helm, "prometheusRule.enabled=true", "prometheusRule.thresholds.queueDepth=7")
+    assert _rules(objects)["ReleasedQueueDepthHigh"]["expr"].endswith("> 7")
+    assert not by_kind(render(helm), "PrometheusRule")
+
+
+METRIC_SELECTOR = re.compile(r"\b(released_[a-z_]+)(?:\{([^}]*)\})?")
+LABEL_MATCHER = re.compile(r'(\w+)\s*(=~|!~|!=|=)\s*"([^"]*)"')
+
+
+def _exported_metric_names() -> set[str]:
+    """Sample and family names of the operator's and the bot's registries."""
+    import prometheus_client
+    from whatsapp_operator import metrics as operator_metrics
+
+    from bot.core import metrics as bot_metrics
+
+    names: set[str] = set()
+    families = [
+        *operator_metrics.REGISTRY.collect(),
+        *prometheus_client.REGISTRY.collect(),
+        *bot_metrics.QUEUE_DEPTH.describe(),  # reported only while Redis answers
+    ]
+    for family in families:
+        suffix = "_total" if family.type == "counter" else ""
+        names.add(family.name + suffix)
+        names |= {sample.name for sample in family.samples}
+    return names
+
+
+def test_alerts_use_metrics_the_code_exports(custom_objects: list[dict[str, Any]]) -> None:
+    exported = _exported_metric_names()
+    source = (REPO_ROOT / "operator" / "whatsapp_operator" / "metrics.py").read_text() + "\n".join(
+        p.read_text() for p in (REPO_ROOT / "bot").rglob("*.py")
+    )
+    used: set[str] = set()
+    for name, rule in _rules(custom_objects).items():
+        for metric, selector in METRIC_SELECTOR.findall(rule["expr"]):
+            used.add(metric)
+            assert metric in exported, f"{name}: {metric} is not exported by the code"
+            for label, _op, value in LABEL_MATCHER.findall(selector or ""):
+                # The label values alerts match on are ones the code sets.
+                assert f'"{value}"' in source, f"{name}: {metric}{{{label}={value!r}}} never set"
+    assert {
+        "released_operator_reconciles_total",
+        "released_operator_agents",
+        "released_webhook_requests_total",
+        "released_queue_depth",
+        "released_openai_requests_total",
+    } <= used
