@@ -214,7 +214,16 @@ class FakeServer:
         )
         env["PYTHONUNBUFFERED"] = "1"
         proc = subprocess.Popen(
-            [sys.executable, "-m", cls.module, "--port", "0", *self.cli_args()],
+            [
+                sys.executable,
+                "-m",
+                cls.module,
+                "--port",
+                "0",
+                "--parent-pid",
+                str(os.getpid()),
+                *self.cli_args(),
+            ],
             cwd=str(REPO_ROOT),
             env=env,
             stdout=subprocess.PIPE,
@@ -330,6 +339,9 @@ def serve_cli(
     """
     parser = argparse.ArgumentParser(prog=f"python -m tests.fakes.{name}")
     parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (0: a free one)")
+    parser.add_argument(
+        "--parent-pid", type=int, default=None, help="exit when this process is gone"
+    )
     add_arguments(parser)
     args = parser.parse_args(argv)
     fake = factory(args)
@@ -337,6 +349,18 @@ def serve_cli(
     fake.port = sock.getsockname()[1]
     print(f"{READY_PREFIX}{fake.port} {fake.url}", flush=True)
     server = uvicorn.Server(make_uvicorn_config(fake.build_app()))
+    if args.parent_pid is not None:
+        parent_pid = int(args.parent_pid)
+
+        def watch_parent() -> None:
+            # An orphaned fake (the test run was killed) must not keep running forever.
+            while not server.should_exit:
+                if os.getppid() != parent_pid:
+                    server.should_exit = True
+                    return
+                time.sleep(0.5)
+
+        threading.Thread(target=watch_parent, name="parent-watch", daemon=True).start()
     with contextlib.suppress(KeyboardInterrupt):
         server.run(sockets=[sock])
     fake.stopping.set()

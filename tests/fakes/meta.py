@@ -150,8 +150,14 @@ def graph_error(
 
 
 def error_from_spec(spec: dict[str, Any]) -> JSONResponse:
-    preset = ERROR_PRESETS.get(str(spec.get("kind", "server_error")), ERROR_PRESETS["server_error"])
-    status, code, title, details, subcode = preset
+    kind = spec.get("kind")
+    if kind in ERROR_PRESETS:
+        status, code, title, details, subcode = ERROR_PRESETS[str(kind)]
+    else:
+        # A custom error (e.g. {"status": 403, "code": 200, "message": "Permissions error"}).
+        status, code, title, subcode = 400, 100, "Invalid parameter", None
+        title = str(spec.get("message", title))
+        details = title
     headers = {str(k): str(v) for k, v in (spec.get("headers") or {}).items()}
     return graph_error(
         int(spec.get("status", status)),

@@ -605,8 +605,9 @@ def create_app(state: OpenAIState, fake: FakeOpenAI | None = None) -> Starlette:
             "user": body.get("user"),
             "metadata": body.get("metadata") or {},
         }
-        with state.lock:
-            state.responses[response["id"]] = response
+        if body.get("store", True):
+            with state.lock:
+                state.responses[response["id"]] = response
         return JSONResponse(response)
 
     async def responses_get(request: Request) -> Response:

@@ -521,3 +521,24 @@ def test_openai_spawned_process_same_api() -> None:
         assert fake.calls() == {"POST /v1/responses": 2}
     finally:
         fake.stop()
+
+
+def test_meta_custom_error_dict(meta: FakeMeta) -> None:
+    meta.script_errors([{"status": 403, "code": 200, "message": "Permissions error"}])
+    response = send_text(meta)
+    assert response.status_code == 403
+    error = response.json()["error"]
+    assert error["code"] == 200
+    assert error["message"] == "(#200) Permissions error"
+
+
+def test_openai_chat_completions_and_models(client: openai.OpenAI) -> None:
+    completion = client.chat.completions.create(
+        model="gpt-4o-mini",
+        messages=[
+            {"role": "system", "content": FAQ_INSTRUCTIONS},
+            {"role": "user", "content": "Do you have gluten-free bread?"},
+        ],
+    )
+    assert completion.choices[0].message.content == "Yes, every Friday."
+    assert "gpt-4o-mini" in [m.id for m in client.models.list()]
