@@ -1,0 +1,382 @@
+"""The agent's Deployments (web, worker, beat, Redis): pod templates, environment, probes.
+
+Web, worker and beat run the bot image with the environment of :func:`bot_env`, whose names are
+fields of ``bot.core.config.Settings`` (a unit test keeps them so); Redis runs the operator's
+Redis image with append-only persistence on the ``NAME-redis`` PersistentVolumeClaim.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .. import credentials as keys
+from ..naming import (
+    BEAT,
+    CONFIG_CHECKSUM_ANNOTATION,
+    REDIS,
+    WEB,
+    WORKER,
+    child_names,
+    labels,
+    selector_labels,
+)
+from ..spec import Resources
+from .context import AgentContext, object_meta
+
+WEB_PORT = 8000
+REDIS_PORT = 6379
+#: The bot's uid/gid (the image's non-root user) and Redis's (the official image's ``redis``).
+BOT_UID = 10001
+REDIS_UID = 999
+
+FAQS_DIR = "/etc/released/faqs"
+FAQS_FILE = "faqs.json"
+FAQS_PATH = f"{FAQS_DIR}/{FAQS_FILE}"
+REDIS_ACL_DIR = "/run/redis"
+BEAT_SCHEDULE = "/tmp/celerybeat-schedule"  # noqa: S108 (an emptyDir, not the image's /tmp)
+
+#: Container resources when the spec gives none (``spec.*.resources`` replaces them whole).
+DEFAULT_RESOURCES: dict[str, dict[str, dict[str, str]]] = {
+    WEB: {"requests": {"cpu": "50m", "memory": "128Mi"}, "limits": {"memory": "256Mi"}},
+    WORKER: {"requests": {"cpu": "50m", "memory": "192Mi"}, "limits": {"memory": "384Mi"}},
+    BEAT: {"requests": {"cpu": "10m", "memory": "128Mi"}, "limits": {"memory": "256Mi"}},
+    REDIS: {"requests": {"cpu": "25m", "memory": "32Mi"}, "limits": {"memory": "128Mi"}},
+}
+
+#: Variables set on bot containers that are not ``Settings`` fields (used in ``$(...)``).
+NON_SETTING_ENV: frozenset[str] = frozenset({"REDIS_PASSWORD"})
+
+# Renders the ACL file from the environment and starts Redis. Two passwords are valid while
+# ``redisPasswordPrevious`` exists (during a rotation), so pods that still hold the old one keep
+# working until they have rolled. Generated passwords are URL-safe tokens: no spaces, no '>'.
+REDIS_START_SCRIPT = f"""set -eu
+umask 077
+: "${{REDIS_PASSWORD:?REDIS_PASSWORD is empty}}"
+rule="user default on >$REDIS_PASSWORD"
+if [ -n "${{REDIS_PASSWORD_PREVIOUS:-}}" ]; then rule="$rule >$REDIS_PASSWORD_PREVIOUS"; fi
+printf '%s ~* &* +@all\\n' "$rule" > {REDIS_ACL_DIR}/users.acl
+exec redis-server --port {REDIS_PORT} --dir /data --appendonly yes \\
+  --aclfile {REDIS_ACL_DIR}/users.acl
+"""
+
+REDIS_READY_SCRIPT = '[ "$(redis-cli -p 6379 ping)" = PONG ]'
+
+
+def _value(name: str, value: str | int | float) -> dict[str, Any]:
+    return {"name": name, "value": str(value)}
+
+
+def _secret(name: str, secret: str, key: str, *, optional: bool = False) -> dict[str, Any]:
+    ref: dict[str, Any] = {"name": secret, "key": key}
+    if optional:
+        ref["optional"] = True
+    return {"name": name, "valueFrom": {"secretKeyRef": ref}}
+
+
+def redis_url(agent: AgentContext, db: int = 0) -> str:
+    """The Redis URL of the bot pods; ``$(REDIS_PASSWORD)`` is expanded by the kubelet."""
+    return f"redis://:$(REDIS_PASSWORD)@{child_names(agent.name).redis_service}:{REDIS_PORT}/{db}"
+
+
+def bot_env(agent: AgentContext) -> list[dict[str, Any]]:
+    """The environment of web, worker and beat (``Settings`` names; secrets by reference)."""
+    spec = agent.spec
+    names = child_names(agent.name)
+    creds = names.credentials_secret
+    meta, openai = spec.secrets.meta.name, spec.secrets.openai.name
+    assistant = spec.assistant
+
+    env: list[dict[str, Any]] = [
+        _value("PHONE_NUMBER_ID", spec.phone_number_id),
+        _secret("META_ACCESS_TOKEN", meta, "accessToken"),
+        _secret("META_APP_SECRET", meta, "appSecret"),
+        _secret("META_VERIFY_TOKEN", creds, keys.VERIFY_TOKEN),
+        _secret("META_VERIFY_TOKEN_PREVIOUS", creds, keys.VERIFY_TOKEN_PREVIOUS, optional=True),
+        _value("META_GRAPH_URL", agent.settings.graph_url),
+        _secret("OPENAI_API_KEY", openai, "apiKey"),
+        _value("OPENAI_BASE_URL", agent.openai_base_url or agent.settings.openai_base_url),
+        _value("OPENAI_MODEL", assistant.model),
+        _value("OPENAI_MAX_OUTPUT_TOKENS", assistant.max_output_tokens),
+        _value("OPENAI_RATE_LIMIT_PER_SECOND", assistant.rate_limit_per_second),
+    ]
+    if assistant.instructions is not None:
+        env.append(_value("OPENAI_INSTRUCTIONS", assistant.instructions))
+    if agent.vector_store_id:
+        env.append(_value("OPENAI_VECTOR_STORE_ID", agent.vector_store_id))
+    if assistant.fallback_message is not None:
+        env.append(_value("FALLBACK_MESSAGE", assistant.fallback_message))
+    env.append(_value("LANGUAGE", assistant.language))
+    env.append(_value("FAQS_PATH", FAQS_PATH))
+
+    database = spec.database_secret_ref
+    if database is not None:
+        env.append(_secret("DATABASE_URL", database.name, database.key))
+    else:
+        env.append(_secret("DATABASE_URL", creds, keys.DATABASE_URL))
+
+    env += [
+        _secret("REDIS_PASSWORD", creds, keys.REDIS_PASSWORD),
+        _value("REDIS_URL", redis_url(agent)),
+        _value("CELERY_BROKER_URL", redis_url(agent)),
+        _value("RETENTION_DAYS", spec.retention.days),
+        _value("LOG_FORMAT", "json"),
+    ]
+    return env
+
+
+def _resources(resources: Resources | None, component: str) -> dict[str, Any]:
+    if resources is not None and (resources.requests or resources.limits):
+        return resources.to_k8s()
+    defaults = DEFAULT_RESOURCES[component]
+    return {kind: dict(values) for kind, values in defaults.items()}
+
+
+def container_security_context(uid: int) -> dict[str, Any]:
+    """Non-root, read-only root filesystem, no privilege escalation, no capabilities."""
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": uid,
+        "runAsGroup": uid,
+        "readOnlyRootFilesystem": True,
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def pod_security_context(uid: int) -> dict[str, Any]:
+    """The pod-level security context (``fsGroup`` makes volumes writable for ``uid``)."""
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": uid,
+        "runAsGroup": uid,
+        "fsGroup": uid,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def _pod_template(
+    agent: AgentContext,
+    component: str,
+    containers: list[dict[str, Any]],
+    volumes: list[dict[str, Any]],
+    *,
+    uid: int,
+    checksum: str,
+    grace_seconds: int = 30,
+) -> dict[str, Any]:
+    return {
+        "metadata": {
+            "labels": labels(agent.name, component),
+            "annotations": {CONFIG_CHECKSUM_ANNOTATION: checksum},
+        },
+        "spec": {
+            "serviceAccountName": child_names(agent.name).service_account,
+            "automountServiceAccountToken": False,
+            "enableServiceLinks": False,
+            "securityContext": pod_security_context(uid),
+            "terminationGracePeriodSeconds": grace_seconds,
+            "containers": containers,
+            "volumes": volumes,
+        },
+    }
+
+
+def _deployment(
+    agent: AgentContext,
+    name: str,
+    component: str,
+    replicas: int,
+    template: dict[str, Any],
+    strategy: dict[str, Any],
+) -> dict[str, Any]:
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": object_meta(agent, name, component),
+        "spec": {
+            "replicas": 0 if agent.suspended else replicas,
+            "revisionHistoryLimit": 3,
+            "selector": {"matchLabels": selector_labels(agent.name, component)},
+            "strategy": strategy,
+            "template": template,
+        },
+    }
+
+
+def _bot_volumes(agent: AgentContext) -> list[dict[str, Any]]:
+    return [
+        {"name": "tmp", "emptyDir": {}},
+        {
+            "name": "faqs",
+            "configMap": {
+                "name": child_names(agent.name).faqs_configmap,
+                "items": [{"key": FAQS_FILE, "path": FAQS_FILE}],
+            },
+        },
+    ]
+
+
+_BOT_MOUNTS: list[dict[str, Any]] = [
+    {"name": "tmp", "mountPath": "/tmp"},  # noqa: S108
+    {"name": "faqs", "mountPath": FAQS_DIR, "readOnly": True},
+]
+
+
+def _bot_container(
+    agent: AgentContext, component: str, command: list[str], resources: Resources | None
+) -> dict[str, Any]:
+    return {
+        "name": component,
+        "image": agent.settings.bot_image,
+        "imagePullPolicy": agent.settings.image_pull_policy,
+        "command": command,
+        "env": bot_env(agent),
+        "resources": _resources(resources, component),
+        "securityContext": container_security_context(BOT_UID),
+        "volumeMounts": [dict(m) for m in _BOT_MOUNTS],
+    }
+
+
+def build_web_deployment(agent: AgentContext) -> dict[str, Any]:
+    """``NAME-web``: uvicorn serving ``bot.main:app`` on port 8000 behind the Ingress."""
+    container = _bot_container(
+        agent,
+        WEB,
+        [
+            "uvicorn",
+            "bot.main:app",
+            "--host",
+            "0.0.0.0",  # noqa: S104 (a pod listens on its own address)
+            "--port",
+            str(WEB_PORT),
+            "--proxy-headers",
+            "--forwarded-allow-ips",
+            "*",
+            "--no-access-log",
+        ],
+        agent.spec.web.resources,
+    )
+    container["ports"] = [{"name": "http", "containerPort": WEB_PORT, "protocol": "TCP"}]
+    container["livenessProbe"] = {
+        "httpGet": {"path": "/healthz", "port": "http"},
+        "initialDelaySeconds": 5,
+        "periodSeconds": 10,
+        "timeoutSeconds": 3,
+        "failureThreshold": 3,
+    }
+    container["readinessProbe"] = {
+        "httpGet": {"path": "/readyz", "port": "http"},
+        "periodSeconds": 5,
+        "timeoutSeconds": 3,
+        "failureThreshold": 3,
+    }
+    template = _pod_template(
+        agent, WEB, [container], _bot_volumes(agent), uid=BOT_UID, checksum=agent.config_checksum
+    )
+    # Never drop below the desired count while rolling: Meta retries, but not forever.
+    strategy = {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
+    names = child_names(agent.name)
+    return _deployment(
+        agent, names.web_deployment, WEB, agent.spec.web.replicas, template, strategy
+    )
+
+
+def build_worker_deployment(agent: AgentContext) -> dict[str, Any]:
+    """``NAME-worker``: Celery workers that answer messages (tasks are acknowledged late)."""
+    worker = agent.spec.worker
+    container = _bot_container(
+        agent,
+        WORKER,
+        [
+            "celery",
+            "-A",
+            "bot.tasks",
+            "worker",
+            f"--concurrency={worker.concurrency}",
+            "--loglevel=INFO",
+        ],
+        worker.resources,
+    )
+    template = _pod_template(
+        agent,
+        WORKER,
+        [container],
+        _bot_volumes(agent),
+        uid=BOT_UID,
+        checksum=agent.config_checksum,
+        grace_seconds=60,
+    )
+    strategy = {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
+    names = child_names(agent.name)
+    return _deployment(agent, names.worker_deployment, WORKER, worker.replicas, template, strategy)
+
+
+def build_beat_deployment(agent: AgentContext) -> dict[str, Any]:
+    """``NAME-beat``: the Celery scheduler; exactly one replica, never two at once."""
+    container = _bot_container(
+        agent,
+        BEAT,
+        [
+            "celery",
+            "-A",
+            "bot.tasks",
+            "beat",
+            "--schedule",
+            BEAT_SCHEDULE,
+            "--loglevel=INFO",
+        ],
+        None,
+    )
+    template = _pod_template(
+        agent, BEAT, [container], _bot_volumes(agent), uid=BOT_UID, checksum=agent.config_checksum
+    )
+    names = child_names(agent.name)
+    return _deployment(agent, names.beat_deployment, BEAT, 1, template, {"type": "Recreate"})
+
+
+def build_redis_deployment(agent: AgentContext) -> dict[str, Any]:
+    """``NAME-redis``: Redis with an append-only file on ``NAME-redis`` and ACL passwords."""
+    names = child_names(agent.name)
+    creds = names.credentials_secret
+    container = {
+        "name": REDIS,
+        "image": agent.settings.redis_image,
+        "imagePullPolicy": agent.settings.image_pull_policy,
+        "command": ["sh", "-c", REDIS_START_SCRIPT],
+        "env": [
+            _secret("REDIS_PASSWORD", creds, keys.REDIS_PASSWORD),
+            _secret("REDIS_PASSWORD_PREVIOUS", creds, keys.REDIS_PASSWORD_PREVIOUS, optional=True),
+            # redis-cli (the readiness probe) authenticates with this.
+            _value("REDISCLI_AUTH", "$(REDIS_PASSWORD)"),
+        ],
+        "ports": [{"name": "redis", "containerPort": REDIS_PORT, "protocol": "TCP"}],
+        "livenessProbe": {
+            "tcpSocket": {"port": "redis"},
+            "initialDelaySeconds": 10,
+            "periodSeconds": 10,
+        },
+        "readinessProbe": {
+            "exec": {"command": ["sh", "-c", REDIS_READY_SCRIPT]},
+            "periodSeconds": 5,
+            "timeoutSeconds": 3,
+        },
+        "resources": _resources(agent.spec.redis.resources, REDIS),
+        "securityContext": container_security_context(REDIS_UID),
+        "volumeMounts": [
+            {"name": "data", "mountPath": "/data"},
+            {"name": "acl", "mountPath": REDIS_ACL_DIR},
+            {"name": "tmp", "mountPath": "/tmp"},  # noqa: S108
+        ],
+    }
+    volumes = [
+        {"name": "data", "persistentVolumeClaim": {"claimName": names.redis_pvc}},
+        # The ACL file holds the passwords in clear: keep it in memory, never on a disk.
+        {"name": "acl", "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}},
+        {"name": "tmp", "emptyDir": {}},
+    ]
+    template = _pod_template(
+        agent, REDIS, [container], volumes, uid=REDIS_UID, checksum=agent.redis_checksum
+    )
+    # The volume is ReadWriteOnce: the old pod must be gone before the new one starts.
+    return _deployment(agent, names.redis_deployment, REDIS, 1, template, {"type": "Recreate"})

@@ -1,0 +1,584 @@
+"""The builders: every child, its labels, owner, security, environment and checksum."""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import replace
+from typing import Any
+
+import kubernetes_validate
+import pytest
+from whatsapp_operator import credentials as keys
+from whatsapp_operator.builders import (
+    DEFAULT_RESOURCES,
+    FAQS_PATH,
+    NON_SETTING_ENV,
+    AgentContext,
+    absent_children,
+    bot_env,
+    build_children,
+    build_credentials_secret,
+    build_ingress,
+    build_redis_deployment,
+    build_service_monitor,
+    build_web_pdb,
+    compute_checksum,
+    compute_redis_checksum,
+    decode_secret_data,
+    generate_credentials,
+    owner_reference,
+    secret_fingerprint,
+)
+from whatsapp_operator.builders.workloads import REDIS_START_SCRIPT
+from whatsapp_operator.config import OperatorSettings
+from whatsapp_operator.naming import (
+    CONFIG_CHECKSUM_ANNOTATION,
+    agent_selector,
+    child_names,
+    labels,
+    selector_labels,
+)
+from whatsapp_operator.spec import AgentSpec, Faq
+
+from bot.core.config import Settings
+from tests.unit.operator.crd_helpers import EXAMPLES, documents
+
+UID = "6778bb9c-77dd-4c69-9da5-a05489de8103"
+SETTINGS = OperatorSettings(
+    bot_image="registry.example/released:1.2.3",
+    redis_image="redis:7.4-alpine",
+    graph_url="http://meta.fake/v23.0",
+    openai_base_url="http://openai.fake/v1",
+)
+#: Kubernetes versions whose schemas the manifests must satisfy (1.20 is checked live by the
+#: control-plane tests; kubernetes-validate ships schemas from 1.25 on).
+K8S_VERSIONS = ["1.25.0", "1.30.0", kubernetes_validate.utils.latest_version()]
+
+
+def example_body(name: str = "acme") -> dict[str, Any]:
+    docs = [
+        d
+        for path in sorted(EXAMPLES.glob("*.yaml"))
+        for d in documents(path)
+        if d.get("kind") == "WhatsAppAgent" and d["metadata"]["name"] == name
+    ]
+    body = docs[0]
+    body["metadata"].update(namespace="shop", uid=UID)
+    return body
+
+
+def make_ctx(**overrides: Any) -> AgentContext:
+    values: dict[str, Any] = {"config_checksum": "c" * 64, "redis_checksum": "r" * 64}
+    values.update(overrides)
+    return AgentContext.from_resource(example_body(), SETTINGS, **values)
+
+
+def by_kind_name(objs: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+    return {(o["kind"], o["metadata"]["name"]): o for o in objs}
+
+
+def deployments(objs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [o for o in objs if o["kind"] == "Deployment"]
+
+
+def container(deployment: dict[str, Any]) -> dict[str, Any]:
+    (c,) = deployment["spec"]["template"]["spec"]["containers"]
+    result: dict[str, Any] = c
+    return result
+
+
+def env_of(deployment: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {e["name"]: e for e in container(deployment)["env"]}
+
+
+# -- naming ----------------------------------------------------------------------------------
+
+
+def test_child_names() -> None:
+    names = child_names("acme")
+    assert names.deployments == ("acme-web", "acme-worker", "acme-beat", "acme-redis")
+    assert (names.web_service, names.redis_service, names.ingress) == (
+        "acme-web",
+        "acme-redis",
+        "acme",
+    )
+    assert names.faqs_configmap == "acme-faqs"
+    assert names.credentials_secret == "acme-credentials"
+    assert names.service_account == "acme"
+    assert names.redis_pvc == "acme-redis"
+
+
+def test_labels() -> None:
+    assert labels("acme", "web") == {
+        "app.kubernetes.io/name": "released-agent",
+        "app.kubernetes.io/instance": "acme",
+        "app.kubernetes.io/component": "web",
+        "app.kubernetes.io/managed-by": "released-operator",
+        "app.kubernetes.io/part-of": "released",
+    }
+    assert selector_labels("acme", "web").items() <= labels("acme", "web").items()
+    assert "managed-by" not in " ".join(selector_labels("acme", "web"))
+    assert agent_selector("acme") == (
+        "app.kubernetes.io/name=released-agent,app.kubernetes.io/instance=acme"
+    )
+
+
+# -- the set of children ---------------------------------------------------------------------
+
+
+def test_every_child_is_built() -> None:
+    objs = build_children(make_ctx(has_service_monitor_crd=True))
+    assert set(by_kind_name(objs)) == {
+        ("ServiceAccount", "acme"),
+        ("ConfigMap", "acme-faqs"),
+        ("PersistentVolumeClaim", "acme-redis"),
+        ("Service", "acme-web"),
+        ("Service", "acme-redis"),
+        ("NetworkPolicy", "acme-web"),
+        ("NetworkPolicy", "acme-redis"),
+        ("Deployment", "acme-web"),
+        ("Deployment", "acme-worker"),
+        ("Deployment", "acme-beat"),
+        ("Deployment", "acme-redis"),
+        ("PodDisruptionBudget", "acme-web"),
+        ("Ingress", "acme"),
+        ("ServiceMonitor", "acme-web"),
+    }
+    assert len(objs) == 14
+    assert absent_children(make_ctx(has_service_monitor_crd=True)) == []
+
+
+def test_optional_children() -> None:
+    ctx = make_ctx()
+    assert build_service_monitor(ctx) is None
+    body = example_body()
+    del body["spec"]["ingress"]
+    no_ingress = AgentContext.from_resource(body, SETTINGS)
+    assert build_ingress(no_ingress) is None
+    kinds = {o["kind"] for o in build_children(no_ingress)}
+    assert not kinds & {"Ingress", "ServiceMonitor"}
+    assert [(a["kind"], a["name"]) for a in absent_children(no_ingress)] == [
+        ("Ingress", "acme"),
+        ("ServiceMonitor", "acme-web"),
+    ]
+
+
+def test_labels_namespace_and_owner_on_every_child() -> None:
+    objs = build_children(make_ctx(has_service_monitor_crd=True))
+    objs.append(build_credentials_secret("acme", "shop", generate_credentials(), owner_uid=UID))
+    for obj in objs:
+        meta = obj["metadata"]
+        assert meta["namespace"] == "shop"
+        assert meta["labels"]["app.kubernetes.io/name"] == "released-agent"
+        assert meta["labels"]["app.kubernetes.io/instance"] == "acme"
+        assert meta["labels"]["app.kubernetes.io/managed-by"] == "released-operator"
+        assert meta["labels"]["app.kubernetes.io/component"]
+        assert meta["ownerReferences"] == [
+            {
+                "apiVersion": "whatsapp.released.io/v1alpha1",
+                "kind": "WhatsAppAgent",
+                "name": "acme",
+                "uid": UID,
+                "controller": True,
+                "blockOwnerDeletion": True,
+            }
+        ]
+    assert owner_reference("acme", UID) == objs[0]["metadata"]["ownerReferences"][0]
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_manifests_are_valid_kubernetes(version: str) -> None:
+    objs = build_children(make_ctx(has_service_monitor_crd=True))
+    objs.append(build_credentials_secret("acme", "shop", generate_credentials(), owner_uid=UID))
+    suspended = build_children(make_ctx(spec=make_ctx().spec.model_copy(update={"suspend": True})))
+    checked = 0
+    for obj in objs + suspended:
+        if obj["kind"] == "ServiceMonitor":
+            continue
+        kubernetes_validate.validate(obj, version, strict=True)
+        checked += 1
+    assert checked == 27
+
+
+def test_pdb_api_version_for_1_20() -> None:
+    pdb = build_web_pdb(make_ctx(pdb_api_version="policy/v1beta1"))
+    assert pdb["apiVersion"] == "policy/v1beta1"
+    assert build_web_pdb(make_ctx())["apiVersion"] == "policy/v1"
+
+
+# -- pods ------------------------------------------------------------------------------------
+
+
+def test_pod_security() -> None:
+    for dep in deployments(build_children(make_ctx())):
+        pod = dep["spec"]["template"]["spec"]
+        assert pod["serviceAccountName"] == "acme"
+        assert pod["automountServiceAccountToken"] is False
+        sc = pod["securityContext"]
+        assert sc["runAsNonRoot"] is True
+        assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
+        assert sc["fsGroup"] == sc["runAsUser"]
+        expected_uid = 999 if dep["metadata"]["name"] == "acme-redis" else 10001
+        assert sc["runAsUser"] == expected_uid
+        c = container(dep)
+        csc = c["securityContext"]
+        assert csc["readOnlyRootFilesystem"] is True
+        assert csc["allowPrivilegeEscalation"] is False
+        assert csc["capabilities"] == {"drop": ["ALL"]}
+        assert csc["runAsNonRoot"] is True
+        mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+        assert "/tmp" in mounts
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        assert "emptyDir" in volumes[mounts["/tmp"]]
+        assert c["resources"]["requests"]["memory"]
+        assert c["resources"]["limits"]["memory"]
+        assert dep["spec"]["selector"]["matchLabels"].items() <= (
+            dep["spec"]["template"]["metadata"]["labels"].items()
+        )
+
+
+def test_default_and_custom_resources() -> None:
+    objs = by_kind_name(build_children(make_ctx()))
+    web = container(objs[("Deployment", "acme-web")])
+    assert web["resources"] == DEFAULT_RESOURCES["web"]
+    assert web["resources"]["requests"] == {"cpu": "50m", "memory": "128Mi"}
+    redis = container(objs[("Deployment", "acme-redis")])
+    assert redis["resources"]["limits"] == {"memory": "128Mi"}
+    worker = container(objs[("Deployment", "acme-worker")])
+    # the example's own resources replace the defaults whole
+    assert worker["resources"] == {
+        "requests": {"cpu": "100m", "memory": "256Mi"},
+        "limits": {"memory": "512Mi"},
+    }
+
+
+def test_commands_ports_and_probes() -> None:
+    objs = by_kind_name(build_children(make_ctx()))
+    web = objs[("Deployment", "acme-web")]
+    c = container(web)
+    assert c["image"] == SETTINGS.bot_image
+    assert c["command"][:2] == ["uvicorn", "bot.main:app"]
+    assert "--proxy-headers" in c["command"]
+    assert c["command"][c["command"].index("--port") + 1] == "8000"
+    assert c["ports"] == [{"name": "http", "containerPort": 8000, "protocol": "TCP"}]
+    assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert web["spec"]["replicas"] == 2
+
+    worker = container(objs[("Deployment", "acme-worker")])
+    assert worker["command"] == [
+        "celery",
+        "-A",
+        "bot.tasks",
+        "worker",
+        "--concurrency=4",
+        "--loglevel=INFO",
+    ]
+    beat = objs[("Deployment", "acme-beat")]
+    assert container(beat)["command"][:4] == ["celery", "-A", "bot.tasks", "beat"]
+    assert "/tmp/celerybeat-schedule" in container(beat)["command"]
+    assert beat["spec"]["replicas"] == 1
+    assert beat["spec"]["strategy"] == {"type": "Recreate"}
+
+
+def test_redis_deployment() -> None:
+    ctx = make_ctx()
+    dep = build_redis_deployment(ctx)
+    c = container(dep)
+    assert c["image"] == "redis:7.4-alpine"
+    assert dep["spec"]["strategy"] == {"type": "Recreate"}
+    assert dep["spec"]["replicas"] == 1
+    assert "--appendonly yes" in REDIS_START_SCRIPT
+    assert c["command"] == ["sh", "-c", REDIS_START_SCRIPT]
+    env = {e["name"]: e for e in c["env"]}
+    assert env["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
+        "name": "acme-credentials",
+        "key": "redisPassword",
+    }
+    assert env["REDIS_PASSWORD_PREVIOUS"]["valueFrom"]["secretKeyRef"] == {
+        "name": "acme-credentials",
+        "key": "redisPasswordPrevious",
+        "optional": True,
+    }
+    mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+    volumes = {v["name"]: v for v in dep["spec"]["template"]["spec"]["volumes"]}
+    assert volumes[mounts["/data"]]["persistentVolumeClaim"] == {"claimName": "acme-redis"}
+    pvc = by_kind_name(build_children(ctx))[("PersistentVolumeClaim", "acme-redis")]
+    assert pvc["spec"]["resources"]["requests"]["storage"] == "1Gi"
+
+
+def test_suspend_scales_every_deployment_to_zero() -> None:
+    ctx = make_ctx()
+    suspended = replace(ctx, spec=ctx.spec.model_copy(update={"suspend": True}))
+    assert all(d["spec"]["replicas"] > 0 for d in deployments(build_children(ctx)))
+    deps = deployments(build_children(suspended))
+    assert len(deps) == 4
+    assert all(d["spec"]["replicas"] == 0 for d in deps)
+    assert "maxUnavailable" in build_web_pdb(suspended)["spec"]
+
+
+def test_pdb_budget_follows_replicas() -> None:
+    ctx = make_ctx()
+    assert build_web_pdb(ctx)["spec"]["minAvailable"] == 1
+    one = replace(ctx, spec=AgentSpec.from_resource({**ctx.spec.to_resource(), "web": {}}))
+    assert build_web_pdb(one)["spec"] == {
+        "maxUnavailable": 1,
+        "selector": {"matchLabels": selector_labels("acme", "web")},
+    }
+
+
+# -- environment -----------------------------------------------------------------------------
+
+
+def test_env_names_are_bot_settings() -> None:
+    fields = {name.upper() for name in Settings.model_fields}
+    objs = build_children(make_ctx(vector_store_id="vs_123"))
+    for dep in deployments(objs):
+        if dep["metadata"]["name"] == "acme-redis":
+            continue
+        names = [e["name"] for e in container(dep)["env"]]
+        assert len(names) == len(set(names))
+        unknown = set(names) - fields - NON_SETTING_ENV
+        assert not unknown, f"{dep['metadata']['name']}: not Settings fields: {unknown}"
+        assert {
+            "PHONE_NUMBER_ID",
+            "META_ACCESS_TOKEN",
+            "META_APP_SECRET",
+            "META_VERIFY_TOKEN",
+            "META_GRAPH_URL",
+            "OPENAI_API_KEY",
+            "OPENAI_BASE_URL",
+            "OPENAI_MODEL",
+            "OPENAI_VECTOR_STORE_ID",
+            "FAQS_PATH",
+            "DATABASE_URL",
+            "REDIS_URL",
+            "CELERY_BROKER_URL",
+            "RETENTION_DAYS",
+            "OPENAI_RATE_LIMIT_PER_SECOND",
+            "LOG_FORMAT",
+        } <= set(names)
+
+
+def test_env_values_parse_as_bot_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    env = bot_env(make_ctx(vector_store_id="vs_123"))
+    for item in env:
+        value = item.get("value")
+        if value is None:
+            value = f"from-{item['valueFrom']['secretKeyRef']['key']}"
+        monkeypatch.setenv(item["name"], value.replace("$(REDIS_PASSWORD)", "pw"))
+    settings = Settings()
+    assert settings.phone_number_id == "106540352242922"
+    assert settings.openai_model == "gpt-4.1-mini"
+    assert settings.openai_max_output_tokens == 400
+    assert settings.openai_rate_limit_per_second == 1.0
+    assert settings.openai_vector_store_id == "vs_123"
+    assert settings.language == "de"
+    assert settings.retention_days == 30
+    assert settings.log_format == "json"
+    assert str(settings.faqs_path) == FAQS_PATH
+    assert settings.meta_graph_url == "http://meta.fake/v23.0"
+    assert settings.openai_base_url == "http://openai.fake/v1"
+    assert settings.redis_url == "redis://:pw@acme-redis:6379/0"
+    assert settings.broker_url == "redis://:pw@acme-redis:6379/0"
+
+
+def test_env_secret_references() -> None:
+    env = {e["name"]: e for e in bot_env(make_ctx())}
+
+    def ref(name: str) -> dict[str, Any]:
+        result: dict[str, Any] = env[name]["valueFrom"]["secretKeyRef"]
+        return result
+
+    assert ref("META_ACCESS_TOKEN") == {"name": "acme-meta", "key": "accessToken"}
+    assert ref("META_APP_SECRET") == {"name": "acme-meta", "key": "appSecret"}
+    assert ref("OPENAI_API_KEY") == {"name": "acme-openai", "key": "apiKey"}
+    assert ref("META_VERIFY_TOKEN") == {"name": "acme-credentials", "key": "verifyToken"}
+    assert ref("META_VERIFY_TOKEN_PREVIOUS") == {
+        "name": "acme-credentials",
+        "key": "verifyTokenPrevious",
+        "optional": True,
+    }
+    assert ref("DATABASE_URL") == {"name": "acme-postgres", "key": "url"}
+    assert ref("REDIS_PASSWORD") == {"name": "acme-credentials", "key": "redisPassword"}
+    names = [e["name"] for e in bot_env(make_ctx())]
+    # $(REDIS_PASSWORD) is only expanded when defined earlier in the list
+    assert names.index("REDIS_PASSWORD") < names.index("REDIS_URL")
+    assert env["REDIS_URL"]["value"] == "redis://:$(REDIS_PASSWORD)@acme-redis:6379/0"
+    assert "OPENAI_VECTOR_STORE_ID" not in env
+
+
+def test_env_for_provisioned_database_and_openai_base_url() -> None:
+    body = example_body()
+    del body["spec"]["database"]
+    ctx = AgentContext.from_resource(body, SETTINGS, openai_base_url="http://llm.local/v1")
+    env = {e["name"]: e for e in bot_env(ctx)}
+    assert env["DATABASE_URL"]["valueFrom"]["secretKeyRef"] == {
+        "name": "acme-credentials",
+        "key": "databaseUrl",
+    }
+    assert env["OPENAI_BASE_URL"]["value"] == "http://llm.local/v1"
+
+
+def test_context_reads_vector_store_from_status() -> None:
+    body = example_body()
+    body["status"] = {"knowledge": {"vectorStoreId": "vs_abc", "faqHash": "x"}}
+    ctx = AgentContext.from_resource(body, SETTINGS)
+    assert ctx.vector_store_id == "vs_abc"
+    env = {e["name"]: e for e in bot_env(ctx)}
+    assert env["OPENAI_VECTOR_STORE_ID"]["value"] == "vs_abc"
+
+
+# -- FAQs and checksums ----------------------------------------------------------------------
+
+
+def test_faqs_configmap_holds_the_resolved_faqs() -> None:
+    objs = by_kind_name(build_children(make_ctx()))
+    data = objs[("ConfigMap", "acme-faqs")]["data"]
+    assert list(data) == ["faqs.json"]
+    faqs = json.loads(data["faqs.json"])
+    assert faqs[0]["q"] == "What are your opening hours?"
+    assert FAQS_PATH == "/etc/released/faqs/faqs.json"
+
+    globex = AgentContext.from_resource(
+        example_body("globex"), SETTINGS, faqs=(Faq(q="From the ConfigMap?", a="Yes."),)
+    )
+    cm = by_kind_name(build_children(globex))[("ConfigMap", "globex-faqs")]
+    assert json.loads(cm["data"]["faqs.json"]) == [{"q": "From the ConfigMap?", "a": "Yes."}]
+
+
+def test_checksum_changes_with_faqs_and_secrets_only() -> None:
+    faqs = [Faq(q="Hours?", a="9 to 5.")]
+    secrets = {"acme-meta": secret_fingerprint({"accessToken": "a", "appSecret": "b"})}
+    base = compute_checksum(faqs, secrets)
+    assert len(base) == 64
+    assert compute_checksum(list(faqs), dict(secrets)) == base
+    assert compute_checksum([Faq(q="Hours?", a="9 to 6.")], secrets) != base
+    assert compute_checksum([*faqs, Faq(q="More?", a="Yes.")], secrets) != base
+    changed = {"acme-meta": secret_fingerprint({"accessToken": "new", "appSecret": "b"})}
+    assert compute_checksum(faqs, changed) != base
+    assert compute_checksum(faqs, {**secrets, "acme-db": secret_fingerprint(None)}) != base
+
+
+def test_checksum_annotation_on_pod_templates() -> None:
+    ctx = make_ctx()
+    for dep in deployments(build_children(ctx)):
+        annotations = dep["spec"]["template"]["metadata"]["annotations"]
+        expected = (
+            ctx.redis_checksum if dep["metadata"]["name"] == "acme-redis" else (ctx.config_checksum)
+        )
+        assert annotations == {CONFIG_CHECKSUM_ANNOTATION: expected}
+    assert CONFIG_CHECKSUM_ANNOTATION == "whatsapp.released.io/config-checksum"
+
+
+def test_pod_templates_change_with_faqs_not_with_replicas() -> None:
+    ctx = make_ctx()
+    faqs = list(ctx.resolved_faqs)
+
+    def templates(c: AgentContext) -> dict[str, Any]:
+        checksum = compute_checksum(list(c.resolved_faqs), {})
+        c = replace(c, config_checksum=checksum)
+        return {
+            d["metadata"]["name"]: d["spec"]["template"] for d in deployments(build_children(c))
+        }
+
+    before = templates(ctx)
+    scaled = ctx.spec.model_copy(update={"web": ctx.spec.web.model_copy(update={"replicas": 5})})
+    assert templates(replace(ctx, spec=scaled)) == before
+    edited = replace(ctx, faqs=(*faqs[:-1], Faq(q=faqs[-1].q, a="A new answer.")))
+    after = templates(edited)
+    for name in ("acme-web", "acme-worker", "acme-beat"):
+        assert after[name] != before[name]
+    assert after["acme-redis"] == before["acme-redis"]
+
+
+def test_redis_checksum_only_follows_redis_passwords() -> None:
+    creds = generate_credentials()
+    base = compute_redis_checksum(creds)
+    assert compute_redis_checksum({**creds, keys.VERIFY_TOKEN: "other"}) == base
+    assert compute_redis_checksum({**creds, keys.REDIS_PASSWORD_PREVIOUS: "old"}) != base
+    assert compute_redis_checksum({**creds, keys.REDIS_PASSWORD: "new"}) != base
+
+
+# -- credentials -----------------------------------------------------------------------------
+
+
+def test_generate_credentials() -> None:
+    first, second = generate_credentials(), generate_credentials()
+    assert set(first) == {keys.REDIS_PASSWORD, keys.VERIFY_TOKEN}
+    assert first[keys.REDIS_PASSWORD] != second[keys.REDIS_PASSWORD]
+    for value in first.values():
+        assert len(value) >= 32
+        assert value.replace("-", "").replace("_", "").isalnum()
+    with_db = generate_credentials(database_url="postgresql://r:p@pg:5432/db")
+    assert with_db[keys.DATABASE_URL] == "postgresql://r:p@pg:5432/db"
+
+
+def test_credentials_secret() -> None:
+    values = {keys.REDIS_PASSWORD: "pw", keys.VERIFY_TOKEN: "vt"}
+    secret = build_credentials_secret("acme", "shop", values)
+    assert secret["metadata"]["name"] == "acme-credentials"
+    assert secret["metadata"]["namespace"] == "shop"
+    assert "ownerReferences" not in secret["metadata"]
+    assert secret["type"] == "Opaque"
+    assert "stringData" not in secret
+    assert base64.b64decode(secret["data"]["redisPassword"]) == b"pw"
+    assert decode_secret_data(secret["data"]) == values
+    owned = build_credentials_secret("acme", "shop", values, owner_uid=UID)
+    assert owned["metadata"]["ownerReferences"] == [owner_reference("acme", UID)]
+
+
+# -- networking ------------------------------------------------------------------------------
+
+
+def test_ingress() -> None:
+    ingress = build_ingress(make_ctx())
+    assert ingress is not None
+    assert ingress["apiVersion"] == "networking.k8s.io/v1"
+    assert ingress["metadata"]["annotations"] == {"cert-manager.io/cluster-issuer": "letsencrypt"}
+    spec = ingress["spec"]
+    assert spec["ingressClassName"] == "nginx"
+    assert spec["tls"] == [{"hosts": ["acme.bots.example.com"], "secretName": "acme-bots-tls"}]
+    (rule,) = spec["rules"]
+    assert rule["host"] == "acme.bots.example.com"
+    (path,) = rule["http"]["paths"]
+    assert path["path"] == "/webhook"
+    assert path["pathType"] == "Prefix"
+    assert path["backend"] == {"service": {"name": "acme-web", "port": {"name": "http"}}}
+
+
+def test_network_policies() -> None:
+    objs = by_kind_name(build_children(make_ctx()))
+    redis = objs[("NetworkPolicy", "acme-redis")]["spec"]
+    assert redis["podSelector"]["matchLabels"] == selector_labels("acme", "redis")
+    (rule,) = redis["ingress"]
+    assert rule["ports"] == [{"protocol": "TCP", "port": 6379}]
+    (peer,) = rule["from"]
+    assert peer["podSelector"]["matchLabels"]["app.kubernetes.io/instance"] == "acme"
+    (expr,) = peer["podSelector"]["matchExpressions"]
+    assert expr["values"] == ["web", "worker", "beat"]
+    web = objs[("NetworkPolicy", "acme-web")]["spec"]
+    assert web["podSelector"]["matchLabels"] == selector_labels("acme", "web")
+    assert web["ingress"] == [{"ports": [{"protocol": "TCP", "port": 8000}]}]
+    assert web["policyTypes"] == ["Ingress"]
+
+
+def test_services_select_their_pods() -> None:
+    objs = by_kind_name(build_children(make_ctx()))
+    web = objs[("Service", "acme-web")]["spec"]
+    assert web["selector"] == selector_labels("acme", "web")
+    assert web["ports"][0]["port"] == 8000
+    redis = objs[("Service", "acme-redis")]["spec"]
+    assert redis["selector"] == selector_labels("acme", "redis")
+    assert redis["ports"][0]["port"] == 6379
+    sa = objs[("ServiceAccount", "acme")]
+    assert sa["automountServiceAccountToken"] is False
+
+
+def test_service_monitor() -> None:
+    monitor = build_service_monitor(make_ctx(has_service_monitor_crd=True))
+    assert monitor is not None
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    assert monitor["spec"]["selector"]["matchLabels"] == selector_labels("acme", "web")
+    assert monitor["spec"]["endpoints"] == [{"port": "http", "path": "/metrics", "interval": "30s"}]
