@@ -53,6 +53,12 @@ class Settings(BaseSettings):
     history_turns: int = Field(default=10, ge=0, le=100)
     graph_timeout_seconds: float = Field(default=10.0, gt=0)
     max_task_retries: int = Field(default=8, ge=0)
+    #: Task retries spent waiting for the model (429/5xx/timeouts) before the bot answers from
+    #: the FAQs or with ``fallback_message`` instead: the user is not kept waiting for long.
+    openai_max_retries: int = Field(default=3, ge=0)
+    #: Seconds before Redis redelivers an unacknowledged task (tasks are acknowledged late);
+    #: longer than any task and any retry countdown.
+    celery_visibility_timeout: int = Field(default=3600, ge=60)
 
     log_format: Literal["console", "json"] = "console"
     log_level: str = "INFO"

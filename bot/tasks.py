@@ -1,0 +1,281 @@
+"""The Celery application and the worker's tasks: ``celery -A bot.tasks worker`` / ``beat``.
+
+Tasks (published by name by the web tier, see ``bot.queue``; one JSON argument each):
+
+- ``bot.tasks.process_message(payload)``: an ``InboundMessage``; answer it (``bot.service``).
+- ``bot.tasks.record_status(payload)``: a ``StatusUpdate``; store it on the sent message.
+- ``bot.tasks.purge_old_messages()``: delete messages older than ``RETENTION_DAYS`` (beat runs
+  it hourly).
+
+Reliability: tasks are acknowledged late and rejected when their worker dies
+(``task_acks_late``, ``task_reject_on_worker_lost``), one message is prefetched at a time, and
+Redis redelivers a task not acknowledged within ``CELERY_VISIBILITY_TIMEOUT``. Transient
+failures of either API (429, 5xx, timeouts) are retried with exponential backoff and full
+jitter, honoring ``Retry-After``, up to ``MAX_TASK_RETRIES``; the model gets
+``OPENAI_MAX_RETRIES`` of them, after which the bot answers from the FAQs. The last attempt
+never raises a retry: it answers with a fallback or records the send as failed.
+
+Async code: the tasks are sync functions that run the async service on one event loop per
+worker process (per thread, for the threads pool), created in ``worker_process_init`` or on
+first use. The database engine, HTTP clients and Redis client are built inside that loop and
+never shared with another one; ``worker_process_shutdown`` closes them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import threading
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+from celery import Celery, Task
+from celery.schedules import crontab
+from celery.signals import setup_logging, worker_process_init, worker_process_shutdown
+from pydantic import ValidationError
+
+from bot import service
+from bot.core.config import Settings, get_settings
+from bot.core.metrics import TASKS
+from bot.storage.db import dispose_engines
+from bot.storage.repository import StatusOutcome
+from bot.whatsapp.events import InboundMessage, StatusUpdate
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: Backoff: the n-th retry waits a random time in [0.5, 1] x BASE x 2**n seconds, at most CAP.
+RETRY_BASE_SECONDS = 2.0
+RETRY_CAP_SECONDS = 300.0
+#: A status may arrive before the worker that sent the message has stored its wamid.
+STATUS_UNKNOWN_RETRIES = 3
+STATUS_UNKNOWN_DELAY = 5.0
+
+
+def make_celery(settings: Settings | None = None) -> Celery:
+    """The Celery app configured from ``settings``."""
+    settings = settings or get_settings()
+    celery_app = Celery("released", set_as_current=False)
+    celery_app.conf.update(
+        broker_url=settings.broker_url,
+        result_backend=None,
+        task_ignore_result=True,
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        broker_transport_options={"visibility_timeout": settings.celery_visibility_timeout},
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+        timezone="UTC",
+        enable_utc=True,
+        beat_schedule={
+            "purge-old-messages": {
+                "task": "bot.tasks.purge_old_messages",
+                "schedule": crontab(minute="17"),  # hourly, off the top of the hour
+            }
+        },
+    )
+    return celery_app
+
+
+app = make_celery()
+
+
+@setup_logging.connect  # type: ignore[untyped-decorator]
+def _setup_logging(**_: Any) -> None:
+    """Use the bot's structured, redacting logging instead of Celery's handlers."""
+    from bot.core.logging import configure_logging
+
+    configure_logging(get_settings())
+
+
+# -- one event loop (and one set of clients) per worker process -----------------------------
+
+
+class _LoopState(threading.local):
+    loop: asyncio.AbstractEventLoop | None = None
+    pid: int = 0
+    runtime: service.Runtime | None = None
+
+
+_state = _LoopState()
+
+
+def _loop() -> asyncio.AbstractEventLoop:
+    if _state.loop is None or _state.loop.is_closed() or _state.pid != os.getpid():
+        # New process (fork) or first use: whatever the parent had belongs to its loop.
+        _state.loop = asyncio.new_event_loop()
+        _state.pid = os.getpid()
+        _state.runtime = None
+    return _state.loop
+
+
+def run_async(coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro`` to completion on this worker process's event loop."""
+    return _loop().run_until_complete(coro)
+
+
+async def _runtime(settings: Settings) -> service.Runtime:
+    rt = _state.runtime
+    if rt is not None and rt.settings is settings:
+        return rt
+    if rt is not None:  # settings changed (tests): rebuild the clients
+        await rt.aclose()
+    _state.runtime = service.create_runtime(settings)
+    return _state.runtime
+
+
+async def _close_runtime() -> None:
+    rt, _state.runtime = _state.runtime, None
+    if rt is not None:
+        await rt.aclose()
+    await dispose_engines()
+
+
+@worker_process_init.connect  # type: ignore[untyped-decorator]
+def _init_worker_process(**_: Any) -> None:
+    _state.loop = None
+    _loop()
+
+
+@worker_process_shutdown.connect  # type: ignore[untyped-decorator]
+def _shutdown_worker_process(**_: Any) -> None:
+    shutdown()
+
+
+def shutdown() -> None:
+    """Close this process's clients, engine and event loop."""
+    loop = _state.loop
+    if loop is None or loop.is_closed() or _state.pid != os.getpid():
+        return
+    try:
+        loop.run_until_complete(_close_runtime())
+    except Exception:  # shutting down: nothing left to do about it
+        log.debug("error while closing the worker's clients", exc_info=True)
+    finally:
+        loop.close()
+        _state.loop = None
+
+
+# -- retry policy ---------------------------------------------------------------------------
+
+
+def retry_countdown(
+    retries: int,
+    retry_after: float | None = None,
+    *,
+    cap: float = RETRY_CAP_SECONDS,
+    base: float = RETRY_BASE_SECONDS,
+) -> float:
+    """Seconds before retry number ``retries + 1``: exponential with jitter, or the server's
+    ``Retry-After`` (plus a little jitter so that workers do not return in lockstep)."""
+    if retry_after is not None and retry_after > 0:
+        return min(cap, retry_after + random.uniform(0, min(1.0, retry_after / 4)))
+    ceiling = min(cap, base * (2 ** max(0, retries)))
+    return random.uniform(ceiling / 2, ceiling)
+
+
+def _cap(settings: Settings) -> float:
+    # An ETA/countdown task sits unacknowledged in Redis: keep it under the visibility timeout.
+    return min(RETRY_CAP_SECONDS, settings.celery_visibility_timeout * 0.5)
+
+
+# -- tasks ----------------------------------------------------------------------------------
+
+
+@app.task(bind=True, name="bot.tasks.process_message", max_retries=None)  # type: ignore[untyped-decorator]
+def process_message(self: Task, payload: dict[str, Any]) -> dict[str, Any]:
+    """Answer one inbound message (see ``bot.service.handle_message``)."""
+    settings = get_settings()
+    try:
+        msg = InboundMessage.model_validate(payload)
+    except ValidationError as exc:
+        TASKS.labels(task="process_message", outcome="failure").inc()
+        log.error("dropping an invalid message payload: %s", exc.errors(include_input=False))
+        return {"outcome": "invalid"}
+    retries = int(self.request.retries or 0)
+    final = retries >= settings.max_task_retries
+    model_fallback = final or retries >= settings.openai_max_retries
+
+    async def run() -> service.MessageResult:
+        rt = await _runtime(settings)
+        return await service.handle_message(
+            msg, rt, model_fallback=model_fallback, final_attempt=final
+        )
+
+    try:
+        result = run_async(run())
+    except service.RetryLater as exc:
+        countdown = retry_countdown(retries, exc.retry_after, cap=_cap(settings))
+        TASKS.labels(task="process_message", outcome="retry").inc()
+        log.warning("message %s: %s; retry %d in %.1fs", msg.wamid, exc, retries + 1, countdown)
+        raise self.retry(
+            exc=exc, countdown=countdown, max_retries=settings.max_task_retries
+        ) from exc
+    except Exception as exc:
+        # Database or Redis unreachable, a bug...: retry while attempts remain.
+        if final:
+            TASKS.labels(task="process_message", outcome="failure").inc()
+            raise
+        countdown = retry_countdown(retries, cap=_cap(settings))
+        TASKS.labels(task="process_message", outcome="retry").inc()
+        log.warning("message %s: %r; retry %d in %.1fs", msg.wamid, exc, retries + 1, countdown)
+        raise self.retry(
+            exc=exc, countdown=countdown, max_retries=settings.max_task_retries
+        ) from exc
+    outcome = "failure" if result.outcome == service.Outcome.FAILED else "success"
+    TASKS.labels(task="process_message", outcome=outcome).inc()
+    return {
+        "outcome": result.outcome.value,
+        "source": result.source,
+        "reply_wamid": result.reply_wamid,
+        "error_code": result.error_code,
+    }
+
+
+@app.task(bind=True, name="bot.tasks.record_status", max_retries=None)  # type: ignore[untyped-decorator]
+def record_status(self: Task, payload: dict[str, Any]) -> str:
+    """Store a delivery status (sent, delivered, read, failed) on the message it is about."""
+    settings = get_settings()
+    try:
+        update = StatusUpdate.model_validate(payload)
+    except ValidationError as exc:
+        TASKS.labels(task="record_status", outcome="failure").inc()
+        log.error("dropping an invalid status payload: %s", exc.errors(include_input=False))
+        return "invalid"
+    retries = int(self.request.retries or 0)
+    try:
+        outcome = run_async(service.record_status(update, settings))
+    except Exception as exc:
+        if retries >= settings.max_task_retries:
+            TASKS.labels(task="record_status", outcome="failure").inc()
+            raise
+        TASKS.labels(task="record_status", outcome="retry").inc()
+        raise self.retry(exc=exc, countdown=retry_countdown(retries, cap=_cap(settings))) from exc
+    if outcome == StatusOutcome.UNKNOWN and retries < STATUS_UNKNOWN_RETRIES:
+        # The worker that sent this message may not have stored its wamid yet.
+        TASKS.labels(task="record_status", outcome="retry").inc()
+        raise self.retry(countdown=STATUS_UNKNOWN_DELAY * (retries + 1))
+    TASKS.labels(task="record_status", outcome="success").inc()
+    return outcome.value
+
+
+@app.task(name="bot.tasks.purge_old_messages")  # type: ignore[untyped-decorator]
+def purge_old_messages() -> int:
+    """Delete messages older than ``RETENTION_DAYS``; return how many."""
+    settings = get_settings()
+    try:
+        deleted = run_async(service.purge_old_messages(settings))
+    except Exception:
+        TASKS.labels(task="purge_old_messages", outcome="failure").inc()
+        raise
+    TASKS.labels(task="purge_old_messages", outcome="success").inc()
+    if deleted:
+        log.info("purged %d messages older than %d days", deleted, settings.retention_days)
+    return deleted

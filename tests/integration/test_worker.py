@@ -1,0 +1,332 @@
+"""The worker's tasks against real Redis and PostgreSQL and the fakes of Meta and OpenAI.
+
+The Celery tasks run eagerly (``Task.apply``: retries re-run at once, without the countdown),
+in this thread, on the per-process event loop of ``bot.tasks`` like in a worker.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import SecretStr
+
+import bot.tasks as tasks
+from bot.core.config import Settings
+from bot.storage import repository as repo
+from bot.storage.db import run_migrations, session_scope
+from bot.storage.models import Message
+from tests.fakes import FakeMeta, FakeOpenAI
+from tests.fakes.meta import DEFAULT_ACCESS_TOKEN
+from tests.fakes.openai import DEFAULT_API_KEY
+
+pytestmark = pytest.mark.integration
+
+PHONE = "106540352242922"
+USER = "15551234567"
+FAQS = [
+    {"q": "What are your opening hours?", "a": "Monday to Friday, 9:00 to 18:00."},
+    {"q": "How long do you keep messages?", "a": "Fourteen days, then they are deleted."},
+]
+SEND = "POST /{version}/{phone_number_id}/messages"
+
+
+@pytest.fixture(scope="module")
+def meta() -> Iterator[FakeMeta]:
+    with FakeMeta() as fake:
+        yield fake
+
+
+@pytest.fixture(scope="module")
+def oai() -> Iterator[FakeOpenAI]:
+    with FakeOpenAI() as fake:
+        yield fake
+
+
+@pytest.fixture
+def settings(
+    postgres_db: str,
+    redis_url: str,
+    meta: FakeMeta,
+    oai: FakeOpenAI,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[Settings]:
+    faqs = tmp_path / "faqs.json"
+    faqs.write_text(json.dumps(FAQS), encoding="utf-8")
+    s = Settings(
+        phone_number_id=PHONE,
+        database_url=postgres_db,
+        redis_url=redis_url,
+        meta_graph_url=meta.url,
+        meta_access_token=SecretStr(DEFAULT_ACCESS_TOKEN),
+        openai_base_url=oai.url,
+        openai_api_key=SecretStr(DEFAULT_API_KEY),
+        openai_model="gpt-4o-mini",
+        openai_rate_limit_per_second=100,
+        faqs_path=faqs,
+        fallback_message="Thanks! A person will answer soon.",
+        max_task_retries=4,
+        openai_max_retries=2,
+    )
+    run_migrations(s)
+    meta.reset()
+    oai.reset()
+    monkeypatch.setattr(tasks, "get_settings", lambda: s)
+    yield s
+    tasks.shutdown()
+
+
+def inbound(
+    wamid: str, text: str | None = "What are your opening hours?", **kw: Any
+) -> dict[str, Any]:
+    payload: dict[str, Any] = {
+        "wamid": wamid,
+        "phone_number_id": PHONE,
+        "wa_id": USER,
+        "contact_name": "Ana",
+        "kind": "text",
+        "text": text,
+    }
+    payload.update(kw)
+    return payload
+
+
+def process(payload: dict[str, Any]) -> dict[str, Any]:
+    result: dict[str, Any] = tasks.process_message.apply(args=[payload]).get()
+    return result
+
+
+def stored(settings: Settings, wamid: str) -> Message | None:
+    async def get() -> Message | None:
+        async with session_scope(settings) as session:
+            return await repo.get_message(session, wamid)
+
+    return tasks.run_async(get())
+
+
+def reply_to(settings: Settings, wamid: str) -> Message | None:
+    async def get() -> Message | None:
+        async with session_scope(settings) as session:
+            return await repo.find_reply(session, wamid)
+
+    return tasks.run_async(get())
+
+
+def test_faq_question_is_answered_once_quoting_the_message(
+    settings: Settings, meta: FakeMeta, oai: FakeOpenAI
+) -> None:
+    result = process(inbound("wamid.Q1"))
+    assert result["outcome"] == "replied" and result["source"] == "model"
+    sent = meta.sent()
+    assert len(sent) == 1
+    assert sent[0]["to"] == USER and sent[0]["context_message_id"] == "wamid.Q1"
+    assert sent[0]["text"] == "Monday to Friday, 9:00 to 18:00."
+    assert [r["message_id"] for r in meta.reads()] == ["wamid.Q1"]
+    request = oai.response_requests()[0]
+    assert "Q: What are your opening hours?" in request["instructions"]
+    assert request["input"][-1] == {"role": "user", "content": "What are your opening hours?"}
+
+    inbound_row = stored(settings, "wamid.Q1")
+    assert inbound_row is not None and inbound_row.status == "received"
+    reply = reply_to(settings, "wamid.Q1")
+    assert reply is not None
+    assert (reply.status, reply.wamid, reply.source) == ("sent", sent[0]["id"], "model")
+
+    # Meta delivers the same message again: nothing is sent, the model is not asked.
+    again = process(inbound("wamid.Q1"))
+    assert again["outcome"] == "duplicate" and again["reply_wamid"] == sent[0]["id"]
+    assert len(meta.sent()) == 1
+    assert len(oai.response_requests()) == 1
+
+
+def test_history_is_sent_to_the_model(settings: Settings, oai: FakeOpenAI) -> None:
+    process(inbound("wamid.H1"))
+    process(inbound("wamid.H2", "How long do you keep messages?"))
+    last = oai.response_requests()[-1]["input"]
+    assert [m["role"] for m in last] == ["user", "assistant", "user"]
+    assert last[1]["content"] == "Monday to Friday, 9:00 to 18:00."
+
+
+def test_model_failures_fall_back_to_the_faq(
+    settings: Settings, meta: FakeMeta, oai: FakeOpenAI
+) -> None:
+    oai.script_errors([{"kind": "server_error", "times": 20}])
+    result = process(inbound("wamid.M1", "opening hours?"))
+    assert result["outcome"] == "replied" and result["source"] == "faq"
+    # openai_max_retries=2: the first attempt and two retries asked the model.
+    assert oai.calls().get("POST /v1/responses") == 3
+    assert meta.sent_texts() == ["Monday to Friday, 9:00 to 18:00."]
+
+    result = process(inbound("wamid.M2", "Do you sell bicycles?"))
+    assert result["source"] == "fallback"
+    assert meta.sent_texts()[-1] == "Thanks! A person will answer soon."
+    oai.clear_errors()
+
+
+def test_openai_rate_limit_is_retried_then_answered_by_the_model(
+    settings: Settings, meta: FakeMeta, oai: FakeOpenAI
+) -> None:
+    oai.script_errors(["rate_limit"])
+    result = process(inbound("wamid.R1"))
+    assert result["source"] == "model"
+    assert oai.calls().get("POST /v1/responses") == 2
+    assert len(meta.sent()) == 1
+
+
+def test_reengagement_error_is_recorded_as_failed_without_retry(
+    settings: Settings, meta: FakeMeta, oai: FakeOpenAI
+) -> None:
+    meta.script_errors([{"kind": "re_engagement", "endpoint": "messages", "times": 5}])
+    result = process(inbound("wamid.F1"))
+    assert result["outcome"] == "failed" and result["error_code"] == 131047
+    sends = [r for r in meta.requests(SEND) if (r["body"] or {}).get("type") == "text"]
+    assert len(sends) == 1  # no retry
+    reply = reply_to(settings, "wamid.F1")
+    assert reply is not None
+    assert (reply.status, reply.error_code) == ("failed", 131047)
+    assert reply.wamid is None
+    # A redelivery does not try again either.
+    assert process(inbound("wamid.F1"))["outcome"] == "duplicate"
+    meta.clear_errors()
+
+
+def test_graph_rate_limit_is_retried_with_the_stored_answer(
+    settings: Settings, meta: FakeMeta, oai: FakeOpenAI
+) -> None:
+    # The mark-as-read call goes first; then the send hits the throughput limit twice.
+    meta.script_errors([{"kind": "rate_limit", "times": 1}])  # mark as read: ignored
+    result = process(inbound("wamid.G0"))
+    assert result["outcome"] == "replied"
+    meta.reset()
+    oai.reset()
+
+    calls: list[str] = []
+    original = tasks.service.GraphClient.send_text
+
+    async def flaky(self: Any, to: str, text: str, **kw: Any) -> Any:
+        calls.append(text)
+        if len(calls) <= 2:
+            raise tasks.service.GraphRetryableError("throughput", code=130429, retry_after=1)
+        return await original(self, to, text, **kw)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(tasks.service.GraphClient, "send_text", flaky)
+        result = process(inbound("wamid.G1"))
+    assert result["outcome"] == "replied"
+    assert calls == ["Monday to Friday, 9:00 to 18:00."] * 3
+    assert len(oai.response_requests()) == 1  # the answer was stored, not asked again
+    assert len(meta.sent()) == 1
+
+
+def test_send_still_failing_on_last_attempt_is_recorded(settings: Settings, meta: FakeMeta) -> None:
+    meta.script_errors([{"kind": "unavailable", "endpoint": "messages", "times": 50}])
+    result = process(inbound("wamid.U1"))
+    assert result["outcome"] == "failed" and result["error_code"] == 2
+    reply = reply_to(settings, "wamid.U1")
+    assert reply is not None and reply.status == "failed"
+    sends = [r for r in meta.requests(SEND) if (r["body"] or {}).get("type") == "text"]
+    assert len(sends) == settings.max_task_retries + 1
+    meta.clear_errors()
+
+
+def test_messages_without_text_get_a_polite_answer_without_the_model(
+    settings: Settings, meta: FakeMeta, oai: FakeOpenAI
+) -> None:
+    result = process(inbound("wamid.I1", None, kind="image", details={"mime_type": "image/jpeg"}))
+    assert result["source"] == "unsupported"
+    assert "only read text" in meta.sent_texts()[0]
+    assert oai.calls().get("POST /v1/responses") is None
+    # A caption is text: it is answered.
+    assert process(inbound("wamid.I2", "opening hours", kind="image"))["source"] == "model"
+
+
+def test_reactions_are_stored_not_answered(settings: Settings, meta: FakeMeta) -> None:
+    result = process(inbound("wamid.RE", "👍", kind="reaction"))
+    assert result["outcome"] == "not_answered"
+    assert meta.sent() == []
+    assert stored(settings, "wamid.RE") is not None
+
+
+def test_invalid_payload_is_dropped(settings: Settings, meta: FakeMeta) -> None:
+    assert process({"wamid": "", "kind": "text"})["outcome"] == "invalid"
+    assert meta.sent() == []
+
+
+def status(wamid: str, kind: str, **kw: Any) -> dict[str, Any]:
+    return {"wamid": wamid, "phone_number_id": PHONE, "recipient_id": USER, "status": kind, **kw}
+
+
+def test_statuses_update_stored_messages(settings: Settings, meta: FakeMeta) -> None:
+    sent_wamid = process(inbound("wamid.S1"))["reply_wamid"]
+    for kind, expected in [
+        ("sent", "sent"),
+        ("delivered", "delivered"),
+        ("read", "read"),
+        ("delivered", "read"),
+    ]:
+        tasks.record_status.apply(args=[status(sent_wamid, kind)]).get()
+        reply = reply_to(settings, "wamid.S1")
+        assert reply is not None and reply.status == expected
+
+    other = process(inbound("wamid.S2"))["reply_wamid"]
+    failed = status(other, "failed", error_code=131026, error_title="Message Undeliverable")
+    assert tasks.record_status.apply(args=[failed]).get() == "applied"
+    reply = reply_to(settings, "wamid.S2")
+    assert reply is not None
+    assert (reply.status, reply.error_code, reply.error_title) == (
+        "failed",
+        131026,
+        "Message Undeliverable",
+    )
+    # Unknown wamids are retried a few times (the sender may not have stored it yet), then
+    # dropped.
+    assert tasks.record_status.apply(args=[status("wamid.nope", "read")]).get() == "unknown"
+
+
+def test_purge_deletes_only_old_messages(settings: Settings) -> None:
+    process(inbound("wamid.P-old"))
+    process(inbound("wamid.P-new"))
+
+    async def age() -> None:
+        async with session_scope(settings) as session:
+            msg = await repo.get_message(session, "wamid.P-old")
+            assert msg is not None
+            msg.created_at = datetime.now(UTC) - timedelta(days=settings.retention_days + 1)
+            session.add(msg)
+
+    tasks.run_async(age())
+    assert tasks.purge_old_messages.apply().get() == 1
+    assert stored(settings, "wamid.P-old") is None
+    assert stored(settings, "wamid.P-new") is not None
+    assert reply_to(settings, "wamid.P-old") is not None  # its reply is recent
+    assert tasks.purge_old_messages.apply().get() == 0
+
+
+def test_retry_countdown_backs_off_with_jitter_and_honors_retry_after() -> None:
+    for retries in range(6):
+        ceiling = min(300.0, 2.0 * 2**retries)
+        for _ in range(20):
+            assert ceiling / 2 <= tasks.retry_countdown(retries) <= ceiling
+    assert tasks.retry_countdown(10) <= 300
+    assert 7 <= tasks.retry_countdown(0, 7) <= 8
+    assert tasks.retry_countdown(0, 5000, cap=60) == 60
+
+
+def test_celery_app_configuration() -> None:
+    conf = tasks.app.conf
+    assert conf.task_acks_late and conf.task_reject_on_worker_lost
+    assert conf.worker_prefetch_multiplier == 1
+    assert conf.task_serializer == "json" and conf.accept_content == ["json"]
+    assert conf.broker_transport_options["visibility_timeout"] == 3600
+    schedule = conf.beat_schedule["purge-old-messages"]
+    assert schedule["task"] == "bot.tasks.purge_old_messages"
+    assert set(tasks.app.tasks) >= {
+        "bot.tasks.process_message",
+        "bot.tasks.record_status",
+        "bot.tasks.purge_old_messages",
+    }
