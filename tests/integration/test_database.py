@@ -231,3 +231,42 @@ async def test_errors_never_contain_passwords(postgres_url: str) -> None:
         await db.ensure_database(closed, _agent())
     assert "Wr0ngSecret" not in str(excinfo2.value)
     assert excinfo2.value.reason == "DatabaseUnavailable"
+
+
+async def test_rotation_actions_on_the_server(postgres_url: str) -> None:
+    """rotation's ROTATE and REVOKE work against the server, as the handlers run them."""
+    from whatsapp_operator import credentials as keys
+    from whatsapp_operator import rotation as rot
+
+    agent = _agent()
+    creds = await db.ensure_database(postgres_url, agent)
+    try:
+        data = rot.initial_secret_data(creds)
+        conn = await _connect(data[keys.DATABASE_URL])
+        await conn.execute("CREATE TABLE t (x int)")
+        await conn.close()
+
+        rotated = rot.generate_rotated_secret_data(data, "r1")
+        await rot.apply_rotated_credentials(rotated, postgres_admin_url=postgres_url)
+        await rot.apply_rotated_credentials(rotated, postgres_admin_url=postgres_url)  # again
+        # Both the old and the new URL work while pods roll.
+        for url in (data[keys.DATABASE_URL], rotated[keys.DATABASE_URL]):
+            conn = await _connect(url)
+            await conn.execute("INSERT INTO t VALUES (1)")
+            await conn.close()
+
+        await rot.revoke_previous_credentials(rotated, postgres_admin_url=postgres_url)
+        with pytest.raises(asyncpg.PostgresError):
+            await _connect(data[keys.DATABASE_URL])
+        final = rot.finalize_secret_data(rotated)
+        conn = await _connect(final[keys.DATABASE_URL])
+        assert await conn.fetchval("SELECT count(*) FROM t") == 2
+        await conn.close()
+
+        # Restart of the operator: ensure_database with the Secret's URL keeps role B.
+        again = await db.ensure_database(
+            postgres_url, agent, current=db.DatabaseCredentials.from_url(final[keys.DATABASE_URL])
+        )
+        assert again.role == rotated[keys.DATABASE_ROLE]
+    finally:
+        await db.drop_database(postgres_url, agent)

@@ -170,3 +170,19 @@ async def test_bad_inputs_are_refused_before_calling(graph: str, meta: FakeMeta)
     with pytest.raises(PermanentError, match="http"):
         await mw.register_callback(graph, PHONE, TOKEN, "ftp://x/webhook", VERIFY)
     assert meta.requests() == []
+
+
+async def test_rotation_registers_the_new_token(graph: str, meta: FakeMeta) -> None:
+    """rotation's REVOKE step registers the current verify token once the web tier has it."""
+    from whatsapp_operator import credentials as keys
+    from whatsapp_operator import rotation as rot
+
+    meta.configure(verify_webhooks=True)
+    data = rot.generate_rotated_secret_data(rot.initial_secret_data(), "r1")
+    web = _WebTier({data[keys.VERIFY_TOKEN], data[keys.VERIFY_TOKEN_PREVIOUS]})
+    try:
+        registration = rot.MetaRegistration(graph, PHONE, TOKEN, web.url)
+        await rot.revoke_previous_credentials(data, meta=registration)
+        assert meta.webhooks()["phone_numbers"][PHONE]["verify_token"] == data[keys.VERIFY_TOKEN]
+    finally:
+        web.close()
