@@ -68,7 +68,7 @@ class AgentContext:
         """Build from a ``WhatsAppAgent`` body (metadata + spec; raises pydantic errors).
 
         ``vector_store_id`` defaults to ``status.knowledge.vectorStoreId``; every other field
-        can be given as a keyword.
+        can be given as a keyword (an already parsed ``spec=`` skips parsing ``body["spec"]``).
         """
         metadata = body["metadata"]
         knowledge = (body.get("status") or {}).get("knowledge") or {}
@@ -76,11 +76,12 @@ class AgentContext:
             "name": metadata["name"],
             "namespace": metadata["namespace"],
             "uid": metadata["uid"],
-            "spec": AgentSpec.from_resource(body["spec"]),
             "settings": settings,
             "vector_store_id": knowledge.get("vectorStoreId") or None,
         }
         values.update(overrides)
+        if "spec" not in values:
+            values["spec"] = AgentSpec.from_resource(body["spec"])
         return cls(**values)
 
 
