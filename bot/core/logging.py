@@ -201,10 +201,16 @@ def configure_logging(settings: Settings, *, stream: TextIO | None = None) -> No
     root.addHandler(handler)
     root.setLevel(level)
     for name in _CAPTURED_LOGGERS:
+        # Their own handlers and levels go: LOG_LEVEL and our handler govern every line.
         captured = logging.getLogger(name)
         for old in list(captured.handlers):
             captured.removeHandler(old)
+        captured.setLevel(logging.NOTSET)
         captured.propagate = True
+    for existing in list(logging.root.manager.loggerDict.values()):
+        # A dictConfig/fileConfig with disable_existing_loggers=True may have silenced them.
+        if isinstance(existing, logging.Logger):
+            existing.disabled = False
     for name in _QUIET_LOGGERS:
         logging.getLogger(name).setLevel(max(level, logging.WARNING))
     logging.captureWarnings(True)

@@ -32,13 +32,25 @@ def make_settings(log_format: str = "json") -> Settings:
     )
 
 
+@pytest.fixture(autouse=True)
+def restore_logging() -> Iterator[None]:
+    """Give the process's logging configuration back as it was (pytest's handlers included)."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    for handler in root.handlers[:]:
+        root.removeHandler(handler)
+    for handler in handlers:
+        root.addHandler(handler)
+    root.setLevel(level)
+    structlog.reset_defaults()
+
+
 @pytest.fixture(params=["json", "console"])
-def captured(request: pytest.FixtureRequest) -> Iterator[io.StringIO]:
+def captured(request: pytest.FixtureRequest) -> io.StringIO:
     buffer = io.StringIO()
     configure_logging(make_settings(request.param), stream=buffer)
-    yield buffer
-    # Leave a neutral configuration behind for other tests.
-    configure_logging(Settings(), stream=io.StringIO())
+    return buffer
 
 
 def assert_clean(text: str) -> None:
@@ -93,12 +105,9 @@ def test_exception_text_is_redacted_structlog(captured: io.StringIO) -> None:
 def test_json_format_emits_json_lines() -> None:
     buffer = io.StringIO()
     configure_logging(make_settings("json"), stream=buffer)
-    try:
-        structlog.get_logger("bot.x").info("hello", wamid="wamid.1")
-        logging.getLogger("uvicorn.error").info("Started server process")
-        lines = [json.loads(line) for line in buffer.getvalue().splitlines()]
-    finally:
-        configure_logging(Settings(), stream=io.StringIO())
+    structlog.get_logger("bot.x").info("hello", wamid="wamid.1")
+    logging.getLogger("uvicorn.error").info("Started server process")
+    lines = [json.loads(line) for line in buffer.getvalue().splitlines()]
     assert lines[0]["event"] == "hello"
     assert lines[0]["wamid"] == "wamid.1"
     assert lines[0]["level"] == "info"
@@ -110,10 +119,7 @@ def test_reconfiguring_keeps_a_single_handler() -> None:
     buffer = io.StringIO()
     configure_logging(make_settings(), stream=io.StringIO())
     configure_logging(make_settings(), stream=buffer)
-    try:
-        logging.getLogger("x").warning("once")
-    finally:
-        configure_logging(Settings(), stream=io.StringIO())
+    logging.getLogger("x").warning("once")
     assert buffer.getvalue().count("once") == 1
 
 
@@ -154,3 +160,15 @@ def test_traceback_locals_are_not_rendered(captured: io.StringIO) -> None:
     text = captured.getvalue()
     assert "ConnectionError" in text
     assert "localonly" not in text
+
+
+def test_silenced_library_loggers_are_brought_back() -> None:
+    """uvicorn --log-level, or a fileConfig that disables existing loggers, must not hide lines."""
+    logging.getLogger("uvicorn.error").setLevel(logging.CRITICAL)
+    logging.getLogger("celery.worker").disabled = True
+    buffer = io.StringIO()
+    configure_logging(make_settings("json"), stream=buffer)
+    logging.getLogger("uvicorn.error").info("server up")
+    logging.getLogger("celery.worker").info("worker up")
+    events = [json.loads(line)["event"] for line in buffer.getvalue().splitlines()]
+    assert events == ["server up", "worker up"]
