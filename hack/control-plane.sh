@@ -62,7 +62,7 @@ APT_UPDATED=0
 apt_update_once() {
   if [[ $APT_UPDATED -eq 0 ]]; then
     log "apt-get update"
-    as_root apt-get update -q >&2
+    as_root apt-get -o DPkg::Lock::Timeout=600 update -q >&2
     APT_UPDATED=1
   fi
 }
@@ -77,7 +77,7 @@ ensure_apt_packages() {
   if ((${#missing[@]})); then
     apt_update_once
     log "apt-get install ${missing[*]}"
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >&2
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -q --no-install-recommends "${missing[@]}" >&2
   fi
 }
 
@@ -272,12 +272,14 @@ subjectAltName=IP:127.0.0.1,DNS:localhost,IP:10.0.0.1,DNS:kubernetes,DNS:kuberne
 EXT
     sign apiserver "/CN=kube-apiserver"
     local client
-    for client in admin controller-manager; do
+    for client in admin controller-manager front-proxy-client; do
       printf '%s\n' 'basicConstraints=CA:FALSE' 'keyUsage=critical,digitalSignature,keyEncipherment' \
         'extendedKeyUsage=clientAuth' >"$client.ext"
     done
     sign admin "/O=system:masters/CN=admin"
     sign controller-manager "/CN=system:kube-controller-manager"
+    # The aggregation layer's client identity (front proxy), for aggregated API servers.
+    sign front-proxy-client "/CN=front-proxy-client"
     # Service-account token signing key pair.
     openssl genrsa -out sa.key 2048 >/dev/null 2>&1
     openssl rsa -in sa.key -pubout -out sa.pub >/dev/null 2>&1
@@ -444,6 +446,14 @@ do_start() {
     --tls-private-key-file "$pki/apiserver.key" \
     --client-ca-file "$pki/ca.crt" \
     --token-auth-file "$pki/tokens.csv" \
+    --requestheader-client-ca-file "$pki/ca.crt" \
+    --requestheader-allowed-names front-proxy-client \
+    --requestheader-username-headers X-Remote-User \
+    --requestheader-group-headers X-Remote-Group \
+    --requestheader-extra-headers-prefix X-Remote-Extra- \
+    --proxy-client-cert-file "$pki/front-proxy-client.crt" \
+    --proxy-client-key-file "$pki/front-proxy-client.key" \
+    --enable-aggregator-routing=true \
     --authorization-mode RBAC \
     --enable-admission-plugins NamespaceLifecycle,LimitRanger,ServiceAccount,DefaultTolerationSeconds,ResourceQuota,MutatingAdmissionWebhook,ValidatingAdmissionWebhook \
     --service-account-key-file "$pki/sa.pub" \

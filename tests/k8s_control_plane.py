@@ -17,6 +17,7 @@ The first start on a machine builds the binaries (many minutes, once; then cache
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import subprocess
 import tempfile
@@ -62,7 +63,9 @@ def kubectl_path() -> str | None:
     return None
 
 
-def _run_script(command: str, state_dir: str | None, timeout: float) -> subprocess.CompletedProcess[str]:
+def _run_script(
+    command: str, state_dir: str | None, timeout: float
+) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ)
     if state_dir is not None:
         env["RELEASED_K8S_STATE"] = state_dir
@@ -167,10 +170,9 @@ def start_control_plane(state_dir: str | None = None, timeout: float | None = No
 
 
 def _stop_quietly(plane: ControlPlane) -> None:
-    try:
+    # At interpreter exit there is nobody left to report a failure to.
+    with contextlib.suppress(Exception):
         plane.stop()
-    except Exception:  # noqa: BLE001 - interpreter exit: nothing left to report to
-        pass
 
 
 def _tail(text: str, lines: int = 60) -> str:

@@ -33,7 +33,7 @@ def _core(api: Any) -> client.CoreV1Api:
 
 
 def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def ensure_fake_node(api: Any, name: str = FAKE_NODE) -> str:
@@ -249,7 +249,7 @@ class FakeKubelet:
         while not self._stop.is_set():
             try:
                 self.tick()
-            except Exception as exc:  # noqa: BLE001 - kept for the test to inspect
+            except Exception as exc:  # kept for the test to inspect
                 self.errors.append(exc)
                 del self.errors[:-10]
             self._stop.wait(self.interval)

@@ -4,22 +4,17 @@ that makes Deployments available."""
 
 from __future__ import annotations
 
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from kubernetes import client
+from kubernetes.client.rest import ApiException
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from kubernetes import client  # noqa: E402
-from kubernetes.client.rest import ApiException  # noqa: E402
-
-from tests.k8s_control_plane import ControlPlane, start_control_plane  # noqa: E402
-from tests.kubelet import FakeKubelet, mark_pods_ready  # noqa: E402
+from tests.k8s_control_plane import ControlPlane, start_control_plane
+from tests.kubelet import FakeKubelet, mark_pods_ready
 
 pytestmark = pytest.mark.k8s
 
@@ -111,9 +106,7 @@ def test_deployment_gets_replicaset_and_pending_pods(api: client.ApiClient, name
     )[0]
     pods = wait_for(
         "2 pods owned by the ReplicaSet",
-        lambda: (
-            lambda ps: ps if len(ps) == 2 else None
-        )(
+        lambda: (lambda ps: ps if len(ps) == 2 else None)(
             [
                 p
                 for p in core.list_namespaced_pod(namespace).items
@@ -190,7 +183,8 @@ def test_fake_kubelet_makes_deployment_available(api: client.ApiClient, namespac
         )
         wait_for(
             "Deployment worker to have 1 available replica",
-            lambda: apps.read_namespaced_deployment("worker", namespace).status.available_replicas
-            == 1,
+            lambda: (
+                apps.read_namespaced_deployment("worker", namespace).status.available_replicas == 1
+            ),
         )
     assert not kubelet.errors
