@@ -350,8 +350,11 @@ async def ensure_database(
             await conn.fetchval("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
         )
         if not is_super:
-            # CREATE DATABASE ... OWNER needs the admin to be able to SET ROLE to the owner.
-            await conn.execute(f"GRANT {quote_ident(owner)} TO CURRENT_USER")
+            # A non-superuser admin (CREATEDB, CREATEROLE) must be a member of the owner to
+            # create the database for it, and of the login roles to terminate their sessions
+            # (revocation, DROP DATABASE ... WITH (FORCE)).
+            for role in (owner, role_a, role_b):
+                await conn.execute(f"GRANT {quote_ident(role)} TO CURRENT_USER")
         if not exists:
             with suppress(asyncpg.DuplicateDatabaseError):
                 await conn.execute(
@@ -410,8 +413,13 @@ _TERMINATE = {
 
 
 async def _terminate(conn: asyncpg.Connection, column: str, value: str) -> None:
-    """Terminate the sessions of a role (``usename``) or in a database (``datname``)."""
-    await conn.execute(_TERMINATE[column], value)
+    """Terminate the sessions of a role (``usename``) or in a database (``datname``).
+
+    Best effort: an admin that may not signal them (not a member of the role) leaves them be;
+    NOLOGIN and the new password already keep new sessions out.
+    """
+    with suppress(asyncpg.InsufficientPrivilegeError):
+        await conn.execute(_TERMINATE[column], value)
 
 
 async def drop_database(admin_url: str, agent_key: str) -> bool:

@@ -368,10 +368,16 @@ async def ensure_knowledge(
         if previous and previous != file_id and previous not in stale:
             await _detach(client, store_id, previous)
             await _delete_file(client, previous)
-        with _mapped("label the vector store", key):
-            await client.vector_stores.update(
-                store_id, metadata={AGENT_METADATA_KEY: agent_key[:512], HASH_ATTRIBUTE: digest}
-            )
+        unchanged = current is not None and (current.vector_store_id, current.faq_hash) == (
+            store_id,
+            digest,
+        )
+        if not unchanged:
+            with _mapped("label the vector store", key):
+                await client.vector_stores.update(
+                    store_id,
+                    metadata={AGENT_METADATA_KEY: agent_key[:512], HASH_ATTRIBUTE: digest},
+                )
     return KnowledgeState(vector_store_id=store_id, file_id=file_id, faq_hash=digest)
 
 
