@@ -26,6 +26,10 @@ REASON_INVALID_SPEC = "InvalidSpec"
 MIN_ROTATION_INTERVAL = timedelta(hours=1)
 MAX_ROTATION_INTERVAL = timedelta(days=3650)
 
+#: The longest agent name: ``NAME-redis`` must still be a 63-character DNS-1035 label.
+MAX_NAME_LENGTH = 63 - len("-redis")
+
+_DNS1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _QUALIFIED_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
 _QUANTITY = re.compile(r"^([+-]?[0-9.]+)([eE][+-]?[0-9]+|[numkMGTPE]i?|Ki)?$")
@@ -237,11 +241,30 @@ def _check_names(spec: AgentSpec, name: str) -> list[str]:
     return problems
 
 
+def validate_name(name: str) -> list[str]:
+    """Problems of an agent's ``metadata.name`` as the base of its children's names.
+
+    Services are named ``NAME-redis`` and ``NAME-web`` and must be DNS-1035 labels (a letter
+    first, at most 63 characters); ``NAME`` is also a label value (at most 63 characters).
+    """
+    if not _DNS1035_LABEL.match(name):
+        return [
+            f"metadata.name {name!r} cannot name the agent's Services: use lower-case letters, "
+            "digits and '-', starting with a letter (no dots)"
+        ]
+    if len(name) > MAX_NAME_LENGTH:
+        return [
+            f"metadata.name {name!r} is {len(name)} characters long; at most "
+            f"{MAX_NAME_LENGTH} fit in the names of its children (NAME-redis)"
+        ]
+    return []
+
+
 def validate_spec(spec: AgentSpec, *, name: str | None = None) -> list[str]:
     """Cross-field and semantic problems of ``spec``; empty when it is fine.
 
-    With ``name`` (the agent's ``metadata.name``) the spec is also checked against the names of
-    the agent's own children.
+    With ``name`` (the agent's ``metadata.name``) the name itself is checked
+    (:func:`validate_name`) and the spec against the names of the agent's own children.
     """
     problems: list[str] = []
 
@@ -303,6 +326,7 @@ def validate_spec(spec: AgentSpec, *, name: str | None = None) -> list[str]:
     problems += _check_resources(spec.redis.resources, "spec.redis.resources")
 
     if name is not None:
+        problems += validate_name(name)
         problems += _check_names(spec, name)
     return problems
 

@@ -13,6 +13,7 @@ from whatsapp_operator.validation import (
     parse_quantity,
     parse_spec,
     validate_faqs,
+    validate_name,
     validate_spec,
 )
 
@@ -201,3 +202,23 @@ def test_parse_quantity(text: str | int, value: Decimal) -> None:
 def test_parse_quantity_rejects(text: str) -> None:
     with pytest.raises(ValueError):
         parse_quantity(text)
+
+
+@pytest.mark.parametrize(
+    ("name", "fragment"),
+    [
+        ("acme.shop", "starting with a letter (no dots)"),
+        ("1acme", "starting with a letter"),
+        ("Acme", "lower-case"),
+        ("a" * 58, "58 characters long; at most 57"),
+    ],
+)
+def test_agent_names_that_cannot_name_children(name: str, fragment: str) -> None:
+    (problem,) = validate_name(name)
+    assert problem.startswith("metadata.name") and fragment in problem
+    assert problems(name=name) == [problem]
+
+
+def test_agent_names_that_fit() -> None:
+    assert validate_name("a" * 57) == []
+    assert validate_name("acme-shop-2") == []
