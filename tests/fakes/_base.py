@@ -68,11 +68,24 @@ class _Server(uvicorn.Server):
         return None
 
 
-def make_uvicorn_config(app: Starlette) -> uvicorn.Config:
+def make_uvicorn_config(app: Starlette, *, own_process: bool = False) -> uvicorn.Config:
+    """uvicorn settings. In a test process uvicorn must not touch the global logging setup
+    (its defaults reconfigure the ``uvicorn.*`` loggers that the bot's own tests inspect), so
+    only a separate process gets the quiet logging configuration."""
+    if own_process:
+        return uvicorn.Config(
+            app,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            timeout_graceful_shutdown=1,
+            timeout_keep_alive=5,
+        )
     return uvicorn.Config(
         app,
-        log_level="warning",
-        access_log=False,
+        log_config=None,
+        log_level=None,
+        access_log=True,  # False would strip the handlers of the global "uvicorn.access" logger
         lifespan="off",
         timeout_graceful_shutdown=1,
         timeout_keep_alive=5,
@@ -348,7 +361,7 @@ def serve_cli(
     sock = bind_socket(args.port)
     fake.port = sock.getsockname()[1]
     print(f"{READY_PREFIX}{fake.port} {fake.url}", flush=True)
-    server = uvicorn.Server(make_uvicorn_config(fake.build_app()))
+    server = uvicorn.Server(make_uvicorn_config(fake.build_app(), own_process=True))
     if args.parent_pid is not None:
         parent_pid = int(args.parent_pid)
 
