@@ -17,6 +17,12 @@ message). The envelope was read from a real ``Celery.send_task`` on Celery/kombu
 check that a real Celery worker consumes it. Priority 0 maps to the plain list name, as in
 kombu. Not supported on this path: kombu's ``global_keyprefix`` transport option (unused here).
 
+:func:`enqueue_message_once` also de-duplicates by wamid (:mod:`bot.dedup`): when the broker
+is the de-duplication Redis (one Redis per agent, the normal deployment), the ``SET NX EX``
+claim and the ``LPUSH`` run in one Lua script, so a crash between them can neither lose a
+message (claimed but never queued, then dropped as a duplicate on Meta's retry) nor queue it
+twice.
+
 For any other broker URL (amqp, sentinel...) :class:`TaskPublisher` falls back to a minimal
 producer-only ``Celery("released")`` app and ``send_task`` in a worker thread
 (``anyio.to_thread``).
@@ -26,19 +32,22 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import socket
 import uuid
 import weakref
+from collections.abc import Awaitable
 from functools import cached_property, partial
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import anyio.to_thread
 from celery import Celery
 from redis.asyncio import Redis
 
+from bot.dedup import DEDUP_TTL_SECONDS, dedup_key, first_seen, release
 from bot.whatsapp.events import InboundMessage, StatusUpdate
 
 #: Celery's default queue, which ``celery -A bot.tasks worker`` consumes.
@@ -47,6 +56,21 @@ PROCESS_MESSAGE_TASK = "bot.tasks.process_message"
 RECORD_STATUS_TASK = "bot.tasks.record_status"
 
 _REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})
+
+#: Claim a wamid and queue its task in one atomic step: KEYS = (claim key, queue list),
+#: ARGV = (TTL seconds, task message). Returns 1 when queued, 0 for a duplicate. Redis does not
+#: roll a script back on error, so a failed push deletes the claim before returning the error.
+_CLAIM_AND_PUSH = """
+if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then
+  return 0
+end
+local pushed = redis.pcall('LPUSH', KEYS[2], ARGV[2])
+if type(pushed) == 'table' and pushed.err then
+  redis.call('DEL', KEYS[1])
+  return pushed
+end
+return 1
+"""
 _ORIGIN = f"gen{os.getpid()}@{socket.gethostname()}"
 
 
@@ -152,6 +176,28 @@ class TaskPublisher:
         await anyio.to_thread.run_sync(send)
         return task_id
 
+    async def send_task_once(
+        self,
+        name: str,
+        args: list[Any] | tuple[Any, ...],
+        *,
+        claim_key: str,
+        ttl_seconds: int,
+        argsrepr: str | None = None,
+    ) -> str | None:
+        """Publish unless ``claim_key`` exists, claiming it in the same atomic step (a Lua
+        script: ``SET NX EX`` then ``LPUSH``). Returns the task id, or ``None`` for a duplicate.
+        Redis brokers only."""
+        if self._redis is None:
+            raise RuntimeError("send_task_once needs a Redis broker")
+        task_id = str(uuid.uuid4())
+        message = build_task_message(
+            name, args, task_id=task_id, queue=self.queue, argsrepr=argsrepr
+        )
+        keys_and_args = (claim_key, self.queue, str(ttl_seconds), json.dumps(message))
+        pushed = await cast("Awaitable[int]", self._redis.eval(_CLAIM_AND_PUSH, 2, *keys_and_args))
+        return task_id if int(pushed) == 1 else None
+
     async def queue_depth(self) -> int | None:
         """Messages waiting in the queue (Redis brokers only)."""
         if self._redis is None:
@@ -190,6 +236,44 @@ async def enqueue_message(msg: InboundMessage, publisher: TaskPublisher | None =
         [msg.model_dump(mode="json")],
         argsrepr=f"(<InboundMessage {msg.wamid} kind={msg.kind}>,)",
     )
+
+
+async def enqueue_message_once(
+    msg: InboundMessage,
+    publisher: TaskPublisher | None = None,
+    *,
+    dedup_redis: Redis | None = None,
+    ttl_seconds: int = DEDUP_TTL_SECONDS,
+) -> str | None:
+    """Queue ``bot.tasks.process_message`` for ``msg`` unless its wamid was already seen.
+
+    Returns the task id, or ``None`` for a redelivery (see :mod:`bot.dedup`). When the
+    de-duplication Redis is the broker's own client (the default deployment: one Redis, and
+    ``dedup_redis`` omitted or the same client), the claim and the push are one atomic Lua
+    script, so a crash can neither lose a message nor queue it twice. Otherwise the wamid is
+    claimed first and the claim released again if publishing fails.
+    """
+    publisher = publisher or default_publisher()
+    argsrepr = f"(<InboundMessage {msg.wamid} kind={msg.kind}>,)"
+    args = [msg.model_dump(mode="json")]
+    if publisher.redis is not None and dedup_redis in (None, publisher.redis):
+        return await publisher.send_task_once(
+            PROCESS_MESSAGE_TASK,
+            args,
+            claim_key=dedup_key(msg.phone_number_id, msg.wamid),
+            ttl_seconds=ttl_seconds,
+            argsrepr=argsrepr,
+        )
+    if dedup_redis is None:
+        raise ValueError("dedup_redis is required when the broker is not Redis")
+    if not await first_seen(dedup_redis, msg.phone_number_id, msg.wamid, ttl_seconds=ttl_seconds):
+        return None
+    try:
+        return await publisher.send_task(PROCESS_MESSAGE_TASK, args, argsrepr=argsrepr)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            await release(dedup_redis, msg.phone_number_id, msg.wamid)
+        raise
 
 
 async def enqueue_status(s: StatusUpdate, publisher: TaskPublisher | None = None) -> str:

@@ -12,9 +12,10 @@ when the token matches ``META_VERIFY_TOKEN`` (constant-time comparison), else 40
    webhook payload; the response and the log line give the reason (field paths, never values).
 3. Events addressed to another phone number id are acknowledged and ignored, with a log line.
 4. Each message is de-duplicated by wamid in Redis (``bot.dedup``) and, when new, queued as
-   ``bot.tasks.process_message``; each status is queued as ``bot.tasks.record_status``.
-5. ``200 {"status": "ok"}``. If Redis or the broker fails, 503: Meta redelivers later, and the
-   claims of messages that could not be queued are released so the redelivery is processed.
+   ``bot.tasks.process_message`` (one atomic Lua step when the broker is the same Redis, see
+   ``bot.queue.enqueue_message_once``); each status is queued as ``bot.tasks.record_status``.
+5. ``200 {"status": "ok"}``. If Redis or the broker fails, 503: Meta redelivers later, and no
+   wamid stays claimed for a message that was not queued, so the redelivery is processed.
 
 Every request counts once in ``released_webhook_requests_total{outcome}``: ``accepted`` when
 something was queued, else ``duplicate`` when only redeliveries came, else ``ignored``.
@@ -33,8 +34,7 @@ from pydantic import ValidationError
 
 from bot.api.deps import PublisherDep, RedisDep, SettingsDep
 from bot.core.metrics import MESSAGES_RECEIVED, WEBHOOK_LATENCY, WEBHOOK_REQUESTS
-from bot.dedup import first_seen, release
-from bot.queue import enqueue_message, enqueue_status
+from bot.queue import enqueue_message_once, enqueue_status
 from bot.whatsapp.payload import WHATSAPP_OBJECT, PayloadError, extract_events, parse_payload
 from bot.whatsapp.signature import SIGNATURE_HEADER, verify
 
@@ -139,24 +139,16 @@ async def _receive(
     queued = duplicates = 0
     for msg in messages:
         try:
-            is_new = await first_seen(redis, msg.phone_number_id, msg.wamid)
+            task_id = await enqueue_message_once(msg, publisher, dedup_redis=redis)
         except Exception as exc:
-            return _unavailable("dedup", exc)
-        if not is_new:
+            return _unavailable("enqueue_message", exc)
+        if task_id is None:
             duplicates += 1
             log.info("webhook.duplicate", wamid=msg.wamid)
             continue
-        try:
-            await enqueue_message(msg, publisher)
-        except Exception as exc:
-            try:
-                await release(redis, msg.phone_number_id, msg.wamid)
-            except Exception:
-                log.warning("webhook.release_failed", wamid=msg.wamid)
-            return _unavailable("enqueue_message", exc)
         queued += 1
         MESSAGES_RECEIVED.labels(kind=msg.kind).inc()
-        log.info("webhook.message_queued", wamid=msg.wamid, kind=msg.kind)
+        log.info("webhook.message_queued", wamid=msg.wamid, kind=msg.kind, task_id=task_id)
 
     for status in statuses:
         try:

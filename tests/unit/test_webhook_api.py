@@ -39,6 +39,7 @@ from bot.queue import (
     TaskPublisher,
     build_task_message,
     enqueue_message,
+    enqueue_message_once,
     enqueue_status,
 )
 from bot.whatsapp.events import InboundMessage, StatusUpdate
@@ -435,6 +436,58 @@ async def test_first_seen(test_redis_url: str) -> None:
         assert 0 < await redis.ttl(dedup_key(PN, "wamid.a")) <= 5
     finally:
         await redis.aclose()
+
+
+async def test_enqueue_once_is_atomic_on_a_shared_redis(
+    test_redis_url: str, raw: sync_redis.Redis
+) -> None:
+    publisher = TaskPublisher(test_redis_url)
+    msg = InboundMessage(wamid="wamid.once", phone_number_id=PN, wa_id="1", kind="text")
+    try:
+        first = await enqueue_message_once(msg, publisher)
+        again = await enqueue_message_once(msg, publisher, dedup_redis=publisher.redis)
+    finally:
+        await publisher.aclose()
+    assert first is not None and again is None
+    [(task, arg)] = queued(raw)
+    assert (task, arg["wamid"]) == (PROCESS_MESSAGE_TASK, "wamid.once")
+    assert raw.ttl(dedup_key(PN, "wamid.once")) > DEDUP_TTL_SECONDS - 60
+
+
+async def test_enqueue_once_claims_nothing_when_the_push_fails(
+    test_redis_url: str, raw: sync_redis.Redis
+) -> None:
+    """Atomic path: a failing script (here: the queue key holds a string) leaves no claim."""
+    raw.set(CELERY_QUEUE, "not a list")
+    publisher = TaskPublisher(test_redis_url)
+    msg = InboundMessage(wamid="wamid.fail", phone_number_id=PN, wa_id="1", kind="text")
+    try:
+        with pytest.raises(Exception, match="WRONGTYPE"):
+            await enqueue_message_once(msg, publisher)
+    finally:
+        await publisher.aclose()
+    assert raw.exists(dedup_key(PN, "wamid.fail")) == 0
+
+
+async def test_enqueue_once_with_separate_dedup_redis(
+    test_redis_url: str, raw: sync_redis.Redis
+) -> None:
+    """Broker and de-dup on different clients: claim, push, and release when the push fails."""
+    dedup = Redis.from_url(test_redis_url)
+    good = TaskPublisher(test_redis_url)
+    dead = TaskPublisher(f"redis://127.0.0.1:{free_port()}/0")
+    msg = InboundMessage(wamid="wamid.sep", phone_number_id=PN, wa_id="1", kind="text")
+    try:
+        with pytest.raises(Exception, match=r"(?i)connect"):
+            await enqueue_message_once(msg, dead, dedup_redis=dedup)
+        assert raw.exists(dedup_key(PN, "wamid.sep")) == 0
+        assert await enqueue_message_once(msg, good, dedup_redis=dedup) is not None
+        assert await enqueue_message_once(msg, good, dedup_redis=dedup) is None
+    finally:
+        await dedup.aclose()
+        await good.aclose()
+        await dead.aclose()
+    assert len(queued(raw)) == 1
 
 
 def test_envelope_matches_celery_send_task(test_redis_url: str, raw: sync_redis.Redis) -> None:
