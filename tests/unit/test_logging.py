@@ -172,3 +172,16 @@ def test_silenced_library_loggers_are_brought_back() -> None:
     logging.getLogger("celery.worker").info("worker up")
     events = [json.loads(line)["event"] for line in buffer.getvalue().splitlines()]
     assert events == ["server up", "worker up"]
+
+
+def test_access_log_query_strings_are_redacted(captured: io.StringIO) -> None:
+    """uvicorn's access line holds the query string of the verification handshake."""
+    path = "/webhook?hub.mode=subscribe&hub.verify_token=attackerguess1&hub.challenge=42"
+    for token_path in (path, path.replace("attackerguess1", VERIFY)):
+        logging.getLogger("uvicorn.access").info(
+            '%s - "%s %s HTTP/%s" %d', "10.0.0.7:5123", "GET", token_path, "1.1", 403
+        )
+    text = captured.getvalue()
+    assert_clean(text)
+    assert "attackerguess1" not in text
+    assert "hub.challenge=42" in text
