@@ -22,8 +22,11 @@ from typing import Annotated, Any
 import httpx
 import typer
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="Released: WhatsApp Business bots on Kubernetes.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Released: WhatsApp Business bots on Kubernetes.",
+)
 
 DEFAULT_HOME = Path(os.environ.get("RELEASED_HOME", Path.home() / ".cache" / "released" / "run"))
 WorkdirOpt = Annotated[Path, typer.Option(help="Where the local bot keeps its state and logs.")]
@@ -37,17 +40,24 @@ def _real_credentials() -> bool:
 def run(
     port: Annotated[int, typer.Option(help="Port of the web tier (webhook).")] = 8000,
     workdir: WorkdirOpt = DEFAULT_HOME,
-    fakes: Annotated[bool | None, typer.Option(
-        help="Use the local fakes of Meta and OpenAI (default: unless META_ACCESS_TOKEN and "
-             "OPENAI_API_KEY are set).")] = None,
+    fakes: Annotated[
+        bool | None,
+        typer.Option(
+            help="Use the local fakes of Meta and OpenAI (default: unless META_ACCESS_TOKEN and "
+            "OPENAI_API_KEY are set)."
+        ),
+    ] = None,
 ) -> None:
     """Run the bot here: web tier, Celery worker and beat, Redis, SQLite."""
     from bot.devstack import LocalStack, StackError
 
     use_fakes = (not _real_credentials()) if fakes is None else fakes
     stack = LocalStack(workdir=workdir, web_port=port, use_fakes=use_fakes)
-    typer.echo("Starting Redis, the web tier, a Celery worker and beat"
-               + (" and local fakes of Meta and OpenAI" if use_fakes else "") + " ...")
+    typer.echo(
+        "Starting Redis, the web tier, a Celery worker and beat"
+        + (" and local fakes of Meta and OpenAI" if use_fakes else "")
+        + " ..."
+    )
     try:
         stack.start()
     except StackError as exc:
@@ -59,8 +69,8 @@ Released is running.
   webhook      {web}/webhook   (verify token: $META_VERIFY_TOKEN or the local default)
   health       {web}/healthz  {web}/readyz
   metrics      {web}/metrics
-  graph API    {stack.env.get('META_GRAPH_URL', 'Meta (real)')}
-  OpenAI       {stack.env.get('OPENAI_BASE_URL', 'OpenAI (real)')}
+  graph API    {stack.env.get("META_GRAPH_URL", "Meta (real)")}
+  OpenAI       {stack.env.get("OPENAI_BASE_URL", "OpenAI (real)")}
   logs         {workdir}/*.log
 
 Talk to it from another shell:  released say "¿Qué es Released?"
@@ -77,8 +87,11 @@ Stop with Ctrl-C.""")
         while not stopping:
             for name, proc in list(stack.processes.items()):
                 if proc.poll() is not None:
-                    typer.echo(f"error: {name} exited with {proc.returncode}; see "
-                               f"{workdir / (name + '.log')}", err=True)
+                    typer.echo(
+                        f"error: {name} exited with {proc.returncode}; see "
+                        f"{workdir / (name + '.log')}",
+                        err=True,
+                    )
                     stopping = True
             time.sleep(0.5)
     finally:
@@ -108,14 +121,15 @@ def say(
         typer.echo("error: set META_APP_SECRET to sign the webhook", err=True)
         raise typer.Exit(1)
     wamid = new_wamid()
-    payload = text_message_payload(state["phone_number_id"], text, wa_id=sender, name=name,
-                                   wamid=wamid)
+    payload = text_message_payload(
+        state["phone_number_id"], text, wa_id=sender, name=name, wamid=wamid
+    )
     body, headers = signed_delivery(payload, app_secret)
-    response = httpx.post(f"{state['urls']['web']}/webhook", content=body, headers=headers,
-                          timeout=10)
+    response = httpx.post(
+        f"{state['urls']['web']}/webhook", content=body, headers=headers, timeout=10
+    )
     if response.status_code != 200:
-        typer.echo(f"error: the webhook answered {response.status_code}: {response.text}",
-                   err=True)
+        typer.echo(f"error: the webhook answered {response.status_code}: {response.text}", err=True)
         raise typer.Exit(1)
     fake_meta = state["urls"].get("fake_meta")
     if not fake_meta:
@@ -134,9 +148,8 @@ def _wait_for_reply(fake_meta: str, wamid: str, timeout: float) -> str | None:
     while time.monotonic() < deadline:
         sent: list[dict[str, Any]] = httpx.get(f"{fake_meta}/_fake/sent", timeout=5).json()
         for message in sent:
-            body = message.get("body", message)
-            if body.get("context", {}).get("message_id") == wamid:
-                return str(body.get("text", {}).get("body", body))
+            if message.get("context_message_id") == wamid:
+                return str(message.get("text") or message.get("body"))
         time.sleep(0.2)
     return None
 
@@ -156,23 +169,33 @@ def provision(
     name: Annotated[str, typer.Argument(help="Agent name (a DNS label), e.g. the client's name.")],
     phone_number_id: Annotated[str, typer.Argument(help="Meta phone number ID (digits).")],
     namespace: Annotated[str, typer.Option(help="Namespace of the agent.")] = "default",
-    faq: Annotated[list[str] | None, typer.Option(
-        help="An FAQ as 'question=answer' (repeat).")] = None,
-    faqs_file: Annotated[Path | None, typer.Option(
-        help="YAML/JSON list of {q, a} to embed.")] = None,
+    faq: Annotated[
+        list[str] | None, typer.Option(help="An FAQ as 'question=answer' (repeat).")
+    ] = None,
+    faqs_file: Annotated[
+        Path | None, typer.Option(help="YAML/JSON list of {q, a} to embed.")
+    ] = None,
     host: Annotated[str | None, typer.Option(help="Public host of the webhook Ingress.")] = None,
-    register_webhook: Annotated[bool, typer.Option(
-        help="Let the operator set Meta's callback URL override.")] = False,
+    register_webhook: Annotated[
+        bool, typer.Option(help="Let the operator set Meta's callback URL override.")
+    ] = False,
     display_phone_number: Annotated[str | None, typer.Option(help="E.164 number.")] = None,
-    apply: Annotated[bool, typer.Option(help="Pipe the manifests to `kubectl apply -f -`.")] = False,
+    apply: Annotated[
+        bool, typer.Option(help="Pipe the manifests to `kubectl apply -f -`.")
+    ] = False,
 ) -> None:
     """Print a complete WhatsAppAgent and its Secret templates (replaces provision_client.sh)."""
     from whatsapp_operator.provision import ProvisionError, render_manifests
 
     try:
         text = render_manifests(
-            name=name, namespace=namespace, phone_number_id=phone_number_id,
-            faqs=faq or [], faqs_file=faqs_file, host=host, register_webhook=register_webhook,
+            name=name,
+            namespace=namespace,
+            phone_number_id=phone_number_id,
+            faqs=faq or [],
+            faqs_file=faqs_file,
+            host=host,
+            register_webhook=register_webhook,
             display_phone_number=display_phone_number,
         )
     except ProvisionError as exc:

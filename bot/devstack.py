@@ -83,9 +83,20 @@ class LocalStack:
             self.migrate()
             self.start_worker()
             if self.with_beat:
-                self._spawn("beat", [sys.executable, "-m", "celery", "-A", "bot.tasks", "beat",
-                                     "--loglevel=INFO",
-                                     "--schedule", str(self.workdir / "celerybeat-schedule")])
+                self._spawn(
+                    "beat",
+                    [
+                        sys.executable,
+                        "-m",
+                        "celery",
+                        "-A",
+                        "bot.tasks",
+                        "beat",
+                        "--loglevel=INFO",
+                        "--schedule",
+                        str(self.workdir / "celerybeat-schedule"),
+                    ],
+                )
             self._start_web()
         except BaseException:
             self.stop()
@@ -111,18 +122,37 @@ class LocalStack:
     # -- parts -----------------------------------------------------------------------------
     def migrate(self) -> None:
         """Apply the database migrations (``released migrate``) with the stack's environment."""
-        result = subprocess.run([sys.executable, "-m", "bot.cli", "migrate"], env=self.env,
-                                capture_output=True, text=True, timeout=120, check=False)
+        result = subprocess.run(
+            [sys.executable, "-m", "bot.cli", "migrate"],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
         if result.returncode != 0:
             raise StackError(f"migrations failed:\n{result.stderr[-2000:]}")
 
     def start_worker(self, name: str = "worker") -> subprocess.Popen[bytes]:
         """Start (or restart) a Celery worker process."""
-        return self._spawn(name, [
-            sys.executable, "-m", "celery", "-A", "bot.tasks", "worker", "--loglevel=INFO",
-            f"--pool={self.worker_pool}", f"--concurrency={self.worker_concurrency}",
-            "--without-gossip", "--without-mingle", "-n", f"{name}@%h",
-        ])
+        return self._spawn(
+            name,
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "bot.tasks",
+                "worker",
+                "--loglevel=INFO",
+                f"--pool={self.worker_pool}",
+                f"--concurrency={self.worker_concurrency}",
+                "--without-gossip",
+                "--without-mingle",
+                "-n",
+                f"{name}@%h",
+            ],
+        )
 
     def kill(self, name: str) -> None:
         """SIGKILL a process of the stack (and its children), as a crashed pod would die."""
@@ -136,15 +166,22 @@ class LocalStack:
         return path.read_text(errors="replace") if path.exists() else ""
 
     # -- internals -------------------------------------------------------------------------
-    def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None,
-               cwd: Path | None = None) -> subprocess.Popen[bytes]:
+    def _spawn(
+        self, name: str, args: list[str], env: dict[str, str] | None = None, cwd: Path | None = None
+    ) -> subprocess.Popen[bytes]:
         if name in self.processes:
             self._terminate(name)
         log = open(self.workdir / f"{name}.log", "ab")  # noqa: SIM115 - closed in stop()
         self._logs[name] = log
-        proc = subprocess.Popen(args, env=env or self.env, cwd=cwd or REPO_ROOT, stdout=log,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            args,
+            env=env or self.env,
+            cwd=cwd or REPO_ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         self.processes[name] = proc
         return proc
 
@@ -167,16 +204,20 @@ class LocalStack:
         last = ""
         while time.monotonic() < deadline:
             if proc.poll() is not None:
-                raise StackError(f"{name} exited with {proc.returncode}; see "
-                                 f"{self.workdir / (name + '.log')}:\n{self.log_text(name)[-2000:]}")
+                raise StackError(
+                    f"{name} exited with {proc.returncode}; see "
+                    f"{self.workdir / (name + '.log')}:\n{self.log_text(name)[-2000:]}"
+                )
             try:
                 if httpx.get(url, timeout=1.0).status_code < 500:
                     return
             except httpx.HTTPError as exc:
                 last = type(exc).__name__
             time.sleep(0.1)
-        raise StackError(f"{name} did not answer {url} within {timeout}s ({last}); see "
-                         f"{self.workdir / (name + '.log')}")
+        raise StackError(
+            f"{name} did not answer {url} within {timeout}s ({last}); see "
+            f"{self.workdir / (name + '.log')}"
+        )
 
     def _start_redis(self) -> None:
         binary = shutil.which("redis-server")
@@ -185,8 +226,23 @@ class LocalStack:
         port = free_port()
         data = self.workdir / "redis"
         data.mkdir(exist_ok=True)
-        self._spawn("redis", [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir",
-                              str(data), "--appendonly", "yes", "--save", ""], env=dict(os.environ))
+        self._spawn(
+            "redis",
+            [
+                binary,
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(data),
+                "--appendonly",
+                "yes",
+                "--save",
+                "",
+            ],
+            env=dict(os.environ),
+        )
         deadline = time.monotonic() + 20
         while True:
             with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
@@ -198,15 +254,20 @@ class LocalStack:
 
     def _prepare_env(self) -> None:
         env = dict(os.environ)
-        env.update({
-            "DATABASE_URL": env.get("DATABASE_URL")
-            or f"sqlite+aiosqlite:///{self.workdir / 'released.db'}",
-            "REDIS_URL": self.urls["redis"],
-            "CELERY_BROKER_URL": self.urls["redis"],
-            "FAQS_PATH": env.get("FAQS_PATH") or str(DEFAULT_FAQS),
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), str(REPO_ROOT / "operator"),
-                                                        env.get("PYTHONPATH")])),
-        })
+        env.update(
+            {
+                "DATABASE_URL": env.get("DATABASE_URL")
+                or f"sqlite+aiosqlite:///{self.workdir / 'released.db'}",
+                "REDIS_URL": self.urls["redis"],
+                "CELERY_BROKER_URL": self.urls["redis"],
+                "FAQS_PATH": env.get("FAQS_PATH") or str(DEFAULT_FAQS),
+                "PYTHONPATH": os.pathsep.join(
+                    filter(
+                        None, [str(REPO_ROOT), str(REPO_ROOT / "operator"), env.get("PYTHONPATH")]
+                    )
+                ),
+            }
+        )
         env.setdefault("PHONE_NUMBER_ID", "100000000000001")
         env.setdefault("META_APP_SECRET", "local-dev-app-secret")
         env.setdefault("META_VERIFY_TOKEN", "local-dev-verify-token")
@@ -215,17 +276,40 @@ class LocalStack:
 
     def _start_fakes(self) -> None:
         if not fakes_available():
-            raise StackError("the local fakes of Meta and OpenAI ship with the source checkout "
-                             "(tests/fakes); set META_ACCESS_TOKEN and OPENAI_API_KEY to use the "
-                             "real services instead")
+            raise StackError(
+                "the local fakes of Meta and OpenAI ship with the source checkout "
+                "(tests/fakes); set META_ACCESS_TOKEN and OPENAI_API_KEY to use the "
+                "real services instead"
+            )
         meta_port, openai_port = free_port(), free_port()
         token = self.env.setdefault("META_ACCESS_TOKEN", "local-dev-access-token")
         key = self.env.setdefault("OPENAI_API_KEY", "local-dev-openai-key")
-        fake_env = dict(self.env, FAKE_META_TOKEN=token, FAKE_OPENAI_KEY=key)
-        self._spawn("fake-meta", [sys.executable, "-m", "tests.fakes.meta", "--port",
-                                  str(meta_port)], env=fake_env)
-        self._spawn("fake-openai", [sys.executable, "-m", "tests.fakes.openai", "--port",
-                                    str(openai_port)], env=fake_env)
+        self._spawn(
+            "fake-meta",
+            [
+                sys.executable,
+                "-m",
+                "tests.fakes.meta",
+                "--port",
+                str(meta_port),
+                "--access-token",
+                token,
+                "--app-secret",
+                self.env["META_APP_SECRET"],
+            ],
+        )
+        self._spawn(
+            "fake-openai",
+            [
+                sys.executable,
+                "-m",
+                "tests.fakes.openai",
+                "--port",
+                str(openai_port),
+                "--api-key",
+                key,
+            ],
+        )
         self.urls["fake_meta"] = f"http://127.0.0.1:{meta_port}"
         self.urls["fake_openai"] = f"http://127.0.0.1:{openai_port}"
         self._wait_http("fake-meta", f"{self.urls['fake_meta']}/_fake/sent")
@@ -234,21 +318,35 @@ class LocalStack:
         self.env["OPENAI_BASE_URL"] = f"{self.urls['fake_openai']}/v1"
 
     def _start_web(self) -> None:
-        port = self.web_port if port_is_free(self.web_port) else free_port()
-        self._spawn("web", [sys.executable, "-m", "uvicorn", "bot.main:app", "--host",
-                            "127.0.0.1", "--port", str(port), "--no-access-log"])
+        port = self.web_port if self.web_port and port_is_free(self.web_port) else free_port()
+        self._spawn(
+            "web",
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "bot.main:app",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--no-access-log",
+            ],
+        )
         self.urls["web"] = f"http://127.0.0.1:{port}"
         self._wait_http("web", f"{self.urls['web']}/readyz")
 
     def state(self) -> dict[str, Any]:
         """What ``released say`` needs to talk to this stack (no secrets beyond local ones)."""
-        return {
+        state: dict[str, Any] = {
             "urls": self.urls,
             "phone_number_id": self.env["PHONE_NUMBER_ID"],
-            "app_secret_env": "META_APP_SECRET",
-            "app_secret": self.env["META_APP_SECRET"],
             "workdir": str(self.workdir),
         }
+        if self.use_fakes:
+            # Only the local stand-in secret; with real credentials `say` reads the environment.
+            state["app_secret"] = self.env["META_APP_SECRET"]
+        return state
 
     def _write_state(self) -> None:
         path = self.workdir / STATE_FILE_NAME

@@ -1,0 +1,96 @@
+"""End to end: a signed webhook in, the grounded answer out through the Graph API, once.
+
+Real processes: uvicorn serving ``bot.main:app``, a Celery worker (prefork), Redis from Debian's
+package, SQLite, and the local fakes of Meta and OpenAI reached through ``META_GRAPH_URL`` and
+``OPENAI_BASE_URL``.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from bot.devstack import DEFAULT_FAQS, LocalStack
+from bot.whatsapp.simulate import new_wamid, signed_delivery, text_message_payload
+from tests.fakes import FakeMeta, FakeOpenAI
+
+pytestmark = pytest.mark.e2e
+
+FAQS = yaml.safe_load(DEFAULT_FAQS.read_text())
+QUESTION = "What is Released?"
+ANSWER = next(f["a"] for f in FAQS if f["q"] == QUESTION)
+
+
+def deliver(stack: LocalStack, text: str, wamid: str, times: int = 1) -> None:
+    payload = text_message_payload(stack.env["PHONE_NUMBER_ID"], text, wamid=wamid)
+    body, headers = signed_delivery(payload, stack.env["META_APP_SECRET"])
+    for _ in range(times):
+        response = httpx.post(f"{stack.urls['web']}/webhook", content=body, headers=headers)
+        assert response.status_code == 200, response.text
+
+
+def replies_to(meta: FakeMeta, wamid: str) -> list[dict[str, Any]]:
+    return [m for m in meta.sent() if m["context_message_id"] == wamid]
+
+
+def wait_for_reply(meta: FakeMeta, wamid: str, timeout: float = 30.0) -> dict[str, Any]:
+    found: list[dict[str, Any]] = meta.wait_for(lambda: replies_to(meta, wamid), timeout=timeout)
+    return found[0]
+
+
+def settle(meta: FakeMeta, wamid: str, seconds: float = 2.0) -> list[dict[str, Any]]:
+    """Give a duplicate time to show up, then return every reply to ``wamid``."""
+    time.sleep(seconds)
+    return replies_to(meta, wamid)
+
+
+def stored_messages(stack: LocalStack) -> list[tuple[str, str, str | None]]:
+    db = Path(stack.env["DATABASE_URL"].split("///", 1)[1])
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("SELECT direction, status, text FROM message ORDER BY id").fetchall()
+    return [(str(d), str(s), t) for d, s, t in rows]
+
+
+def test_grounded_answer_is_sent_once_and_stored(stack: LocalStack, meta: FakeMeta) -> None:
+    wamid = new_wamid()
+    deliver(stack, QUESTION, wamid)
+
+    reply = wait_for_reply(meta, wamid)
+    assert reply["text"] == ANSWER
+    assert reply["to"] == "34600000001"
+    assert settle(meta, wamid) == [reply]
+    assert any(r["message_id"] == wamid for r in meta.reads())
+    texts = [text for _, _, text in stored_messages(stack)]
+    assert QUESTION in texts and ANSWER in texts
+
+
+def test_meta_delivering_twice_is_answered_once(stack: LocalStack, meta: FakeMeta) -> None:
+    wamid = new_wamid()
+    deliver(stack, QUESTION, wamid, times=2)
+    wait_for_reply(meta, wamid)
+    assert len(settle(meta, wamid)) == 1
+
+
+def test_worker_killed_mid_task_loses_nothing(
+    stack: LocalStack, meta: FakeMeta, openai_fake: FakeOpenAI
+) -> None:
+    # The model takes long enough that the worker is surely inside the task when it dies.
+    openai_fake.set_latency(5.0)
+    wamid = new_wamid()
+    deliver(stack, QUESTION, wamid)
+    openai_fake.wait_for(lambda: openai_fake.calls().get("POST /v1/responses"), timeout=20)
+
+    stack.kill("worker")  # SIGKILL to the whole worker, as when its pod is killed
+    assert replies_to(meta, wamid) == []
+    openai_fake.set_latency(0.0)
+    stack.start_worker()
+
+    reply = wait_for_reply(meta, wamid, timeout=60)
+    assert reply["text"] == ANSWER
+    assert len(settle(meta, wamid)) == 1
