@@ -11,11 +11,12 @@ loses a half-done rotation::
     Idle ──due──▶ Started ──pods rolled──▶ Finishing ──revoked──▶ Idle (lastRotation, nextRotation)
 
 - **Idle → Started** (action ``ROTATE``): the handler first records ``Started`` with a rotation
-  id, then writes :func:`generate_rotated_secret_data` (idempotent for a given rotation id): new
-  current values, the old ones kept as ``...Previous`` keys. The Redis server accepts both
-  passwords; the web tier accepts both verify tokens (``META_VERIFY_TOKEN_PREVIOUS``); the
-  standby PostgreSQL role gets the new password and becomes current
-  (:func:`apply_rotated_credentials`). Pods roll because their checksum changed.
+  id, then computes :func:`generate_rotated_secret_data` (idempotent for a given rotation id):
+  new current values, the old ones kept as ``...Previous`` keys. It gives the standby
+  PostgreSQL role the new password and LOGIN (:func:`apply_rotated_credentials`) *before*
+  writing the Secret, so no pod ever holds a database URL that does not work yet, and then
+  writes the Secret. The Redis server accepts both passwords; the web tier accepts both verify
+  tokens (``META_VERIFY_TOKEN_PREVIOUS``). Pods roll because their checksum changed.
 - **Started** while pods have not rolled: ``ROTATE`` again (re-applies idempotently; this is
   how a rotation interrupted by a restart resumes).
 - **Started → Finishing** once every pod runs the rotated Secret (action ``REVOKE``): the
@@ -31,8 +32,10 @@ The handler's loop is::
 
     step = plan_rotation_step(state, now, pods_rolled, secret_rotation_id=data.get(ROTATION_ID))
     if step.before: patch status with step.before.to_status()
-    if step.action is RotationAction.ROTATE: write generate_rotated_secret_data(...) and
-        await apply_rotated_credentials(...)
+    if step.action is RotationAction.ROTATE:
+        new = generate_rotated_secret_data(data, step.after.rotation_id)
+        await apply_rotated_credentials(new, ...)   # always: idempotent, heals a crash
+        write new to the Secret if it differs
     elif step.action is RotationAction.REVOKE: await revoke_previous_credentials(...), then
         write finalize_secret_data(...)
     patch status with step.after.to_status(); requeue after step.requeue_after
@@ -415,7 +418,9 @@ async def apply_rotated_credentials(
     data: Mapping[str, str], *, postgres_admin_url: str | None = None
 ) -> None:
     """``ROTATE``'s work outside Kubernetes: the new current database role gets its password
-    and LOGIN (idempotent). Call after writing the rotated Secret."""
+    and LOGIN (idempotent). Call it on every ``ROTATE`` step, before writing the rotated
+    Secret: a crash in between costs nothing (the next step generates and applies again), while
+    the other order would let pods roll onto a role that cannot log in yet."""
     if postgres_admin_url and data.get(DATABASE_URL) and data.get(DATABASE_ROLE):
         creds = database.DatabaseCredentials.from_url(data[DATABASE_URL])
         await database.set_role_password(
