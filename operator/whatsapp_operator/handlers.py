@@ -28,12 +28,14 @@ import datetime as dt
 import hashlib
 import json
 import logging
+import os
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import kopf
 
 from . import FIELD_MANAGER, FINALIZER, GROUP, KIND, PLURAL, VERSION, kube, metrics, naming
+from . import credentials as keys
 from . import status as st
 from .admission import configure_admission, register_admission_handler
 from .config import OperatorSettings, get_operator_settings
@@ -56,8 +58,9 @@ BLOCKER_REASONS = frozenset(
     {"InvalidSpec", "DatabaseNotConfigured", "SecretNotFound", "FaqsNotFound", "InvalidFaqs"}
 )
 
-TIMER_INTERVAL = 60.0
-TIMER_IDLE = 15.0
+#: The per-agent timer; ``RELEASED_TIMER_INTERVAL`` (seconds) shortens it for tests and demos.
+TIMER_INTERVAL = float(os.environ.get("RELEASED_TIMER_INTERVAL", "60"))
+TIMER_IDLE = min(15.0, TIMER_INTERVAL / 2)
 MAX_BACKOFF = 300.0
 
 
@@ -614,7 +617,6 @@ async def ensure_credentials(
     first reconciliation and re-asserted on the server (``ensure_database``) on every one.
     """
     from . import builders
-    from . import credentials as keys
 
     meta = body["metadata"]
     namespace, name, uid = meta["namespace"], meta["name"], meta["uid"]
@@ -776,7 +778,6 @@ async def ensure_webhook_part(
     workloads: st.Condition,
     outcome: Outcome,
 ) -> None:
-    from . import credentials as keys
     from .meta_webhook import register_callback, unregister_callback
 
     meta = body["metadata"]
@@ -829,24 +830,26 @@ async def ensure_webhook_part(
 def rotation_fields(
     body: Mapping[str, Any], spec: AgentSpec
 ) -> tuple[dict[str, Any], st.Condition]:
-    """``lastRotation``/``nextRotation`` and ``CredentialsRotated`` for the status."""
+    """``nextRotation`` and ``CredentialsRotated`` for the status (the timer does the rest)."""
+    from .rotation import RotationPhase, RotationState, format_time
+
     current = body.get("status") or {}
     interval = spec.rotation.interval_timedelta
-    last = current.get("lastRotation")
-    base = _parse_time(last) if last else _parse_time(body["metadata"].get("creationTimestamp"))
-    base = base or dt.datetime.now(dt.UTC)
-    nxt = base + interval
-    fields = {"nextRotation": st.now_iso(nxt)}
-    cond = st.get_condition(current, st.CREDENTIALS_ROTATED)
-    if cond is not None and cond.get("reason") in ("RotationInProgress", "RotationFailed"):
-        return fields, st.Condition(
+    state = RotationState.from_status(current, interval)
+    if state.phase is not RotationPhase.IDLE:
+        return {}, st.Condition.false(
             st.CREDENTIALS_ROTATED,
-            str(cond.get("status")),
-            str(cond.get("reason")),
-            str(cond.get("message") or ""),
+            "RotationInProgress",
+            f"rotation {state.rotation_id} in progress ({state.phase.value})",
         )
-    return fields, st.Condition.true(
-        st.CREDENTIALS_ROTATED, "UpToDate", f"next rotation at {st.now_iso(nxt)}"
+    due = state.due_at()
+    if due is None:
+        created = _parse_time(body["metadata"].get("creationTimestamp"))
+        due = (created or dt.datetime.now(dt.UTC)) + interval
+    when = format_time(due)
+    last = f"last rotation at {format_time(state.last_rotation)}; " if state.last_rotation else ""
+    return {"nextRotation": when}, st.Condition.true(
+        st.CREDENTIALS_ROTATED, "UpToDate", f"{last}next rotation at {when}"
     )
 
 
@@ -921,6 +924,7 @@ async def reconcile(body: Mapping[str, Any], retry: int) -> None:
     outcome.fields.update(rot_fields)
     outcome.set(rot_cond)
     outcome.fields["configChecksum"] = checksum
+    outcome.fields["appliedRotationId"] = credentials.get(keys.ROTATION_ID)
 
     def mutate(_fresh: dict[str, Any], current: dict[str, Any]) -> dict[str, Any]:
         # The blocker (if any) is lifted: recompute Ready from the parts.
@@ -978,5 +982,135 @@ async def periodic(body: kopf.Body, namespace: str | None, name: str, **_: Any) 
 
 
 async def rotate_if_due(body: Mapping[str, Any]) -> None:
-    """One step of credential rotation when due (see :mod:`.rotation`)."""
-    return None
+    """One step of credential rotation when due (see :mod:`.rotation` for the state machine).
+
+    The Secret is written with its ``resourceVersion`` (so a concurrent writer makes the step
+    fail and it is planned again on the next tick); each write is followed by a reconciliation
+    request, which rolls the pods onto the new values (their checksum covers the Secret).
+    """
+    from . import rotation as rot
+    from .builders import decode_secret_data
+
+    meta = body["metadata"]
+    namespace, name = str(meta["namespace"]), str(meta["name"])
+    current = body.get("status") or {}
+    if st.ready_reason(current) in BLOCKER_REASONS:
+        return
+    try:
+        spec = parse_spec(body.get("spec") or {}, check=False)
+    except InvalidSpec:
+        return
+    state = rot.RotationState.from_status(current, spec.rotation.interval_timedelta)
+    now = dt.datetime.now(dt.UTC)
+    if state.phase is rot.RotationPhase.IDLE and not rot.is_due(state, now):
+        return
+    secret_name = naming.child_names(name).credentials_secret
+    secret = await kube.get("v1", "Secret", namespace, secret_name)
+    if secret is None:
+        return  # reconciliation creates it first
+    data = decode_secret_data(secret.get("data"))
+    rolled = await pods_rolled(namespace, name, current, data.get(keys.ROTATION_ID), spec.suspend)
+    step = rot.plan_rotation_step(state, now, rolled, secret_rotation_id=data.get(keys.ROTATION_ID))
+    settings = get_operator_settings()
+    admin_url = (
+        settings.postgres_admin_url.get_secret_value()
+        if settings.postgres_admin_url is not None and spec.database_secret_ref is None
+        else None
+    )
+
+    async def record(
+        state_after: rot.RotationState, cond: st.Condition, extra: Mapping[str, Any] | None = None
+    ) -> None:
+        fields = {**state_after.to_status(), **(extra or {})}
+
+        def mutate(_fresh: dict[str, Any], cur: dict[str, Any]) -> dict[str, Any]:
+            gen = cur.get("observedGeneration")
+            return _merged_status(
+                cur, generation=gen, conditions=[cond], fields=fields, observed=False
+            )
+
+        await update_status(namespace, name, mutate)
+
+    in_progress = st.Condition.false(
+        st.CREDENTIALS_ROTATED, "RotationInProgress", step.message or "rotating credentials"
+    )
+    try:
+        if step.before is not None:
+            await record(step.before, in_progress)
+            if step.before.phase is rot.RotationPhase.STARTED:
+                st.info(body, "RotationStarted", "rotating the agent's credentials")
+        if step.action is rot.RotationAction.ROTATE:
+            rotation_id = (step.before or step.after).rotation_id
+            new = rot.generate_rotated_secret_data(data, rotation_id)
+            if new != data:
+                await write_credentials(namespace, secret_name, secret, data, new)
+                await rot.apply_rotated_credentials(new, postgres_admin_url=admin_url)
+                await touch_agent_generation(namespace, name)
+            await record(step.after, in_progress)
+        elif step.action is rot.RotationAction.REVOKE:
+            registration = None
+            url = webhook_url(spec)
+            if webhook_requested(spec) and url is not None:
+                registration = rot.MetaRegistration(
+                    graph_url=settings.graph_url,
+                    phone_number_id=spec.phone_number_id,
+                    access_token=await meta_access_token(namespace, spec),
+                    callback_url=url,
+                )
+            await rot.revoke_previous_credentials(
+                data, postgres_admin_url=admin_url, meta=registration
+            )
+            final = rot.finalize_secret_data(data)
+            if final != data:
+                await write_credentials(namespace, secret_name, secret, data, final)
+                await touch_agent_generation(namespace, name)
+            done = st.Condition.true(
+                st.CREDENTIALS_ROTATED,
+                "Rotated",
+                f"rotated at {st.now_iso(now)}; next rotation at "
+                f"{rot.format_time(step.after.next_rotation or now)}",
+            )
+            await record(step.after, done)
+            st.info(body, "CredentialsRotated", "credentials rotated; previous ones revoked")
+        elif step.after != state:
+            await record(step.after, rotation_fields({**body, "status": current}, spec)[1])
+    except (ReleasedError, MissingInput) as exc:
+        message = getattr(exc, "message", str(exc))
+        st.warn(body, "RotationFailed", message)
+        failed = st.Condition.false(st.CREDENTIALS_ROTATED, "RotationInProgress", message)
+        with contextlib.suppress(kube.KubeError, kopf.TemporaryError):
+            await record(step.before or state, failed)
+
+
+async def write_credentials(
+    namespace: str,
+    secret_name: str,
+    secret: Mapping[str, Any],
+    old: Mapping[str, str],
+    new: Mapping[str, str],
+) -> None:
+    """Write ``new`` over ``old`` (removed keys become ``None``), guarded by resourceVersion."""
+    patch: dict[str, str | None] = {k: _b64encode(v) for k, v in new.items() if old.get(k) != v}
+    patch.update({k: None for k in old if k not in new})
+    await kube.replace_secret_data(
+        namespace,
+        secret_name,
+        patch,
+        resource_version=(secret.get("metadata") or {}).get("resourceVersion"),
+    )
+
+
+async def pods_rolled(
+    namespace: str,
+    name: str,
+    status: Mapping[str, Any],
+    rotation_id: str | None,
+    suspended: bool,
+) -> bool:
+    """Whether the pods run the Secret of ``rotation_id``: reconciled onto it and rolled out."""
+    if rotation_id is None or status.get("appliedRotationId") != rotation_id:
+        return False
+    if suspended:
+        return True
+    cond = await read_workloads(namespace, name, suspended=False)
+    return cond.status == "True"

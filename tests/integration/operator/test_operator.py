@@ -1,0 +1,410 @@
+"""The operator end to end on a real control plane (kube-apiserver 1.20.2 + controller-manager).
+
+The operator runs as ``python -m whatsapp_operator`` in a child process, against the OpenAI and
+Meta fakes; a fake kubelet readies the agents' pods. Every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import random
+from typing import Any
+
+import pytest
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+from tests.fakes import FakeMeta, FakeOpenAI
+from tests.integration.operator.conftest import (
+    GROUP,
+    PLURAL,
+    VERSION,
+    OperatorProcess,
+    agent_manifest,
+    wait_for,
+)
+
+pytestmark = pytest.mark.k8s
+
+CHECKSUM = f"{GROUP}/config-checksum"
+LABELS = (
+    "app.kubernetes.io/name",
+    "app.kubernetes.io/instance",
+    "app.kubernetes.io/component",
+    "app.kubernetes.io/managed-by",
+)
+DEPLOYMENTS = ("web", "worker", "beat", "redis")
+
+
+def phone() -> str:
+    return str(random.randint(10**9, 10**10 - 1))
+
+
+def create_agent(custom: client.CustomObjectsApi, ns: str, body: dict[str, Any]) -> dict[str, Any]:
+    result: dict[str, Any] = custom.create_namespaced_custom_object(
+        GROUP, VERSION, ns, PLURAL, body
+    )
+    return result
+
+
+def get_agent(custom: client.CustomObjectsApi, ns: str, name: str) -> dict[str, Any] | None:
+    try:
+        result: dict[str, Any] = custom.get_namespaced_custom_object(
+            GROUP, VERSION, ns, PLURAL, name
+        )
+        return result
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
+def condition(agent: dict[str, Any] | None, type_: str) -> dict[str, Any] | None:
+    for cond in ((agent or {}).get("status") or {}).get("conditions") or []:
+        if cond.get("type") == type_:
+            return dict(cond)
+    return None
+
+
+def wait_ready(
+    custom: client.CustomObjectsApi,
+    ns: str,
+    name: str,
+    operator: OperatorProcess,
+    timeout: float = 60,
+) -> dict[str, Any]:
+    def ready() -> dict[str, Any] | None:
+        agent = get_agent(custom, ns, name)
+        cond = condition(agent, "Ready")
+        generation = (agent or {}).get("metadata", {}).get("generation")
+        if cond and cond["status"] == "True":
+            assert agent is not None
+            if agent["status"].get("observedGeneration") == generation:
+                return agent
+        return None
+
+    try:
+        return wait_for(f"agent {ns}/{name} to be Ready", ready, timeout=timeout)
+    except AssertionError:
+        agent = get_agent(custom, ns, name)
+        status = json.dumps((agent or {}).get("status"), indent=1)[:3000]
+        raise AssertionError(
+            f"agent {ns}/{name} not Ready; status: {status}\noperator log:\n{operator.log_tail()}"
+        ) from None
+
+
+def store_for(fake_openai: FakeOpenAI, ns: str, name: str) -> list[dict[str, Any]]:
+    key = f"{ns}/{name}"
+    return [
+        vs
+        for vs in fake_openai.vector_stores()
+        if (vs.get("metadata") or {}).get("released_agent") == key
+    ]
+
+
+def template_checksum(apps: client.AppsV1Api, ns: str, name: str) -> str:
+    dep = apps.read_namespaced_deployment(name, ns)
+    return str((dep.spec.template.metadata.annotations or {}).get(CHECKSUM, ""))
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def test_agent_gets_children_and_becomes_ready(
+    operator: OperatorProcess,
+    custom: client.CustomObjectsApi,
+    core: client.CoreV1Api,
+    apps: client.AppsV1Api,
+    api: client.ApiClient,
+    namespace: str,
+    fake_openai: FakeOpenAI,
+    fake_meta: FakeMeta,
+) -> None:
+    number = phone()
+    spec_ingress = {"host": "acme.bots.example.com", "webhook": {"register": True}}
+    agent = create_agent(
+        custom,
+        namespace,
+        agent_manifest("acme", phoneNumberId=number, ingress=spec_ingress),
+    )
+    uid = agent["metadata"]["uid"]
+    ready = wait_ready(custom, namespace, "acme", operator)
+
+    net = client.NetworkingV1Api(api)
+    children: list[Any] = [
+        *(apps.read_namespaced_deployment(f"acme-{d}", namespace) for d in DEPLOYMENTS),
+        core.read_namespaced_service("acme-web", namespace),
+        core.read_namespaced_service("acme-redis", namespace),
+        core.read_namespaced_config_map("acme-faqs", namespace),
+        core.read_namespaced_secret("acme-credentials", namespace),
+        core.read_namespaced_service_account("acme", namespace),
+        core.read_namespaced_persistent_volume_claim("acme-redis", namespace),
+        net.read_namespaced_ingress("acme", namespace),
+        net.read_namespaced_network_policy("acme-web", namespace),
+        net.read_namespaced_network_policy("acme-redis", namespace),
+    ]
+    pdb = custom.get_namespaced_custom_object(
+        "policy", "v1beta1", namespace, "poddisruptionbudgets", "acme-web"
+    )
+    serialize = client.ApiClient().sanitize_for_serialization
+    objects: list[dict[str, Any]] = [serialize(c) for c in children] + [pdb]
+    for obj in objects:
+        meta = obj["metadata"]
+        labels = meta.get("labels") or {}
+        for label in LABELS:
+            assert label in labels, (meta["name"], label)
+        assert labels["app.kubernetes.io/instance"] == "acme"
+        assert labels["app.kubernetes.io/managed-by"] == "released-operator"
+        owners = [(o["kind"], o["uid"], o.get("controller")) for o in meta["ownerReferences"]]
+        assert owners == [("WhatsAppAgent", uid, True)], meta["name"]
+
+    assert (
+        core.read_namespaced_service_account("acme", namespace).automount_service_account_token
+        is False
+    )
+    for d in DEPLOYMENTS:
+        dep = apps.read_namespaced_deployment(f"acme-{d}", namespace)
+        pod = dep.spec.template.spec
+        assert pod.security_context.run_as_non_root is True, d
+        for container in pod.containers:
+            assert container.security_context.read_only_root_filesystem is True, (d, container.name)
+            assert container.security_context.allow_privilege_escalation is False
+        if d != "redis":
+            assert len(template_checksum(apps, namespace, f"acme-{d}")) >= 32, d
+
+    status = ready["status"]
+    assert status["knowledge"]["faqHash"]
+    assert status["webhookUrl"] == "https://acme.bots.example.com/webhook"
+    assert status["nextRotation"]
+    types = {c["type"]: c for c in status["conditions"]}
+    assert {t: types[t]["status"] for t in types} == {
+        "Ready": "True",
+        "WorkloadsReady": "True",
+        "KnowledgeReady": "True",
+        "WebhookRegistered": "True",
+        "CredentialsRotated": "True",
+    }
+    assert len(store_for(fake_openai, namespace, "acme")) == 1
+    assert fake_meta.webhook_override(number) == "https://acme.bots.example.com/webhook"
+    # No secret in the status.
+    creds = core.read_namespaced_secret("acme-credentials", namespace).data
+    text = json.dumps(status)
+    for value in creds.values():
+        assert base64.b64decode(value).decode() not in text
+
+
+def test_faq_change_updates_configmap_knowledge_and_rolls_pods(
+    operator: OperatorProcess,
+    custom: client.CustomObjectsApi,
+    core: client.CoreV1Api,
+    apps: client.AppsV1Api,
+    namespace: str,
+    fake_openai: FakeOpenAI,
+) -> None:
+    create_agent(custom, namespace, agent_manifest("faq", phoneNumberId=phone()))
+    before = wait_ready(custom, namespace, "faq", operator)
+    old_hash = before["status"]["knowledge"]["faqHash"]
+    old_file = before["status"]["knowledge"]["fileId"]
+    old_checksum = template_checksum(apps, namespace, "faq-web")
+
+    new_faqs = [
+        {"q": "What are your opening hours?", "a": "8 to 8, every day."},
+        {"q": "Do you deliver?", "a": "Yes, within the city."},
+    ]
+    custom.patch_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, "faq", {"spec": {"faqs": new_faqs}}
+    )
+
+    def new_hash() -> dict[str, Any] | None:
+        agent = get_agent(custom, namespace, "faq")
+        knowledge = ((agent or {}).get("status") or {}).get("knowledge") or {}
+        return agent if knowledge.get("faqHash") not in (None, old_hash) else None
+
+    after = wait_for("a new faqHash in the status", new_hash)
+    cm = core.read_namespaced_config_map("faq-faqs", namespace)
+    assert "Do you deliver?" in json.dumps(cm.data)
+    assert "8 to 8, every day." in json.dumps(cm.data)
+    assert after["status"]["knowledge"]["fileId"] != old_file
+    wait_for(
+        "the web pod template to get a new checksum",
+        lambda: template_checksum(apps, namespace, "faq-web") not in ("", old_checksum),
+    )
+    stores = store_for(fake_openai, namespace, "faq")
+    assert len(stores) == 1
+    assert stores[0]["file_ids"] == [after["status"]["knowledge"]["fileId"]]
+    assert old_file not in {f["id"] for f in fake_openai.files()}
+    wait_ready(custom, namespace, "faq", operator)
+
+
+def test_referenced_secret_change_rolls_pods(
+    operator: OperatorProcess,
+    custom: client.CustomObjectsApi,
+    core: client.CoreV1Api,
+    apps: client.AppsV1Api,
+    namespace: str,
+) -> None:
+    create_agent(custom, namespace, agent_manifest("sec", phoneNumberId=phone()))
+    wait_ready(custom, namespace, "sec", operator)
+    old = template_checksum(apps, namespace, "sec-worker")
+    core.patch_namespaced_secret(
+        "openai",
+        namespace,
+        {"data": {"apiKey": base64.b64encode(b"sk-rotated-by-a-person").decode()}},
+    )
+    wait_for(
+        "the worker template to roll after the OpenAI Secret changed",
+        lambda: template_checksum(apps, namespace, "sec-worker") not in ("", old),
+    )
+
+
+def test_duplicate_questions_are_invalid_spec_and_touch_nothing(
+    operator: OperatorProcess,
+    custom: client.CustomObjectsApi,
+    apps: client.AppsV1Api,
+    core: client.CoreV1Api,
+    namespace: str,
+) -> None:
+    faqs = [{"q": "Where are you?", "a": "Main Street 1."}, {"q": "where are you", "a": "Here."}]
+    create_agent(custom, namespace, agent_manifest("dup", phoneNumberId=phone(), faqs=faqs))
+
+    def invalid() -> dict[str, Any] | None:
+        cond = condition(get_agent(custom, namespace, "dup"), "Ready")
+        return cond if cond and cond["reason"] == "InvalidSpec" else None
+
+    cond = wait_for("Ready=False reason=InvalidSpec", invalid)
+    assert cond["status"] == "False"
+    assert "duplicates" in cond["message"]
+    assert cond["observedGeneration"] == 1
+    assert apps.list_namespaced_deployment(namespace).items == []
+    assert [
+        s.metadata.name
+        for s in core.list_namespaced_secret(namespace).items
+        if "dup" in s.metadata.name
+    ] == []
+
+    # Fixing the spec reconciles it.
+    custom.patch_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, "dup", {"spec": {"faqs": faqs[:1]}}
+    )
+    wait_ready(custom, namespace, "dup", operator)
+
+
+def test_delete_removes_children_and_vector_store(
+    operator: OperatorProcess,
+    custom: client.CustomObjectsApi,
+    apps: client.AppsV1Api,
+    core: client.CoreV1Api,
+    namespace: str,
+    fake_openai: FakeOpenAI,
+    fake_meta: FakeMeta,
+) -> None:
+    number = phone()
+    ingress = {"host": "gone.bots.example.com", "webhook": {"register": True}}
+    create_agent(custom, namespace, agent_manifest("gone", phoneNumberId=number, ingress=ingress))
+    wait_ready(custom, namespace, "gone", operator)
+    assert len(store_for(fake_openai, namespace, "gone")) == 1
+    assert fake_meta.webhook_override(number)
+
+    custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "gone")
+    wait_for("the agent to be gone", lambda: get_agent(custom, namespace, "gone") is None)
+    assert store_for(fake_openai, namespace, "gone") == []
+    assert fake_meta.webhook_override(number) is None
+    wait_for(
+        "the garbage collector to delete the children",
+        lambda: (
+            not apps.list_namespaced_deployment(namespace).items
+            and not [
+                c
+                for c in core.list_namespaced_config_map(namespace).items
+                if c.metadata.name.startswith("gone-")
+            ]
+            and not [
+                s
+                for s in core.list_namespaced_secret(namespace).items
+                if s.metadata.name == "gone-credentials"
+            ]
+        ),
+    )
+
+
+def test_operator_killed_mid_reconcile_converges_without_duplicates(
+    operator: OperatorProcess,
+    custom: client.CustomObjectsApi,
+    apps: client.AppsV1Api,
+    core: client.CoreV1Api,
+    namespace: str,
+    fake_openai: FakeOpenAI,
+) -> None:
+    # Slow OpenAI down so the kill lands in the middle of the knowledge step.
+    fake_openai.set_latency(0.4)
+    try:
+        create_agent(custom, namespace, agent_manifest("kill", phoneNumberId=phone()))
+        wait_for(
+            "the credentials Secret (reconciliation under way)",
+            lambda: core.read_namespaced_secret("kill-credentials", namespace),
+            timeout=30,
+        )
+        creds_before = core.read_namespaced_secret("kill-credentials", namespace).data
+        operator.kill()
+        # The kill landed before the reconciliation finished: no status written yet.
+        killed = get_agent(custom, namespace, "kill") or {}
+        assert "knowledge" not in (killed.get("status") or {})
+    finally:
+        fake_openai.set_latency(0.0)
+    operator.start()
+    ready = wait_ready(custom, namespace, "kill", operator, timeout=90)
+
+    assert core.read_namespaced_secret("kill-credentials", namespace).data == creds_before
+    stores = store_for(fake_openai, namespace, "kill")
+    assert len(stores) == 1
+    assert stores[0]["id"] == ready["status"]["knowledge"]["vectorStoreId"]
+    assert len(stores[0]["file_ids"]) == 1
+    deployments = [d.metadata.name for d in apps.list_namespaced_deployment(namespace).items]
+    assert sorted(deployments) == sorted(f"kill-{d}" for d in DEPLOYMENTS)
+    for d in DEPLOYMENTS:
+        owned = [
+            rs
+            for rs in apps.list_namespaced_replica_set(namespace).items
+            if rs.metadata.name.startswith(f"kill-{d}-") and (rs.spec.replicas or 0) > 0
+        ]
+        assert len(owned) == 1, (d, [rs.metadata.name for rs in owned])
+
+
+def test_schema_violation_is_refused_by_the_api_server(
+    custom: client.CustomObjectsApi, namespace: str
+) -> None:
+    body = agent_manifest("bad", phoneNumberId="not-digits")
+    with pytest.raises(ApiException) as info:
+        create_agent(custom, namespace, body)
+    assert info.value.status == 422
+    message = json.loads(info.value.body)["message"]
+    assert "spec.phoneNumberId" in message
+    assert "^[0-9]{5,20}$" in message
+
+
+def test_suspend_scales_to_zero(
+    operator: OperatorProcess,
+    custom: client.CustomObjectsApi,
+    apps: client.AppsV1Api,
+    namespace: str,
+) -> None:
+    create_agent(custom, namespace, agent_manifest("nap", phoneNumberId=phone()))
+    wait_ready(custom, namespace, "nap", operator)
+    custom.patch_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, "nap", {"spec": {"suspend": True}}
+    )
+
+    def scaled_down() -> bool:
+        return all(
+            (apps.read_namespaced_deployment(f"nap-{d}", namespace).spec.replicas or 0) == 0
+            for d in DEPLOYMENTS
+        )
+
+    wait_for("every Deployment at 0 replicas", scaled_down)
+
+    def suspended() -> dict[str, Any] | None:
+        cond = condition(get_agent(custom, namespace, "nap"), "Ready")
+        return cond if cond and cond["reason"] == "Suspended" else None
+
+    assert wait_for("Ready=False reason=Suspended", suspended)["status"] == "False"
