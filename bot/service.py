@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from datetime import timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -198,11 +199,15 @@ async def handle_message(
     *,
     model_fallback: bool = False,
     final_attempt: bool = False,
+    claim_id: str | None = None,
 ) -> MessageResult:
     """Store ``msg``, answer it once and send the answer quoting it; see the module doc.
 
     ``model_fallback``: do not wait for the model any more (answer from the FAQs on failure).
     ``final_attempt``: a transient send failure is recorded as failed instead of retried.
+    ``claim_id``: who is answering (the Celery task id, stable across its retries and
+    redeliveries); a reply pending under another claim is left to its owner until the claim is
+    older than ``CELERY_VISIBILITY_TIMEOUT``.
     Raises :class:`RetryLater` otherwise on transient failures.
     """
     settings = rt.settings
@@ -228,9 +233,21 @@ async def handle_message(
         result = await compose_answer(msg, history, rt, model_fallback=model_fallback)
         async with session_scope(settings) as session:
             reply, claimed = await repo.record_outbound_pending(
-                session, conversation_id, msg.wamid, result.text, source=result.source
+                session,
+                conversation_id,
+                msg.wamid,
+                result.text,
+                source=result.source,
+                claimed_by=claim_id,
             )
         if not claimed:  # another worker is answering this very message right now
+            return MessageResult(Outcome.DUPLICATE, reply.source, reply.wamid)
+    else:  # pending: an earlier attempt stored the answer but did not get it sent
+        async with session_scope(settings) as session:
+            mine = await repo.take_over_reply(
+                session, reply, claim_id, timedelta(seconds=settings.celery_visibility_timeout)
+            )
+        if not mine:
             return MessageResult(Outcome.DUPLICATE, reply.source, reply.wamid)
 
     try:

@@ -206,7 +206,11 @@ def process_message(self: Task, payload: dict[str, Any]) -> dict[str, Any]:
     async def run() -> service.MessageResult:
         rt = await _runtime(settings)
         return await service.handle_message(
-            msg, rt, model_fallback=model_fallback, final_attempt=final
+            msg,
+            rt,
+            model_fallback=model_fallback,
+            final_attempt=final,
+            claim_id=self.request.id,
         )
 
     try:

@@ -9,14 +9,39 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from enum import StrEnum
+from typing import Any
 
 from sqlalchemy import Column, DateTime, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
 
 
 def utcnow() -> datetime:
     """The current time, timezone-aware UTC."""
     return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """``TIMESTAMP WITH TIME ZONE`` that always hands back aware UTC datetimes, also on SQLite
+    (which stores no zone): values are converted to UTC on the way in."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if isinstance(value, datetime) and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value  # type: ignore[no-any-return]
 
 
 class Direction(StrEnum):
@@ -60,10 +85,10 @@ class Conversation(SQLModel, table=True):
     wa_id: str = Field(sa_column=Column(String(64), nullable=False))
     contact_name: str | None = Field(default=None, sa_column=Column(String(256), nullable=True))
     created_at: datetime = Field(
-        default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
+        default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False)
     )
     updated_at: datetime = Field(
-        default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
+        default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False)
     )
 
 
@@ -95,12 +120,15 @@ class Message(SQLModel, table=True):
     text: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     #: Where an outbound answer came from: model, faq, fallback, unsupported.
     source: str | None = Field(default=None, sa_column=Column(String(16), nullable=True))
+    #: Who is sending a pending reply (the Celery task id): a retry of the same task resends,
+    #: another task leaves it alone until the claim goes stale.
+    claimed_by: str | None = Field(default=None, sa_column=Column(String(64), nullable=True))
     status: str = Field(sa_column=Column(String(16), nullable=False))
     error_code: int | None = Field(default=None, sa_column=Column(Integer, nullable=True))
     error_title: str | None = Field(default=None, sa_column=Column(String(512), nullable=True))
     created_at: datetime = Field(
-        default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
+        default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False)
     )
     updated_at: datetime = Field(
-        default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
+        default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False)
     )

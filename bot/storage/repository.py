@@ -180,11 +180,13 @@ async def record_outbound_pending(
     *,
     source: str | None = None,
     kind: str = "text",
+    claimed_by: str | None = None,
 ) -> tuple[Message, bool]:
     """Claim the reply to ``reply_to``: store it as ``pending`` before it is sent.
 
     Only one reply per inbound message can exist (a unique key): when one is already stored
     (a retry, or a racing worker), it is returned with ``False`` and nothing changes.
+    ``claimed_by`` names the sender (the task id), see :func:`take_over_reply`.
     """
     now = utcnow()
     stmt = (
@@ -196,6 +198,7 @@ async def record_outbound_pending(
             kind=kind,
             text=text,
             source=source,
+            claimed_by=claimed_by,
             status=MessageStatus.PENDING.value,
             created_at=now,
             updated_at=now,
@@ -207,6 +210,41 @@ async def record_outbound_pending(
     message = await find_reply(session, reply_to)
     assert message is not None
     return message, created
+
+
+async def take_over_reply(
+    session: AsyncSession,
+    message: Message,
+    claimed_by: str | None,
+    stale_after: timedelta,
+) -> bool:
+    """May ``claimed_by`` send the pending reply ``message``?
+
+    Yes when it holds the claim (a retry or a redelivery of the same task), when nobody does,
+    or when the holder's claim is older than ``stale_after`` (its worker died): the claim then
+    moves to ``claimed_by``, atomically, so that only one of several contenders wins it.
+    """
+    if message.status != MessageStatus.PENDING.value:
+        return False
+    if claimed_by is None or message.claimed_by in (None, claimed_by):
+        return True
+    now = utcnow()
+    result = await session.execute(
+        update(Message)
+        .where(
+            col(Message.id) == message.id,
+            col(Message.status) == MessageStatus.PENDING.value,
+            col(Message.claimed_by) == message.claimed_by,
+            col(Message.updated_at) < now - stale_after,
+        )
+        .values(claimed_by=claimed_by, updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    if not getattr(result, "rowcount", 0):
+        return False
+    message.claimed_by = claimed_by
+    message.updated_at = now
+    return True
 
 
 async def mark_sent(session: AsyncSession, message: Message, wamid: str) -> Message:
@@ -286,12 +324,3 @@ async def purge_older_than(session: AsyncSession, days: int, *, now: datetime | 
         )
     )
     return deleted
-
-
-async def touch_conversation(session: AsyncSession, conversation_id: int) -> None:
-    """Mark a conversation as active now."""
-    await session.execute(
-        update(Conversation)
-        .where(col(Conversation.id) == conversation_id)
-        .values(updated_at=utcnow())
-    )

@@ -330,3 +330,55 @@ def test_celery_app_configuration() -> None:
         "bot.tasks.record_status",
         "bot.tasks.purge_old_messages",
     }
+
+
+def test_two_workers_racing_on_one_message_send_once(settings: Settings, meta: FakeMeta) -> None:
+    import asyncio
+
+    from bot import service
+    from bot.whatsapp.events import InboundMessage
+
+    msg = InboundMessage.model_validate(inbound("wamid.RACE"))
+
+    async def race() -> list[service.MessageResult]:
+        # Two runtimes, as in two worker processes (one shared database).
+        first = service.create_runtime(settings)
+        second = service.create_runtime(settings)
+        try:
+            return list(
+                await asyncio.gather(
+                    service.handle_message(msg, first), service.handle_message(msg, second)
+                )
+            )
+        finally:
+            await first.aclose()
+            await second.aclose()
+
+    results = tasks.run_async(race())
+    assert sorted(r.outcome.value for r in results) == ["duplicate", "replied"]
+    assert len(meta.sent()) == 1
+
+
+def test_pending_reply_is_resent_only_by_its_own_task(settings: Settings, meta: FakeMeta) -> None:
+    # A first delivery of the task stored its answer, then its send failed transiently and the
+    # worker died before the retry.
+    meta.script_errors([{"kind": "unavailable", "endpoint": "messages", "times": 2}])
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(settings, "max_task_retries", 0)  # the only attempt is the last one...
+        mp.setattr(tasks.service, "_record_failed", _no_record)  # ...and dies before recording
+        tasks.process_message.apply(args=[inbound("wamid.C1")], task_id="task-A").get()
+    reply = reply_to(settings, "wamid.C1")
+    assert reply is not None and (reply.status, reply.claimed_by) == ("pending", "task-A")
+    meta.clear_errors()
+    meta.reset()
+    # Another task for the same message (a duplicate that escaped the web tier's dedup)
+    # leaves the live claim alone...
+    result = tasks.process_message.apply(args=[inbound("wamid.C1")], task_id="task-B").get()
+    assert result["outcome"] == "duplicate" and meta.sent() == []
+    # ...while the redelivery of the task that claimed it sends it.
+    result = tasks.process_message.apply(args=[inbound("wamid.C1")], task_id="task-A").get()
+    assert result["outcome"] == "replied" and len(meta.sent()) == 1
+
+
+async def _no_record(*_: Any) -> None:
+    return None

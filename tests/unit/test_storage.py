@@ -212,3 +212,39 @@ async def test_purge_deletes_only_old_messages(settings: Settings) -> None:
 async def test_message_model_defaults() -> None:
     msg = Message(conversation_id=1, direction="inbound", status="received")
     assert msg.kind == "text" and msg.created_at.tzinfo is not None
+
+
+async def test_models_match_migrations(settings: Settings) -> None:
+    from alembic import command
+    from sqlalchemy.engine import Connection
+
+    from bot.storage.db import alembic_config
+
+    cfg = alembic_config(settings)
+
+    def check(connection: Connection) -> None:
+        cfg.attributes["connection"] = connection
+        command.check(cfg)  # raises when the models and the revisions differ
+
+    async with get_engine(settings).connect() as conn:
+        await conn.run_sync(check)
+
+
+async def test_take_over_reply_respects_live_claims(settings: Settings) -> None:
+    async with session_scope(settings) as session:
+        rec = await repo.record_inbound(session, inbound("wamid.c"))
+        out, _ = await repo.record_outbound_pending(
+            session, rec.conversation.id or 0, "wamid.c", "x", claimed_by="task-1"
+        )
+    fresh = timedelta(minutes=10)
+    async with session_scope(settings) as session:
+        assert await repo.take_over_reply(session, out, "task-1", fresh)  # its own retry
+        assert await repo.take_over_reply(session, out, None, fresh)  # no claim to check
+        assert not await repo.take_over_reply(session, out, "task-2", fresh)  # alive elsewhere
+        assert await repo.take_over_reply(session, out, "task-2", timedelta(0))  # stale: taken
+    async with session_scope(settings) as session:
+        reply = await repo.find_reply(session, "wamid.c")
+        assert reply is not None and reply.claimed_by == "task-2"
+        assert not await repo.take_over_reply(session, reply, "task-1", fresh)
+        await repo.mark_sent(session, reply, "wamid.c-out")
+        assert not await repo.take_over_reply(session, reply, "task-2", fresh)

@@ -46,6 +46,7 @@ def upgrade() -> None:
         sa.Column("kind", sa.String(32), nullable=False),
         sa.Column("text", sa.Text(), nullable=True),
         sa.Column("source", sa.String(16), nullable=True),
+        sa.Column("claimed_by", sa.String(64), nullable=True),
         sa.Column("status", sa.String(16), nullable=False),
         sa.Column("error_code", sa.Integer(), nullable=True),
         sa.Column("error_title", sa.String(512), nullable=True),
