@@ -22,7 +22,7 @@ schedules a retry with backoff. Guarantees:
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 from enum import StrEnum
 from typing import Any
@@ -105,7 +105,6 @@ class Runtime:
     openai: AsyncOpenAI
     redis: Any
     bucket: TokenBucket
-    extra: dict[str, Any] = field(default_factory=dict)
 
     async def aclose(self) -> None:
         """Close every client."""
