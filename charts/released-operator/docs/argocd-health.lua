@@ -4,9 +4,18 @@
 --
 --   Healthy      Ready=True for the current generation
 --   Progressing  not reconciled yet: no status, an older observedGeneration, Ready Unknown,
---                or being deleted while a finalizer cleans up outside the cluster
---   Degraded     Ready=False: its reason and message
+--                Ready=False for a passing reason (a rollout), or being deleted while a
+--                finalizer cleans up outside the cluster
+--   Suspended    Ready=False because spec.suspend scaled the bot to zero
+--   Degraded     Ready=False for any other reason: that reason and its message
 local hs = {}
+
+-- Ready=False reasons that pass by themselves (whatsapp_operator.handlers / status).
+local passing_reasons = {
+  RolloutInProgress = true,
+  RotationInProgress = true,
+  Reconciling = true,
+}
 
 local function find_condition(conditions, kind)
   if conditions == nil then
@@ -66,6 +75,12 @@ end
 if ready.status == "True" then
   hs.status = "Healthy"
   hs.message = ready.message or "Ready"
+elseif ready.status == "False" and ready.reason == "Suspended" then
+  hs.status = "Suspended"
+  hs.message = describe(ready)
+elseif ready.status == "False" and passing_reasons[ready.reason] then
+  hs.status = "Progressing"
+  hs.message = describe(ready)
 elseif ready.status == "False" then
   hs.status = "Degraded"
   hs.message = describe(ready)

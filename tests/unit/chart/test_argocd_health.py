@@ -168,6 +168,16 @@ CASES = [
         id="degraded",
     ),
     pytest.param(
+        agent(status=ready("False", "RolloutInProgress", "acme-web: 0 of 1 updated replicas")),
+        ("Progressing", "RolloutInProgress: acme-web: 0 of 1 updated replicas"),
+        id="rollout-in-progress",
+    ),
+    pytest.param(
+        agent(status=ready("False", "Suspended", "spec.suspend is true")),
+        ("Suspended", "Suspended: spec.suspend is true"),
+        id="suspended",
+    ),
+    pytest.param(
         agent(status=ready("False", "DatabaseNotConfigured")),
         ("Degraded", "DatabaseNotConfigured"),
         id="degraded-no-message",
@@ -224,6 +234,22 @@ def test_health_of_status_the_operator_writes(
 
     obj = agent(generation=6, status={"observedGeneration": 5, "conditions": conditions})
     assert health(obj)["status"] == "Progressing"
+
+    # A rollout in progress and a suspended agent, as the operator's handlers report them.
+    handlers = importlib.import_module("whatsapp_operator.handlers")
+    rest = parts[1:]
+    for suspended, expected in ((False, "Progressing"), (True, "Suspended")):
+        workloads = handlers.workloads_condition([_PendingRollout()], suspended=suspended)
+        conditions = status_mod.apply_conditions([], [workloads, *rest], 5)
+        obj = agent(generation=5, status={"observedGeneration": 5, "conditions": conditions})
+        assert health(obj)["status"] == expected, conditions
+
+
+class _PendingRollout:
+    complete = False
+
+    def describe(self) -> str:
+        return "acme-web: 0 of 1 updated replicas"
 
 
 def test_docs_snippet_is_the_script() -> None:
