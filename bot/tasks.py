@@ -69,7 +69,14 @@ def make_celery(settings: Settings | None = None) -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
-        broker_transport_options={"visibility_timeout": settings.celery_visibility_timeout},
+        broker_transport_options={
+            "visibility_timeout": settings.celery_visibility_timeout,
+            # A worker killed mid-task (SIGKILL, OOM, node loss) leaves its task unacknowledged;
+            # sweep for such tasks often enough that they come back about one visibility
+            # timeout later, not kombu's default of every ~100 s on top of it.
+            "unacked_restore_interval": max(1, min(10, settings.celery_visibility_timeout // 2)),
+            "unacked_restore_throttle": 1,
+        },
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
         timezone="UTC",

@@ -56,9 +56,10 @@ class Settings(BaseSettings):
     #: Task retries spent waiting for the model (429/5xx/timeouts) before the bot answers from
     #: the FAQs or with ``fallback_message`` instead: the user is not kept waiting for long.
     openai_max_retries: int = Field(default=3, ge=0)
-    #: Seconds before Redis redelivers an unacknowledged task (tasks are acknowledged late);
-    #: longer than any task and any retry countdown.
-    celery_visibility_timeout: int = Field(default=3600, ge=60)
+    #: Seconds before Redis redelivers an unacknowledged task (tasks are acknowledged late), so
+    #: also how long a message waits when its worker was killed mid-task; longer than any task
+    #: attempt and any retry countdown (countdowns are capped at half of it).
+    celery_visibility_timeout: int = Field(default=600, ge=1)
 
     log_format: Literal["console", "json"] = "console"
     log_level: str = "INFO"

@@ -53,7 +53,7 @@ def settle(meta: FakeMeta, wamid: str, seconds: float = 2.0) -> list[dict[str, A
 def stored_messages(stack: LocalStack) -> list[tuple[str, str, str | None]]:
     db = Path(stack.env["DATABASE_URL"].split("///", 1)[1])
     with sqlite3.connect(db) as conn:
-        rows = conn.execute("SELECT direction, status, text FROM message ORDER BY id").fetchall()
+        rows = conn.execute("SELECT direction, status, text FROM messages ORDER BY id").fetchall()
     return [(str(d), str(s), t) for d, s, t in rows]
 
 

@@ -184,14 +184,18 @@ def tokens(text: str) -> set[str]:
 def best_faq(question: str, faqs: Sequence[tuple[str, str]]) -> int | None:
     """Index of the FAQ whose question best matches ``question`` (None: no shared word)."""
     wanted = tokens(question)
-    best: tuple[int, float] | None = None
+    best: tuple[int, float, int] | None = None
     best_index: int | None = None
     for index, (q, _a) in enumerate(faqs):
         have = tokens(q)
         overlap = len(wanted & have)
         if not overlap:
             continue
-        score = (overlap, overlap / math.sqrt(len(have) * max(len(wanted), 1)))
+        # Ties on content words (e.g. the same question in two languages) go to the FAQ that
+        # also shares the small words.
+        every_word = len(set(re.findall(r"\w+", question.lower()))
+                         & set(re.findall(r"\w+", q.lower())))
+        score = (overlap, overlap / math.sqrt(len(have) * max(len(wanted), 1)), every_word)
         if best is None or score > best:
             best, best_index = score, index
     return best_index
