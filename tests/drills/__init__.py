@@ -1,0 +1,1 @@
+"""Fault drills: the bot's real processes under faults; every message answered exactly once."""
