@@ -322,7 +322,9 @@ def test_celery_app_configuration() -> None:
     assert conf.task_acks_late and conf.task_reject_on_worker_lost
     assert conf.worker_prefetch_multiplier == 1
     assert conf.task_serializer == "json" and conf.accept_content == ["json"]
-    assert conf.broker_transport_options["visibility_timeout"] == 3600
+    options = conf.broker_transport_options
+    assert options["visibility_timeout"] == Settings().celery_visibility_timeout
+    assert options["unacked_restore_throttle"] == 1
     schedule = conf.beat_schedule["purge-old-messages"]
     assert schedule["task"] == "bot.tasks.purge_old_messages"
     assert set(tasks.app.tasks) >= {
