@@ -356,6 +356,7 @@ def test_operator_runs_an_agent_lifecycle_as_the_service_account(
 
     kubeconfig = _service_account_kubeconfig(api, plane, tmp_path / "sa.kubeconfig")
     health_port = _free_port()
+    metrics_port = _free_port()
     log_path = tmp_path / "operator.log"
     with contextlib.ExitStack() as stack:
         meta = stack.enter_context(FakeMeta().start())
@@ -370,7 +371,7 @@ def test_operator_runs_an_agent_lifecycle_as_the_service_account(
                 "RELEASED_GRAPH_URL": meta.url,
                 "RELEASED_OPENAI_BASE_URL": openai.url,
                 "RELEASED_HEALTH_PORT": str(health_port),
-                "RELEASED_METRICS_PORT": str(_free_port()),
+                "RELEASED_METRICS_PORT": str(metrics_port),
                 "RELEASED_LOG_FORMAT": "json",
                 "RELEASED_CLEANUP_MAX_ATTEMPTS": "3",
             }
@@ -451,6 +452,7 @@ def test_operator_runs_an_agent_lifecycle_as_the_service_account(
             raise AssertionError(f"{exc}\nstatus: {get()}\noperator log:\n{log_tail()}") from None
         assert meta.webhook_override(number), "the webhook override was not registered"
         assert client.AppsV1Api(api).list_namespaced_deployment(ns).items
+        _run_helm_test_script(release, kubeconfig, health_port, metrics_port)
 
         custom.delete_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, "acme")
         try:
@@ -464,6 +466,43 @@ def test_operator_runs_an_agent_lifecycle_as_the_service_account(
     assert "Not enough permissions" not in text, log_tail()
     with contextlib.suppress(ApiException):
         core.delete_namespace(ns)
+
+
+def _run_helm_test_script(
+    release: dict[str, Any], kubeconfig: Path, health_port: int, metrics_port: int
+) -> None:
+    """The chart's `helm test` pod script, run here against the live operator: in-cluster
+    config becomes the ServiceAccount's kubeconfig, the Service URLs the local ports."""
+    (pod,) = [
+        o
+        for o in release["objects"]
+        if o["kind"] == "Pod" and o["metadata"]["annotations"].get("helm.sh/hook") == "test"
+    ]
+    (container,) = pod["spec"]["containers"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    env.update(
+        {
+            "METRICS_URL": f"http://127.0.0.1:{metrics_port}/metrics",
+            "HEALTH_URL": f"http://127.0.0.1:{health_port}/healthz",
+            "KUBECONFIG": str(kubeconfig),
+            "PATH": os.environ.get("PATH", ""),
+        }
+    )
+    prelude = (
+        "import os, kubernetes.config as kc\n"
+        "kc.load_incluster_config = lambda: kc.load_kube_config(os.environ['KUBECONFIG'])\n"
+    )
+    assert container["command"] == ["python", "-c"]
+    proc = subprocess.run(
+        [sys.executable, "-c", prelude + container["args"][0]],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "CRD established" in proc.stdout and "metrics OK" in proc.stdout
 
 
 # --- upgrade and uninstall (last: they change the release) ------------------------------------
