@@ -264,6 +264,8 @@ def test_released_operator_help() -> None:
     # Never let it reach a real cluster should --help be ignored and the operator start.
     env = {k: v for k, v in os.environ.items() if not k.startswith("KUBERNETES_")}
     env["KUBECONFIG"] = str(REPO_ROOT / "nonexistent-kubeconfig")
+    env["RELEASED_METRICS_PORT"] = "0"  # and bind no ports other tests may use
+    env["RELEASED_HEALTH_PORT"] = "0"
     try:
         proc = run(script("released-operator"), "--help", timeout=30, env=env)
     except subprocess.TimeoutExpired:
