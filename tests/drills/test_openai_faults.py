@@ -1,0 +1,83 @@
+"""Drill: the model API failing: 429 with Retry-After, 500, 503 and timeouts.
+
+Transient failures are retried with backoff (honouring ``Retry-After``) and the model answers;
+a lasting outage makes the bot answer from the FAQs after ``OPENAI_MAX_RETRIES`` retries. Either
+way each message is answered exactly once, with its FAQ's answer: never silence.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+
+from bot.devstack import LocalStack
+from tests.fakes import FakeMeta, FakeOpenAI
+
+from .conftest import Tally, Webhook, db_rows, questions, wa_id
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
+
+STACK_ENV = {"OPENAI_TIMEOUT_SECONDS": "1.5", "OPENAI_MAX_RETRIES": "3"}
+
+RATE_LIMIT = {"kind": "rate_limit", "retry_after": 1}
+TIMEOUT = {"kind": "timeout", "delay": 3}
+ERROR_MIX: list[Any] = [RATE_LIMIT, "server_error", TIMEOUT, "unavailable"]
+
+
+def _sources(stack: LocalStack, tally: Tally) -> dict[str, int]:
+    rows = db_rows(
+        stack, "SELECT reply_to, source, status FROM messages WHERE direction = 'outbound'"
+    )
+    mine = [(source, status) for reply_to, source, status in rows if reply_to in tally.expected]
+    assert all(status == "sent" for _, status in mine), mine
+    found: dict[str, int] = {}
+    for source, _ in mine:
+        found[source] = found.get(source, 0) + 1
+    return found
+
+
+def _send(webhook: Webhook, tally: Tally, n: int, offset: int) -> None:
+    for i, (question, answer) in enumerate(questions(n)):
+        wamid, payload = webhook.message(question, wa_id=wa_id(offset + i))
+        tally.add(wamid, answer)
+        webhook.deliver(payload)
+
+
+def test_transient_model_errors_are_retried_and_answered_once(
+    stack: LocalStack, meta: FakeMeta, openai_fake: FakeOpenAI, webhook: Webhook
+) -> None:
+    started = time.monotonic()
+    openai_fake.script_errors(ERROR_MIX * 3)  # the first 12 model calls fail, one way or another
+    tally = Tally("openai 429/500/503/timeout, transient")
+    _send(webhook, tally, 12, offset=2000)
+    tally.wait_answered(meta, timeout=60)
+    assert openai_fake.pending_errors() == []
+    sources = _sources(stack, tally)
+    tally.settle_and_check(
+        meta,
+        model_calls=openai_fake.calls().get("POST /v1/responses", 0),
+        sources=sources,
+        runtime_s=round(time.monotonic() - started, 1),
+    )
+    assert openai_fake.calls().get("POST /v1/responses", 0) >= 24  # every one retried
+
+
+def test_model_outage_answers_from_the_faqs_once(
+    stack: LocalStack, meta: FakeMeta, openai_fake: FakeOpenAI, webhook: Webhook
+) -> None:
+    started = time.monotonic()
+    openai_fake.script_errors(ERROR_MIX * 50)  # more than the bot will ever try
+    tally = Tally("openai outage -> FAQ fallback")
+    _send(webhook, tally, 6, offset=3000)
+    tally.wait_answered(meta, timeout=90)
+    calls = openai_fake.calls().get("POST /v1/responses", 0)
+    sources = _sources(stack, tally)
+    tally.settle_and_check(
+        meta, model_calls=calls, sources=sources, runtime_s=round(time.monotonic() - started, 1)
+    )
+    assert sources == {"faq": 6}
+    # 1 + OPENAI_MAX_RETRIES attempts each, then the FAQs: bounded, not retried forever.
+    assert calls <= 6 * (1 + 3)
+    openai_fake.clear_errors()
