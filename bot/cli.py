@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -214,4 +213,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":  # pragma: no cover - ``python -m bot.cli``
-    sys.exit(main())
+    main()

@@ -196,7 +196,7 @@ def _cap(settings: Settings) -> float:
 # -- tasks ----------------------------------------------------------------------------------
 
 
-@app.task(bind=True, name="bot.tasks.process_message", max_retries=None)  # type: ignore[untyped-decorator]
+@app.task(bind=True, name="bot.tasks.process_message", max_retries=None, shared=False)  # type: ignore[untyped-decorator]
 def process_message(self: Task, payload: dict[str, Any]) -> dict[str, Any]:
     """Answer one inbound message (see ``bot.service.handle_message``)."""
     settings = get_settings()
@@ -250,7 +250,7 @@ def process_message(self: Task, payload: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-@app.task(bind=True, name="bot.tasks.record_status", max_retries=None)  # type: ignore[untyped-decorator]
+@app.task(bind=True, name="bot.tasks.record_status", max_retries=None, shared=False)  # type: ignore[untyped-decorator]
 def record_status(self: Task, payload: dict[str, Any]) -> str:
     """Store a delivery status (sent, delivered, read, failed) on the message it is about."""
     settings = get_settings()
@@ -277,7 +277,7 @@ def record_status(self: Task, payload: dict[str, Any]) -> str:
     return outcome.value
 
 
-@app.task(name="bot.tasks.purge_old_messages")  # type: ignore[untyped-decorator]
+@app.task(name="bot.tasks.purge_old_messages", shared=False)  # type: ignore[untyped-decorator]
 def purge_old_messages() -> int:
     """Delete messages older than ``RETENTION_DAYS``; return how many."""
     settings = get_settings()

@@ -29,7 +29,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_for_port(port: int, timeout: float = 30.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+def wait_for_port(
+    port: int, timeout: float = 30.0, proc: subprocess.Popen[bytes] | None = None
+) -> None:
     """Wait until something accepts connections on ``port`` (or fail with a clear error)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -67,7 +69,9 @@ class Server:
         self.proc.wait(timeout=5)
 
 
-def start_redis(port: int | None = None, workdir: Path | None = None, appendonly: bool = True) -> Server:
+def start_redis(
+    port: int | None = None, workdir: Path | None = None, appendonly: bool = True
+) -> Server:
     """Start Debian's ``redis-server`` on 127.0.0.1 (append-only, as the operator runs it)."""
     binary = shutil.which("redis-server")
     if binary is None:
