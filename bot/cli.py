@@ -166,7 +166,11 @@ def migrate() -> None:
 @app.command()
 def provision(
     name: Annotated[str, typer.Argument(help="Agent name (a DNS label), e.g. the client's name.")],
-    phone_number_id: Annotated[str, typer.Argument(help="Meta phone number ID (digits).")],
+    phone: Annotated[str, typer.Argument(
+        help="Meta's Phone Number ID (digits), or the number itself in E.164 (+...) together "
+             "with --phone-number-id.")],
+    phone_number_id: Annotated[str | None, typer.Option(
+        help="Meta's Phone Number ID, when PHONE is the E.164 number.")] = None,
     namespace: Annotated[str, typer.Option(help="Namespace of the agent.")] = "default",
     faq: Annotated[
         list[str] | None, typer.Option(help="An FAQ as 'question=answer' (repeat).")
@@ -178,7 +182,8 @@ def provision(
     register_webhook: Annotated[
         bool, typer.Option(help="Let the operator set Meta's callback URL override.")
     ] = False,
-    display_phone_number: Annotated[str | None, typer.Option(help="E.164 number.")] = None,
+    display_phone_number: Annotated[str | None, typer.Option(
+        help="The number in E.164, for people reading the manifest.")] = None,
     apply: Annotated[
         bool, typer.Option(help="Pipe the manifests to `kubectl apply -f -`.")
     ] = False,
@@ -186,6 +191,16 @@ def provision(
     """Print a complete WhatsAppAgent and its Secret templates (replaces provision_client.sh)."""
     from whatsapp_operator.provision import ProvisionError, render_manifests
 
+    if phone.startswith("+"):
+        display_phone_number = display_phone_number or phone
+        if not phone_number_id:
+            typer.echo(
+                f"error: {phone} is the phone number; the agent needs Meta's Phone Number ID "
+                "(digits), shown in the App Dashboard under WhatsApp > API Setup. Pass it with "
+                "--phone-number-id.", err=True)
+            raise typer.Exit(2)
+    else:
+        phone_number_id = phone_number_id or phone
     try:
         text = render_manifests(
             name=name,
