@@ -848,8 +848,9 @@ def rotation_fields(
         due = (created or dt.datetime.now(dt.UTC)) + interval
     when = format_time(due)
     last = f"last rotation at {format_time(state.last_rotation)}; " if state.last_rotation else ""
+    reason = "Rotated" if state.last_rotation else "UpToDate"
     return {"nextRotation": when}, st.Condition.true(
-        st.CREDENTIALS_ROTATED, "UpToDate", f"{last}next rotation at {when}"
+        st.CREDENTIALS_ROTATED, reason, f"{last}next rotation at {when}"
     )
 
 
@@ -920,16 +921,18 @@ async def reconcile(body: Mapping[str, Any], retry: int) -> None:
     workloads = await read_workloads(namespace, name, suspended=spec.suspend)
     outcome.set(workloads)
     await ensure_webhook_part(body, spec, settings, credentials, workloads, outcome)
-    rot_fields, rot_cond = rotation_fields(body, spec)
-    outcome.fields.update(rot_fields)
-    outcome.set(rot_cond)
     outcome.fields["configChecksum"] = checksum
     outcome.fields["appliedRotationId"] = credentials.get(keys.ROTATION_ID)
 
-    def mutate(_fresh: dict[str, Any], current: dict[str, Any]) -> dict[str, Any]:
+    def mutate(fresh: dict[str, Any], current: dict[str, Any]) -> dict[str, Any]:
+        # Rotation state from the fresh status: the timer may have moved it meanwhile.
+        rot_fields, rot_cond = rotation_fields(fresh, spec)
         # The blocker (if any) is lifted: recompute Ready from the parts.
         return _merged_status(
-            current, generation=generation, conditions=outcome.conditions, fields=outcome.fields
+            current,
+            generation=generation,
+            conditions=[*outcome.conditions, rot_cond],
+            fields={**outcome.fields, **rot_fields},
         )
 
     new = await update_status(namespace, name, mutate)
@@ -1044,9 +1047,10 @@ async def rotate_if_due(body: Mapping[str, Any]) -> None:
             new = rot.generate_rotated_secret_data(data, rotation_id)
             if new != data:
                 await write_credentials(namespace, secret_name, secret, data, new)
-                await rot.apply_rotated_credentials(new, postgres_admin_url=admin_url)
-                await touch_agent_generation(namespace, name)
+            await rot.apply_rotated_credentials(new, postgres_admin_url=admin_url)
             await record(step.after, in_progress)
+            if new != data:
+                await touch_agent_generation(namespace, name)
         elif step.action is rot.RotationAction.REVOKE:
             registration = None
             url = webhook_url(spec)
@@ -1063,7 +1067,6 @@ async def rotate_if_due(body: Mapping[str, Any]) -> None:
             final = rot.finalize_secret_data(data)
             if final != data:
                 await write_credentials(namespace, secret_name, secret, data, final)
-                await touch_agent_generation(namespace, name)
             done = st.Condition.true(
                 st.CREDENTIALS_ROTATED,
                 "Rotated",
@@ -1071,6 +1074,8 @@ async def rotate_if_due(body: Mapping[str, Any]) -> None:
                 f"{rot.format_time(step.after.next_rotation or now)}",
             )
             await record(step.after, done)
+            if final != data:  # roll the pods off the previous values (after the record)
+                await touch_agent_generation(namespace, name)
             st.info(body, "CredentialsRotated", "credentials rotated; previous ones revoked")
         elif step.after != state:
             await record(step.after, rotation_fields({**body, "status": current}, spec)[1])

@@ -198,7 +198,9 @@ class OperatorProcess:
             text = self.log_path.read_text(errors="replace")
         except OSError:
             return ""
-        return "\n".join(text.splitlines()[-lines:])
+        # Event posting retries for namespaces being deleted are noise here.
+        kept = [line for line in text.splitlines() if "/events -> " not in line]
+        return "\n".join(kept[-lines:])
 
     def log_text(self) -> str:
         return "".join(
@@ -222,6 +224,8 @@ def operator_env(
             "RELEASED_OPENAI_BASE_URL": fake_openai.url,
             "RELEASED_LOG_FORMAT": "json",
             "RELEASED_CLEANUP_MAX_ATTEMPTS": "3",
+            # The per-agent timer (workloads, rotation) every 2 s instead of 60 s.
+            "RELEASED_TIMER_INTERVAL": "2",
             "RELEASED_WATCH_SERVER_TIMEOUT": "60",
             "RELEASED_WATCH_CLIENT_TIMEOUT": "90",
         }

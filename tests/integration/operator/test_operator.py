@@ -408,3 +408,57 @@ def test_suspend_scales_to_zero(
         return cond if cond and cond["reason"] == "Suspended" else None
 
     assert wait_for("Ready=False reason=Suspended", suspended)["status"] == "False"
+
+
+def test_rotation_when_due_rotates_and_revokes(
+    operator: OperatorProcess,
+    custom: client.CustomObjectsApi,
+    core: client.CoreV1Api,
+    namespace: str,
+    fake_meta: FakeMeta,
+) -> None:
+    number = phone()
+    ingress = {"host": "rot.bots.example.com", "webhook": {"register": True}}
+    manifest = agent_manifest(
+        "rot", phoneNumberId=number, ingress=ingress, rotation={"interval": "1h"}
+    )
+    create_agent(custom, namespace, manifest)
+    wait_ready(custom, namespace, "rot", operator)
+    before = decoded_secret(core, namespace, "rot-credentials")
+    assert fake_meta.webhooks()["phone_numbers"][number]["verify_token"] == before["verifyToken"]
+
+    # Make the rotation due now.
+    custom.patch_namespaced_custom_object_status(
+        GROUP,
+        VERSION,
+        namespace,
+        PLURAL,
+        "rot",
+        {"status": {"nextRotation": "2020-01-01T00:00:00Z"}},
+    )
+
+    def rotated() -> dict[str, Any] | None:
+        agent = get_agent(custom, namespace, "rot")
+        cond = condition(agent, "CredentialsRotated")
+        return agent if cond and cond["reason"] == "Rotated" else None
+
+    try:
+        agent = wait_for("the rotation to complete", rotated, timeout=60)
+    except AssertionError:
+        raise AssertionError(operator.log_tail()) from None
+    after = decoded_secret(core, namespace, "rot-credentials")
+    assert after["redisPassword"] != before["redisPassword"]
+    assert after["verifyToken"] != before["verifyToken"]
+    assert not {k for k in after if k.endswith("Previous")}
+    assert after.get("rotationId")
+    status = agent["status"]
+    assert status["lastRotation"] > "2020"
+    assert status["nextRotation"] > status["lastRotation"]
+    # Meta got the new verify token only once the web tier had rolled onto it.
+    assert fake_meta.webhooks()["phone_numbers"][number]["verify_token"] == after["verifyToken"]
+    wait_ready(custom, namespace, "rot", operator)
+
+
+def decoded_secret(core: client.CoreV1Api, ns: str, name: str) -> dict[str, str]:
+    data = core.read_namespaced_secret(name, ns).data or {}
+    return {k: base64.b64decode(v).decode() for k, v in data.items()}
