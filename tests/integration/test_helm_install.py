@@ -508,8 +508,67 @@ def _run_helm_test_script(
 # --- upgrade and uninstall (last: they change the release) ------------------------------------
 
 
+def _run_peering_command(
+    api: client.ApiClient, plane: ControlPlane, container: Any, tmp_path: Path
+) -> None:
+    """The upgraded Deployment's command, run here as the ServiceAccount: kopf joins the
+    ClusterKopfPeering the chart created (RBAC and CRD for peering suffice)."""
+    health_port = _free_port()
+    args = [
+        f"--liveness=http://127.0.0.1:{health_port}/healthz" if a.startswith("--liveness=") else a
+        for a in container.args
+    ]
+    assert container.command == ["kopf"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RELEASED_", "KUBE"))}
+    env.update(
+        {
+            "KUBECONFIG": str(_service_account_kubeconfig(api, plane, tmp_path / "sa.kubeconfig")),
+            "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "operator"), str(REPO_ROOT)]),
+            "RELEASED_METRICS_PORT": str(_free_port()),
+            "RELEASED_HEALTH_PORT": str(health_port),
+        }
+    )
+    log_path = tmp_path / "peering.log"
+    custom = client.CustomObjectsApi(api)
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "kopf", *args],
+            env=env,
+            cwd=str(REPO_ROOT),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+
+            def peers() -> dict[str, Any]:
+                assert proc.poll() is None, log_path.read_text(errors="replace")[-3000:]
+                obj = custom.get_cluster_custom_object(
+                    "kopf.dev", "v1", "clusterkopfpeerings", FULLNAME
+                )
+                return dict(obj.get("status") or {})
+
+            try:
+                found = wait_for("kopf to announce itself in the peering", peers, timeout=60)
+            except AssertionError as exc:
+                raise AssertionError(
+                    f"{exc}\n{log_path.read_text(errors='replace')[-3000:]}"
+                ) from None
+            assert len(found) == 1, found
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+    text = log_path.read_text(errors="replace")
+    assert "Forbidden" not in text and "Not enough permissions" not in text, text[-3000:]
+
+
 def test_upgrade_to_peering_then_uninstall_keeps_the_crd(
-    helm: str, api: client.ApiClient, plane: ControlPlane, release: dict[str, Any]
+    helm: str, api: client.ApiClient, plane: ControlPlane, release: dict[str, Any], tmp_path: Path
 ) -> None:
     run_helm(
         helm,
@@ -532,6 +591,7 @@ def test_upgrade_to_peering_then_uninstall_keeps_the_crd(
     custom = client.CustomObjectsApi(api)
     custom.get_cluster_custom_object("kopf.dev", "v1", "clusterkopfpeerings", FULLNAME)
     assert can(api, "kopf.dev", "clusterkopfpeerings", "patch")
+    _run_peering_command(api, plane, container, tmp_path)
 
     run_helm(helm, "uninstall", RELEASE, "--namespace", NAMESPACE, "--kubeconfig", plane.kubeconfig)
     rbac = client.RbacAuthorizationV1Api(api)
