@@ -357,20 +357,40 @@ def test_dashboard_has_the_required_panels() -> None:
 # README and links
 
 
-def _local_links(page: Path) -> Iterator[tuple[str, Path]]:
-    text = page.read_text(encoding="utf-8")
+def _without_code(text: str) -> str:
     text = re.sub(r"```.*?```", "", text, flags=re.S)  # links in code blocks are examples
-    text = re.sub(r"`[^`\n]*`", "", text)  # and in code spans (regular expressions)
-    for target in re.findall(r"\]\(([^)\s]+)\)", text):
-        if re.match(r"[a-z]+:", target) or target.startswith("#"):
+    return re.sub(r"`[^`\n]*`", "", text)  # and in code spans (regular expressions)
+
+
+def _local_links(page: Path) -> Iterator[tuple[str, Path]]:
+    for target in re.findall(r"\]\(([^)\s]+)\)", _without_code(page.read_text(encoding="utf-8"))):
+        if re.match(r"[a-z]+:", target):
             continue
-        yield target, (page.parent / target.split("#", 1)[0]).resolve()
+        yield (
+            target,
+            (page.parent / target.split("#", 1)[0]).resolve() if target[0] != "#" else page,
+        )
+
+
+def _anchors(page: Path) -> set[str]:
+    """GitHub's heading anchors of a Markdown page."""
+    text = re.sub(r"```.*?```", "", page.read_text(encoding="utf-8"), flags=re.S)
+    anchors = set()
+    for heading in re.findall(r"^#{1,6} +(.+?) *$", text, re.M):
+        anchors.add(re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-"))
+    return anchors
 
 
 @pytest.mark.parametrize("page", OWN_PAGES, ids=lambda p: p.name)
 def test_local_links_resolve(page: Path) -> None:
     assert page.exists(), page
-    broken = [target for target, path in _local_links(page) if not path.exists()]
+    broken = []
+    for target, path in _local_links(page):
+        anchor = target.split("#", 1)[1] if "#" in target else None
+        if not path.exists() or (
+            anchor is not None and path.suffix == ".md" and anchor not in _anchors(path)
+        ):
+            broken.append(target)
     assert not broken, f"{page.name}: broken links {broken}"
 
 
