@@ -61,13 +61,21 @@ SUMMARY: list[dict[str, Any]] = []
 
 
 @pytest.fixture(scope="module")
-def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
-    LocalStack
-]:
+def stack_database_url() -> str | None:
+    """``DATABASE_URL`` of the drill's stack; ``None``: the stack's own SQLite file. A module
+    overrides this fixture to run its drills on PostgreSQL too."""
+    return None
+
+
+@pytest.fixture(scope="module")
+def stack(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    stack_database_url: str | None,
+) -> Iterator[LocalStack]:
     env = {**DRILL_ENV, **getattr(request.module, "STACK_ENV", {})}
-    extra = getattr(request, "param", None)
-    if isinstance(extra, dict):
-        env.update(extra)
+    if stack_database_url:
+        env["DATABASE_URL"] = stack_database_url
     local = LocalStack(
         workdir=tmp_path_factory.mktemp("drill"),
         web_port=0,
@@ -328,10 +336,20 @@ def wa_id(i: int) -> str:
 
 
 def db_rows(stack: LocalStack, query: str, *args: Any) -> list[tuple[Any, ...]]:
-    """Rows of the stack's SQLite database."""
-    path = stack.env["DATABASE_URL"].split("///", 1)[1]
-    with contextlib.closing(sqlite3.connect(path, timeout=10)) as conn:
-        return list(conn.execute(query, args).fetchall())
+    """Rows of the stack's database (SQLite or PostgreSQL); ``?`` marks the parameters."""
+    url = stack.env["DATABASE_URL"]
+    if url.startswith("sqlite"):
+        path = url.split("///", 1)[1]
+        with contextlib.closing(sqlite3.connect(path, timeout=10)) as conn:
+            return list(conn.execute(query, args).fetchall())
+    import psycopg2
+
+    dsn = url.replace("postgresql+asyncpg://", "postgresql://", 1)
+    with contextlib.closing(psycopg2.connect(dsn)) as pg, pg.cursor() as cur:
+        cur.execute(query.replace("?", "%s"), args)
+        rows = list(cur.fetchall())
+        pg.rollback()
+        return rows
 
 
 # -- the summary ------------------------------------------------------------------------------
