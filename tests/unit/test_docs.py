@@ -327,6 +327,61 @@ def test_dashboard_bot_panels_follow_the_variables() -> None:
             assert "[$__rate_interval]" in expr or "rate(" not in expr, (panel["title"], expr)
 
 
+def _grafana_to_promql(expr: str) -> str:
+    """A dashboard expression with Grafana's variables replaced by values Prometheus parses."""
+    return (
+        expr.replace("$__rate_interval", "5m").replace("${agent}", ".+").replace("$namespace", ".*")
+    )
+
+
+def _doc_queries() -> list[str]:
+    """The PromQL in docs/metrics.md's promql blocks (one query per non-comment paragraph)."""
+    queries = []
+    for block in re.findall(r"```promql\n(.*?)```", METRICS_DOC.read_text(encoding="utf-8"), re.S):
+        for chunk in re.split(r"\n\s*\n", block):
+            lines = [line for line in chunk.splitlines() if not line.lstrip().startswith("#")]
+            if "".join(lines).strip():
+                queries.append(" ".join(line.strip() for line in lines))
+    return queries
+
+
+def test_metrics_doc_queries_use_existing_metrics() -> None:
+    known = set().union(*(m.series for m in registered_metrics().values()))
+    queries = _doc_queries()
+    assert len(queries) >= 3
+    for query in queries:
+        assert promql_metric_names(query) <= known, query
+
+
+def test_queries_parse_with_promtool(tmp_path: Path) -> None:
+    """Prometheus' own parser accepts every dashboard and documented query."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool is not installed (apt-get install prometheus)")
+    exprs = [_grafana_to_promql(e) for e in _expressions(_dashboard())] + _doc_queries()
+    rules = {
+        "groups": [
+            {
+                "name": "released-docs",
+                "rules": [
+                    {"record": f"released_docs:query_{i}", "expr": expr}
+                    for i, expr in enumerate(exprs)
+                ],
+            }
+        ]
+    }
+    path = tmp_path / "queries.yaml"
+    path.write_text(yaml.safe_dump(rules, sort_keys=False), encoding="utf-8")
+    result = subprocess.run(
+        [promtool, "check", "rules", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def test_dashboard_has_the_required_panels() -> None:
     titles = " | ".join(p["title"].lower() for p in _panels(_dashboard()))
     for words in (
