@@ -44,12 +44,13 @@ QUESTION = "What is Released?"
 
 
 @contextmanager
-def stack(workdir: Path, concurrency: int, rate_limit: float, db: str) -> Iterator[LocalStack]:
+def stack(workdir: Path, concurrency: int, rate_limit: float, db: str,
+          with_beat: bool = False) -> Iterator[LocalStack]:
     pg = start_postgres() if db == "postgres" else None
     extra = {"OPENAI_RATE_LIMIT_PER_SECOND": str(rate_limit), "LOG_FORMAT": "json"}
     if pg is not None:
         extra["DATABASE_URL"] = pg.url
-    local = LocalStack(workdir=workdir, web_port=0, with_beat=False,
+    local = LocalStack(workdir=workdir, web_port=0, with_beat=with_beat,
                        worker_concurrency=concurrency, extra_env=extra)
     try:
         local.start()
