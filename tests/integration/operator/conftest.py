@@ -146,14 +146,16 @@ class OperatorProcess:
         self.starts = 0
         self.log_path = log_dir / "operator-0.log"
         self.health_port = 0
+        self.metrics_port = 0
 
     def start(self) -> OperatorProcess:
         self.starts += 1
         self.log_path = self.log_dir / f"operator-{self.starts}.log"
         self.health_port = free_port()
+        self.metrics_port = free_port()
         env = {
             **self.env,
-            "RELEASED_METRICS_PORT": str(free_port()),
+            "RELEASED_METRICS_PORT": str(self.metrics_port),
             "RELEASED_HEALTH_PORT": str(self.health_port),
         }
         with self.log_path.open("wb") as log:

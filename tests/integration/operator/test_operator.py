@@ -11,6 +11,7 @@ import json
 import random
 from typing import Any
 
+import httpx
 import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
@@ -462,3 +463,76 @@ def test_rotation_when_due_rotates_and_revokes(
 def decoded_secret(core: client.CoreV1Api, ns: str, name: str) -> dict[str, str]:
     data = core.read_namespaced_secret(name, ns).data or {}
     return {k: base64.b64decode(v).decode() for k, v in data.items()}
+
+
+def test_without_database_the_agent_says_so(
+    operator: OperatorProcess,
+    custom: client.CustomObjectsApi,
+    apps: client.AppsV1Api,
+    namespace: str,
+) -> None:
+    body = agent_manifest("nodb", phoneNumberId=phone())
+    del body["spec"]["database"]
+    create_agent(custom, namespace, body)
+
+    def reason() -> dict[str, Any] | None:
+        cond = condition(get_agent(custom, namespace, "nodb"), "Ready")
+        return cond if cond and cond["reason"] == "DatabaseNotConfigured" else None
+
+    cond = wait_for("Ready=False reason=DatabaseNotConfigured", reason)
+    assert cond["status"] == "False"
+    assert "secretRef" in cond["message"]
+    assert apps.list_namespaced_deployment(namespace).items == []
+
+
+def test_knowledge_failure_is_reported_and_retried(
+    operator: OperatorProcess,
+    custom: client.CustomObjectsApi,
+    namespace: str,
+    fake_openai: FakeOpenAI,
+) -> None:
+    # More 429s than the SDK's own retries: the reconciliation fails once, then succeeds.
+    fake_openai.script_errors([{"kind": "rate_limit", "retry_after": 1, "times": 3}])
+    create_agent(custom, namespace, agent_manifest("kn", phoneNumberId=phone()))
+
+    def knowledge_false() -> dict[str, Any] | None:
+        cond = condition(get_agent(custom, namespace, "kn"), "KnowledgeReady")
+        return cond if cond and cond["status"] == "False" else None
+
+    failed = wait_for("KnowledgeReady=False", knowledge_false, timeout=30)
+    assert failed["reason"]
+    ready = wait_ready(custom, namespace, "kn", operator)
+    assert ready["status"]["knowledge"]["faqHash"]
+
+    metrics = httpx.get(f"http://127.0.0.1:{operator.metrics_port}/metrics", timeout=5).text
+    assert 'released_operator_reconciles_total{outcome="retry"}' in metrics
+    assert "released_operator_reconcile_seconds_bucket" in metrics
+    assert 'released_operator_agents{ready="True"}' in metrics
+
+
+def test_cleanup_gives_up_after_max_attempts_and_releases_the_finalizer(
+    operator: OperatorProcess,
+    custom: client.CustomObjectsApi,
+    core: client.CoreV1Api,
+    namespace: str,
+    fake_openai: FakeOpenAI,
+) -> None:
+    create_agent(custom, namespace, agent_manifest("stuck", phoneNumberId=phone()))
+    wait_ready(custom, namespace, "stuck", operator)
+    # OpenAI refuses the key from now on: the store cannot be deleted.
+    fake_openai.script_errors([{"kind": "auth", "times": 1000, "endpoint": "vector_stores"}])
+    try:
+        custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "stuck")
+        # RELEASED_CLEANUP_MAX_ATTEMPTS=3: attempts at about 0 s, 5 s and 15 s.
+        wait_for(
+            "the finalizer to be released", lambda: get_agent(custom, namespace, "stuck") is None
+        )
+    finally:
+        fake_openai.clear_errors()
+    reasons = {
+        e.reason
+        for e in core.list_namespaced_event(namespace).items
+        if e.involved_object.name == "stuck"
+    }
+    assert {"CleanupRetrying", "CleanupFailed"} <= reasons
+    assert len(store_for(fake_openai, namespace, "stuck")) == 1  # left behind, and said so
