@@ -184,6 +184,9 @@ def provision(
     ] = False,
     display_phone_number: Annotated[str | None, typer.Option(
         help="The number in E.164, for people reading the manifest.")] = None,
+    secrets: Annotated[bool, typer.Option(
+        help="Include the two Secret templates (REPLACE_ME values); --no-secrets when they "
+             "already exist, so applying does not overwrite them.")] = True,
     apply: Annotated[
         bool, typer.Option(help="Pipe the manifests to `kubectl apply -f -`.")
     ] = False,
@@ -211,6 +214,7 @@ def provision(
             host=host,
             register_webhook=register_webhook,
             display_phone_number=display_phone_number,
+            with_secrets=secrets,
         )
     except ProvisionError as exc:
         typer.echo(f"error: {exc}", err=True)

@@ -93,3 +93,10 @@ def test_old_wrapper_script_still_works() -> None:
     assert result.returncode == 0, result.stderr
     agent = documents(result.stdout)[-1]
     jsonschema.Draft4Validator(SCHEMA).validate(agent)  # OpenAPI 3.0 is draft-4 shaped
+
+
+def test_no_secrets_prints_only_the_agent() -> None:
+    code, out, _ = provision("demo", "1065403", "--faq", "a=b", "--no-secrets")
+    assert code == 0
+    assert [d["kind"] for d in documents(out)] == ["WhatsAppAgent"]
+    assert "REPLACE_ME" not in out

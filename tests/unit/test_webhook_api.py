@@ -161,6 +161,20 @@ async def test_verify_handshake_refused(client: httpx.AsyncClient, params: dict[
     assert "1" not in response.text
 
 
+async def test_previous_verify_token_is_accepted_during_rotation(
+    test_redis_url: str, tmp_path: Path
+) -> None:
+    settings = make_settings(test_redis_url, tmp_path, meta_verify_token=SecretStr("new-token-1"),
+                             meta_verify_token_previous=SecretStr(VERIFY_TOKEN))
+    async for client in open_client(create_app(settings, setup_logging=False)):
+        for token in ("new-token-1", VERIFY_TOKEN):
+            params = {"hub.mode": "subscribe", "hub.verify_token": token, "hub.challenge": "7"}
+            response = await client.get("/webhook", params=params)
+            assert (response.status_code, response.text) == (200, "7")
+        params = {"hub.mode": "subscribe", "hub.verify_token": "older", "hub.challenge": "7"}
+        assert (await client.get("/webhook", params=params)).status_code == 403
+
+
 # ---------------------------------------------------------------------------------------------
 # Signatures
 
