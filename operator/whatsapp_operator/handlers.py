@@ -899,8 +899,9 @@ async def reconcile(body: Mapping[str, Any], retry: int) -> None:
     except MissingInput as exc:
         await write_blocked(body, exc.reason, exc.message)
         metrics.count_reconcile("retry")
-        # The Secret/ConfigMap watchers re-reconcile as soon as it appears; this is a backstop.
-        raise kopf.TemporaryError(exc.message, delay=max(30.0, backoff(retry))) from None
+        # Retried with backoff (5 s, 10 s, ...): while this creation/update is pending, kopf
+        # holds back the update that the Secret/ConfigMap watchers cause when it appears.
+        raise kopf.TemporaryError(exc.message, delay=backoff(retry)) from None
     except PermanentError as exc:  # the database: a conflict a person must resolve
         await write_blocked(body, exc.reason, exc.message)
         metrics.count_reconcile("error")

@@ -536,3 +536,28 @@ def test_cleanup_gives_up_after_max_attempts_and_releases_the_finalizer(
     }
     assert {"CleanupRetrying", "CleanupFailed"} <= reasons
     assert len(store_for(fake_openai, namespace, "stuck")) == 1  # left behind, and said so
+
+
+def test_missing_secret_is_reported_then_picked_up(
+    operator: OperatorProcess,
+    custom: client.CustomObjectsApi,
+    core: client.CoreV1Api,
+    namespace: str,
+) -> None:
+    body = agent_manifest("late", phoneNumberId=phone())
+    body["spec"]["secrets"]["openai"]["name"] = "openai-late"
+    create_agent(custom, namespace, body)
+
+    def missing() -> dict[str, Any] | None:
+        cond = condition(get_agent(custom, namespace, "late"), "Ready")
+        return cond if cond and cond["reason"] == "SecretNotFound" else None
+
+    assert "openai-late" in wait_for("Ready=False reason=SecretNotFound", missing)["message"]
+    core.create_namespaced_secret(
+        namespace,
+        {
+            "metadata": {"name": "openai-late"},
+            "data": {"apiKey": base64.b64encode(b"sk-test-fake-openai-key").decode()},
+        },
+    )
+    wait_ready(custom, namespace, "late", operator)
