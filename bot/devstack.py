@@ -134,7 +134,13 @@ class LocalStack:
             raise StackError(f"migrations failed:\n{result.stderr[-2000:]}")
 
     def start_worker(self, name: str = "worker") -> subprocess.Popen[bytes]:
-        """Start (or restart) a Celery worker process."""
+        """Start (or restart) a Celery worker process; its metrics at ``urls[name+"_metrics"]``."""
+        port = free_port()
+        self.urls[f"{name}_metrics"] = f"http://127.0.0.1:{port}/metrics"
+        metrics_dir = self.workdir / f"{name}-metrics"
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+        env = dict(self.env, WORKER_METRICS_PORT=str(port), WORKER_METRICS_HOST="127.0.0.1",
+                   PROMETHEUS_MULTIPROC_DIR=str(metrics_dir))
         return self._spawn(
             name,
             [
@@ -152,6 +158,7 @@ class LocalStack:
                 "-n",
                 f"{name}@%h",
             ],
+            env=env,
         )
 
     def kill(self, name: str) -> None:

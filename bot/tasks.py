@@ -33,12 +33,18 @@ from typing import Any, TypeVar
 
 from celery import Celery, Task
 from celery.schedules import crontab
-from celery.signals import setup_logging, worker_process_init, worker_process_shutdown
+from celery.signals import (
+    setup_logging,
+    worker_init,
+    worker_process_init,
+    worker_process_shutdown,
+)
+from prometheus_client import start_http_server
 from pydantic import ValidationError
 
 from bot import service
 from bot.core.config import Settings, get_settings
-from bot.core.metrics import TASKS
+from bot.core.metrics import TASKS, metrics_registry
 from bot.storage.db import dispose_engines
 from bot.storage.repository import StatusOutcome
 from bot.whatsapp.events import InboundMessage, StatusUpdate
@@ -143,6 +149,22 @@ async def _close_runtime() -> None:
     if rt is not None:
         await rt.aclose()
     await dispose_engines()
+
+
+@worker_init.connect  # type: ignore[untyped-decorator]
+def _serve_worker_metrics(**_: Any) -> None:
+    """Serve the worker's metrics (aggregated over its pool processes) for Prometheus."""
+    settings = get_settings()
+    if not settings.worker_metrics_port:
+        return
+    try:
+        start_http_server(settings.worker_metrics_port, settings.worker_metrics_host,
+                          registry=metrics_registry())
+    except OSError as exc:  # the port is taken: answering messages matters more than metrics
+        log.warning("worker metrics not served on port %s: %s", settings.worker_metrics_port,
+                    exc.strerror)
+    else:
+        log.info("worker metrics on port %s", settings.worker_metrics_port)
 
 
 @worker_process_init.connect  # type: ignore[untyped-decorator]

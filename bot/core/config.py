@@ -61,6 +61,11 @@ class Settings(BaseSettings):
     #: attempt and any retry countdown (countdowns are capped at half of it).
     celery_visibility_timeout: int = Field(default=600, ge=1)
 
+    #: Where a Celery worker serves ``/metrics`` (its tasks, OpenAI and Graph API metrics);
+    #: 0 turns it off. The web tier serves its own on its HTTP port.
+    worker_metrics_port: int = Field(default=9808, ge=0, le=65535)
+    worker_metrics_host: str = "0.0.0.0"  # noqa: S104 - a pod's port, reached by Prometheus
+
     log_format: Literal["console", "json"] = "console"
     log_level: str = "INFO"
 

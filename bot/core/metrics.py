@@ -38,6 +38,11 @@ import os
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Protocol
 
+# In multiprocess mode every process writes its samples into files in this directory as soon as
+# a metric is created (at import, below), so it must exist first.
+if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
+
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
@@ -189,6 +194,15 @@ async def refresh_queue_depth(
 def multiprocess_dir() -> str | None:
     """The multiprocess directory when multiprocess mode is on."""
     return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+def metrics_registry() -> CollectorRegistry:
+    """The registry to expose: the multiprocess aggregate when that mode is on."""
+    if multiprocess_dir():
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return registry
+    return REGISTRY
 
 
 def render_metrics() -> tuple[bytes, str]:

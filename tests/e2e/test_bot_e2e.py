@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from bot.devstack import DEFAULT_FAQS, LocalStack
 from bot.whatsapp.simulate import new_wamid, signed_delivery, text_message_payload
@@ -57,6 +58,19 @@ def stored_messages(stack: LocalStack) -> list[tuple[str, str, str | None]]:
     return [(str(d), str(s), t) for d, s, t in rows]
 
 
+def worker_samples(stack: LocalStack) -> dict[tuple[str, str, str], float]:
+    """The worker's /metrics as {(name, task-or-endpoint, outcome-or-status): value}."""
+    text = httpx.get(stack.urls["worker_metrics"], timeout=5).text
+    out: dict[tuple[str, str, str], float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = sample.labels
+            key = (sample.name, labels.get("task", labels.get("endpoint", "")),
+                   labels.get("outcome", labels.get("status", "")))
+            out[key] = out.get(key, 0.0) + sample.value
+    return out
+
+
 def test_grounded_answer_is_sent_once_and_stored(stack: LocalStack, meta: FakeMeta) -> None:
     wamid = new_wamid()
     deliver(stack, QUESTION, wamid)
@@ -68,6 +82,12 @@ def test_grounded_answer_is_sent_once_and_stored(stack: LocalStack, meta: FakeMe
     assert any(r["message_id"] == wamid for r in meta.reads())
     texts = [text for _, _, text in stored_messages(stack)]
     assert QUESTION in texts and ANSWER in texts
+
+    # Prometheus sees the worker's side too: the task, the model call and the Graph API send.
+    samples = worker_samples(stack)
+    assert samples[("released_tasks_total", "process_message", "success")] >= 1
+    assert samples[("released_graph_requests_total", "send", "200")] >= 1
+    assert samples[("released_openai_request_seconds_count", "", "")] >= 1
 
 
 def test_meta_delivering_twice_is_answered_once(stack: LocalStack, meta: FakeMeta) -> None:
