@@ -1,11 +1,27 @@
 """Run the operator: ``python -m whatsapp_operator`` or the ``released-operator`` script.
 
-Equivalent to ``kopf run --standalone -m whatsapp_operator.handlers`` with the liveness endpoint
-on ``RELEASED_HEALTH_PORT`` (``http://0.0.0.0:8081/healthz`` by default) and JSON logs when
-``RELEASED_LOG_FORMAT=json`` (the default). Namespaces: ``RELEASED_NAMESPACES`` (comma-separated,
-glob patterns allowed, e.g. ``clients-*``); unset or empty means all namespaces.
+Equivalent to::
 
-Standalone: one replica, no peering (the chart runs one replica with a ``Recreate`` strategy).
+    kopf run --standalone --all-namespaces -m whatsapp_operator.handlers \
+        --liveness=http://0.0.0.0:8081/healthz --log-format=json
+
+(``kopf run -m whatsapp_operator`` registers the handlers only once the package's
+``__init__`` imports ``.handlers``; until then name ``whatsapp_operator.handlers``.) With more
+than one replica run kopf itself with ``--peering=NAME`` instead of ``--standalone``; the Helm
+chart does that.
+
+Environment (besides :class:`~whatsapp_operator.config.OperatorSettings`' ``RELEASED_*``):
+
+``RELEASED_NAMESPACES``
+    comma-separated namespaces or glob patterns (``clients-*``); unset: the whole cluster.
+``RELEASED_HEALTH_PORT`` / ``RELEASED_METRICS_PORT``
+    kopf's liveness endpoint (``/healthz``, 0 disables) and Prometheus ``/metrics``.
+``RELEASED_LOG_FORMAT``
+    ``json`` (default) for JSON lines, anything else for kopf's plain format.
+``RELEASED_TIMER_INTERVAL``
+    seconds between the per-agent timer runs (workloads, rotation); default 60.
+``RELEASED_ADMISSION_WEBHOOK`` and friends
+    the validating admission webhook (off by default): see :mod:`whatsapp_operator.admission`.
 """
 
 from __future__ import annotations

@@ -140,9 +140,11 @@ async def update_status(
             return current
         if new == current:
             return current
+        # A merge patch keeps keys it does not mention: removed ones are sent as null.
+        removed = {key: None for key in current if key not in new}
         patch = {
             "metadata": {"resourceVersion": body["metadata"]["resourceVersion"]},
-            "status": new,
+            "status": {**new, **removed},
         }
         try:
             await kube.merge_patch(
