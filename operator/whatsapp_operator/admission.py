@@ -15,9 +15,12 @@ reports the same problems anyway, so a cluster without it loses nothing but earl
 ``RELEASED_ADMISSION_HOST``
     the host name the API server uses to reach the webhook (the operator Service's DNS name);
     kopf puts it into the generated self-signed certificate.
-``RELEASED_ADMISSION_CERTFILE`` / ``RELEASED_ADMISSION_KEYFILE``
-    a certificate and key to serve (e.g. from cert-manager); without them kopf generates a
-    self-signed pair and puts its CA into the webhook configuration.
+``RELEASED_ADMISSION_CERTFILE`` / ``RELEASED_ADMISSION_KEYFILE`` / ``RELEASED_ADMISSION_CAFILE``
+    a certificate and key to serve (e.g. a cert-manager Secret mounted as files) and the CA
+    that signed it (its ``caBundle`` goes into the webhook configuration; without it the
+    certificate itself is used). Without certificate files kopf generates a self-signed pair,
+    which needs the ``certbuilder`` package (not a dependency of this project): the operator
+    refuses to start with the webhook on and neither.
 ``RELEASED_ADMISSION_MANAGED``
     name of the ``ValidatingWebhookConfiguration`` that kopf creates and keeps up to date
     (default ``released-operator.whatsapp.released.io``; ``-`` when the chart manages it).
@@ -25,6 +28,7 @@ reports the same problems anyway, so a cluster without it loses nothing but earl
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -50,12 +54,21 @@ def configure_admission(
     env = env if env is not None else os.environ
     if not admission_enabled(env):
         return False
+    certfile = env.get("RELEASED_ADMISSION_CERTFILE") or None
+    pkeyfile = env.get("RELEASED_ADMISSION_KEYFILE") or None
+    if (certfile is None or pkeyfile is None) and importlib.util.find_spec("certbuilder") is None:
+        raise RuntimeError(
+            "RELEASED_ADMISSION_WEBHOOK is on but no certificate is given: set "
+            "RELEASED_ADMISSION_CERTFILE and RELEASED_ADMISSION_KEYFILE (e.g. from cert-manager), "
+            "or install certbuilder so that kopf can make a self-signed one"
+        )
     settings.admission.server = kopf.WebhookServer(
         addr=env.get("RELEASED_ADMISSION_ADDR", "0.0.0.0"),  # noqa: S104 - inside a pod
         port=int(env.get("RELEASED_ADMISSION_PORT", "9443")),
         host=env.get("RELEASED_ADMISSION_HOST") or None,
-        certfile=env.get("RELEASED_ADMISSION_CERTFILE") or None,
-        pkeyfile=env.get("RELEASED_ADMISSION_KEYFILE") or None,
+        certfile=certfile,
+        pkeyfile=pkeyfile,
+        cafile=env.get("RELEASED_ADMISSION_CAFILE") or None,
     )
     managed = env.get("RELEASED_ADMISSION_MANAGED", DEFAULT_MANAGED)
     settings.admission.managed = None if managed in ("", "-") else managed

@@ -7,8 +7,10 @@ Meta fakes; a fake kubelet readies the agents' pods. Every wait is bounded.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import random
+import subprocess
 from typing import Any
 
 import httpx
@@ -23,6 +25,7 @@ from tests.integration.operator.conftest import (
     VERSION,
     OperatorProcess,
     agent_manifest,
+    free_port,
     wait_for,
 )
 
@@ -561,3 +564,63 @@ def test_missing_secret_is_reported_then_picked_up(
         },
     )
     wait_ready(custom, namespace, "late", operator)
+
+
+def test_admission_webhook_refuses_a_bad_spec(
+    operator_env: dict[str, str],
+    custom: client.CustomObjectsApi,
+    api: client.ApiClient,
+    namespace: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """A second operator that watches no namespace serves the validating webhook only."""
+    port = free_port()
+    managed = f"released-test-{namespace}.{GROUP}"
+    certs = tmp_path_factory.mktemp("admission-certs")
+    subprocess.run(
+        [
+            "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+            "-keyout", str(certs / "tls.key"), "-out", str(certs / "tls.crt"),
+        ],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    env = {
+        **operator_env,
+        "RELEASED_NAMESPACES": "no-such-namespace",
+        "RELEASED_ADMISSION_WEBHOOK": "1",
+        "RELEASED_ADMISSION_ADDR": "127.0.0.1",
+        "RELEASED_ADMISSION_HOST": "127.0.0.1",
+        "RELEASED_ADMISSION_PORT": str(port),
+        "RELEASED_ADMISSION_MANAGED": managed,
+        "RELEASED_ADMISSION_CERTFILE": str(certs / "tls.crt"),
+        "RELEASED_ADMISSION_KEYFILE": str(certs / "tls.key"),
+    }
+    webhook = OperatorProcess(env, tmp_path_factory.mktemp("admission")).start()
+    registrations = client.AdmissionregistrationV1Api(api)
+    try:
+        wait_for(
+            "the ValidatingWebhookConfiguration",
+            lambda: registrations.read_validating_webhook_configuration(managed),
+        )
+        faqs = [{"q": "Where are you?", "a": "Here."}, {"q": "WHERE are you?", "a": "There."}]
+
+        def refused() -> str | None:
+            body = agent_manifest("adm", phoneNumberId=phone(), faqs=faqs)
+            try:
+                create_agent(custom, namespace, body)
+            except ApiException as exc:
+                message = str(json.loads(exc.body).get("message", ""))
+                return message if "duplicates" in message else None
+            # Accepted (the webhook was not serving yet): remove it and try again.
+            custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "adm")
+            wait_for("adm to be gone", lambda: get_agent(custom, namespace, "adm") is None)
+            return None
+
+        message = wait_for("the webhook to refuse duplicate questions", refused, timeout=30)
+        assert "spec.faqs[1].q" in message
+    finally:
+        webhook.stop()
+        with contextlib.suppress(ApiException):
+            registrations.delete_validating_webhook_configuration(managed)
