@@ -129,6 +129,33 @@ def restart_redis(stack: LocalStack, down_for: float = 0.0) -> None:
     wait_until(lambda: _port_open(port), timeout=20, what="redis-server back on its port")
 
 
+class Kubelet:
+    """Restarts a process of the stack when it exits, as Kubernetes restarts a pod's container
+    (``restartPolicy: Always``); counts the restarts."""
+
+    def __init__(self, stack: LocalStack, name: str = "worker", delay: float = 1.0) -> None:
+        self.stack, self.name, self.delay = stack, name, delay
+        self.restarts = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def __enter__(self) -> Kubelet:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.2):
+            proc = self.stack.processes.get(self.name)
+            if proc is not None and proc.poll() is not None:
+                time.sleep(self.delay)
+                self.restarts += 1
+                self.stack.start_worker(self.name)
+
+
 def _port_open(port: int) -> bool:
     import socket
 
