@@ -211,6 +211,7 @@ def test_faq_change_updates_configmap_knowledge_and_rolls_pods(
     old_hash = before["status"]["knowledge"]["faqHash"]
     old_file = before["status"]["knowledge"]["fileId"]
     old_checksum = template_checksum(apps, namespace, "faq-web")
+    knowledge_since = condition(before, "KnowledgeReady")["lastTransitionTime"]  # type: ignore[index]
 
     new_faqs = [
         {"q": "What are your opening hours?", "a": "8 to 8, every day."},
@@ -230,6 +231,13 @@ def test_faq_change_updates_configmap_knowledge_and_rolls_pods(
     assert "Do you deliver?" in json.dumps(cm.data)
     assert "8 to 8, every day." in json.dumps(cm.data)
     assert after["status"]["knowledge"]["fileId"] != old_file
+    # KnowledgeReady stayed True: its lastTransitionTime did not move.
+    assert condition(after, "KnowledgeReady") == {
+        **condition(after, "KnowledgeReady"),  # type: ignore[dict-item]
+        "status": "True",
+        "lastTransitionTime": knowledge_since,
+        "observedGeneration": 2,
+    }
     wait_for(
         "the web pod template to get a new checksum",
         lambda: template_checksum(apps, namespace, "faq-web") not in ("", old_checksum),
@@ -292,44 +300,6 @@ def test_duplicate_questions_are_invalid_spec_and_touch_nothing(
         GROUP, VERSION, namespace, PLURAL, "dup", {"spec": {"faqs": faqs[:1]}}
     )
     wait_ready(custom, namespace, "dup", operator)
-
-
-def test_delete_removes_children_and_vector_store(
-    operator: OperatorProcess,
-    custom: client.CustomObjectsApi,
-    apps: client.AppsV1Api,
-    core: client.CoreV1Api,
-    namespace: str,
-    fake_openai: FakeOpenAI,
-    fake_meta: FakeMeta,
-) -> None:
-    number = phone()
-    ingress = {"host": "gone.bots.example.com", "webhook": {"register": True}}
-    create_agent(custom, namespace, agent_manifest("gone", phoneNumberId=number, ingress=ingress))
-    wait_ready(custom, namespace, "gone", operator)
-    assert len(store_for(fake_openai, namespace, "gone")) == 1
-    assert fake_meta.webhook_override(number)
-
-    custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "gone")
-    wait_for("the agent to be gone", lambda: get_agent(custom, namespace, "gone") is None)
-    assert store_for(fake_openai, namespace, "gone") == []
-    assert fake_meta.webhook_override(number) is None
-    wait_for(
-        "the garbage collector to delete the children",
-        lambda: (
-            not apps.list_namespaced_deployment(namespace).items
-            and not [
-                c
-                for c in core.list_namespaced_config_map(namespace).items
-                if c.metadata.name.startswith("gone-")
-            ]
-            and not [
-                s
-                for s in core.list_namespaced_secret(namespace).items
-                if s.metadata.name == "gone-credentials"
-            ]
-        ),
-    )
 
 
 def test_operator_killed_mid_reconcile_converges_without_duplicates(
@@ -624,3 +594,41 @@ def test_admission_webhook_refuses_a_bad_spec(
         webhook.stop()
         with contextlib.suppress(ApiException):
             registrations.delete_validating_webhook_configuration(managed)
+
+
+def test_delete_removes_children_and_vector_store(
+    operator: OperatorProcess,
+    custom: client.CustomObjectsApi,
+    apps: client.AppsV1Api,
+    core: client.CoreV1Api,
+    namespace: str,
+    fake_openai: FakeOpenAI,
+    fake_meta: FakeMeta,
+) -> None:
+    number = phone()
+    ingress = {"host": "gone.bots.example.com", "webhook": {"register": True}}
+    create_agent(custom, namespace, agent_manifest("gone", phoneNumberId=number, ingress=ingress))
+    wait_ready(custom, namespace, "gone", operator)
+    assert len(store_for(fake_openai, namespace, "gone")) == 1
+    assert fake_meta.webhook_override(number)
+
+    custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "gone")
+    wait_for("the agent to be gone", lambda: get_agent(custom, namespace, "gone") is None)
+    assert store_for(fake_openai, namespace, "gone") == []
+    assert fake_meta.webhook_override(number) is None
+    wait_for(
+        "the garbage collector to delete the children",
+        lambda: (
+            not apps.list_namespaced_deployment(namespace).items
+            and not [
+                c
+                for c in core.list_namespaced_config_map(namespace).items
+                if c.metadata.name.startswith("gone-")
+            ]
+            and not [
+                s
+                for s in core.list_namespaced_secret(namespace).items
+                if s.metadata.name == "gone-credentials"
+            ]
+        ),
+    )
