@@ -24,6 +24,7 @@ import argparse
 import asyncio
 import json
 import shutil
+import subprocess
 import tempfile
 import time
 from collections import Counter
@@ -37,6 +38,7 @@ import httpx
 from bot.devstack import LocalStack
 from bot.whatsapp.simulate import new_wamid, signed_delivery, text_message_payload
 from tests.bench._common import children, cpu_seconds, machine, percentile
+from tests.bench.webhook import summarize_profile
 from tests.fakes import FakeMeta
 from tests.servers import start_postgres
 
@@ -143,8 +145,19 @@ def measure(local: LocalStack, meta: FakeMeta, count: int, rate: float, users: i
     }
 
 
+def _py_spy(pid: int, seconds: int, out: Path) -> subprocess.Popen[bytes] | None:
+    """py-spy on the worker and its prefork children, as collapsed stacks."""
+    spy = shutil.which("py-spy")
+    if spy is None:
+        return None
+    return subprocess.Popen(
+        [spy, "record", "-p", str(pid), "--subprocesses", "-d", str(seconds), "-r", "100",
+         "--nonblocking", "-f", "raw", "-o", str(out)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def bench(rate: float, seconds: float, burst: int, concurrency: int, rate_limit: float,
-          users: int, db: str) -> dict[str, Any]:
+          users: int, db: str, profile: bool = False) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="released-bench-e2e-"))
     report: dict[str, Any] = {"machine": machine(), "worker_concurrency": concurrency,
                               "rate_limit_per_s": rate_limit, "db": db, "results": []}
@@ -158,7 +171,15 @@ def bench(rate: float, seconds: float, burst: int, concurrency: int, rate_limit:
             report["results"].append(steady)
             print(json.dumps(steady), flush=True)
             meta.reset()
+            spy = None
+            if profile:
+                raw = workdir / "worker.collapsed.txt"
+                spy = _py_spy(local.processes["worker"].pid, 15, raw)
             burst_row = measure(local, meta, burst, 0, users, 300)
+            if spy is not None:
+                spy.wait(timeout=120)
+                if raw.exists():
+                    report["worker_profile"] = summarize_profile(raw, 60)
             burst_row["phase"] = f"burst {burst}"
             report["results"].append(burst_row)
             print(json.dumps(burst_row), flush=True)
@@ -192,12 +213,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--db", choices=("postgres", "sqlite"), default="postgres")
     parser.add_argument("--quick", action="store_true", help="10/s x 3 s and a burst of 100")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--profile", action="store_true", help="py-spy the worker in the burst")
     args = parser.parse_args(argv)
     rate, seconds, burst = args.rate, args.seconds, args.burst
     if args.quick:
         rate, seconds, burst = 10.0, 3.0, 100
-    report = bench(rate, seconds, burst, args.concurrency, args.rate_limit, args.users, args.db)
+    report = bench(rate, seconds, burst, args.concurrency, args.rate_limit, args.users, args.db,
+                   args.profile)
     print_report(report)
+    for name, self_pct, incl_pct in report.get("worker_profile", []):
+        print(f"  {self_pct:5.1f} {incl_pct:5.1f}  {name}")
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
     return 0

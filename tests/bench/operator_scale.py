@@ -3,6 +3,9 @@
 On the test control plane (etcd + kube-apiserver 1.20.2 + kube-controller-manager from
 ``hack/control-plane.sh``), for each N:
 
+Each phase runs on a fresh control plane. N is at most 125: the plane serves Services from
+10.0.0.0/24 (``hack/control-plane.sh``) and every agent has two.
+
 1. **baseline**: in namespace ``bench-base-N``, N ``WhatsAppAgent`` objects are created (so the
    children have a real owner) and then every child the operator would make (the operator's own
    builders, ``whatsapp_operator.builders.build_children`` and the credentials Secret) is
@@ -24,6 +27,7 @@ import argparse
 import base64
 import json
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -202,7 +206,8 @@ def run_baseline(cluster: Cluster, n: int, timeout: float) -> dict[str, Any]:
 
 
 def run_operator(cluster: Cluster, n: int, timeout: float, idle: float,
-                 fakes: tuple[FakeMeta, FakeOpenAI], workdir: Path) -> dict[str, Any]:
+                 fakes: tuple[FakeMeta, FakeOpenAI], workdir: Path,
+                 memory_probe: Path | None = None) -> dict[str, Any]:
     from tests.integration.operator.conftest import OperatorProcess
 
     ns = f"bench-op-{n}"
@@ -212,12 +217,16 @@ def run_operator(cluster: Cluster, n: int, timeout: float, idle: float,
     env = {k: v for k, v in os.environ.items() if not k.startswith("RELEASED_")}
     env.update({
         "KUBECONFIG": cluster.plane.kubeconfig,
-        "PYTHONPATH": os.pathsep.join([str(REPO / "operator"), str(REPO)]),
+        "PYTHONPATH": os.pathsep.join(
+            ([str(Path(__file__).with_name("memprobe"))] if memory_probe else [])
+            + [str(REPO / "operator"), str(REPO)]),
         "RELEASED_GRAPH_URL": meta.url,
         "RELEASED_OPENAI_BASE_URL": oai.url,
         "RELEASED_LOG_FORMAT": "json",
         "RELEASED_NAMESPACES": ns,
     })
+    if memory_probe is not None:
+        env["BENCH_TRACEMALLOC_OUT"] = str(memory_probe)
     op = OperatorProcess(env, workdir).start()
     assert op.proc is not None
     pid = op.proc.pid
@@ -257,6 +266,9 @@ def run_operator(cluster: Cluster, n: int, timeout: float, idle: float,
                 sample()
                 time.sleep(1.0)
             idle_cpu = cpu_seconds(pid) - idle0
+            if memory_probe is not None:
+                os.kill(pid, signal.SIGUSR1)
+                time.sleep(10.0)
         mem = memory_kib(pid)
         hwm = 0
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -275,28 +287,51 @@ def run_operator(cluster: Cluster, n: int, timeout: float, idle: float,
     }
 
 
-def bench(agent_counts: list[int], timeout: float, idle: float) -> dict[str, Any]:
+#: hack/control-plane.sh serves Services from 10.0.0.0/24: 253 ClusterIPs, two per agent.
+MAX_AGENTS_PER_PLANE = 125
+
+
+def bench(agent_counts: list[int], timeout: float, idle: float,
+          memory_probe: Path | None = None) -> dict[str, Any]:
+    """Each phase on a fresh control plane (same empty etcd; and the /24 Service range)."""
+    too_many = [n for n in agent_counts if n > MAX_AGENTS_PER_PLANE]
+    if too_many:
+        raise SystemExit(
+            f"N={too_many}: the test control plane's Service range (10.0.0.0/24 in "
+            f"hack/control-plane.sh) holds the Services of at most {MAX_AGENTS_PER_PLANE} agents"
+        )
     report: dict[str, Any] = {"machine": machine(), "results": []}
     workdir = Path(tempfile.mkdtemp(prefix="released-bench-operator-"))
-    plane = start_control_plane()
     meta = FakeMeta.spawn()
     oai = FakeOpenAI.spawn()
+
+    def on_fresh_plane(phase: Callable[[Cluster], dict[str, Any]]) -> dict[str, Any]:
+        plane = start_control_plane()
+        try:
+            cluster = Cluster(plane)
+            cluster.install_crd()
+            return phase(cluster)
+        finally:
+            plane.stop()
+
     try:
-        cluster = Cluster(plane)
-        cluster.install_crd()
         for n in agent_counts:
-            base = run_baseline(cluster, n, timeout)
-            print(json.dumps(base), flush=True)
-            op = run_operator(cluster, n, timeout, idle, (meta, oai), workdir)
+            base = None
+            if memory_probe is None:  # the probe measures memory only
+                base = on_fresh_plane(lambda c, n=n: run_baseline(c, n, timeout))
+                print(json.dumps(base), flush=True)
+                report["results"].append(base)
+            op = on_fresh_plane(lambda c, n=n: run_operator(
+                c, n, timeout, idle, (meta, oai), workdir, memory_probe))
+            if base is not None:
+                op["ratio_ready_vs_baseline"] = round(op["ready_s"] / base["ready_s"], 2)
+                op["ratio_exist_vs_baseline"] = round(
+                    op["children_exist_s"] / base["children_exist_s"], 2)
             print(json.dumps(op), flush=True)
-            op["ratio_ready_vs_baseline"] = round(op["ready_s"] / base["ready_s"], 2)
-            op["ratio_exist_vs_baseline"] = round(
-                op["children_exist_s"] / base["children_exist_s"], 2)
-            report["results"] += [base, op]
+            report["results"].append(op)
     finally:
         meta.stop()
         oai.stop()
-        plane.stop()
     return report
 
 
@@ -313,17 +348,20 @@ def print_report(report: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Operator benchmark (see the module doc).")
-    parser.add_argument("--agents", default="50,200")
+    parser.add_argument("--agents", default="50,100")
     parser.add_argument("--timeout", type=float, default=900.0, help="per phase, seconds")
     parser.add_argument("--idle", type=float, default=30.0, help="idle CPU window, seconds")
     parser.add_argument("--quick", action="store_true", help="N=10, 10 s idle")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--memory-probe", type=Path,
+                        help="run the operator under tracemalloc and write its top allocation "
+                        "sites here at rest (slow; the timings are then not comparable)")
     args = parser.parse_args(argv)
     counts = [int(x) for x in args.agents.split(",")]
     idle = args.idle
     if args.quick:
         counts, idle = [10], 10.0
-    report = bench(counts, args.timeout, idle)
+    report = bench(counts, args.timeout, idle, args.memory_probe)
     print_report(report)
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))

@@ -182,7 +182,10 @@ _FRAME = re.compile(r"^(?P<func>[^ ]+) \((?P<file>[^:]+)(?::\d+)?\)$")
 
 
 #: Leaf frames of a thread that waits (idle pool threads, the event loop's poll).
-_IDLE_LEAVES = ("Condition.wait (", "wait (threading.py", "select (selectors.py", "Runner.run (")
+_IDLE_LEAVES = (
+    "Condition.wait (", "wait (threading.py", "select (selectors.py", "Runner.run (",
+    "poll (selectors.py", "EpollSelector.select (", "PollSelector.select (", "sleep (",
+)
 
 
 def summarize_profile(raw: Path, top: int = 25) -> list[tuple[str, float, float]]:
