@@ -226,6 +226,8 @@ def operator_env(
             "RELEASED_OPENAI_BASE_URL": fake_openai.url,
             "RELEASED_LOG_FORMAT": "json",
             "RELEASED_CLEANUP_MAX_ATTEMPTS": "3",
+            # The session's operator watches the tests' op-* namespaces (a glob pattern).
+            "RELEASED_NAMESPACES": "op-*",
             # The per-agent timer (workloads, rotation) every 2 s instead of 60 s.
             "RELEASED_TIMER_INTERVAL": "2",
             "RELEASED_WATCH_SERVER_TIMEOUT": "60",
@@ -264,10 +266,11 @@ def _b64(text: str) -> str:
     return base64.b64encode(text.encode()).decode()
 
 
-@pytest.fixture
-def namespace(core: client.CoreV1Api) -> Iterator[str]:
-    """A fresh namespace with the user's Secrets ``meta`` and ``openai`` and a database URL."""
-    name = f"op-{uuid.uuid4().hex[:8]}"
+@contextlib.contextmanager
+def agent_namespace(core: client.CoreV1Api, prefix: str = "op") -> Iterator[str]:
+    """A fresh namespace with the user's Secrets ``meta``, ``openai`` and ``db`` (a database
+    URL) and a fake kubelet for its pods; deleted afterwards."""
+    name = f"{prefix}-{uuid.uuid4().hex[:8]}"
     core.create_namespace({"metadata": {"name": name}})
     wait_for(f"service account default in {name}", lambda: _default_sa_ready(core, name))
     secrets = {
@@ -290,6 +293,13 @@ def namespace(core: client.CoreV1Api) -> Iterator[str]:
         kubelet.stop()
         with contextlib.suppress(ApiException):
             core.delete_namespace(name)
+
+
+@pytest.fixture
+def namespace(core: client.CoreV1Api) -> Iterator[str]:
+    """A namespace that the session's operator watches (``op-*``)."""
+    with agent_namespace(core, "op") as name:
+        yield name
 
 
 def agent_manifest(name: str, **spec: Any) -> dict[str, Any]:

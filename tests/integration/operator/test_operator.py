@@ -25,6 +25,7 @@ from tests.integration.operator.conftest import (
     VERSION,
     OperatorProcess,
     agent_manifest,
+    agent_namespace,
     free_port,
     wait_for,
 )
@@ -632,3 +633,85 @@ def test_delete_removes_children_and_vector_store(
             ]
         ),
     )
+
+
+def test_database_is_provisioned_and_dropped(
+    operator_env: dict[str, str],
+    custom: client.CustomObjectsApi,
+    core: client.CoreV1Api,
+    postgres_url: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """Without ``database.secretRef`` an operator with a shared PostgreSQL provisions one."""
+    import psycopg2
+
+    env = {
+        **operator_env,
+        "RELEASED_NAMESPACES": "db-*",
+        "RELEASED_POSTGRES_ADMIN_URL": postgres_url,
+    }
+    db_operator = OperatorProcess(env, tmp_path_factory.mktemp("db-operator")).start()
+    try:
+        with agent_namespace(core, "db") as ns:
+            body = agent_manifest("pg", phoneNumberId=phone())
+            del body["spec"]["database"]
+            create_agent(custom, ns, body)
+            wait_ready(custom, ns, "pg", db_operator)
+            creds = decoded_secret(core, ns, "pg-credentials")
+            assert creds["databaseUrl"].startswith("postgresql://")
+            assert creds["databaseRole"] in creds["databaseUrl"]
+
+            def databases() -> set[str]:
+                conn = psycopg2.connect(postgres_url)
+                try:
+                    with conn.cursor() as cur:
+                        cur.execute("SELECT datname FROM pg_database")
+                        return {row[0] for row in cur.fetchall()}
+                finally:
+                    conn.close()
+
+            database = creds["databaseUrl"].rsplit("/", 1)[1]
+            assert database in databases()
+            # The agent's role can log in with the password from the Secret.
+            psycopg2.connect(creds["databaseUrl"]).close()
+
+            custom.delete_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, "pg")
+            wait_for("the agent to be gone", lambda: get_agent(custom, ns, "pg") is None)
+            assert database not in databases()
+    finally:
+        db_operator.stop()
+
+
+def test_faqs_from_a_configmap_follow_its_changes(
+    operator: OperatorProcess,
+    custom: client.CustomObjectsApi,
+    core: client.CoreV1Api,
+    namespace: str,
+) -> None:
+    faqs = [{"q": "Is there parking?", "a": "Yes, behind the shop."}]
+    core.create_namespaced_config_map(
+        namespace, {"metadata": {"name": "client-faqs"}, "data": {"faqs.yaml": json.dumps(faqs)}}
+    )
+    body = agent_manifest("cmf", phoneNumberId=phone())
+    del body["spec"]["faqs"]
+    body["spec"]["faqsFrom"] = {"configMapKeyRef": {"name": "client-faqs", "key": "faqs.yaml"}}
+    create_agent(custom, namespace, body)
+    ready = wait_ready(custom, namespace, "cmf", operator)
+    old_hash = ready["status"]["knowledge"]["faqHash"]
+    assert "Is there parking?" in json.dumps(
+        core.read_namespaced_config_map("cmf-faqs", namespace).data
+    )
+
+    faqs.append({"q": "Do you take cards?", "a": "All of them."})
+    core.patch_namespaced_config_map(
+        "client-faqs", namespace, {"data": {"faqs.yaml": json.dumps(faqs)}}
+    )
+
+    def changed() -> dict[str, Any] | None:
+        agent = get_agent(custom, namespace, "cmf")
+        knowledge = ((agent or {}).get("status") or {}).get("knowledge") or {}
+        return agent if knowledge.get("faqHash") not in (None, old_hash) else None
+
+    wait_for("a new faqHash after the ConfigMap changed", changed)
+    data = json.dumps(core.read_namespaced_config_map("cmf-faqs", namespace).data)
+    assert "Do you take cards?" in data
