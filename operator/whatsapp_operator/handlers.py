@@ -295,15 +295,18 @@ def agent_refs(
 
 
 async def refs_checksum(namespace: str, spec: Mapping[str, Any]) -> str:
-    """A hash over the data of everything the agent references (missing ones count too)."""
+    """A hash over the versions of everything the agent references (missing ones count too).
+
+    Built from ``uid`` and ``resourceVersion`` only, so the annotation carries nothing derived
+    from secret values.
+    """
     digest = hashlib.sha256()
     for kind, ref in sorted(set(referenced_names(spec))):
-        data = (
-            await kube.read_secret(namespace, ref)
-            if kind == "Secret"
-            else await kube.read_configmap(namespace, ref)
+        obj = await kube.get("v1", kind, namespace, ref)
+        meta = (obj or {}).get("metadata") or {}
+        digest.update(
+            json.dumps([kind, ref, meta.get("uid"), meta.get("resourceVersion")]).encode()
         )
-        digest.update(json.dumps([kind, ref, data], sort_keys=True).encode())
     return digest.hexdigest()[:32]
 
 
