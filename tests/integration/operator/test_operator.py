@@ -715,3 +715,82 @@ def test_faqs_from_a_configmap_follow_its_changes(
     wait_for("a new faqHash after the ConfigMap changed", changed)
     data = json.dumps(core.read_namespaced_config_map("cmf-faqs", namespace).data)
     assert "Do you take cards?" in data
+
+
+def test_removing_the_ingress_deletes_it(
+    operator: OperatorProcess,
+    custom: client.CustomObjectsApi,
+    api: client.ApiClient,
+    namespace: str,
+) -> None:
+    create_agent(custom, namespace, agent_manifest("noing", phoneNumberId=phone()))
+    wait_ready(custom, namespace, "noing", operator)
+    net = client.NetworkingV1Api(api)
+    assert net.read_namespaced_ingress("noing", namespace)
+    # A JSON merge patch with null removes spec.ingress.
+    custom.patch_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, "noing", {"spec": {"ingress": None}}
+    )
+
+    def ingress_gone() -> bool:
+        try:
+            net.read_namespaced_ingress("noing", namespace)
+        except ApiException as exc:
+            return exc.status == 404
+        return False
+
+    wait_for("the Ingress to be deleted", ingress_gone)
+    wait_ready(custom, namespace, "noing", operator)
+
+
+def test_service_monitor_when_its_crd_exists(
+    operator: OperatorProcess,
+    custom: client.CustomObjectsApi,
+    api: client.ApiClient,
+    namespace: str,
+) -> None:
+    ext = client.ApiextensionsV1Api(api)
+    name = "servicemonitors.monitoring.coreos.com"
+    crd = {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": name},
+        "spec": {
+            "group": "monitoring.coreos.com",
+            "scope": "Namespaced",
+            "names": {"kind": "ServiceMonitor", "plural": "servicemonitors"},
+            "versions": [
+                {
+                    "name": "v1",
+                    "served": True,
+                    "storage": True,
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "x-kubernetes-preserve-unknown-fields": True,
+                        }
+                    },
+                }
+            ],
+        },
+    }
+    with contextlib.suppress(ApiException):
+        ext.create_custom_resource_definition(crd)
+
+    def served() -> bool:
+        try:
+            custom.list_namespaced_custom_object(
+                "monitoring.coreos.com", "v1", namespace, "servicemonitors"
+            )
+        except ApiException:
+            return False
+        return True
+
+    wait_for("the ServiceMonitor CRD to be served", served)
+    create_agent(custom, namespace, agent_manifest("mon", phoneNumberId=phone()))
+    wait_ready(custom, namespace, "mon", operator)
+    monitor = custom.get_namespaced_custom_object(
+        "monitoring.coreos.com", "v1", namespace, "servicemonitors", "mon-web"
+    )
+    assert monitor["metadata"]["labels"]["app.kubernetes.io/instance"] == "mon"
+    assert monitor["metadata"]["ownerReferences"][0]["kind"] == "WhatsAppAgent"
