@@ -292,22 +292,36 @@ async def apply_status(session: AsyncSession, update_: StatusUpdate) -> StatusOu
     """
     if update_.status not in ("sent", "delivered", "read", "failed"):
         return StatusOutcome.IGNORED
+    # One conditional UPDATE, so two workers applying "delivered" and "read" of the same reply
+    # at the same moment cannot overwrite the more advanced status with the older one.
+    values: dict[str, Any] = {"updated_at": utcnow()}
+    if update_.status == MessageStatus.FAILED.value:
+        rank_limit = STATUS_RANK[MessageStatus.DELIVERED]
+        values |= {
+            "status": MessageStatus.FAILED.value,
+            "error_code": update_.error_code,
+            "error_title": (update_.error_title or "")[:512] or None,
+        }
+    else:
+        rank_limit = STATUS_RANK[update_.status]
+        values["status"] = update_.status
+    behind = [status for status, rank in STATUS_RANK.items() if rank < rank_limit]
+    result = await session.execute(
+        update(Message)
+        .where(
+            col(Message.wamid) == update_.wamid,
+            col(Message.direction) == Direction.OUTBOUND.value,
+            col(Message.status).in_(behind),
+        )
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    if getattr(result, "rowcount", 0):
+        return StatusOutcome.APPLIED
     message = await get_message(session, update_.wamid)
     if message is None or message.direction != Direction.OUTBOUND.value:
         return StatusOutcome.UNKNOWN
-    current = STATUS_RANK.get(message.status, -1)
-    if update_.status == MessageStatus.FAILED.value:
-        if current >= STATUS_RANK[MessageStatus.DELIVERED]:
-            return StatusOutcome.STALE
-        await mark_failed(session, message, update_.error_code, update_.error_title)
-        return StatusOutcome.APPLIED
-    if message.status == MessageStatus.FAILED.value or STATUS_RANK[update_.status] <= current:
-        return StatusOutcome.STALE
-    message.status = update_.status
-    message.updated_at = utcnow()
-    session.add(message)
-    await session.flush()
-    return StatusOutcome.APPLIED
+    return StatusOutcome.STALE
 
 
 async def purge_older_than(session: AsyncSession, days: int, *, now: datetime | None = None) -> int:

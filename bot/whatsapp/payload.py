@@ -319,6 +319,8 @@ def parse_payload(body: bytes | str | Mapping[str, Any]) -> WebhookPayload:
             raise PayloadError(
                 f"body is not valid JSON: {_json_error(exc)}", status_code=400
             ) from None
+        except RecursionError:
+            raise PayloadError("body is nested too deeply", status_code=400) from None
     else:
         data = body
     if not isinstance(data, Mapping):

@@ -161,16 +161,6 @@ def test_out_of_order_statuses_end_at_read(
     SUMMARY.pop()  # counted above
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "lost update: bot.storage.repository.apply_status reads the stored status, compares "
-        "ranks in Python, then writes unconditionally (UPDATE ... WHERE id = ?), so 'read' and "
-        "'delivered' of one reply processed at the same time by two worker processes can end at "
-        "'delivered'; fix: one conditional UPDATE ... WHERE wamid = ? AND status IN (<less "
-        "advanced statuses>)"
-    ),
-)
 def test_statuses_of_one_reply_in_one_webhook_end_at_read(
     stack: LocalStack, meta: FakeMeta, webhook: Webhook
 ) -> None:
