@@ -391,7 +391,9 @@ def workloads_condition(rollouts: list[kube.RolloutState], *, suspended: bool) -
 
 
 async def read_workloads(namespace: str, name: str, *, suspended: bool) -> st.Condition:
-    rollouts = await kube.deployment_rollouts(namespace, list(naming.child_names(name).deployments))
+    rollouts = await kube.deployment_rollouts(
+        namespace, list(naming.child_names(name).deployments), selector=naming.agent_selector(name)
+    )
     return workloads_condition(rollouts, suspended=suspended)
 
 

@@ -493,16 +493,28 @@ def rollout_state(deployment: Mapping[str, Any]) -> RolloutState:
     )
 
 
-async def deployment_rollouts(namespace: str, names: list[str]) -> list[RolloutState]:
-    """Rollout states of the named Deployments (a missing one counts as not rolled out)."""
-    states = []
-    for name in names:
-        obj = await get("apps/v1", "Deployment", namespace, name)
-        if obj is None:
-            states.append(RolloutState(name, 1, 0, 0, 0, observed_current=False))
-        else:
-            states.append(rollout_state(obj))
-    return states
+async def deployment_rollouts(
+    namespace: str, names: list[str], *, selector: str | None = None
+) -> list[RolloutState]:
+    """Rollout states of the named Deployments (a missing one counts as not rolled out).
+
+    With ``selector`` one list call fetches them all; without it, one get per name.
+    """
+    found: dict[str, dict[str, Any]] = {}
+    if selector is not None:
+        for obj in await list_objects("apps/v1", "Deployment", namespace, label_selector=selector):
+            found[str((obj.get("metadata") or {}).get("name"))] = obj
+    else:
+        for name in names:
+            one = await get("apps/v1", "Deployment", namespace, name)
+            if one is not None:
+                found[name] = one
+    return [
+        rollout_state(found[name])
+        if name in found
+        else RolloutState(name, 1, 0, 0, 0, observed_current=False)
+        for name in names
+    ]
 
 
 async def list_agent_pods(namespace: str, instance: str) -> list[dict[str, Any]]:
