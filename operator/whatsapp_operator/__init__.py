@@ -24,3 +24,6 @@ PLURAL = "whatsappagents"
 KIND = "WhatsAppAgent"
 FINALIZER = "whatsapp.released.io/cleanup"
 FIELD_MANAGER = "released-operator"
+
+# ``kopf run -m whatsapp_operator`` registers the handlers by importing the package.
+from . import handlers as handlers  # noqa: E402

@@ -5,8 +5,7 @@ Equivalent to::
     kopf run --standalone --all-namespaces -m whatsapp_operator.handlers \
         --liveness=http://0.0.0.0:8081/healthz --log-format=json
 
-(``kopf run -m whatsapp_operator`` registers the handlers only once the package's
-``__init__`` imports ``.handlers``; until then name ``whatsapp_operator.handlers``.) With more
+(``kopf run -m whatsapp_operator`` works too: the package imports its handlers.) With more
 than one replica run kopf itself with ``--peering=NAME`` instead of ``--standalone``; the Helm
 chart does that.
 
@@ -26,6 +25,7 @@ Environment (besides :class:`~whatsapp_operator.config.OperatorSettings`' ``RELE
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import sys
@@ -55,11 +55,23 @@ def configure_logging(log_format: str, *, verbose: bool = False) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line of ``released-operator`` (settings come from ``RELEASED_*``)."""
+    parser = argparse.ArgumentParser(
+        prog="released-operator",
+        description="Reconcile WhatsAppAgent resources into running WhatsApp bots (kopf, "
+        "standalone). Configure it with RELEASED_* environment variables: see "
+        "whatsapp_operator.config and docs/operations.md.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
+    return parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Start the operator and block until it is stopped (SIGTERM/SIGINT)."""
-    args = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
     settings = get_operator_settings()
-    configure_logging(settings.log_format, verbose="--verbose" in args or "-v" in args)
+    configure_logging(settings.log_format, verbose=args.verbose)
 
     from . import handlers  # registers the handlers with kopf's default registry
 
