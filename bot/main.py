@@ -24,6 +24,7 @@ from bot import __version__
 from bot.api import api_router
 from bot.core.config import Settings, get_settings
 from bot.core.logging import configure_logging
+from bot.core.redis import connect_redis
 from bot.queue import TaskPublisher
 from bot.storage.db import dispose_engines
 
@@ -41,12 +42,12 @@ def create_app(settings: Settings | None = None, *, setup_logging: bool = True) 
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        redis = Redis.from_url(settings.redis_url)
+        redis = connect_redis(settings.redis_url)
         broker_redis: Redis | None = None
         if settings.broker_url == settings.redis_url:
             broker_redis = redis
         elif urlsplit(settings.broker_url).scheme in _REDIS_SCHEMES:
-            broker_redis = Redis.from_url(settings.broker_url)
+            broker_redis = connect_redis(settings.broker_url)
         publisher = TaskPublisher(settings.broker_url, redis=broker_redis)
         app.state.redis = redis
         app.state.publisher = publisher

@@ -47,6 +47,7 @@ import anyio.to_thread
 from celery import Celery
 from redis.asyncio import Redis
 
+from bot.core.redis import connect_redis
 from bot.dedup import DEDUP_TTL_SECONDS, dedup_key, first_seen, release
 from bot.whatsapp.events import InboundMessage, StatusUpdate
 
@@ -143,7 +144,7 @@ class TaskPublisher:
         self._owns_redis = redis is None and self._is_redis
         self._redis = redis
         if self._is_redis and redis is None:
-            self._redis = Redis.from_url(broker_url)
+            self._redis = connect_redis(broker_url)
 
     @property
     def redis(self) -> Redis | None:

@@ -27,11 +27,11 @@ from datetime import timedelta
 from enum import StrEnum
 from typing import Any
 
-import redis.asyncio as aioredis
 from openai import AsyncOpenAI
 from redis.exceptions import RedisError
 
 from bot.core.config import Settings
+from bot.core.redis import connect_redis
 from bot.llm.client import Answer, ModelError, Turn, answer, fallback_answer, make_client
 from bot.llm.faqs import FAQ, FAQError, faqs_for
 from bot.llm.ratelimit import RateLimitTimeout, TokenBucket, openai_bucket
@@ -121,7 +121,7 @@ def create_runtime(
     redis: Any = None,
 ) -> Runtime:
     """Build the clients for ``settings`` (call it inside the loop that will use them)."""
-    redis = redis or aioredis.from_url(settings.redis_url, health_check_interval=30)
+    redis = redis or connect_redis(settings.redis_url)
     return Runtime(
         settings=settings,
         graph=graph or GraphClient(settings),
