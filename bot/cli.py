@@ -84,14 +84,13 @@ Stop with Ctrl-C.""")
     signal.signal(signal.SIGINT, _stop)
     try:
         while not stopping:
-            for name, proc in list(stack.processes.items()):
-                if proc.poll() is not None:
-                    typer.echo(
-                        f"error: {name} exited with {proc.returncode}; see "
-                        f"{workdir / (name + '.log')}",
-                        err=True,
-                    )
-                    stopping = True
+            try:
+                for name in stack.supervise():
+                    typer.echo(f"{name} exited; restarted it (see {workdir / (name + '.log')})",
+                               err=True)
+            except StackError as exc:
+                typer.echo(f"error: {exc}", err=True)
+                stopping = True
             time.sleep(0.5)
     finally:
         typer.echo("Stopping ...")

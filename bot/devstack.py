@@ -83,20 +83,7 @@ class LocalStack:
             self.migrate()
             self.start_worker()
             if self.with_beat:
-                self._spawn(
-                    "beat",
-                    [
-                        sys.executable,
-                        "-m",
-                        "celery",
-                        "-A",
-                        "bot.tasks",
-                        "beat",
-                        "--loglevel=INFO",
-                        "--schedule",
-                        str(self.workdir / "celerybeat-schedule"),
-                    ],
-                )
+                self.start_beat()
             self._start_web()
         except BaseException:
             self.stop()
@@ -160,6 +147,29 @@ class LocalStack:
             ],
             env=env,
         )
+
+    def start_beat(self) -> subprocess.Popen[bytes]:
+        """Start (or restart) Celery beat, which schedules the retention purge."""
+        schedule = str(self.workdir / "celerybeat-schedule")
+        return self._spawn("beat", [sys.executable, "-m", "celery", "-A", "bot.tasks", "beat",
+                                    "--loglevel=INFO", "--schedule", schedule])
+
+    def supervise(self) -> list[str]:
+        """Restart a worker or beat that exited, as Kubernetes restarts a container; return
+        their names. Raise :class:`StackError` when a part that cannot restart alone died."""
+        restarted = []
+        for name, proc in list(self.processes.items()):
+            if proc.poll() is None:
+                continue
+            if name.startswith("worker"):
+                self.start_worker(name)
+            elif name == "beat":
+                self.start_beat()
+            else:
+                raise StackError(f"{name} exited with {proc.returncode}; see "
+                                 f"{self.workdir / (name + '.log')}")
+            restarted.append(name)
+        return restarted
 
     def kill(self, name: str) -> None:
         """SIGKILL a process of the stack (and its children), as a crashed pod would die."""

@@ -7,6 +7,8 @@ package, SQLite, and the local fakes of Meta and OpenAI reached through ``META_G
 
 from __future__ import annotations
 
+import os
+import signal
 import sqlite3
 import time
 from pathlib import Path
@@ -114,3 +116,14 @@ def test_worker_killed_mid_task_loses_nothing(
     reply = wait_for_reply(meta, wamid, timeout=60)
     assert reply["text"] == ANSWER
     assert len(settle(meta, wamid)) == 1
+
+
+def test_a_crashed_worker_is_restarted_like_a_pod(stack: LocalStack, meta: FakeMeta) -> None:
+    worker = stack.processes["worker"]
+    os.killpg(worker.pid, signal.SIGKILL)
+    worker.wait(timeout=10)
+    assert stack.supervise() == ["worker"]
+    assert stack.supervise() == []
+    wamid = new_wamid()
+    deliver(stack, QUESTION, wamid)
+    assert wait_for_reply(meta, wamid, timeout=60)["text"] == ANSWER
