@@ -45,6 +45,7 @@ class ChildNames:
     redis_deployment: str
     redis_pvc: str
     web_service: str
+    worker_service: str
     redis_service: str
     ingress: str
     faqs_configmap: str
@@ -75,6 +76,7 @@ def child_names(name: str) -> ChildNames:
         redis_deployment=f"{name}-redis",
         redis_pvc=f"{name}-redis",
         web_service=f"{name}-web",
+        worker_service=f"{name}-worker",
         redis_service=f"{name}-redis",
         ingress=name,
         faqs_configmap=f"{name}-faqs",

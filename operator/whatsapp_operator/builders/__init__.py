@@ -39,6 +39,7 @@ from .objects import (
     build_web_network_policy,
     build_web_pdb,
     build_web_service,
+    build_worker_service,
 )
 from .workloads import (
     DEFAULT_RESOURCES,
@@ -80,6 +81,7 @@ __all__ = [
     "build_web_pdb",
     "build_web_service",
     "build_worker_deployment",
+    "build_worker_service",
     "compute_checksum",
     "compute_redis_checksum",
     "decode_secret_data",
@@ -103,6 +105,7 @@ def build_children(agent: AgentContext) -> list[dict[str, Any]]:
         build_redis_pvc(agent),
         build_redis_service(agent),
         build_web_service(agent),
+        build_worker_service(agent),
         build_redis_network_policy(agent),
         build_web_network_policy(agent),
         build_redis_deployment(agent),

@@ -13,12 +13,13 @@ from ..naming import (
     LABEL_NAME,
     REDIS,
     WEB,
+    WORKER,
     child_names,
     selector_labels,
 )
 from ..spec import faqs_json
 from .context import AgentContext, object_meta
-from .workloads import FAQS_FILE, REDIS_PORT, WEB_PORT
+from .workloads import FAQS_FILE, REDIS_PORT, WEB_PORT, WORKER_METRICS_PORT
 
 
 def build_service_account(agent: AgentContext) -> dict[str, Any]:
@@ -78,6 +79,13 @@ def _service(
 def build_web_service(agent: AgentContext) -> dict[str, Any]:
     """``NAME-web``: port 8000 (``http``) of the web pods."""
     return _service(agent, child_names(agent.name).web_service, WEB, "http", WEB_PORT)
+
+
+def build_worker_service(agent: AgentContext) -> dict[str, Any]:
+    """``NAME-worker``: port 9808 (``metrics``) of the workers, for the ServiceMonitor."""
+    return _service(
+        agent, child_names(agent.name).worker_service, WORKER, "metrics", WORKER_METRICS_PORT
+    )
 
 
 def build_redis_service(agent: AgentContext) -> dict[str, Any]:
@@ -184,7 +192,8 @@ def build_web_pdb(agent: AgentContext) -> dict[str, Any]:
 
 
 def build_service_monitor(agent: AgentContext) -> dict[str, Any] | None:
-    """``NAME-web``: Prometheus scrapes ``/metrics`` of the web pods; ``None`` without the CRD."""
+    """``NAME-web``: Prometheus scrapes ``/metrics`` of the web pods (port ``http``) and of the
+    workers (port ``metrics``); ``None`` without the CRD."""
     if not agent.has_service_monitor_crd:
         return None
     return {
@@ -192,8 +201,12 @@ def build_service_monitor(agent: AgentContext) -> dict[str, Any] | None:
         "kind": "ServiceMonitor",
         "metadata": object_meta(agent, child_names(agent.name).service_monitor, WEB),
         "spec": {
-            "selector": {"matchLabels": selector_labels(agent.name, WEB)},
+            "selector": {"matchLabels": {LABEL_NAME: APP_NAME, LABEL_INSTANCE: agent.name}},
             "namespaceSelector": {"matchNames": [agent.namespace]},
-            "endpoints": [{"port": "http", "path": "/metrics", "interval": "30s"}],
+            # Each endpoint matches the Services that have a port of that name.
+            "endpoints": [
+                {"port": "http", "path": "/metrics", "interval": "30s"},
+                {"port": "metrics", "path": "/metrics", "interval": "30s"},
+            ],
         },
     }

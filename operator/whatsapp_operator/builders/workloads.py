@@ -24,6 +24,10 @@ from ..spec import Resources
 from .context import AgentContext, object_meta
 
 WEB_PORT = 8000
+#: Where each Celery worker serves its metrics (``WORKER_METRICS_PORT`` of the bot).
+WORKER_METRICS_PORT = 9808
+#: Worker pool processes write their samples here (an emptyDir: fresh in every pod).
+WORKER_METRICS_DIR = "/tmp/prometheus"  # noqa: S108 - the pod's own emptyDir
 REDIS_PORT = 6379
 #: The bot's uid/gid (the image's non-root user) and Redis's (the official image's ``redis``).
 BOT_UID = 10001
@@ -44,7 +48,7 @@ DEFAULT_RESOURCES: dict[str, dict[str, dict[str, str]]] = {
 }
 
 #: Variables set on bot containers that are not ``Settings`` fields (used in ``$(...)``).
-NON_SETTING_ENV: frozenset[str] = frozenset({"REDIS_PASSWORD"})
+NON_SETTING_ENV: frozenset[str] = frozenset({"REDIS_PASSWORD", "PROMETHEUS_MULTIPROC_DIR"})
 
 # Renders the ACL file from the environment and starts Redis. Two passwords are valid while
 # ``redisPasswordPrevious`` exists (during a rotation), so pods that still hold the old one keep
@@ -298,6 +302,13 @@ def build_worker_deployment(agent: AgentContext) -> dict[str, Any]:
         ],
         worker.resources,
     )
+    container["env"] += [
+        {"name": "WORKER_METRICS_PORT", "value": str(WORKER_METRICS_PORT)},
+        {"name": "PROMETHEUS_MULTIPROC_DIR", "value": WORKER_METRICS_DIR},
+    ]
+    container["ports"] = [
+        {"name": "metrics", "containerPort": WORKER_METRICS_PORT, "protocol": "TCP"}
+    ]
     template = _pod_template(
         agent,
         WORKER,

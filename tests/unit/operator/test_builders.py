@@ -134,6 +134,7 @@ def test_every_child_is_built() -> None:
         ("ConfigMap", "acme-faqs"),
         ("PersistentVolumeClaim", "acme-redis"),
         ("Service", "acme-web"),
+        ("Service", "acme-worker"),
         ("Service", "acme-redis"),
         ("NetworkPolicy", "acme-web"),
         ("NetworkPolicy", "acme-redis"),
@@ -145,7 +146,7 @@ def test_every_child_is_built() -> None:
         ("Ingress", "acme"),
         ("ServiceMonitor", "acme-web"),
     }
-    assert len(objs) == 14
+    assert len(objs) == 15
     assert absent_children(make_ctx(has_service_monitor_crd=True)) == []
 
 
@@ -198,7 +199,7 @@ def test_manifests_are_valid_kubernetes(version: str) -> None:
             continue
         kubernetes_validate.validate(obj, version, strict=True)
         checked += 1
-    assert checked == 27
+    assert checked == 29
 
 
 def test_pdb_api_version_for_1_20() -> None:
@@ -580,5 +581,28 @@ def test_service_monitor() -> None:
     monitor = build_service_monitor(make_ctx(has_service_monitor_crd=True))
     assert monitor is not None
     assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
-    assert monitor["spec"]["selector"]["matchLabels"] == selector_labels("acme", "web")
-    assert monitor["spec"]["endpoints"] == [{"port": "http", "path": "/metrics", "interval": "30s"}]
+    assert monitor["spec"]["selector"]["matchLabels"] == {
+        "app.kubernetes.io/name": "released-agent",
+        "app.kubernetes.io/instance": "acme",
+    }
+    assert monitor["spec"]["endpoints"] == [
+        {"port": "http", "path": "/metrics", "interval": "30s"},
+        {"port": "metrics", "path": "/metrics", "interval": "30s"},
+    ]
+
+
+def test_prometheus_scrapes_web_and_workers() -> None:
+    objs = by_kind_name(build_children(make_ctx(has_service_monitor_crd=True)))
+    monitor = objs[("ServiceMonitor", "acme-web")]
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    ports = {e["port"] for e in monitor["spec"]["endpoints"]}
+    for service_name, port_name in (("acme-web", "http"), ("acme-worker", "metrics")):
+        service = objs[("Service", service_name)]
+        assert selector.items() <= service["metadata"]["labels"].items()
+        assert port_name in ports
+        assert [p["name"] for p in service["spec"]["ports"]] == [port_name]
+    worker = objs[("Deployment", "acme-worker")]["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in worker["env"]}
+    assert env["WORKER_METRICS_PORT"] == "9808"
+    assert env["PROMETHEUS_MULTIPROC_DIR"].startswith("/tmp/")
+    assert worker["ports"] == [{"name": "metrics", "containerPort": 9808, "protocol": "TCP"}]
