@@ -1,8 +1,9 @@
 """Memory attribution for a benchmarked process: put this directory first on PYTHONPATH.
 
-With ``BENCH_TRACEMALLOC_OUT=/path/file`` set, tracemalloc starts at interpreter start-up
-(25 frames) and every SIGUSR1 writes the top allocation sites, grouped by file and line and by
-traceback, to that file. Used by ``python -m tests.bench.operator_scale --memory-probe``.
+With ``BENCH_TRACEMALLOC_OUT=/path/file`` set, SIGUSR2 starts tracemalloc (15 frames; tracing
+from start-up would slow the imports past the liveness wait) and every SIGUSR1 writes the top
+allocation sites since then, grouped by file, by line and by traceback, to that file. Used by
+``python -m tests.bench.operator_scale --memory-probe``.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ import tracemalloc
 _OUT = os.environ.get("BENCH_TRACEMALLOC_OUT")
 
 if _OUT:
-    tracemalloc.start(25)
+
+    def _start(*_: object) -> None:
+        tracemalloc.start(15)
 
     def _dump(*_: object) -> None:
         snap = tracemalloc.take_snapshot().filter_traces(
@@ -36,3 +39,4 @@ if _OUT:
             handle.write("\n".join(lines) + "\n")
 
     signal.signal(signal.SIGUSR1, _dump)
+    signal.signal(signal.SIGUSR2, _start)
