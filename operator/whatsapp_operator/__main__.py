@@ -9,39 +9,21 @@ Equivalent to::
 than one replica run kopf itself with ``--peering=NAME`` instead of ``--standalone``; the Helm
 chart does that.
 
-Environment (besides :class:`~whatsapp_operator.config.OperatorSettings`' ``RELEASED_*``):
-
-``RELEASED_NAMESPACES``
-    comma-separated namespaces or glob patterns (``clients-*``); unset: the whole cluster.
-``RELEASED_HEALTH_PORT`` / ``RELEASED_METRICS_PORT``
-    kopf's liveness endpoint (``/healthz``, 0 disables) and Prometheus ``/metrics``.
-``RELEASED_LOG_FORMAT``
-    ``json`` (default) for JSON lines, anything else for kopf's plain format.
-``RELEASED_TIMER_INTERVAL``
-    seconds between the per-agent timer runs (workloads, rotation); default 60.
-``RELEASED_ADMISSION_WEBHOOK`` and friends
-    the validating admission webhook (off by default): see :mod:`whatsapp_operator.admission`.
+Configuration: the ``RELEASED_*`` environment variables of
+:class:`~whatsapp_operator.config.OperatorSettings` (namespaces to watch, timer interval, ports,
+log format, the admission webhook, the shared PostgreSQL, base URLs of Meta and OpenAI).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from collections.abc import Sequence
 
 import kopf
 
 from .config import get_operator_settings
-
-NAMESPACES_ENV = "RELEASED_NAMESPACES"
-
-
-def watched_namespaces(value: str | None = None) -> list[str]:
-    """Namespaces (or patterns) from ``RELEASED_NAMESPACES``; empty: the whole cluster."""
-    raw = os.environ.get(NAMESPACES_ENV, "") if value is None else value
-    return [ns.strip() for ns in raw.split(",") if ns.strip()]
 
 
 def configure_logging(log_format: str, *, verbose: bool = False) -> None:
@@ -75,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     from . import handlers  # registers the handlers with kopf's default registry
 
-    namespaces = watched_namespaces()
+    namespaces = settings.namespace_list
     liveness = (
         f"http://0.0.0.0:{settings.health_port}/healthz" if settings.health_port > 0 else None
     )

@@ -18,9 +18,8 @@ reports the same problems anyway, so a cluster without it loses nothing but earl
 ``RELEASED_ADMISSION_CERTFILE`` / ``RELEASED_ADMISSION_KEYFILE`` / ``RELEASED_ADMISSION_CAFILE``
     a certificate and key to serve (e.g. a cert-manager Secret mounted as files) and the CA
     that signed it (its ``caBundle`` goes into the webhook configuration; without it the
-    certificate itself is used). Without certificate files kopf generates a self-signed pair,
-    which needs the ``certbuilder`` package (not a dependency of this project): the operator
-    refuses to start with the webhook on and neither.
+    certificate itself is used). Without certificate files kopf generates a self-signed pair
+    with the ``certbuilder`` package.
 ``RELEASED_ADMISSION_MANAGED``
     name of the ``ValidatingWebhookConfiguration`` that kopf creates and keeps up to date
     (default ``released-operator.whatsapp.released.io``; ``-`` when the chart manages it).
@@ -29,49 +28,45 @@ reports the same problems anyway, so a cluster without it loses nothing but earl
 from __future__ import annotations
 
 import importlib.util
-import os
 from collections.abc import Mapping
 from typing import Any
 
 import kopf
 
 from . import GROUP, PLURAL, VERSION
+from .config import OperatorSettings, get_operator_settings
 from .validation import InvalidSpec, parse_spec
 
-ENV_ENABLED = "RELEASED_ADMISSION_WEBHOOK"
-DEFAULT_MANAGED = f"released-operator.{GROUP}"
 
-
-def admission_enabled(env: Mapping[str, str] | None = None) -> bool:
-    value = (env if env is not None else os.environ).get(ENV_ENABLED, "").strip().lower()
-    return value not in ("", "0", "false", "no", "off")
+def admission_enabled(settings: OperatorSettings | None = None) -> bool:
+    """Whether ``RELEASED_ADMISSION_WEBHOOK`` turns the webhook server on."""
+    return (settings or get_operator_settings()).admission_enabled
 
 
 def configure_admission(
-    settings: kopf.OperatorSettings, env: Mapping[str, str] | None = None
+    kopf_settings: kopf.OperatorSettings, settings: OperatorSettings | None = None
 ) -> bool:
-    """Set ``settings.admission`` from the environment; returns whether the webhook is on."""
-    env = env if env is not None else os.environ
-    if not admission_enabled(env):
+    """Set kopf's ``admission`` settings from ours; returns whether the webhook is on."""
+    settings = settings or get_operator_settings()
+    if not settings.admission_enabled:
         return False
-    certfile = env.get("RELEASED_ADMISSION_CERTFILE") or None
-    pkeyfile = env.get("RELEASED_ADMISSION_KEYFILE") or None
+    certfile, pkeyfile = settings.admission_certfile, settings.admission_keyfile
     if (certfile is None or pkeyfile is None) and importlib.util.find_spec("certbuilder") is None:
         raise RuntimeError(
             "RELEASED_ADMISSION_WEBHOOK is on but no certificate is given: set "
             "RELEASED_ADMISSION_CERTFILE and RELEASED_ADMISSION_KEYFILE (e.g. from cert-manager), "
             "or install certbuilder so that kopf can make a self-signed one"
         )
-    settings.admission.server = kopf.WebhookServer(
-        addr=env.get("RELEASED_ADMISSION_ADDR", "0.0.0.0"),  # noqa: S104 - inside a pod
-        port=int(env.get("RELEASED_ADMISSION_PORT", "9443")),
-        host=env.get("RELEASED_ADMISSION_HOST") or None,
+    kopf_settings.admission.server = kopf.WebhookServer(
+        addr=settings.admission_addr,
+        port=settings.admission_port,
+        host=settings.admission_host,
         certfile=certfile,
         pkeyfile=pkeyfile,
-        cafile=env.get("RELEASED_ADMISSION_CAFILE") or None,
+        cafile=settings.admission_cafile,
     )
-    managed = env.get("RELEASED_ADMISSION_MANAGED", DEFAULT_MANAGED)
-    settings.admission.managed = None if managed in ("", "-") else managed
+    managed = settings.admission_managed
+    kopf_settings.admission.managed = None if managed in ("", "-") else managed
     return True
 
 

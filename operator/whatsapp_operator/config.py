@@ -39,9 +39,38 @@ class OperatorSettings(BaseSettings):
     watch_server_timeout: int = 300
     watch_client_timeout: int = 330
 
+    #: Comma-separated namespaces or glob patterns (``clients-*``) to watch; empty: all.
+    namespaces: str = ""
+    #: Seconds between the per-agent timer runs (workloads, rotation).
+    timer_interval: float = Field(default=60.0, gt=0)
+
+    #: The validating admission webhook (see :mod:`whatsapp_operator.admission`): off unless
+    #: ``1``/``server``; where it listens, the host name the API server calls, certificate
+    #: files (e.g. from cert-manager) and the ValidatingWebhookConfiguration kopf manages
+    #: (``-``: the chart manages it).
+    admission_webhook: str = ""
+    admission_addr: str = "0.0.0.0"  # noqa: S104 - inside a pod
+    admission_port: int = 9443
+    admission_host: str | None = None
+    admission_certfile: str | None = None
+    admission_keyfile: str | None = None
+    admission_cafile: str | None = None
+    admission_managed: str = "released-operator.whatsapp.released.io"
+
     metrics_port: int = 8080
     health_port: int = 8081
     log_format: str = "json"
+
+
+    @property
+    def admission_enabled(self) -> bool:
+        """Whether the admission webhook server runs."""
+        return self.admission_webhook.strip().lower() not in ("", "0", "false", "no", "off")
+
+    @property
+    def namespace_list(self) -> list[str]:
+        """The watched namespaces (or patterns); empty: the whole cluster."""
+        return [ns.strip() for ns in self.namespaces.split(",") if ns.strip()]
 
 
 @lru_cache(maxsize=1)

@@ -28,7 +28,6 @@ import datetime as dt
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -59,7 +58,7 @@ BLOCKER_REASONS = frozenset(
 )
 
 #: The per-agent timer; ``RELEASED_TIMER_INTERVAL`` (seconds) shortens it for tests and demos.
-TIMER_INTERVAL = float(os.environ.get("RELEASED_TIMER_INTERVAL", "60"))
+TIMER_INTERVAL = get_operator_settings().timer_interval
 TIMER_IDLE = min(15.0, TIMER_INTERVAL / 2)
 MAX_BACKOFF = 300.0
 
