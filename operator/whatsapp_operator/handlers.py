@@ -138,6 +138,9 @@ async def update_status(
         if new is None:
             return current
         if new == current:
+            # Nothing to write, but the gauge must count this agent too (after a restart the
+            # operator's first look at an unchanged agent lands here).
+            metrics.set_agent_ready(namespace, name, _ready_status(current))
             return current
         # A merge patch keeps keys it does not mention: removed ones are sent as null.
         removed = {key: None for key in current if key not in new}
@@ -659,6 +662,18 @@ async def ensure_credentials(
     return values
 
 
+def provisioned_database_status(
+    namespace: str, name: str, spec: AgentSpec, credentials: Mapping[str, str]
+) -> dict[str, str] | None:
+    """``status.database`` (name and active role) when the operator provisioned it, else None."""
+    role = credentials.get(keys.DATABASE_ROLE)
+    if spec.database_secret_ref is not None or not role:
+        return None
+    from .database import database_name
+
+    return {"name": database_name(agent_key(namespace, name)), "role": role}
+
+
 async def secret_fingerprints(
     namespace: str, spec: AgentSpec, credentials_name: str, credentials: Mapping[str, str]
 ) -> dict[str, str]:
@@ -930,6 +945,7 @@ async def reconcile(body: Mapping[str, Any], retry: int) -> None:
     await ensure_webhook_part(body, spec, settings, credentials, workloads, outcome)
     outcome.fields["configChecksum"] = checksum
     outcome.fields["appliedRotationId"] = credentials.get(keys.ROTATION_ID)
+    outcome.fields["database"] = provisioned_database_status(namespace, name, spec, credentials)
 
     def mutate(fresh: dict[str, Any], current: dict[str, Any]) -> dict[str, Any]:
         # Rotation state from the fresh status: the timer may have moved it meanwhile.

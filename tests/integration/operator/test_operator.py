@@ -672,6 +672,8 @@ def test_database_is_provisioned_and_dropped(
 
             database = creds["databaseUrl"].rsplit("/", 1)[1]
             assert database in databases()
+            status = get_agent(custom, ns, "pg")["status"]
+            assert status["database"] == {"name": database, "role": creds["databaseRole"]}
             # The agent's role can log in with the password from the Secret.
             psycopg2.connect(creds["databaseUrl"]).close()
 
