@@ -6,13 +6,11 @@ ports on 127.0.0.1 by the suite itself; see ``tests/servers.py``.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 
-import psycopg2
 import pytest
 
-from tests.servers import Server, start_postgres, start_redis
+from tests.servers import Server, scratch_database, start_postgres, start_redis
 
 
 @pytest.fixture(scope="session")
@@ -44,12 +42,5 @@ def postgres_url(postgres_server: Server) -> str:
 @pytest.fixture
 def postgres_db(postgres_server: Server) -> Iterator[str]:
     """A fresh, empty database for one test; its URL (dropped afterwards)."""
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    admin = psycopg2.connect(postgres_server.url)
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{name}"')
-    yield postgres_server.url.rsplit("/", 1)[0] + f"/{name}"
-    with admin.cursor() as cur:
-        cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    admin.close()
+    with scratch_database(postgres_server) as url:
+        yield url

@@ -16,6 +16,8 @@ import socket
 import subprocess
 import tempfile
 import time
+import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -146,3 +148,21 @@ def start_postgres(port: int | None = None) -> Server:
         time.sleep(0.1)
     return Server(url=f"postgresql://postgres:postgres@127.0.0.1:{port}/postgres", port=port,
                   proc=proc, workdir=workdir)
+
+
+@contextlib.contextmanager
+def scratch_database(server: Server, prefix: str = "t") -> Iterator[str]:
+    """A fresh, empty database on ``server`` for the ``with`` block; its URL (dropped after)."""
+    import psycopg2
+
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    admin = psycopg2.connect(server.url)
+    admin.autocommit = True
+    try:
+        with admin.cursor() as cur:
+            cur.execute(f'CREATE DATABASE "{name}"')
+        yield server.url.rsplit("/", 1)[0] + f"/{name}"
+        with admin.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        admin.close()

@@ -11,17 +11,15 @@ from __future__ import annotations
 
 import random
 import time
-import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import psycopg2
 import pytest
 
 from bot.devstack import LocalStack
 from tests.fakes import FakeMeta
-from tests.servers import Server
+from tests.servers import Server, scratch_database
 
 from .conftest import (
     SUMMARY,
@@ -46,15 +44,8 @@ def stack_database_url(request: pytest.FixtureRequest) -> Iterator[str | None]:
         yield None
         return
     server: Server = request.getfixturevalue("postgres_server")
-    name = f"drill_{uuid.uuid4().hex[:10]}"
-    admin = psycopg2.connect(server.url)
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{name}"')
-    yield server.url.rsplit("/", 1)[0] + f"/{name}"
-    with admin.cursor() as cur:
-        cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    admin.close()
+    with scratch_database(server, prefix="drill") as url:
+        yield url
 
 
 def _backend(stack: LocalStack) -> str:
