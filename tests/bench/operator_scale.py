@@ -208,7 +208,8 @@ def run_baseline(cluster: Cluster, n: int, timeout: float) -> dict[str, Any]:
 
 def run_operator(cluster: Cluster, n: int, timeout: float, idle: float,
                  fakes: tuple[FakeMeta, FakeOpenAI], workdir: Path,
-                 memory_probe: Path | None = None) -> dict[str, Any]:
+                 memory_probe: Path | None = None,
+                 extra_env: dict[str, str] | None = None) -> dict[str, Any]:
     from tests.integration.operator.conftest import OperatorProcess
 
     ns = f"bench-op-{n}"
@@ -228,6 +229,7 @@ def run_operator(cluster: Cluster, n: int, timeout: float, idle: float,
     })
     if memory_probe is not None:
         env["BENCH_TRACEMALLOC_OUT"] = str(memory_probe)
+    env.update(extra_env or {})
     op = OperatorProcess(env, workdir).start()
     assert op.proc is not None
     pid = op.proc.pid
@@ -303,7 +305,8 @@ def max_agents_per_plane() -> int:
 
 
 def bench(agent_counts: list[int], timeout: float, idle: float,
-          memory_probe: Path | None = None) -> dict[str, Any]:
+          memory_probe: Path | None = None, extra_env: dict[str, str] | None = None,
+          baseline: bool = True) -> dict[str, Any]:
     """Each phase on a fresh control plane (same empty etcd; and the /24 Service range)."""
     limit = max_agents_per_plane()
     too_many = [n for n in agent_counts if n > limit]
@@ -329,12 +332,12 @@ def bench(agent_counts: list[int], timeout: float, idle: float,
     try:
         for n in agent_counts:
             base = None
-            if memory_probe is None:  # the probe measures memory only
+            if baseline and memory_probe is None:  # the probe measures memory only
                 base = on_fresh_plane(lambda c, n=n: run_baseline(c, n, timeout))
                 print(json.dumps(base), flush=True)
                 report["results"].append(base)
             op = on_fresh_plane(lambda c, n=n: run_operator(
-                c, n, timeout, idle, (meta, oai), workdir, memory_probe))
+                c, n, timeout, idle, (meta, oai), workdir, memory_probe, extra_env))
             if base is not None:
                 op["ratio_ready_vs_baseline"] = round(op["ready_s"] / base["ready_s"], 2)
                 op["ratio_exist_vs_baseline"] = round(
@@ -368,12 +371,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--memory-probe", type=Path,
                         help="run the operator under tracemalloc and write its top allocation "
                         "sites here at rest (slow; the timings are then not comparable)")
+    parser.add_argument("--operator-env", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra environment for the operator (e.g. MALLOC_ARENA_MAX=2)")
+    parser.add_argument("--no-baseline", action="store_true", help="the operator phase only")
     args = parser.parse_args(argv)
     counts = [int(x) for x in args.agents.split(",")]
     idle = args.idle
     if args.quick:
         counts, idle = [10], 10.0
-    report = bench(counts, args.timeout, idle, args.memory_probe)
+    extra = dict(item.split("=", 1) for item in args.operator_env)
+    report = bench(counts, args.timeout, idle, args.memory_probe, extra, not args.no_baseline)
+    report["operator_env"] = extra
     print_report(report)
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
