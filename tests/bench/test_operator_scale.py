@@ -14,7 +14,7 @@ pytestmark = pytest.mark.bench
 
 @pytest.mark.skipif(not binaries_ready(), reason="the test control plane is not built")
 def test_operator_quick() -> None:
-    report = bench([10], timeout=240.0, idle=5.0)
+    report = bench([10], timeout=240.0, idle=3.0)
     print_report(report)
     base, op = report["results"]
     assert base["ready_s"] > 0 and op["ready_s"] > 0

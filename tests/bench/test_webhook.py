@@ -20,7 +20,7 @@ CONNECTIONS = 32
 
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server")
 def test_webhook_quick() -> None:
-    report = bench([250.0, 1000.0], 2.0, 2.0, CONNECTIONS, profile=False, keep=None)
+    report = bench([250.0, 1000.0], 1.5, 2.0, CONNECTIONS, profile=False, keep=None)
     report["ratios"] = ratios(report)
     print_report(report)
     assert set(report["results"]) == {"bare", "fastapi", "bot"}
