@@ -15,4 +15,4 @@ rm -f .coverage .coverage.*
 python -m pytest --ignore=tests/bench --cov --cov-report= "$@"
 coverage combine -q 2>/dev/null || true
 coverage report --include='bot/*' --fail-under=90 --skip-covered
-coverage report --include='operator/*' --skip-covered | tail -1 | sed 's/^/operator coverage: /'
+coverage report --include='operator/*' | grep '^TOTAL' | sed 's/^TOTAL/operator coverage (TOTAL)/'
