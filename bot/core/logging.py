@@ -109,6 +109,7 @@ class RedactingFilter(logging.Filter):
 
     After it, ``record.msg`` is the final, redacted message (``record.args`` is cleared) and
     ``record.exc_text`` the redacted traceback, so any formatter prints only redacted text.
+    structlog's own event dicts are left to the formatter's processors, which redact them.
     """
 
     def __init__(self, redactor_: Redactor | None = None) -> None:
@@ -123,8 +124,6 @@ class RedactingFilter(logging.Filter):
                 message = f"{record.msg!r} {record.args!r}"
             record.msg = self._redactor(message)
             record.args = None
-        elif isinstance(record.msg, dict):  # structlog's event dict (wrap_for_formatter)
-            record.msg = self._redactor.redact_value(record.msg)
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         if record.exc_text:
@@ -200,7 +199,13 @@ def configure_logging(settings: Settings, *, stream: TextIO | None = None) -> No
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
+    access = logging.getLogger("uvicorn.access")
+    # ``uvicorn --no-access-log`` turns the access logger off before the app is imported;
+    # capturing it below would turn it back on.
+    access_off = not access.propagate and not access.handlers
     for name in _CAPTURED_LOGGERS:
+        if name == "uvicorn.access" and access_off:
+            continue
         # Their own handlers and levels go: LOG_LEVEL and our handler govern every line.
         captured = logging.getLogger(name)
         for old in list(captured.handlers):

@@ -185,3 +185,19 @@ def test_access_log_query_strings_are_redacted(captured: io.StringIO) -> None:
     assert_clean(text)
     assert "attackerguess1" not in text
     assert "hub.challenge=42" in text
+
+
+@pytest.mark.usefixtures("restore_logging")
+def test_no_access_log_stays_off() -> None:
+    # What `uvicorn --no-access-log` does before it imports the app (and so our logging setup).
+    access = logging.getLogger("uvicorn.access")
+    access.handlers = []
+    access.propagate = False
+    stream = io.StringIO()
+    configure_logging(make_settings(), stream=stream)
+    access.info('127.0.0.1:1 - "POST /webhook HTTP/1.1" 200')
+    assert stream.getvalue() == ""
+    access.propagate = True  # and with the access log on, its lines come through
+    configure_logging(make_settings(), stream=stream)
+    access.info('127.0.0.1:1 - "POST /webhook HTTP/1.1" 200')
+    assert "POST /webhook" in stream.getvalue()
