@@ -460,7 +460,7 @@ do_start() {
     --service-account-signing-key-file "$pki/sa.key" \
     --service-account-issuer https://kubernetes.default.svc.cluster.local \
     --api-audiences https://kubernetes.default.svc.cluster.local \
-    --service-cluster-ip-range 10.0.0.0/24 \
+    --service-cluster-ip-range 10.0.0.0/16 \
     --endpoint-reconciler-type none \
     --allow-privileged=true \
     --profiling=false \

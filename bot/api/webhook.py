@@ -31,6 +31,7 @@ import structlog
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import ValidationError
+from starlette.requests import ClientDisconnect
 
 from bot.api.deps import PublisherDep, RedisDep, SettingsDep
 from bot.core.metrics import MESSAGES_RECEIVED, WEBHOOK_LATENCY, WEBHOOK_REQUESTS
@@ -102,7 +103,12 @@ async def _receive(
         _count("malformed")
         log.warning("webhook.too_large", content_length=int(declared))
         return _problem(413, "body too large")
-    body = await request.body()
+    try:
+        body = await request.body()
+    except ClientDisconnect:  # the sender hung up mid-body: nothing to answer, nothing lost
+        _count("malformed")
+        log.info("webhook.client_disconnected")
+        return Response(status_code=400)
     if len(body) > MAX_BODY_BYTES:
         _count("malformed")
         log.warning("webhook.too_large", content_length=len(body))

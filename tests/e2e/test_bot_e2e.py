@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import sqlite3
 import time
 from pathlib import Path
@@ -127,3 +128,14 @@ def test_a_crashed_worker_is_restarted_like_a_pod(stack: LocalStack, meta: FakeM
     wamid = new_wamid()
     deliver(stack, QUESTION, wamid)
     assert wait_for_reply(meta, wamid, timeout=60)["text"] == ANSWER
+
+
+def test_a_sender_hanging_up_mid_body_is_not_an_error(stack: LocalStack) -> None:
+    host, port = stack.urls["web"].removeprefix("http://").split(":")
+    for _ in range(5):
+        with socket.create_connection((host, int(port)), timeout=5) as conn:
+            conn.sendall(b"POST /webhook HTTP/1.1\r\nHost: bot\r\nContent-Type: application/json"
+                         b"\r\nContent-Length: 1000\r\n\r\n{\"object\": \"whatsapp_")
+    time.sleep(1.0)
+    assert httpx.get(f"{stack.urls['web']}/healthz").status_code == 200
+    assert "Exception in ASGI application" not in stack.log_text("web")

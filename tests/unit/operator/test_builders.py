@@ -606,3 +606,19 @@ def test_prometheus_scrapes_web_and_workers() -> None:
     assert env["WORKER_METRICS_PORT"] == "9808"
     assert env["PROMETHEUS_MULTIPROC_DIR"].startswith("/tmp/")
     assert worker["ports"] == [{"name": "metrics", "containerPort": 9808, "protocol": "TCP"}]
+
+
+def test_worker_memory_follows_its_concurrency() -> None:
+    def worker_resources(concurrency: int) -> dict[str, Any]:
+        spec = make_ctx().spec
+        spec = spec.model_copy(update={"worker": spec.worker.model_copy(
+            update={"concurrency": concurrency, "resources": None})})
+        objs = by_kind_name(build_children(make_ctx(spec=spec)))
+        container = objs[("Deployment", "acme-worker")]["spec"]["template"]["spec"]["containers"][0]
+        resources: dict[str, Any] = container["resources"]
+        return resources
+
+    # Measured (tests/bench/README.md): ~80 MiB + ~90 MiB per prefork child.
+    assert worker_resources(2)["requests"]["memory"] == "320Mi"
+    assert worker_resources(2)["limits"]["memory"] == "512Mi"
+    assert worker_resources(4)["limits"]["memory"] == "704Mi"
