@@ -38,14 +38,14 @@ import os
 import socket
 import uuid
 import weakref
-from collections.abc import Awaitable
 from functools import cached_property, partial
-from typing import Any, cast
+from typing import Any
 from urllib.parse import urlsplit
 
 import anyio.to_thread
 from celery import Celery
 from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
 
 from bot.core.redis import connect_redis
 from bot.dedup import DEDUP_TTL_SECONDS, dedup_key, first_seen, release
@@ -157,6 +157,12 @@ class TaskPublisher:
         return self._redis is not None
 
     @cached_property
+    def _claim_and_push(self) -> AsyncScript:
+        """The claim-and-push script, sent once and then run by its SHA (``EVALSHA``)."""
+        assert self._redis is not None
+        return self._redis.register_script(_CLAIM_AND_PUSH)
+
+    @cached_property
     def _celery(self) -> Celery:
         return Celery("released", broker=self.broker_url, set_as_current=False)
 
@@ -195,8 +201,9 @@ class TaskPublisher:
         message = build_task_message(
             name, args, task_id=task_id, queue=self.queue, argsrepr=argsrepr
         )
-        keys_and_args = (claim_key, self.queue, str(ttl_seconds), json.dumps(message))
-        pushed = await cast("Awaitable[int]", self._redis.eval(_CLAIM_AND_PUSH, 2, *keys_and_args))
+        pushed = await self._claim_and_push(
+            keys=[claim_key, self.queue], args=[ttl_seconds, json.dumps(message)]
+        )
         return task_id if int(pushed) == 1 else None
 
     async def queue_depth(self) -> int | None:
