@@ -21,7 +21,7 @@ from fastapi import FastAPI
 from redis.asyncio import Redis
 
 from bot import __version__
-from bot.api import api_router
+from bot.api import api_router, webhook
 from bot.core.config import Settings, get_settings
 from bot.core.logging import configure_logging
 from bot.core.redis import connect_redis
@@ -68,6 +68,8 @@ def create_app(settings: Settings | None = None, *, setup_logging: bool = True) 
         redoc_url=None,
     )
     app.state.settings = settings
+    # The hot path first, as a plain route: matched before anything else (see bot.api).
+    app.add_route("/webhook", webhook.receive, methods=["POST"], include_in_schema=False)
     app.include_router(api_router)
     return app
 

@@ -1,6 +1,8 @@
 """The web tier's HTTP routes: Meta's webhook (``webhook``), probes and metrics (``health``).
 
-``api_router`` holds them all; :func:`bot.main.create_app` includes it.
+``api_router`` holds the FastAPI routes; :func:`bot.main.create_app` includes it after adding
+``POST /webhook`` (:func:`bot.api.webhook.receive`) as the application's first, plain route, so
+the hot path is matched first and without nested routers.
 """
 
 from __future__ import annotations

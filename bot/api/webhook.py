@@ -101,9 +101,6 @@ async def receive(request: Request) -> Response:
         WEBHOOK_LATENCY.observe(time.perf_counter() - started)
 
 
-router.add_route("/webhook", receive, methods=["POST"], include_in_schema=False)
-
-
 async def _receive(
     request: Request, settings: Settings, redis: Redis, publisher: TaskPublisher
 ) -> Response:
