@@ -17,8 +17,9 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from urllib.parse import urlsplit
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from redis.asyncio import Redis
+from starlette.types import Receive, Scope, Send
 
 from bot import __version__
 from bot.api import api_router, webhook
@@ -74,14 +75,35 @@ def create_app(settings: Settings | None = None, *, setup_logging: bool = True) 
     return app
 
 
-_app: FastAPI | None = None
+class WebhookFastPath:
+    """The ASGI application uvicorn serves: ``POST /webhook`` straight to its handler, every
+    other request (and the lifespan) to the FastAPI application.
+
+    Meta sends up to 1,000 messages a second per number; FastAPI's middleware stack and router
+    cost more per request than the webhook's own work (tests/bench/README.md). The handler is
+    the same function FastAPI serves at that route, with the same ``app.state``.
+    """
+
+    def __init__(self, fastapi_app: FastAPI) -> None:
+        self.fastapi_app = fastapi_app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == "/webhook" and scope["method"] == "POST":
+            scope["app"] = self.fastapi_app  # what request.app.state reads
+            response = await webhook.receive(Request(scope, receive))
+            await response(scope, receive, send)
+            return
+        await self.fastapi_app(scope, receive, send)
 
 
-def __getattr__(name: str) -> FastAPI:
+_app: WebhookFastPath | None = None
+
+
+def __getattr__(name: str) -> WebhookFastPath:
     """``bot.main.app``: the application for the environment's settings, built once."""
     global _app
     if name == "app":
         if _app is None:
-            _app = create_app()
+            _app = WebhookFastPath(create_app())
         return _app
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

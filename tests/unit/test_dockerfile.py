@@ -290,6 +290,7 @@ def test_web_command() -> None:
     proc = run(
         sys.executable,
         "-c",
-        f"import {module} as m; from fastapi import FastAPI; assert isinstance(m.{attr}, FastAPI)",
+        f"import {module} as m; from fastapi import FastAPI; "
+        f"assert isinstance(m.{attr}.fastapi_app, FastAPI)",
     )
     assert proc.returncode == 0, proc.stderr[-2000:]

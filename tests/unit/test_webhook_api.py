@@ -44,6 +44,7 @@ from bot.queue import (
 )
 from bot.whatsapp.events import InboundMessage, StatusUpdate
 from bot.whatsapp.signature import sign
+from bot.whatsapp.simulate import signed_delivery, text_message_payload
 
 PAYLOADS = Path(__file__).parent / "payloads"
 PN = "106540352242922"
@@ -593,6 +594,9 @@ async def test_fallback_to_celery_producer_for_other_brokers() -> None:
 # The module-level app
 
 
+APP_SECRET_FOR_UVICORN = "uvicorn-app-secret"
+
+
 def test_import_connects_nowhere_and_uvicorn_serves(tmp_path: Path, test_redis_url: str) -> None:
     env = {
         **os.environ,
@@ -600,10 +604,11 @@ def test_import_connects_nowhere_and_uvicorn_serves(tmp_path: Path, test_redis_u
         "DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'bot.db'}",
         "PHONE_NUMBER_ID": PN,
         "LOG_FORMAT": "json",
+        "META_APP_SECRET": APP_SECRET_FOR_UVICORN,
     }
     # Importing builds nothing: no settings read, no app.
     check = "import bot.main as m; assert m._app is None; import fastapi;"
-    check += "assert isinstance(m.app, fastapi.FastAPI) and m.app is m.app"
+    check += "assert isinstance(m.app.fastapi_app, fastapi.FastAPI) and m.app is m.app"
     subprocess.run([sys.executable, "-c", check], env=env, check=True)
 
     port = free_port()
@@ -624,6 +629,16 @@ def test_import_connects_nowhere_and_uvicorn_serves(tmp_path: Path, test_redis_u
                 assert time.monotonic() < deadline, "uvicorn did not start"
                 time.sleep(0.1)
         assert response.status_code == 200
+        # POST /webhook takes the fast path, with the same checks as the FastAPI route.
+        body, headers = signed_delivery(
+            text_message_payload(PN, "hola", wamid="wamid.FAST"), APP_SECRET_FOR_UVICORN
+        )
+        assert httpx.post(f"http://127.0.0.1:{port}/webhook", content=body,
+                          headers=headers).status_code == 200
+        assert httpx.post(f"http://127.0.0.1:{port}/webhook", content=body).status_code == 401
+        assert httpx.get(f"http://127.0.0.1:{port}/nowhere").status_code == 404
+        queued = sync_redis.Redis.from_url(test_redis_url).lrange(CELERY_QUEUE, 0, -1)
+        assert any(b"wamid.FAST" in base64.b64decode(json.loads(q)["body"]) for q in queued)
     finally:
         proc.terminate()
         output = proc.communicate(timeout=10)[0].decode()
