@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.servers import Server, scratch_database, start_postgres, start_redis
+from tests.unit.chart._helm import find_helm
 
 
 @pytest.fixture(scope="session")
@@ -44,3 +45,12 @@ def postgres_db(postgres_server: Server) -> Iterator[str]:
     """A fresh, empty database for one test; its URL (dropped afterwards)."""
     with scratch_database(postgres_server) as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def helm() -> str:
+    """Path of the helm binary (``hack/install-helm.sh``); skips with the reason when absent."""
+    path, why = find_helm()
+    if path is None:
+        pytest.skip(why)
+    return path

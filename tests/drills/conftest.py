@@ -362,6 +362,14 @@ def wa_id(i: int) -> str:
     return f"3460{i:07d}"
 
 
+def send_questions(webhook: Webhook, tally: Tally, n: int, offset: int) -> None:
+    """Deliver ``n`` FAQ questions from distinct senders, each expected to get its answer."""
+    for i, (question, answer) in enumerate(questions(n)):
+        wamid, payload = webhook.message(question, wa_id=wa_id(offset + i))
+        tally.add(wamid, answer)
+        webhook.deliver(payload)
+
+
 def db_rows(stack: LocalStack, query: str, *args: Any) -> list[tuple[Any, ...]]:
     """Rows of the stack's database (SQLite or PostgreSQL); ``?`` marks the parameters."""
     url = stack.env["DATABASE_URL"]

@@ -15,7 +15,7 @@ import pytest
 from bot.devstack import LocalStack
 from tests.fakes import FakeMeta
 
-from .conftest import SUMMARY, Tally, Webhook, db_rows, questions, wa_id, wait_until
+from .conftest import SUMMARY, Tally, Webhook, db_rows, questions, send_questions, wa_id, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
@@ -35,20 +35,13 @@ def send_attempts(meta: FakeMeta, wamids: set[str]) -> dict[str, list[int]]:
     return found
 
 
-def _send(webhook: Webhook, tally: Tally, n: int, offset: int) -> None:
-    for i, (question, answer) in enumerate(questions(n)):
-        wamid, payload = webhook.message(question, wa_id=wa_id(offset + i))
-        tally.add(wamid, answer)
-        webhook.deliver(payload)
-
-
 def test_graph_5xx_and_rate_limits_are_retried_and_sent_once(
     stack: LocalStack, meta: FakeMeta, webhook: Webhook
 ) -> None:
     started = time.monotonic()
     meta.script_errors(["server_error", "unavailable", "rate_limit", "pair_rate_limit"] * 4)
     tally = Tally("graph 500/503/130429/131056")
-    _send(webhook, tally, 8, offset=4000)
+    send_questions(webhook, tally, 8, offset=4000)
     tally.wait_answered(meta, timeout=60)
     assert meta.pending_errors() == []
     attempts = send_attempts(meta, set(tally.expected))
@@ -68,7 +61,7 @@ def test_graph_rate_limit_storm_then_recovery(
     started = time.monotonic()
     meta.script_errors([{"kind": "rate_limit", "times": 10_000}])
     tally = Tally("graph 130429 storm (4 s)")
-    _send(webhook, tally, 6, offset=5000)
+    send_questions(webhook, tally, 6, offset=5000)
     wamids = set(tally.expected)
     wait_until(
         lambda: all(len(a) >= 2 for a in send_attempts(meta, wamids).values()),

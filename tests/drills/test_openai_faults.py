@@ -15,7 +15,7 @@ import pytest
 from bot.devstack import LocalStack
 from tests.fakes import FakeMeta, FakeOpenAI
 
-from .conftest import Tally, Webhook, db_rows, questions, wa_id
+from .conftest import Tally, Webhook, db_rows, send_questions
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
@@ -38,20 +38,13 @@ def _sources(stack: LocalStack, tally: Tally) -> dict[str, int]:
     return found
 
 
-def _send(webhook: Webhook, tally: Tally, n: int, offset: int) -> None:
-    for i, (question, answer) in enumerate(questions(n)):
-        wamid, payload = webhook.message(question, wa_id=wa_id(offset + i))
-        tally.add(wamid, answer)
-        webhook.deliver(payload)
-
-
 def test_transient_model_errors_are_retried_and_answered_once(
     stack: LocalStack, meta: FakeMeta, openai_fake: FakeOpenAI, webhook: Webhook
 ) -> None:
     started = time.monotonic()
     openai_fake.script_errors(ERROR_MIX * 3)  # the first 12 model calls fail, one way or another
     tally = Tally("openai 429/500/503/timeout, transient")
-    _send(webhook, tally, 12, offset=2000)
+    send_questions(webhook, tally, 12, offset=2000)
     tally.wait_answered(meta, timeout=60)
     assert openai_fake.pending_errors() == []
     sources = _sources(stack, tally)
@@ -70,7 +63,7 @@ def test_model_outage_answers_from_the_faqs_once(
     started = time.monotonic()
     openai_fake.script_errors(ERROR_MIX * 50)  # more than the bot will ever try
     tally = Tally("openai outage -> FAQ fallback")
-    _send(webhook, tally, 6, offset=3000)
+    send_questions(webhook, tally, 6, offset=3000)
     tally.wait_answered(meta, timeout=90)
     calls = openai_fake.calls().get("POST /v1/responses", 0)
     sources = _sources(stack, tally)

@@ -32,7 +32,8 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from tests.k8s_control_plane import ControlPlane, kubectl_path, start_control_plane
-from tests.unit.chart._helm import CHART_DIR, REPO_ROOT, find_helm, render, rule_triples, run_helm
+from tests.servers import free_port
+from tests.unit.chart._helm import CHART_DIR, REPO_ROOT, render, rule_triples, run_helm
 
 pytestmark = pytest.mark.k8s
 
@@ -69,14 +70,6 @@ def wait_for(what: str, probe: Callable[[], T | None], timeout: float = WAIT_S) 
 
 
 # --- fixtures ---------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def helm() -> str:
-    path, why = find_helm()
-    if path is None:
-        pytest.skip(why)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -281,12 +274,6 @@ def test_kubectl_auth_can_i_as_the_service_account(
 # --- the operator, out of cluster, as the ServiceAccount --------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _service_account_kubeconfig(api: client.ApiClient, plane: ControlPlane, path: Path) -> Path:
     """A kubeconfig that authenticates with the ServiceAccount's own token (1.20: a Secret)."""
     core = client.CoreV1Api(api)
@@ -355,8 +342,8 @@ def test_operator_runs_an_agent_lifecycle_as_the_service_account(
         )
 
     kubeconfig = _service_account_kubeconfig(api, plane, tmp_path / "sa.kubeconfig")
-    health_port = _free_port()
-    metrics_port = _free_port()
+    health_port = free_port()
+    metrics_port = free_port()
     log_path = tmp_path / "operator.log"
     with contextlib.ExitStack() as stack:
         meta = stack.enter_context(FakeMeta().start())
@@ -513,7 +500,7 @@ def _run_peering_command(
 ) -> None:
     """The upgraded Deployment's command, run here as the ServiceAccount: kopf joins the
     ClusterKopfPeering the chart created (RBAC and CRD for peering suffice)."""
-    health_port = _free_port()
+    health_port = free_port()
     args = [
         f"--liveness=http://127.0.0.1:{health_port}/healthz" if a.startswith("--liveness=") else a
         for a in container.args
@@ -524,7 +511,7 @@ def _run_peering_command(
         {
             "KUBECONFIG": str(_service_account_kubeconfig(api, plane, tmp_path / "sa.kubeconfig")),
             "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "operator"), str(REPO_ROOT)]),
-            "RELEASED_METRICS_PORT": str(_free_port()),
+            "RELEASED_METRICS_PORT": str(free_port()),
             "RELEASED_HEALTH_PORT": str(health_port),
         }
     )

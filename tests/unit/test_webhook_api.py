@@ -8,7 +8,6 @@ import asyncio
 import base64
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -45,6 +44,7 @@ from bot.queue import (
 from bot.whatsapp.events import InboundMessage, StatusUpdate
 from bot.whatsapp.signature import sign
 from bot.whatsapp.simulate import signed_delivery, text_message_payload
+from tests.servers import free_port
 
 PAYLOADS = Path(__file__).parent / "payloads"
 PN = "106540352242922"
@@ -52,12 +52,6 @@ APP_SECRET = "test-app-secret-0123"
 VERIFY_TOKEN = "test-verify-token-4567"
 ACCESS_TOKEN = "EAAtest-access-token-89"
 DB_INDEX = 11
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture

@@ -33,6 +33,7 @@ from tests.fakes.meta import DEFAULT_ACCESS_TOKEN, DEFAULT_APP_SECRET
 from tests.fakes.openai import DEFAULT_API_KEY
 from tests.k8s_control_plane import ControlPlane, start_control_plane
 from tests.kubelet import FakeKubelet
+from tests.servers import free_port
 
 REPO = Path(__file__).resolve().parents[3]
 CRD_FILE = REPO / "crds" / "whatsappagent.yaml"
@@ -56,12 +57,6 @@ def wait_for(what: str, probe: Callable[[], T | None], timeout: float = WAIT_S) 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what} ({last_exc})")
         time.sleep(0.25)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # ---------------------------------------------------------------------------------------------

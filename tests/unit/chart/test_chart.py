@@ -26,7 +26,6 @@ from tests.unit.chart._helm import (
     CRD_COPY,
     CRD_SOURCE,
     REPO_ROOT,
-    find_helm,
     render,
     rule_triples,
     run_helm,
@@ -52,14 +51,6 @@ NON_DEFAULT = (
     "operator.extraEnv[0].name=EXTRA",
     "operator.extraEnv[0].value=yes",
 )
-
-
-@pytest.fixture(scope="module")
-def helm() -> str:
-    path, why = find_helm()
-    if path is None:
-        pytest.skip(why)
-    return path
 
 
 @pytest.fixture(scope="module")
