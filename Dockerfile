@@ -32,6 +32,7 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
     && pip install --no-compile -r /tmp/requirements.txt
 
 COPY bot ./bot
+COPY released ./released
 COPY operator ./operator
 RUN pip wheel --no-deps --wheel-dir /wheels . \
     && pip install --no-deps --no-compile /wheels/*.whl \

@@ -191,7 +191,7 @@ def provision(
     ] = False,
 ) -> None:
     """Print a complete WhatsAppAgent and its Secret templates (replaces provision_client.sh)."""
-    from whatsapp_operator.provision import ProvisionError, render_manifests
+    from released.agent.provision import ProvisionError, render_manifests
 
     if phone.startswith("+"):
         display_phone_number = display_phone_number or phone

@@ -3,7 +3,7 @@
 ``LocalStack`` starts, as real separate processes, a Redis server (Debian's ``redis-server``),
 the web tier (uvicorn), a Celery worker and Celery beat, on 127.0.0.1, with SQLite as the
 database. Unless real credentials are given it also starts the repository's local fakes of Meta's
-Graph API and OpenAI (``tests/fakes``, present in a source checkout), and points the bot at them
+Graph API and OpenAI (``released/fakes``, present in a source checkout), and points the bot at them
 through ``META_GRAPH_URL`` and ``OPENAI_BASE_URL`` exactly as production points it at Meta and
 OpenAI.
 """
@@ -295,7 +295,7 @@ class LocalStack:
         if not fakes_available():
             raise StackError(
                 "the local fakes of Meta and OpenAI ship with the source checkout "
-                "(tests/fakes); set META_ACCESS_TOKEN and OPENAI_API_KEY to use the "
+                "(released/fakes); set META_ACCESS_TOKEN and OPENAI_API_KEY to use the "
                 "real services instead"
             )
         meta_port, openai_port = free_port(), free_port()
@@ -306,7 +306,7 @@ class LocalStack:
             [
                 sys.executable,
                 "-m",
-                "tests.fakes.meta",
+                "released.fakes.meta",
                 "--port",
                 str(meta_port),
                 "--access-token",
@@ -320,7 +320,7 @@ class LocalStack:
             [
                 sys.executable,
                 "-m",
-                "tests.fakes.openai",
+                "released.fakes.openai",
                 "--port",
                 str(openai_port),
                 "--api-key",

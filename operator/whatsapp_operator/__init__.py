@@ -5,9 +5,8 @@ Run it with ``kopf run -m whatsapp_operator`` or the ``released-operator`` conso
 Layers, each importing only from the ones above it:
 
 - ``config``       operator settings (pydantic-settings, env prefix ``RELEASED_``).
-- ``spec``         the typed ``WhatsAppAgent`` spec (pydantic), parsed from the custom resource.
-- ``naming``       names and labels of the children, one place for ``NAME-web`` and friends.
-- ``validation``   cross-field checks shared by the admission handler and reconciliation.
+- ``released.agent`` (a package of its own, kopf-free) holds the typed ``WhatsAppAgent`` spec,
+                   its naming and validation; the operator imports it.
 - ``builders``     pure ``build_*`` functions: spec in, Kubernetes manifests (dicts) out.
 - ``knowledge``    the agent's OpenAI knowledge (Files API + vector store), ``meta_webhook``
                    Meta's callback URL override, ``database`` PostgreSQL provisioning,
@@ -18,12 +17,12 @@ Layers, each importing only from the ones above it:
 - ``handlers``     thin kopf handlers that delegate to the modules above.
 """
 
-GROUP = "whatsapp.released.io"
-VERSION = "v1alpha1"
-PLURAL = "whatsappagents"
-KIND = "WhatsAppAgent"
+from released.agent import GROUP, KIND, PLURAL, VERSION
+
 FINALIZER = "whatsapp.released.io/cleanup"
 FIELD_MANAGER = "released-operator"
 
 # ``kopf run -m whatsapp_operator`` registers the handlers by importing the package.
 from . import handlers as handlers  # noqa: E402
+
+__all__ = ["FIELD_MANAGER", "FINALIZER", "GROUP", "KIND", "PLURAL", "VERSION", "handlers"]

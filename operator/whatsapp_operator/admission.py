@@ -1,7 +1,7 @@
 """The validating admission webhook: refuse agents that reconciliation would mark ``InvalidSpec``.
 
 The schema in the CRD catches what OpenAPI can express; the cross-field rules of
-:func:`whatsapp_operator.validation.validate_spec` (duplicate questions, ``faqs`` *or*
+:func:`released.agent.validation.validate_spec` (duplicate questions, ``faqs`` *or*
 ``faqsFrom``, a host when the webhook is to be registered, ...) are checked here at admission time
 too, so ``kubectl apply`` answers at once instead of an agent turning ``Ready=False`` later.
 
@@ -33,9 +33,10 @@ from typing import Any
 
 import kopf
 
+from released.agent.validation import InvalidSpec, parse_spec
+
 from . import GROUP, PLURAL, VERSION
 from .config import OperatorSettings, get_operator_settings
-from .validation import InvalidSpec, parse_spec
 
 
 def admission_enabled(settings: OperatorSettings | None = None) -> bool:

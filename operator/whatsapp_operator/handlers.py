@@ -33,14 +33,16 @@ from typing import Any
 
 import kopf
 
-from . import FIELD_MANAGER, FINALIZER, GROUP, KIND, PLURAL, VERSION, kube, metrics, naming
+from released.agent import naming
+from released.agent.spec import AgentSpec, Faq, parse_faqs_document
+from released.agent.validation import InvalidSpec, parse_spec, validate_faqs
+
+from . import FIELD_MANAGER, FINALIZER, GROUP, KIND, PLURAL, VERSION, kube, metrics
 from . import credentials as keys
 from . import status as st
 from .admission import configure_admission, register_admission_handler
 from .config import OperatorSettings, get_operator_settings
 from .errors import PermanentError, ReleasedError, TemporaryError, redact
-from .spec import AgentSpec, Faq, parse_faqs_document
-from .validation import InvalidSpec, parse_spec, validate_faqs
 
 logger = logging.getLogger("whatsapp_operator")
 

@@ -22,8 +22,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from released.agent.naming import agent_selector
+
 from . import FIELD_MANAGER, GROUP, PLURAL, VERSION
-from .naming import agent_selector
 
 APPLY_CONTENT_TYPE = "application/apply-patch+yaml"
 MERGE_CONTENT_TYPE = "application/merge-patch+json"

@@ -37,9 +37,9 @@ import httpx
 
 from bot.devstack import LocalStack
 from bot.whatsapp.simulate import new_wamid, signed_delivery, text_message_payload
+from released.fakes import FakeMeta
 from tests.bench._common import children, cpu_seconds, machine, percentile
 from tests.bench.webhook import summarize_profile
-from tests.fakes import FakeMeta
 from tests.servers import start_postgres
 
 QUESTION = "What is Released?"

@@ -27,9 +27,9 @@ from typing import Any
 
 import redis
 
+from released.fakes import FakeMeta
 from tests.bench._common import REPO, children, machine, memory_kib, mib, tree_memory_kib
 from tests.bench.e2e import measure, stack
-from tests.fakes import FakeMeta
 
 PARTS = ("web", "worker", "beat", "redis")
 

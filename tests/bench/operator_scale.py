@@ -42,10 +42,10 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 from kubernetes.dynamic import DynamicClient
 
+from released.fakes import FakeMeta, FakeOpenAI
+from released.fakes.meta import DEFAULT_ACCESS_TOKEN, DEFAULT_APP_SECRET
+from released.fakes.openai import DEFAULT_API_KEY
 from tests.bench._common import REPO, cpu_seconds, machine, memory_kib, mib
-from tests.fakes import FakeMeta, FakeOpenAI
-from tests.fakes.meta import DEFAULT_ACCESS_TOKEN, DEFAULT_APP_SECRET
-from tests.fakes.openai import DEFAULT_API_KEY
 from tests.k8s_control_plane import ControlPlane, start_control_plane
 from tests.kubelet import FakeKubelet
 

@@ -31,7 +31,7 @@ import yaml
 
 from bot.devstack import DEFAULT_FAQS, LocalStack
 from bot.whatsapp.simulate import new_wamid, signed_delivery, text_message_payload
-from tests.fakes import FakeMeta, FakeOpenAI
+from released.fakes import FakeMeta, FakeOpenAI
 
 T = TypeVar("T")
 

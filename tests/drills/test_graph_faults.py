@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from bot.devstack import LocalStack
-from tests.fakes import FakeMeta
+from released.fakes import FakeMeta
 
 from .conftest import SUMMARY, Tally, Webhook, db_rows, questions, send_questions, wa_id, wait_until
 

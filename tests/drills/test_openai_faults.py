@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from bot.devstack import LocalStack
-from tests.fakes import FakeMeta, FakeOpenAI
+from released.fakes import FakeMeta, FakeOpenAI
 
 from .conftest import Tally, Webhook, db_rows, send_questions
 

@@ -26,7 +26,7 @@ import httpx
 import pytest
 
 from bot.devstack import LocalStack
-from tests.fakes import FakeMeta, FakeOpenAI
+from released.fakes import FakeMeta, FakeOpenAI
 
 from .conftest import Kubelet, Tally, Webhook, questions, restart_redis, wa_id, wait_until
 

@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from bot.devstack import LocalStack
 from bot.whatsapp.signature import sign
 from bot.whatsapp.simulate import new_wamid, text_message_payload
-from tests.fakes import FakeMeta
+from released.fakes import FakeMeta
 
 from .conftest import ACCEPTABLE, QUESTIONS, SUMMARY, db_rows, status_payload, wait_until
 

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from bot.devstack import LocalStack
-from tests.fakes import FakeMeta
+from released.fakes import FakeMeta
 from tests.servers import Server, scratch_database
 
 from .conftest import (

@@ -14,7 +14,7 @@ import time
 import pytest
 
 from bot.devstack import LocalStack
-from tests.fakes import FakeMeta, FakeOpenAI
+from released.fakes import FakeMeta, FakeOpenAI
 
 from .conftest import Tally, Webhook, questions, wa_id, wait_until
 

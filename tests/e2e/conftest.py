@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from bot.devstack import LocalStack
-from tests.fakes import FakeMeta, FakeOpenAI
+from released.fakes import FakeMeta, FakeOpenAI
 
 
 @pytest.fixture(scope="module")

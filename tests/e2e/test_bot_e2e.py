@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bot.devstack import DEFAULT_FAQS, LocalStack
 from bot.whatsapp.simulate import new_wamid, signed_delivery, text_message_payload
-from tests.fakes import FakeMeta, FakeOpenAI
+from released.fakes import FakeMeta, FakeOpenAI
 
 pytestmark = pytest.mark.e2e
 

@@ -319,9 +319,9 @@ def test_operator_runs_an_agent_lifecycle_as_the_service_account(
 ) -> None:
     if not (REPO_ROOT / "operator" / "whatsapp_operator" / "handlers.py").exists():
         pytest.skip("whatsapp_operator/handlers.py does not exist yet")
-    from tests.fakes import FakeMeta, FakeOpenAI
-    from tests.fakes.meta import DEFAULT_ACCESS_TOKEN, DEFAULT_APP_SECRET
-    from tests.fakes.openai import DEFAULT_API_KEY
+    from released.fakes import FakeMeta, FakeOpenAI
+    from released.fakes.meta import DEFAULT_ACCESS_TOKEN, DEFAULT_APP_SECRET
+    from released.fakes.openai import DEFAULT_API_KEY
     from tests.kubelet import FakeKubelet
 
     core = client.CoreV1Api(api)

@@ -1,4 +1,4 @@
-"""``whatsapp_operator.knowledge`` against the OpenAI fake (``tests.fakes.openai``), real SDK.
+"""``whatsapp_operator.knowledge`` against the OpenAI fake (``released.fakes.openai``), real SDK.
 
 Covers creating the store, replacing the file when the FAQs change (and deleting the old one),
 doing nothing while they are unchanged, finding the store again after the status was lost,
@@ -17,7 +17,7 @@ from pydantic import SecretStr
 from whatsapp_operator import knowledge as kn
 from whatsapp_operator.errors import PermanentError, TemporaryError
 
-from tests.fakes.openai import DEFAULT_API_KEY, FakeOpenAI
+from released.fakes.openai import DEFAULT_API_KEY, FakeOpenAI
 from tests.servers import free_port
 
 AGENT = "shop/acme"

@@ -1,4 +1,4 @@
-"""``whatsapp_operator.meta_webhook`` against the Meta Graph API fake (``tests.fakes.meta``).
+"""``whatsapp_operator.meta_webhook`` against the Meta Graph API fake (``released.fakes.meta``).
 
 Covers setting, reading and removing the phone number's callback override, Meta's verification
 handshake (against a tiny local web tier), and the mapping of Meta's errors to retryable and
@@ -17,7 +17,7 @@ import pytest
 from whatsapp_operator import meta_webhook as mw
 from whatsapp_operator.errors import PermanentError, TemporaryError
 
-from tests.fakes.meta import FakeMeta
+from released.fakes.meta import FakeMeta
 from tests.servers import free_port
 
 TOKEN = "EAAtestaccesstoken1234567890"

@@ -20,9 +20,9 @@ from bot.core.config import Settings
 from bot.storage import repository as repo
 from bot.storage.db import run_migrations, session_scope
 from bot.storage.models import Message
-from tests.fakes import FakeMeta, FakeOpenAI
-from tests.fakes.meta import DEFAULT_ACCESS_TOKEN
-from tests.fakes.openai import DEFAULT_API_KEY
+from released.fakes import FakeMeta, FakeOpenAI
+from released.fakes.meta import DEFAULT_ACCESS_TOKEN
+from released.fakes.openai import DEFAULT_API_KEY
 
 pytestmark = pytest.mark.integration
 

@@ -14,8 +14,8 @@ import httpx
 import openai
 import pytest
 
-from tests.fakes import FakeMeta, FakeOpenAI, sign
-from tests.fakes.openai import best_faq, parse_faq_file, parse_faq_text
+from released.fakes import FakeMeta, FakeOpenAI, sign
+from released.fakes.openai import best_faq, parse_faq_file, parse_faq_text
 
 META_TOKEN = "meta-token-for-tests"
 OPENAI_KEY = "sk-test-key-for-tests"

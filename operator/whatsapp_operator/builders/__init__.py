@@ -15,7 +15,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..naming import child_names
+from released.agent.naming import child_names
+
 from .context import (
     AGENT_API_VERSION,
     AgentContext,

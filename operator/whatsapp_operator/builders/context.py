@@ -14,11 +14,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from released.agent.naming import AGENT, child_names, labels
+from released.agent.spec import AgentSpec, Faq, faqs_json
+
 from .. import GROUP, KIND, VERSION
 from .. import credentials as keys
 from ..config import OperatorSettings
-from ..naming import AGENT, child_names, labels
-from ..spec import AgentSpec, Faq, faqs_json
 
 AGENT_API_VERSION = f"{GROUP}/{VERSION}"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..naming import (
+from released.agent.naming import (
     AGENT,
     APP_NAME,
     BOT_COMPONENTS,
@@ -17,7 +17,8 @@ from ..naming import (
     child_names,
     selector_labels,
 )
-from ..spec import faqs_json
+from released.agent.spec import faqs_json
+
 from .context import AgentContext, object_meta
 from .workloads import FAQS_FILE, REDIS_PORT, WEB_PORT, WORKER_METRICS_PORT
 

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .. import credentials as keys
-from ..naming import (
+from released.agent.naming import (
     BEAT,
     CONFIG_CHECKSUM_ANNOTATION,
     REDIS,
@@ -20,7 +19,9 @@ from ..naming import (
     labels,
     selector_labels,
 )
-from ..spec import Resources
+from released.agent.spec import Resources
+
+from .. import credentials as keys
 from .context import AgentContext, object_meta
 
 WEB_PORT = 8000

@@ -28,9 +28,9 @@ import yaml
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from tests.fakes import FakeMeta, FakeOpenAI
-from tests.fakes.meta import DEFAULT_ACCESS_TOKEN, DEFAULT_APP_SECRET
-from tests.fakes.openai import DEFAULT_API_KEY
+from released.fakes import FakeMeta, FakeOpenAI
+from released.fakes.meta import DEFAULT_ACCESS_TOKEN, DEFAULT_APP_SECRET
+from released.fakes.openai import DEFAULT_API_KEY
 from tests.k8s_control_plane import ControlPlane, start_control_plane
 from tests.kubelet import FakeKubelet
 from tests.servers import free_port

@@ -18,7 +18,7 @@ import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from tests.fakes import FakeMeta, FakeOpenAI
+from released.fakes import FakeMeta, FakeOpenAI
 from tests.integration.operator.conftest import (
     GROUP,
     PLURAL,

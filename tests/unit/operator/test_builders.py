@@ -32,16 +32,16 @@ from whatsapp_operator.builders import (
 )
 from whatsapp_operator.builders.workloads import REDIS_START_SCRIPT
 from whatsapp_operator.config import OperatorSettings
-from whatsapp_operator.naming import (
+
+from bot.core.config import Settings
+from released.agent.naming import (
     CONFIG_CHECKSUM_ANNOTATION,
     agent_selector,
     child_names,
     labels,
     selector_labels,
 )
-from whatsapp_operator.spec import AgentSpec, Faq
-
-from bot.core.config import Settings
+from released.agent.spec import AgentSpec, Faq
 from tests.unit.operator.crd_helpers import EXAMPLES, documents
 
 UID = "6778bb9c-77dd-4c69-9da5-a05489de8103"

@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 from pydantic import BaseModel, ValidationError
-from whatsapp_operator.spec import (
+
+from released.agent.spec import (
     AgentSpec,
     Faq,
     Resources,
@@ -17,7 +18,6 @@ from whatsapp_operator.spec import (
     parse_duration,
     parse_faqs_document,
 )
-
 from tests.unit.operator.crd_helpers import agents_in_examples, spec_schema
 
 MINIMAL: dict[str, Any] = {

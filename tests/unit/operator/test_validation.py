@@ -6,8 +6,9 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from whatsapp_operator.spec import AgentSpec, Faq
-from whatsapp_operator.validation import (
+
+from released.agent.spec import AgentSpec, Faq
+from released.agent.validation import (
     InvalidSpec,
     normalize_question,
     parse_quantity,
@@ -16,7 +17,6 @@ from whatsapp_operator.validation import (
     validate_name,
     validate_spec,
 )
-
 from tests.unit.operator.crd_helpers import agents_in_examples
 
 BASE: dict[str, Any] = {

@@ -17,7 +17,7 @@ Control routes (no auth), all JSON: ``GET /_fake/sent``, ``GET /_fake/reads``,
 ``GET|POST /_fake/config``, ``POST /_fake/latency``, ``GET /_fake/calls``,
 ``GET /_fake/requests``, ``POST /_fake/deliver`` (send a signed webhook to the bot).
 
-Run alone: ``python -m tests.fakes.meta --port 8081 [--access-token T] [--app-secret S]``.
+Run alone: ``python -m released.fakes.meta --port 8081 [--access-token T] [--app-secret S]``.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from tests.fakes._base import (
+from released.fakes._base import (
     BaseState,
     FakeServer,
     loggable_headers,
@@ -836,7 +836,7 @@ class FakeMeta(FakeServer):
     ``verify_webhooks``: perform Meta's ``hub.challenge`` GET when a callback is registered.
     """
 
-    module: ClassVar[str] = "tests.fakes.meta"
+    module: ClassVar[str] = "released.fakes.meta"
     name: ClassVar[str] = "fake-meta"
 
     def __init__(

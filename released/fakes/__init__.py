@@ -2,9 +2,9 @@
 
 ``FakeMeta`` / ``FakeOpenAI``: ``.start()`` serves in a thread, ``.spawn()`` in a child process,
 ``.attach(url)`` controls one started elsewhere; all three share the same control methods.
-See ``tests/fakes/README.md``.
+See ``released/fakes/README.md``.
 
-The names are imported lazily so that ``python -m tests.fakes.meta`` does not import the module
+The names are imported lazily so that ``python -m released.fakes.meta`` does not import the module
 twice (once through this package and once as ``__main__``).
 """
 
@@ -14,17 +14,17 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from tests.fakes.meta import FakeMeta, sign, status_event, text_message_event
-    from tests.fakes.openai import FakeOpenAI
+    from released.fakes.meta import FakeMeta, sign, status_event, text_message_event
+    from released.fakes.openai import FakeOpenAI
 
 __all__ = ["FakeMeta", "FakeOpenAI", "sign", "status_event", "text_message_event"]
 
 _HOMES = {
-    "FakeMeta": "tests.fakes.meta",
-    "sign": "tests.fakes.meta",
-    "status_event": "tests.fakes.meta",
-    "text_message_event": "tests.fakes.meta",
-    "FakeOpenAI": "tests.fakes.openai",
+    "FakeMeta": "released.fakes.meta",
+    "sign": "released.fakes.meta",
+    "status_event": "released.fakes.meta",
+    "text_message_event": "released.fakes.meta",
+    "FakeOpenAI": "released.fakes.openai",
 }
 
 

@@ -23,7 +23,7 @@ Control routes (no auth), JSON: ``GET /_fake/calls``, ``GET /_fake/requests``,
 ``GET|POST /_fake/errors``, ``POST /_fake/latency``, ``POST /_fake/reset``,
 ``GET|POST /_fake/config``, ``GET /_fake/state``, ``GET|POST /_fake/replies``.
 
-Run alone: ``python -m tests.fakes.openai --port 8082 [--api-key K | --any-key]``.
+Run alone: ``python -m released.fakes.openai --port 8082 [--api-key K | --any-key]``.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from tests.fakes._base import (
+from released.fakes._base import (
     BaseState,
     FakeServer,
     loggable_headers,
@@ -1132,7 +1132,7 @@ class FakeOpenAI(FakeServer):
     ``api_key``: the Bearer key to accept (None: any non-empty key).
     """
 
-    module: ClassVar[str] = "tests.fakes.openai"
+    module: ClassVar[str] = "released.fakes.openai"
     name: ClassVar[str] = "fake-openai"
 
     def __init__(self, api_key: str | None = DEFAULT_API_KEY, *, latency: float = 0.0) -> None:

@@ -2,7 +2,7 @@
 
 A fake is a Starlette app plus a state object. It runs either in this process (uvicorn in a
 daemon thread, :meth:`FakeServer.start`) or in a child process (:meth:`FakeServer.spawn`, which
-runs ``python -m tests.fakes.<name> --port 0`` and reads the port the child prints). Either way
+runs ``python -m released.fakes.<name> --port 0`` and reads the port the child prints). Either way
 the control methods talk to the ``/_fake/...`` endpoints over HTTP, so a test gets the same API
 for both, and :meth:`FakeServer.attach` controls a fake that some other process started.
 """
@@ -93,7 +93,7 @@ def make_uvicorn_config(app: Starlette, *, own_process: bool = False) -> uvicorn
 
 
 class FakeServer:
-    """Base of :class:`~tests.fakes.FakeMeta` and :class:`~tests.fakes.FakeOpenAI`.
+    """Base of :class:`~released.fakes.FakeMeta` and :class:`~released.fakes.FakeOpenAI`.
 
     Subclasses set ``module`` (for ``python -m``), ``path_prefix`` (the API path appended to the
     root URL to form :attr:`url`) and implement :meth:`build_app`.
@@ -346,11 +346,11 @@ def serve_cli(
     add_arguments: Callable[[argparse.ArgumentParser], None],
     argv: Sequence[str] | None = None,
 ) -> None:
-    """Entry point of ``python -m tests.fakes.<name>``: serve in the foreground until killed.
+    """Entry point of ``python -m released.fakes.<name>``: serve in the foreground until killed.
 
     Prints ``FAKE_LISTENING <port> <url>`` on stdout once the socket is bound.
     """
-    parser = argparse.ArgumentParser(prog=f"python -m tests.fakes.{name}")
+    parser = argparse.ArgumentParser(prog=f"python -m released.fakes.{name}")
     parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (0: a free one)")
     parser.add_argument(
         "--parent-pid", type=int, default=None, help="exit when this process is gone"

@@ -4,7 +4,7 @@ Field names are snake_case in Python and camelCase (the CRD's names) on the wire
 accepted when parsing. Defaults are identical to the CRD's (a unit test compares them), so an
 agent parsed from a dict that the API server did not default (an admission review, a test)
 behaves like a stored one. Constraints repeat the schema's, so ``AgentSpec.from_resource`` rejects
-what the API server would; cross-field rules live in :mod:`whatsapp_operator.validation`.
+what the API server would; cross-field rules live in :mod:`released.agent.validation`.
 """
 
 from __future__ import annotations
@@ -229,7 +229,7 @@ class AgentSpec(_Model):
     def from_resource(cls, spec: Mapping[str, Any]) -> AgentSpec:
         """Parse ``body["spec"]`` of a ``WhatsAppAgent`` (raises ``pydantic.ValidationError``).
 
-        Use :func:`whatsapp_operator.validation.parse_spec` to get an ``InvalidSpec`` with
+        Use :func:`released.agent.validation.parse_spec` to get an ``InvalidSpec`` with
         messages for people instead.
         """
         return cls.model_validate(dict(spec))
