@@ -3,7 +3,7 @@
 ``LocalStack`` starts, as real separate processes, a Redis server (Debian's ``redis-server``),
 the web tier (uvicorn), a Celery worker and Celery beat, on 127.0.0.1, with SQLite as the
 database. Unless real credentials are given it also starts the repository's local fakes of Meta's
-Graph API and OpenAI (``released/fakes``, present in a source checkout), and points the bot at them
+Graph API and OpenAI (``released.fakes``, shipped with the package), and points the bot at them
 through ``META_GRAPH_URL`` and ``OPENAI_BASE_URL`` exactly as production points it at Meta and
 OpenAI.
 """
@@ -49,11 +49,6 @@ def port_is_free(port: int) -> bool:
         except OSError:
             return False
     return True
-
-
-def fakes_available() -> bool:
-    """Whether the local fakes of Meta and OpenAI ship with this installation (a checkout)."""
-    return (REPO_ROOT / "tests" / "fakes" / "meta.py").exists()
 
 
 @dataclass
@@ -292,12 +287,6 @@ class LocalStack:
         self.env = env
 
     def _start_fakes(self) -> None:
-        if not fakes_available():
-            raise StackError(
-                "the local fakes of Meta and OpenAI ship with the source checkout "
-                "(released/fakes); set META_ACCESS_TOKEN and OPENAI_API_KEY to use the "
-                "real services instead"
-            )
         meta_port, openai_port = free_port(), free_port()
         token = self.env.setdefault("META_ACCESS_TOKEN", "local-dev-access-token")
         key = self.env.setdefault("OPENAI_API_KEY", "local-dev-openai-key")
