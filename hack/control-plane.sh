@@ -27,8 +27,9 @@ STATE_DIR="${RELEASED_K8S_STATE:-/tmp/released-k8s}"
 TIMEOUT="${RELEASED_K8S_TIMEOUT:-120}"
 HOST=127.0.0.1
 
-log() { printf '[control-plane %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
+LOG_TAG=control-plane
+# shellcheck source=hack/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 # ---------------------------------------------------------------------------------------------
 # binaries
@@ -52,33 +53,6 @@ binaries_ready() {
     [[ "$(cat "$STAMP")" == "$K8S_VERSION recipe $RECIPE" ]] || return 1
   done
   return 0
-}
-
-as_root() {
-  if [[ $(id -u) -eq 0 ]]; then "$@"; else sudo "$@"; fi
-}
-
-APT_UPDATED=0
-apt_update_once() {
-  if [[ $APT_UPDATED -eq 0 ]]; then
-    log "apt-get update"
-    as_root apt-get -o DPkg::Lock::Timeout=600 update -q >&2
-    APT_UPDATED=1
-  fi
-}
-
-ensure_apt_packages() {
-  local missing=() p
-  for p in "$@"; do
-    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
-      missing+=("$p")
-    fi
-  done
-  if ((${#missing[@]})); then
-    apt_update_once
-    log "apt-get install ${missing[*]}"
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -q --no-install-recommends "${missing[@]}" >&2
-  fi
 }
 
 ensure_deb_src() {

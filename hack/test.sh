@@ -1,18 +1,26 @@
 #!/usr/bin/env bash
-# The project's test command (README: "Run the tests"): lint, type-check, then the whole suite with
-# coverage. bot/ must stay at 90% line coverage or more. Benchmarks live in tests/bench and run
-# separately (see tests/bench/README.md).
+# The project's test command (README: "Run the tests"): install what the tests need
+# (hack/deps.sh: idempotent, about a second when all is there; RELEASED_SKIP_DEPS=1 skips it),
+# lint, type-check, then the whole suite with coverage. bot/ must stay at 90% line coverage or
+# more. Benchmarks live in tests/bench and run separately (see tests/bench/README.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+PYTHON="${PYTHON:-python3}"
+export PYTHON
+if [[ "${RELEASED_SKIP_DEPS:-}" != 1 ]]; then
+  echo "== dependencies (hack/deps.sh)"
+  bash hack/deps.sh
+fi
+
 echo "== ruff"
-ruff check bot released operator tests hack
+"$PYTHON" -m ruff check bot released operator tests hack
 echo "== mypy"
-mypy
+"$PYTHON" -m mypy
 echo "== pytest"
 rm -f .coverage .coverage.*
 
-python -m pytest --ignore=tests/bench --cov --cov-report= "$@"
-coverage combine -q 2>/dev/null || true
-coverage report --include='bot/*' --fail-under=90 --skip-covered
-coverage report --include='operator/*' | grep '^TOTAL' | sed 's/^TOTAL/operator coverage (TOTAL)/'
+"$PYTHON" -m pytest --ignore=tests/bench --cov --cov-report= "$@"
+"$PYTHON" -m coverage combine -q 2>/dev/null || true
+"$PYTHON" -m coverage report --include='bot/*' --fail-under=90 --skip-covered
+"$PYTHON" -m coverage report --include='operator/*' | grep '^TOTAL' | sed 's/^TOTAL/operator coverage (TOTAL)/'
