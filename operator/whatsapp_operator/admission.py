@@ -1,9 +1,11 @@
-"""The validating admission webhook: refuse agents that reconciliation would mark ``InvalidSpec``.
+"""The validating admission webhook: refuse agents that reconciliation would refuse too.
 
 The schema in the CRD catches what OpenAPI can express; the cross-field rules of
 :func:`released.agent.validation.validate_spec` (duplicate questions, ``faqs`` *or*
-``faqsFrom``, a host when the webhook is to be registered, ...) are checked here at admission time
-too, so ``kubectl apply`` answers at once instead of an agent turning ``Ready=False`` later.
+``faqsFrom``, a host when the webhook is to be registered, ...) and the platform's policy
+(:func:`released.agent.policy.check_policy`: Ingress hosts, classes and annotations, resource
+and storage bounds) are checked here at admission time too, so ``kubectl apply`` answers at once
+instead of an agent turning ``Ready=False`` (``InvalidSpec`` or ``PolicyViolation``) later.
 
 The webhook server is off unless ``RELEASED_ADMISSION_WEBHOOK`` says otherwise (reconciliation
 reports the same problems anyway, so a cluster without it loses nothing but early feedback):
@@ -33,6 +35,7 @@ from typing import Any
 
 import kopf
 
+from released.agent.policy import check_policy
 from released.agent.validation import InvalidSpec, parse_spec
 
 from . import GROUP, PLURAL, VERSION
@@ -71,18 +74,34 @@ def configure_admission(
     return True
 
 
-def admission_errors(spec: Mapping[str, Any] | None, name: str | None = None) -> list[str]:
-    """What is wrong with ``spec`` (empty when it is acceptable)."""
+def admission_errors(
+    spec: Mapping[str, Any] | None,
+    name: str | None = None,
+    namespace: str | None = None,
+    settings: OperatorSettings | None = None,
+) -> list[str]:
+    """What is wrong with ``spec`` (empty when it is acceptable).
+
+    With ``namespace`` the platform's policy (from ``settings``) is checked too.
+    """
     try:
-        parse_spec(dict(spec or {}), name=name)
+        parsed = parse_spec(dict(spec or {}), name=name)
     except InvalidSpec as exc:
         return exc.problems
-    return []
+    if namespace is None:
+        return []
+    policy = (settings or get_operator_settings()).policy
+    return check_policy(parsed, policy, namespace)
 
 
-def validate_agent(spec: Mapping[str, Any], name: str | None = None, **_: Any) -> None:
-    """Refuse an agent whose spec breaks a cross-field rule (HTTP 422 with the reasons)."""
-    errors = admission_errors(spec, name)
+def validate_agent(
+    spec: Mapping[str, Any],
+    name: str | None = None,
+    namespace: str | None = None,
+    **_: Any,
+) -> None:
+    """Refuse an agent whose spec breaks a rule or the platform's policy (HTTP 422, reasons)."""
+    errors = admission_errors(spec, name, namespace or "")
     if errors:
         raise kopf.AdmissionError("; ".join(errors), code=422)
 

@@ -59,7 +59,7 @@ def snapshot(local: Any) -> dict[str, dict[str, Any]]:
 
 def defaults() -> dict[str, Any]:
     sys.path.insert(0, str(REPO / "operator"))
-    from whatsapp_operator.builders.workloads import DEFAULT_RESOURCES
+    from released.agent.resources import DEFAULT_RESOURCES
 
     return {str(k): v for k, v in DEFAULT_RESOURCES.items()}
 

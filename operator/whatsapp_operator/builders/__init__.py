@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from released.agent.naming import child_names
+from released.agent.resources import DEFAULT_RESOURCES
 
 from .context import (
     AGENT_API_VERSION,
@@ -43,7 +44,6 @@ from .objects import (
     build_worker_service,
 )
 from .workloads import (
-    DEFAULT_RESOURCES,
     FAQS_PATH,
     NON_SETTING_ENV,
     REDIS_PORT,

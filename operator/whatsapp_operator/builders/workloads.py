@@ -19,7 +19,7 @@ from released.agent.naming import (
     labels,
     selector_labels,
 )
-from released.agent.spec import Resources
+from released.agent.resources import effective_resources
 
 from .. import credentials as keys
 from .context import AgentContext, object_meta
@@ -39,16 +39,6 @@ FAQS_FILE = "faqs.json"
 FAQS_PATH = f"{FAQS_DIR}/{FAQS_FILE}"
 REDIS_ACL_DIR = "/run/redis"
 BEAT_SCHEDULE = "/tmp/celerybeat-schedule"  # noqa: S108 (an emptyDir, not the image's /tmp)
-
-#: Container resources when the spec gives none (``spec.*.resources`` replaces them whole).
-#: Defaults grounded in tests/bench (footprint): web 81 MiB PSS, beat 100 MiB, Redis 7 MiB; the
-#: worker is sized by :func:`worker_default_resources` (its memory grows with concurrency).
-DEFAULT_RESOURCES: dict[str, dict[str, dict[str, str]]] = {
-    WEB: {"requests": {"cpu": "50m", "memory": "128Mi"}, "limits": {"memory": "256Mi"}},
-    WORKER: {"requests": {"cpu": "50m", "memory": "320Mi"}, "limits": {"memory": "512Mi"}},
-    BEAT: {"requests": {"cpu": "10m", "memory": "128Mi"}, "limits": {"memory": "256Mi"}},
-    REDIS: {"requests": {"cpu": "25m", "memory": "32Mi"}, "limits": {"memory": "128Mi"}},
-}
 
 #: Variables set on bot containers that are not ``Settings`` fields (used in ``$(...)``).
 NON_SETTING_ENV: frozenset[str] = frozenset({"REDIS_PASSWORD", "PROMETHEUS_MULTIPROC_DIR"})
@@ -129,25 +119,6 @@ def bot_env(agent: AgentContext) -> list[dict[str, Any]]:
         _value("LOG_FORMAT", "json"),
     ]
     return env
-
-
-def worker_default_resources(concurrency: int) -> dict[str, dict[str, str]]:
-    """A worker's default requests/limits: measured ~80 MiB plus ~90 MiB per prefork child
-    (PSS after traffic), so 128Mi + 96Mi per child, and 192Mi of headroom for the limit."""
-    request = 128 + 96 * concurrency
-    return {"requests": {"cpu": "50m", "memory": f"{request}Mi"},
-            "limits": {"memory": f"{request + 192}Mi"}}
-
-
-def _resources(
-    resources: Resources | None, component: str, concurrency: int | None = None
-) -> dict[str, Any]:
-    if resources is not None and (resources.requests or resources.limits):
-        return resources.to_k8s()
-    if component == WORKER and concurrency is not None:
-        return worker_default_resources(concurrency)
-    defaults = DEFAULT_RESOURCES[component]
-    return {kind: dict(values) for kind, values in defaults.items()}
 
 
 def container_security_context(uid: int) -> dict[str, Any]:
@@ -242,16 +213,14 @@ _BOT_MOUNTS: list[dict[str, Any]] = [
 ]
 
 
-def _bot_container(
-    agent: AgentContext, component: str, command: list[str], resources: Resources | None
-) -> dict[str, Any]:
+def _bot_container(agent: AgentContext, component: str, command: list[str]) -> dict[str, Any]:
     return {
         "name": component,
         "image": agent.settings.bot_image,
         "imagePullPolicy": agent.settings.image_pull_policy,
         "command": command,
         "env": bot_env(agent),
-        "resources": _resources(resources, component, agent.spec.worker.concurrency),
+        "resources": effective_resources(agent.spec, component),
         "securityContext": container_security_context(BOT_UID),
         "volumeMounts": [dict(m) for m in _BOT_MOUNTS],
     }
@@ -274,7 +243,6 @@ def build_web_deployment(agent: AgentContext) -> dict[str, Any]:
             "*",
             "--no-access-log",
         ],
-        agent.spec.web.resources,
     )
     container["ports"] = [{"name": "http", "containerPort": WEB_PORT, "protocol": "TCP"}]
     container["livenessProbe"] = {
@@ -315,7 +283,6 @@ def build_worker_deployment(agent: AgentContext) -> dict[str, Any]:
             f"--concurrency={worker.concurrency}",
             "--loglevel=INFO",
         ],
-        worker.resources,
     )
     container["env"] += [
         {"name": "WORKER_METRICS_PORT", "value": str(WORKER_METRICS_PORT)},
@@ -352,7 +319,6 @@ def build_beat_deployment(agent: AgentContext) -> dict[str, Any]:
             BEAT_SCHEDULE,
             "--loglevel=INFO",
         ],
-        None,
     )
     template = _pod_template(
         agent, BEAT, [container], _bot_volumes(agent), uid=BOT_UID, checksum=agent.config_checksum
@@ -387,7 +353,7 @@ def build_redis_deployment(agent: AgentContext) -> dict[str, Any]:
             "periodSeconds": 5,
             "timeoutSeconds": 3,
         },
-        "resources": _resources(agent.spec.redis.resources, REDIS),
+        "resources": effective_resources(agent.spec, REDIS),
         "securityContext": container_security_context(REDIS_UID),
         "volumeMounts": [
             {"name": "data", "mountPath": "/data"},
