@@ -43,6 +43,34 @@ BEAT_SCHEDULE = "/tmp/celerybeat-schedule"  # noqa: S108 (an emptyDir, not the i
 #: Variables set on bot containers that are not ``Settings`` fields (used in ``$(...)``).
 NON_SETTING_ENV: frozenset[str] = frozenset({"REDIS_PASSWORD", "PROMETHEUS_MULTIPROC_DIR"})
 
+#: The only Redis commands the bot's pods may run: what redis-py, kombu/Celery and the bot's
+#: Lua scripts use (measured with INFO commandstats over the end-to-end tests, and read from
+#: kombu's Redis transport), proven against a real redis-server by
+#: tests/integration/test_redis_acl.py. No CONFIG, MODULE, DEBUG, FLUSHALL, KEYS, MONITOR,
+#: MIGRATE, REPLICAOF, ACL or SHUTDOWN: a compromised pod can use its queue, not own the server.
+#: (redis-py's optional CLIENT SETINFO is refused and ignored; naming it would stop Redis 7.0,
+#: which validates subcommands, from loading the file.)
+REDIS_ACL_COMMANDS: tuple[str, ...] = (
+    # connections: redis-py, kombu, the readiness probe's redis-cli ping
+    "auth", "hello", "ping", "select", "client|setname", "client|getname", "client|id",
+    # keys: dedupe claims, locks (SET NX PX), kombu's bookkeeping
+    "get", "set", "del", "exists", "expire", "pexpire", "ttl", "pttl",
+    # lists: Celery's queues, the bot's claim-and-push, queue depth
+    "lpush", "rpush", "rpop", "brpop", "llen",
+    # hashes: kombu's unacknowledged tasks, the bot's rate-limit buckets
+    "hget", "hset", "hdel", "hmget", "hlen",
+    # sets and sorted sets: kombu's bindings, deadlines and unacked index
+    "sadd", "srem", "smembers", "zadd", "zrem", "zrange", "zrangebyscore",
+    # Lua: the bot's and kombu's scripts, redis-py's locks (TIME is called inside them)
+    "evalsha", "script|load", "script|exists", "time",
+    # transactions: kombu restores unacknowledged tasks with WATCH/MULTI/EXEC
+    "multi", "exec", "discard", "watch", "unwatch",
+    # pub/sub: Celery's remote control (pidbox) and events
+    "publish", "subscribe", "unsubscribe", "psubscribe", "punsubscribe",
+)  # fmt: skip
+#: The permissions of the bot's Redis user: every key and channel, only those commands.
+REDIS_ACL_PERMISSIONS = "~* &* -@all " + " ".join(f"+{c}" for c in REDIS_ACL_COMMANDS)
+
 # Renders the ACL file from the environment and starts Redis. Two passwords are valid while
 # ``redisPasswordPrevious`` exists (during a rotation), so pods that still hold the old one keep
 # working until they have rolled. Generated passwords are URL-safe tokens: no spaces, no '>'.
@@ -51,7 +79,7 @@ umask 077
 : "${{REDIS_PASSWORD:?REDIS_PASSWORD is empty}}"
 rule="user default on >$REDIS_PASSWORD"
 if [ -n "${{REDIS_PASSWORD_PREVIOUS:-}}" ]; then rule="$rule >$REDIS_PASSWORD_PREVIOUS"; fi
-printf '%s ~* &* +@all\\n' "$rule" > {REDIS_ACL_DIR}/users.acl
+printf '%s {REDIS_ACL_PERMISSIONS}\\n' "$rule" > {REDIS_ACL_DIR}/users.acl
 exec redis-server --port {REDIS_PORT} --dir /data --appendonly yes \\
   --aclfile {REDIS_ACL_DIR}/users.acl
 """
@@ -75,8 +103,33 @@ def redis_url(agent: AgentContext, db: int = 0) -> str:
     return f"redis://:$(REDIS_PASSWORD)@{child_names(agent.name).redis_service}:{REDIS_PORT}/{db}"
 
 
-def bot_env(agent: AgentContext) -> list[dict[str, Any]]:
-    """The environment of web, worker and beat (``Settings`` names; secrets by reference)."""
+#: The secret environment variables each tier gets, and no other: the internet-facing web tier
+#: checks signatures and the handshake but never sends as the business nor calls OpenAI; the
+#: worker answers (Graph API token, OpenAI key) but never sees the app secret; beat only
+#: schedules. Every tier reaches its Redis and the database.
+TIER_SECRETS: dict[str, frozenset[str]] = {
+    WEB: frozenset(
+        {
+            "META_APP_SECRET",
+            "META_VERIFY_TOKEN",
+            "META_VERIFY_TOKEN_PREVIOUS",
+            "DATABASE_URL",
+            "REDIS_PASSWORD",
+        }
+    ),
+    WORKER: frozenset({"META_ACCESS_TOKEN", "OPENAI_API_KEY", "DATABASE_URL", "REDIS_PASSWORD"}),
+    BEAT: frozenset({"DATABASE_URL", "REDIS_PASSWORD"}),
+}
+
+
+def bot_env(agent: AgentContext, component: str) -> list[dict[str, Any]]:
+    """The environment of ``component`` (web, worker or beat): ``Settings`` names, and by
+    reference only the secrets of :data:`TIER_SECRETS` for that tier."""
+    allowed = TIER_SECRETS[component]
+    return [i for i in _all_bot_env(agent) if "valueFrom" not in i or i["name"] in allowed]
+
+
+def _all_bot_env(agent: AgentContext) -> list[dict[str, Any]]:
     spec = agent.spec
     names = child_names(agent.name)
     creds = names.credentials_secret
@@ -219,7 +272,7 @@ def _bot_container(agent: AgentContext, component: str, command: list[str]) -> d
         "image": agent.settings.bot_image,
         "imagePullPolicy": agent.settings.image_pull_policy,
         "command": command,
-        "env": bot_env(agent),
+        "env": bot_env(agent, component),
         "resources": effective_resources(agent.spec, component),
         "securityContext": container_security_context(BOT_UID),
         "volumeMounts": [dict(m) for m in _BOT_MOUNTS],

@@ -291,6 +291,10 @@ def test_redis_deployment() -> None:
     assert dep["spec"]["strategy"] == {"type": "Recreate"}
     assert dep["spec"]["replicas"] == 1
     assert "--appendonly yes" in REDIS_START_SCRIPT
+    # Only named commands (tests/integration/test_redis_acl.py proves they suffice).
+    assert "+@all" not in REDIS_START_SCRIPT and " -@all +" in REDIS_START_SCRIPT
+    for dangerous in ("config", "flushall", "keys", "module", "debug", "eval ", "acl"):
+        assert f"+{dangerous}" not in REDIS_START_SCRIPT
     assert c["command"] == ["sh", "-c", REDIS_START_SCRIPT]
     env = {e["name"]: e for e in c["env"]}
     assert env["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
@@ -335,6 +339,7 @@ def test_pdb_budget_follows_replicas() -> None:
 def test_env_names_are_bot_settings() -> None:
     fields = {name.upper() for name in Settings.model_fields}
     objs = build_children(make_ctx(vector_store_id="vs_123"))
+    every: set[str] = set()
     for dep in deployments(objs):
         if dep["metadata"]["name"] == "acme-redis":
             continue
@@ -342,28 +347,58 @@ def test_env_names_are_bot_settings() -> None:
         assert len(names) == len(set(names))
         unknown = set(names) - fields - NON_SETTING_ENV
         assert not unknown, f"{dep['metadata']['name']}: not Settings fields: {unknown}"
-        assert {
-            "PHONE_NUMBER_ID",
-            "META_ACCESS_TOKEN",
-            "META_APP_SECRET",
-            "META_VERIFY_TOKEN",
-            "META_GRAPH_URL",
-            "OPENAI_API_KEY",
-            "OPENAI_BASE_URL",
-            "OPENAI_MODEL",
-            "OPENAI_VECTOR_STORE_ID",
-            "FAQS_PATH",
-            "DATABASE_URL",
-            "REDIS_URL",
-            "CELERY_BROKER_URL",
-            "RETENTION_DAYS",
-            "OPENAI_RATE_LIMIT_PER_SECOND",
-            "LOG_FORMAT",
-        } <= set(names)
+        every |= set(names)
+    assert {
+        "PHONE_NUMBER_ID",
+        "META_ACCESS_TOKEN",
+        "META_APP_SECRET",
+        "META_VERIFY_TOKEN",
+        "META_GRAPH_URL",
+        "OPENAI_API_KEY",
+        "OPENAI_BASE_URL",
+        "OPENAI_MODEL",
+        "OPENAI_VECTOR_STORE_ID",
+        "FAQS_PATH",
+        "DATABASE_URL",
+        "REDIS_URL",
+        "CELERY_BROKER_URL",
+        "RETENTION_DAYS",
+        "OPENAI_RATE_LIMIT_PER_SECOND",
+        "LOG_FORMAT",
+    } <= every
+
+
+def test_each_tier_gets_only_the_secrets_it_uses() -> None:
+    """The internet-facing web tier cannot send as the business or spend the OpenAI key."""
+    objs = by_kind_name(build_children(make_ctx()))
+
+    def secrets(name: str) -> set[str]:
+        env = container(objs[("Deployment", name)])["env"]
+        return {e["name"] for e in env if "valueFrom" in e}
+
+    assert secrets("acme-web") == {
+        "META_APP_SECRET",
+        "META_VERIFY_TOKEN",
+        "META_VERIFY_TOKEN_PREVIOUS",
+        "DATABASE_URL",
+        "REDIS_PASSWORD",
+    }
+    assert secrets("acme-worker") == {
+        "META_ACCESS_TOKEN",
+        "OPENAI_API_KEY",
+        "DATABASE_URL",
+        "REDIS_PASSWORD",
+    }
+    assert secrets("acme-beat") == {"DATABASE_URL", "REDIS_PASSWORD"}
+    # Nothing reaches a tier another way: no envFrom, no Secret volumes.
+    for name in ("acme-web", "acme-worker", "acme-beat"):
+        pod = objs[("Deployment", name)]["spec"]["template"]["spec"]
+        assert "envFrom" not in container(objs[("Deployment", name)])
+        assert not [v for v in pod["volumes"] if "secret" in v]
 
 
 def test_env_values_parse_as_bot_settings(monkeypatch: pytest.MonkeyPatch) -> None:
-    env = bot_env(make_ctx(vector_store_id="vs_123"))
+    env = bot_env(make_ctx(vector_store_id="vs_123"), "worker")
     for item in env:
         value = item.get("value")
         if value is None:
@@ -386,7 +421,7 @@ def test_env_values_parse_as_bot_settings(monkeypatch: pytest.MonkeyPatch) -> No
 
 
 def test_env_secret_references() -> None:
-    env = {e["name"]: e for e in bot_env(make_ctx())}
+    env = {e["name"]: e for tier in ("web", "worker") for e in bot_env(make_ctx(), tier)}
 
     def ref(name: str) -> dict[str, Any]:
         result: dict[str, Any] = env[name]["valueFrom"]["secretKeyRef"]
@@ -403,7 +438,7 @@ def test_env_secret_references() -> None:
     }
     assert ref("DATABASE_URL") == {"name": "acme-postgres", "key": "url"}
     assert ref("REDIS_PASSWORD") == {"name": "acme-credentials", "key": "redisPassword"}
-    names = [e["name"] for e in bot_env(make_ctx())]
+    names = [e["name"] for e in bot_env(make_ctx(), "web")]
     # $(REDIS_PASSWORD) is only expanded when defined earlier in the list
     assert names.index("REDIS_PASSWORD") < names.index("REDIS_URL")
     assert env["REDIS_URL"]["value"] == "redis://:$(REDIS_PASSWORD)@acme-redis:6379/0"
@@ -414,7 +449,7 @@ def test_env_for_provisioned_database_and_openai_base_url() -> None:
     body = example_body()
     del body["spec"]["database"]
     ctx = AgentContext.from_resource(body, SETTINGS, openai_base_url="http://llm.local/v1")
-    env = {e["name"]: e for e in bot_env(ctx)}
+    env = {e["name"]: e for e in bot_env(ctx, "worker")}
     assert env["DATABASE_URL"]["valueFrom"]["secretKeyRef"] == {
         "name": "acme-credentials",
         "key": "databaseUrl",
@@ -427,7 +462,7 @@ def test_context_reads_vector_store_from_status() -> None:
     body["status"] = {"knowledge": {"vectorStoreId": "vs_abc", "faqHash": "x"}}
     ctx = AgentContext.from_resource(body, SETTINGS)
     assert ctx.vector_store_id == "vs_abc"
-    env = {e["name"]: e for e in bot_env(ctx)}
+    env = {e["name"]: e for e in bot_env(ctx, "worker")}
     assert env["OPENAI_VECTOR_STORE_ID"]["value"] == "vs_abc"
 
 
