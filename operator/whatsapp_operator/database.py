@@ -2,12 +2,10 @@
 
 For agent ``NS/NAME`` the operator creates, through ``OperatorSettings.postgres_admin_url``:
 
-- database ``released_<ns>_<name>`` (see :func:`database_name`: sanitized, at most 57 characters
-  so that the role names below fit PostgreSQL's 63; a stable hash of the agent key is appended
-  when the name had to be truncated or when sanitizing lost information, e.g. ``-`` in a name,
-  so two agents can never map to one database);
-- a group role ``<db>_owner`` (NOLOGIN) that owns the database (and so, on PostgreSQL 15+, its
-  ``public`` schema through ``pg_database_owner``);
+- database ``released_<24 hex of sha256("NS/NAME")>`` (see :func:`database_name`): the name
+  says nothing about the tenant, so one tenant listing ``pg_database`` or ``pg_roles`` learns
+  no other tenant's namespace or agent name;
+- a group role ``<db>_owner`` (NOLOGIN) that owns the ``public`` schema and every object in it;
 - two login roles ``<db>_a`` and ``<db>_b``, members of the group (INHERIT), used alternately
   by credential rotation: the standby role gets a new password and becomes current while pods
   still connect with the other one, which is revoked once they have rolled.
@@ -16,8 +14,19 @@ Sharing between the two login roles: each has ``ALTER ROLE <db>_x IN DATABASE <d
 <db>_owner``. Every session of either role therefore runs as the group role from its first
 statement, without the application issuing ``SET ROLE``, so every table, sequence and index is
 *owned by the group*. Either role can read, write, ALTER and DROP what the other created (a
-migration needs ownership, which default privileges could not give). ``CONNECT`` on the database
-is revoked from PUBLIC, so other agents' roles cannot even connect.
+migration needs ownership, which default privileges could not give).
+
+Isolation on the shared server (:func:`ensure_database`, proven by
+tests/integration/test_database.py on a real PostgreSQL):
+
+- the *database* is owned by the operator's admin role, not by the group: the group holds only
+  ``CONNECT`` on it, so it cannot grant itself ``TEMPORARY`` (no temporary tables), change the
+  database's settings or drop it; ``PUBLIC`` holds nothing, so other agents cannot connect;
+- ``CONNECT`` on ``postgres`` and ``template1`` is revoked from ``PUBLIC`` (and granted to the
+  admin role), so agents' roles cannot connect there either; an admin that may not do this gets
+  ``DatabaseServerNotHardened`` with the two statements a superuser must run once;
+- a ``CONNECTION LIMIT`` on the database and on both login roles, derived from the agent's
+  replicas and concurrency (:func:`connection_limit`).
 
 Safety: DDL cannot take bind parameters, so every identifier is checked by a strict sanitizer
 (``[a-z_][a-z0-9_]*``, at most 63 characters) and double-quoted. Passwords never travel in SQL
@@ -25,9 +34,12 @@ text: :func:`scram_verifier` computes the SCRAM-SHA-256 verifier client-side (as
 ``\\password`` does) and the statement is built server-side with ``format('%I', '%L')``, so a
 password appears neither in server logs nor in our exceptions.
 
-A database is tagged with ``COMMENT ON DATABASE ... IS 'released-agent:NS/NAME'``;
-:func:`ensure_database` refuses (``PermanentError``) a database that carries another agent's tag,
-and :func:`drop_database` leaves such a database alone.
+A database is tagged with ``COMMENT ON DATABASE ... IS 'released-agent'`` (no names);
+:func:`ensure_database` refuses (``PermanentError``) a database of that name that carries
+another tag, and :func:`drop_database` leaves such a database alone. Databases provisioned by
+earlier versions (``released_<ns>_<name>``, tagged ``released-agent:NS/NAME``) keep working:
+an agent whose credentials name one keeps it (its tag is replaced by the anonymous one), and
+deleting the agent drops it.
 """
 
 from __future__ import annotations
@@ -40,7 +52,7 @@ import re
 import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import asyncpg
 from pydantic import BaseModel, ConfigDict, SecretStr
@@ -53,7 +65,19 @@ DB_PREFIX = "released"
 MAX_DATABASE_NAME = 57
 OWNER_SUFFIX = "_owner"
 ROLE_SUFFIXES = ("_a", "_b")
-COMMENT_PREFIX = "released-agent:"
+#: The tag of every provisioned database: no namespace, no name.
+TAG = "released-agent"
+#: The tag of databases provisioned by earlier versions: ``released-agent:NS/NAME``.
+LEGACY_TAG_PREFIX = "released-agent:"
+#: Hex digits of the agent key's hash in a database name (96 bits).
+NAME_HASH_HEX = 24
+#: Connections one bot process may open (the bot's SQLAlchemy pool: pool_size 5 plus
+#: max_overflow 5; tests/integration/test_database.py keeps the two in step).
+BOT_POOL_CONNECTIONS = 10
+#: Connections beyond the pods' pools: a migration, the operator's own admin session, a spare.
+CONNECTION_HEADROOM = 3
+#: Databases that exist on every server and that agents' roles must not connect to.
+SYSTEM_DATABASES = ("postgres", "template1")
 SCRAM_ITERATIONS = 4096
 CONNECT_TIMEOUT = 10.0
 
@@ -106,11 +130,22 @@ def split_agent_key(agent_key: str) -> tuple[str, str]:
 
 
 def database_name(agent_key: str) -> str:
-    """The database of agent ``ns/name``: ``released_<ns>_<name>``, sanitized and unique.
+    """The database of agent ``ns/name``: ``released_`` and 24 hex digits of its sha256.
 
-    Lower-case letters and digits are kept, anything else becomes ``_``. When that lost
-    information (``my-bot`` and ``my.bot``, or ``a-b/c`` and ``a/b-c``, would collide) or the
-    name is longer than 57 characters, it is cut and ``_<8 hex of sha256(agent key)>`` appended.
+    Stable (a recreated agent finds its kept database again) and anonymous (the name tells
+    other tenants nothing).
+    """
+    split_agent_key(agent_key)
+    digest = hashlib.sha256(agent_key.encode()).hexdigest()[:NAME_HASH_HEX]
+    return f"{DB_PREFIX}_{digest}"
+
+
+def legacy_database_name(agent_key: str) -> str:
+    """The name earlier versions gave agent ``ns/name``'s database: ``released_<ns>_<name>``.
+
+    Lower-case letters and digits were kept, anything else became ``_``; when that lost
+    information or the name was longer than 57 characters, it was cut and ``_<8 hex of
+    sha256(agent key)>`` appended.
     """
     namespace, name = split_agent_key(agent_key)
     namespace, name = namespace.lower(), name.lower()
@@ -121,6 +156,20 @@ def database_name(agent_key: str) -> str:
     digest = hashlib.sha256(agent_key.encode()).hexdigest()[:8]
     prefix = base[: MAX_DATABASE_NAME - len(digest) - 1].rstrip("_")
     return f"{prefix}_{digest}"
+
+
+def connection_limit(web_replicas: int, worker_replicas: int, worker_concurrency: int) -> int:
+    """The most connections an agent's pods may hold at once, rolling updates included.
+
+    Every bot process has its own pool of :data:`BOT_POOL_CONNECTIONS`: one uvicorn process
+    per web pod, a parent and ``concurrency`` children per worker pod, one beat. While a
+    Deployment rolls, one extra pod runs beside the others (``maxSurge: 1``). Computed from the
+    spec's replicas even while the agent is suspended, so resuming needs no change.
+    """
+    web = web_replicas + 1 if web_replicas else 0
+    worker = (worker_replicas + 1 if worker_replicas else 0) * (worker_concurrency + 1)
+    beat = 1
+    return (web + worker + beat) * BOT_POOL_CONNECTIONS + CONNECTION_HEADROOM
 
 
 def owner_role(database: str) -> str:
@@ -305,22 +354,88 @@ async def _agent_lock(conn: asyncpg.Connection, database: str) -> AsyncIterator[
 # -- public API -----------------------------------------------------------------------------
 
 
+async def _harden_server(conn: asyncpg.Connection) -> None:
+    """Revoke ``CONNECT`` on the system databases from ``PUBLIC`` (granting it to the admin).
+
+    Idempotent and free once done. An admin that may not (not their owner) gets a
+    ``PermanentError`` naming the statements a superuser must run once: agents are not
+    provisioned on a server where their roles could connect to ``postgres``.
+    """
+    for database in SYSTEM_DATABASES:
+        exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", database)
+        if not exists:
+            continue
+        open_to_all = await conn.fetchval(
+            "SELECT has_database_privilege('public', $1, 'CONNECT')", database
+        )
+        if not open_to_all:
+            continue
+        ident = quote_ident(database)
+        # Without the right to, PostgreSQL only warns ("no privileges could be revoked"):
+        # look again afterwards.
+        with suppress(asyncpg.InsufficientPrivilegeError):
+            await conn.execute(f"GRANT CONNECT ON DATABASE {ident} TO CURRENT_USER")
+            await conn.execute(f"REVOKE CONNECT ON DATABASE {ident} FROM PUBLIC")
+        if await conn.fetchval("SELECT has_database_privilege('public', $1, 'CONNECT')", database):
+            statements = " ".join(
+                f"REVOKE CONNECT ON DATABASE {d} FROM PUBLIC; "
+                f"GRANT CONNECT ON DATABASE {d} TO <admin role>;"
+                for d in SYSTEM_DATABASES
+            )
+            raise PermanentError(
+                f"every role may connect to the shared PostgreSQL's {database!r} database and "
+                "the operator's admin role may not change that; as a superuser run once: "
+                f"{statements}",
+                reason="DatabaseServerNotHardened",
+                service=SERVICE,
+            )
+
+
+def _database_url(admin_url: str, database: str) -> str:
+    """``admin_url`` pointed at ``database``."""
+    parts = urlsplit(admin_url)
+    return urlunsplit((parts.scheme, parts.netloc, "/" + database, parts.query, parts.fragment))
+
+
+async def _own_public_schema(admin_url: str, database: str, owner: str) -> None:
+    """Give the ``public`` schema of ``database`` to the agent's group (PostgreSQL 15+ gives it
+    to the database owner, which is the admin). Where the admin may not (PostgreSQL 14 and
+    older, whose ``public`` belongs to the bootstrap superuser and lets everyone create), the
+    schema stays as it is."""
+    async with _admin(_database_url(admin_url, database)) as conn:
+        current = await conn.fetchval(
+            "SELECT nspowner::regrole::text FROM pg_namespace WHERE nspname = 'public'"
+        )
+        if current is None or current == owner:
+            return
+        try:
+            await conn.execute(f"ALTER SCHEMA public OWNER TO {quote_ident(owner)}")
+        except asyncpg.InsufficientPrivilegeError:
+            return
+        await conn.execute("REVOKE ALL ON SCHEMA public FROM PUBLIC")
+
+
 async def ensure_database(
     admin_url: str,
     agent_key: str,
     *,
     host_for_pods: str | None = None,
     current: DatabaseCredentials | None = None,
+    connections: int | None = None,
 ) -> DatabaseCredentials:
     """Create (idempotently) the agent's database, group role and two login roles.
 
     Without ``current`` (first provisioning) role ``<db>_a`` gets a new password and is returned
     as the active role. With ``current`` (read back from the Secret's ``databaseUrl``) that role
     is kept: its password is set again (which heals a restored server) and it is returned with
-    the database and host recomputed. The other login role is left as it is (NOLOGIN until a
-    rotation makes it current).
+    the database and host recomputed; credentials that name the database an earlier version
+    provisioned keep it. The other login role is left as it is (NOLOGIN until a rotation makes
+    it current). ``connections`` (see :func:`connection_limit`) becomes the ``CONNECTION
+    LIMIT`` of the database and of both login roles; ``None`` leaves the limits as they are.
     """
     database = database_name(agent_key)
+    if current is not None and current.database == legacy_database_name(agent_key):
+        database = current.database
     owner = owner_role(database)
     role_a, role_b = login_roles(database)
     if current is not None and current.role not in (role_a, role_b):
@@ -332,13 +447,15 @@ async def ensure_database(
         )
     active = current.role if current is not None else role_a
     password = current.password.get_secret_value() if current is not None else generate_password()
-    tag = COMMENT_PREFIX + agent_key
+    own_tags = (None, TAG, LEGACY_TAG_PREFIX + agent_key)
+    db = quote_ident(database)
     async with _admin(admin_url) as conn, _agent_lock(conn, database):
+        await _harden_server(conn)
         exists, existing_tag = await _database_tag(conn, database)
-        if exists and existing_tag not in (None, tag):
+        if exists and existing_tag not in own_tags:
             raise PermanentError(
-                f"database {database!r} already exists and belongs to something else "
-                f"({existing_tag!r}); refusing to take it over",
+                f"database {database!r} already exists and belongs to something else; "
+                "refusing to take it over",
                 reason="DatabaseNameConflict",
                 service=SERVICE,
             )
@@ -350,27 +467,33 @@ async def ensure_database(
             await conn.fetchval("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
         )
         if not is_super:
-            # A non-superuser admin (CREATEDB, CREATEROLE) must be a member of the owner to
-            # create the database for it, and of the login roles to terminate their sessions
-            # (revocation, DROP DATABASE ... WITH (FORCE)).
+            # A non-superuser admin (CREATEDB, CREATEROLE) must be a member of the roles to
+            # take a database over from an earlier version's owner group, give them the
+            # public schema and terminate their sessions (revocation, DROP ... WITH (FORCE)).
             for role in (owner, role_a, role_b):
                 await conn.execute(f"GRANT {quote_ident(role)} TO CURRENT_USER")
         if not exists:
             with suppress(asyncpg.DuplicateDatabaseError):
-                await conn.execute(
-                    f"CREATE DATABASE {quote_ident(database)} OWNER {quote_ident(owner)}"
-                )
-        await conn.execute(f"ALTER DATABASE {quote_ident(database)} OWNER TO {quote_ident(owner)}")
-        await conn.execute(f"REVOKE ALL ON DATABASE {quote_ident(database)} FROM PUBLIC")
-        await conn.execute(f"GRANT ALL ON DATABASE {quote_ident(database)} TO {quote_ident(owner)}")
-        comment = await conn.fetchval("SELECT format('%L', $1::text)", tag)
-        await conn.execute(f"COMMENT ON DATABASE {quote_ident(database)} IS {comment}")
+                await conn.execute(f"CREATE DATABASE {db}")
+        # The admin owns the database; the group may only connect (no TEMPORARY, no CREATE
+        # of schemas, no ALTER/DROP DATABASE, nothing it could grant itself back).
+        await conn.execute(f"ALTER DATABASE {db} OWNER TO CURRENT_USER")
+        await conn.execute(f"REVOKE ALL ON DATABASE {db} FROM PUBLIC")
+        await conn.execute(f"REVOKE ALL ON DATABASE {db} FROM {quote_ident(owner)}")
+        await conn.execute(f"GRANT CONNECT ON DATABASE {db} TO {quote_ident(owner)}")
+        comment = await conn.fetchval("SELECT format('%L', $1::text)", TAG)
+        await conn.execute(f"COMMENT ON DATABASE {db} IS {comment}")
         for role in (role_a, role_b):
             await conn.execute(
-                f"ALTER ROLE {quote_ident(role)} IN DATABASE {quote_ident(database)} "
-                f"SET role TO {quote_ident(owner)}"
+                f"ALTER ROLE {quote_ident(role)} IN DATABASE {db} SET role TO {quote_ident(owner)}"
             )
+        if connections is not None:
+            limit = max(1, int(connections))
+            await conn.execute(f"ALTER DATABASE {db} CONNECTION LIMIT {limit}")
+            for role in (role_a, role_b):
+                await conn.execute(f"ALTER ROLE {quote_ident(role)} CONNECTION LIMIT {limit}")
         await _set_password(conn, active, password, login=True)
+    await _own_public_schema(admin_url, database, owner)
     host, port = _pod_endpoint(admin_url, host_for_pods)
     return DatabaseCredentials(
         database=database, role=active, password=SecretStr(password), host=host, port=port
@@ -425,26 +548,40 @@ async def _terminate(conn: asyncpg.Connection, column: str, value: str) -> None:
 async def drop_database(admin_url: str, agent_key: str) -> bool:
     """Terminate connections, drop the agent's database and its three roles; idempotent.
 
-    Returns False (and drops nothing) when the database carries another agent's tag.
+    The database an earlier version provisioned for the agent is dropped too. Returns False
+    (and drops nothing) when a database of the agent's name carries another tag.
     """
-    database = database_name(agent_key)
+    names = [database_name(agent_key), legacy_database_name(agent_key)]
+    own_tags = (None, TAG, LEGACY_TAG_PREFIX + agent_key)
+    async with _admin(admin_url) as conn:
+        found: list[tuple[str, bool]] = []
+        for database in names:
+            exists, tag = await _database_tag(conn, database)
+            if exists and tag not in own_tags:
+                return False
+            found.append((database, exists))
+        for database, exists in found:
+            legacy = database != names[0]
+            if legacy and not exists:
+                continue  # the roles of a name never used are not the agent's
+            async with _agent_lock(conn, database):
+                await _drop_one(conn, database, exists)
+    return True
+
+
+async def _drop_one(conn: asyncpg.Connection, database: str, exists: bool) -> None:
     owner = owner_role(database)
     roles = (*login_roles(database), owner)
-    async with _admin(admin_url) as conn, _agent_lock(conn, database):
-        exists, tag = await _database_tag(conn, database)
-        if exists and tag not in (None, COMMENT_PREFIX + agent_key):
-            return False
-        for role in roles[:2]:
-            if await _role_exists(conn, role):
-                await conn.execute(f"ALTER ROLE {quote_ident(role)} WITH NOLOGIN")
-        if exists:
-            await _terminate(conn, "datname", database)
-            await conn.execute(f"DROP DATABASE IF EXISTS {quote_ident(database)} WITH (FORCE)")
-        for role in roles:
-            if await _role_exists(conn, role):
-                await _terminate(conn, "usename", role)
-                await _drop_role(conn, role)
-    return True
+    for role in roles[:2]:
+        if await _role_exists(conn, role):
+            await conn.execute(f"ALTER ROLE {quote_ident(role)} WITH NOLOGIN")
+    if exists:
+        await _terminate(conn, "datname", database)
+        await conn.execute(f"DROP DATABASE IF EXISTS {quote_ident(database)} WITH (FORCE)")
+    for role in roles:
+        if await _role_exists(conn, role):
+            await _terminate(conn, "usename", role)
+            await _drop_role(conn, role)
 
 
 async def _drop_role(conn: asyncpg.Connection, role: str) -> None:

@@ -1,14 +1,19 @@
 """``whatsapp_operator.database`` against a real PostgreSQL server (the suite's ``postgres_url``).
 
 Checks the promises of the module: two alternating login roles that share every object through
-the owner group, rotation to the standby role, revocation, isolation from other agents, and an
-idempotent drop that leaves nothing behind.
+the owner group, rotation to the standby role, revocation, an idempotent drop that leaves
+nothing behind, and a shared server shared safely: an agent's roles connect to their own
+database only (not ``postgres``, not ``template1``, not another agent's), see no other tenant's
+name, create no temporary objects and hold at most their connection limit.
 """
 
 from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
 from urllib.parse import urlsplit
 
 import asyncpg
@@ -55,26 +60,43 @@ async def _admin_fetch(admin_url: str, query: str, *args: object) -> list[asyncp
 # -- pure naming --------------------------------------------------------------------------
 
 
-def test_database_name_plain_and_sanitized() -> None:
-    assert db.database_name("shop/acme") == "released_shop_acme"
-    hyphen = db.database_name("shop-a/bot")
+def test_database_name_is_stable_and_anonymous() -> None:
+    name = db.database_name("shop/acme")
+    assert name == db.database_name("shop/acme")
+    assert name.startswith("released_") and len(name) == len("released_") + db.NAME_HASH_HEX
+    assert "shop" not in name and "acme" not in name
+    assert db.database_name("a-b/c") != db.database_name("a/b-c")
+    for role in (*db.login_roles(name), db.owner_role(name)):
+        db.check_identifier(role)
+    long_key = "n" * 63 + "/" + "b" * 200
+    assert len(db.database_name(long_key)) == len(name)
+
+
+def test_legacy_database_name_plain_and_sanitized() -> None:
+    assert db.legacy_database_name("shop/acme") == "released_shop_acme"
+    hyphen = db.legacy_database_name("shop-a/bot")
     assert hyphen.startswith("released_shop_a_bot_")
     assert len(hyphen) == len("released_shop_a_bot_") + 8
-    # Would collide after sanitizing: the hash keeps them apart, and it is stable.
-    assert db.database_name("a-b/c") != db.database_name("a/b-c")
-    assert db.database_name("x/my-bot") != db.database_name("x/my.bot")
-    assert db.database_name("a-b/c") == db.database_name("a-b/c")
-
-
-def test_database_name_truncated_and_roles_fit() -> None:
+    assert db.legacy_database_name("a-b/c") != db.legacy_database_name("a/b-c")
     key = "n" * 63 + "/" + "b" * 200
-    name = db.database_name(key)
-    assert len(name) <= db.MAX_DATABASE_NAME
-    assert db.database_name(key) == name
-    assert db.database_name("n" * 63 + "/" + "b" * 199) != name
-    for role in (*db.login_roles(name), db.owner_role(name)):
-        assert len(role) <= 63
-        db.check_identifier(role)
+    assert len(db.legacy_database_name(key)) <= db.MAX_DATABASE_NAME
+
+
+def test_connection_limit_follows_replicas_and_concurrency() -> None:
+    # web 1 (+1 while rolling), worker 1 (+1) x (2 children + parent), beat 1; 10 each; +3.
+    assert db.connection_limit(1, 1, 2) == (2 + 2 * 3 + 1) * 10 + 3
+    assert db.connection_limit(3, 2, 4) == (4 + 3 * 5 + 1) * 10 + 3
+    assert db.connection_limit(0, 0, 2) == 1 * 10 + 3
+    assert db.connection_limit(1, 2, 2) > db.connection_limit(1, 1, 2)
+
+
+def test_pool_size_matches_the_bot() -> None:
+    """connection_limit assumes the bot's pool; the bot's engine is what pods run."""
+    from bot.storage.db import create_engine_for
+
+    engine = create_engine_for("postgresql://u:p@127.0.0.1:1/x")
+    pool: Any = engine.sync_engine.pool
+    assert pool.size() + pool._max_overflow == db.BOT_POOL_CONNECTIONS
 
 
 def test_identifier_checks_and_other_role() -> None:
@@ -289,6 +311,8 @@ async def test_non_superuser_admin(postgres_url: str) -> None:
     admin_role = f"opadmin_{uuid.uuid4().hex[:8]}"
     conn = await _connect(postgres_url)
     await conn.execute(f"CREATE ROLE {admin_role} LOGIN CREATEDB CREATEROLE PASSWORD 'adminpw'")
+    # PUBLIC may not connect to postgres any more: the platform grants its admin role.
+    await conn.execute(f"GRANT CONNECT ON DATABASE postgres TO {admin_role}")
     await conn.close()
     parts = urlsplit(postgres_url)
     admin = f"postgresql://{admin_role}:adminpw@{parts.hostname}:{parts.port}/postgres"
@@ -307,5 +331,211 @@ async def test_non_superuser_admin(postgres_url: str) -> None:
     finally:
         await db.drop_database(postgres_url, agent)
         conn = await _connect(postgres_url)
+        await conn.execute(f"DROP OWNED BY {admin_role}")
+        await conn.execute(f"DROP ROLE IF EXISTS {admin_role}")
+        await conn.close()
+
+
+# -- a shared server shared safely --------------------------------------------------------
+
+
+@asynccontextmanager
+async def _agents(postgres_url: str, count: int) -> AsyncIterator[list[db.DatabaseCredentials]]:
+    keys = [_agent() for _ in range(count)]
+    creds = [await db.ensure_database(postgres_url, key) for key in keys]
+    try:
+        yield creds
+    finally:
+        for key in keys:
+            await db.drop_database(postgres_url, key)
+
+
+def _url_for(creds: db.DatabaseCredentials, database: str) -> str:
+    password = creds.password.get_secret_value()
+    return db.build_url(creds.role, password, creds.host, creds.port, database)
+
+
+async def test_an_agents_role_connects_to_its_own_database_only(postgres_url: str) -> None:
+    async with _agents(postgres_url, 2) as (one, two):
+        conn = await _connect(one.url)
+        assert await conn.fetchval("SELECT current_database()") == one.database
+        await conn.close()
+        for other in ("postgres", "template1", two.database):
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                await _connect(_url_for(one, other))
+        rows = await _admin_fetch(
+            postgres_url,
+            "SELECT has_database_privilege('public', 'postgres', 'CONNECT') AS p, "
+            "has_database_privilege('public', 'template1', 'CONNECT') AS t",
+        )
+        assert (rows[0]["p"], rows[0]["t"]) == (False, False)
+
+
+async def test_no_other_tenants_name_is_visible(postgres_url: str) -> None:
+    mine, theirs = _agent(), _agent()
+    namespace, name = theirs.split("/")
+    one = await db.ensure_database(postgres_url, mine)
+    two = await db.ensure_database(postgres_url, theirs)
+    try:
+        conn = await _connect(one.url)
+        try:
+            catalog = await conn.fetch(
+                "SELECT datname AS n, shobj_description(oid, 'pg_database') AS d "
+                "FROM pg_database UNION ALL SELECT rolname, NULL FROM pg_roles"
+            )
+        finally:
+            await conn.close()
+        text = " ".join(f"{r['n']} {r['d'] or ''}" for r in catalog)
+        assert two.database in text  # it exists, under an anonymous name
+        assert namespace not in text and name not in text
+        released = [r for r in catalog if str(r["n"]).startswith("released_") and r["d"]]
+        assert released and {r["d"] for r in released} == {db.TAG}
+    finally:
+        await db.drop_database(postgres_url, mine)
+        await db.drop_database(postgres_url, theirs)
+
+
+async def test_no_temporary_objects_and_no_way_to_grant_them(postgres_url: str) -> None:
+    async with _agents(postgres_url, 1) as (one,):
+        database, group = one.database, db.owner_role(one.database)
+        conn = await _connect(one.url)
+        try:
+            await conn.execute("CREATE TABLE kept (x int)")  # the schema is the agent's own
+            # Granting TEMPORARY back takes the database's ownership: PostgreSQL only warns
+            # ("no privileges were granted") and nothing changes.
+            for grantee in (group, one.role):
+                await conn.execute(f'GRANT TEMPORARY ON DATABASE "{database}" TO "{grantee}"')
+            for statement in (
+                "CREATE TEMP TABLE scratch (x int)",
+                f'ALTER DATABASE "{database}" CONNECTION LIMIT -1',
+                f'ALTER DATABASE "{database}" OWNER TO "{group}"',
+                f'ALTER DATABASE "{database}" RENAME TO elsewhere',
+                "CREATE SCHEMA elsewhere",
+            ):
+                with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                    await conn.execute(statement)
+            await conn.execute("RESET ROLE")  # as the login role itself: no TEMP either
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                await conn.execute("CREATE TEMP TABLE scratch (x int)")
+            assert not await conn.fetchval(
+                "SELECT has_database_privilege(current_user, current_database(), 'TEMP')"
+            )
+        finally:
+            await conn.close()
+
+
+async def test_connection_limit_holds(postgres_url: str) -> None:
+    agent = _agent()
+    creds = await db.ensure_database(postgres_url, agent, connections=3)
+    try:
+        rows = await _admin_fetch(
+            postgres_url,
+            "SELECT datconnlimit FROM pg_database WHERE datname = $1 UNION ALL "
+            "SELECT rolconnlimit FROM pg_roles WHERE rolname = ANY($2::text[])",
+            creds.database,
+            list(db.login_roles(creds.database)),
+        )
+        assert [r[0] for r in rows] == [3, 3, 3]
+        held = [await _connect(creds.url) for _ in range(3)]
+        with pytest.raises(asyncpg.TooManyConnectionsError):
+            await _connect(creds.url)
+        for conn in held:
+            await conn.close()
+        # A reconcile with more replicas raises the limit; None leaves it alone.
+        await db.ensure_database(postgres_url, agent, current=creds, connections=93)
+        await db.ensure_database(postgres_url, agent, current=creds)
+        rows = await _admin_fetch(
+            postgres_url, "SELECT datconnlimit FROM pg_database WHERE datname = $1", creds.database
+        )
+        assert rows[0][0] == 93
+    finally:
+        await db.drop_database(postgres_url, agent)
+
+
+async def test_a_database_of_an_earlier_version_is_kept_and_hardened(postgres_url: str) -> None:
+    """Earlier versions named the database after the agent and let its group own it."""
+    agent = _agent()
+    legacy = db.legacy_database_name(agent)
+    owner, (role_a, _role_b) = db.owner_role(legacy), db.login_roles(legacy)
+    password = db.generate_password()
+    conn = await _connect(postgres_url)
+    try:
+        await conn.execute(f'CREATE ROLE "{owner}" NOLOGIN')
+        for role in db.login_roles(legacy):
+            await conn.execute(f'CREATE ROLE "{role}" NOLOGIN INHERIT IN ROLE "{owner}"')
+        await conn.execute(f"ALTER ROLE \"{role_a}\" LOGIN PASSWORD '{password}'")
+        await conn.execute(f'CREATE DATABASE "{legacy}" OWNER "{owner}"')
+        await conn.execute(f'REVOKE ALL ON DATABASE "{legacy}" FROM PUBLIC')
+        await conn.execute(f'GRANT ALL ON DATABASE "{legacy}" TO "{owner}"')
+        await conn.execute(f"COMMENT ON DATABASE \"{legacy}\" IS 'released-agent:{agent}'")
+        await conn.execute(f'ALTER ROLE "{role_a}" IN DATABASE "{legacy}" SET role TO "{owner}"')
+    finally:
+        await conn.close()
+    parts = urlsplit(postgres_url)
+    old = db.DatabaseCredentials(
+        database=legacy,
+        role=role_a,
+        password=SecretStr(password),
+        host=parts.hostname or "127.0.0.1",
+        port=parts.port or 5432,
+    )
+    conn = await _connect(old.url)
+    await conn.execute("CREATE TABLE history (body text)")
+    await conn.execute("INSERT INTO history VALUES ('kept')")
+    await conn.close()
+    try:
+        creds = await db.ensure_database(postgres_url, agent, current=old)
+        assert creds.database == legacy and creds.role == role_a
+        conn = await _connect(creds.url)
+        assert await conn.fetchval("SELECT body FROM history") == "kept"
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await conn.execute("CREATE TEMP TABLE scratch (x int)")
+        await conn.close()
+        rows = await _admin_fetch(
+            postgres_url,
+            "SELECT shobj_description(oid, 'pg_database') AS d FROM pg_database WHERE datname = $1",
+            legacy,
+        )
+        assert rows[0]["d"] == db.TAG
+    finally:
+        assert await db.drop_database(postgres_url, agent)
+    rows = await _admin_fetch(
+        postgres_url,
+        "SELECT datname FROM pg_database WHERE datname = $1 UNION ALL "
+        "SELECT rolname FROM pg_roles WHERE rolname LIKE $2",
+        legacy,
+        legacy + "%",
+    )
+    assert rows == []
+
+
+async def test_an_admin_that_cannot_harden_the_server_is_told_what_to_run(
+    postgres_url: str,
+) -> None:
+    admin_role = f"opadmin_{uuid.uuid4().hex[:8]}"
+    conn = await _connect(postgres_url)
+    await conn.execute(f"CREATE ROLE {admin_role} LOGIN CREATEDB CREATEROLE PASSWORD 'adminpw'")
+    await conn.execute(f"GRANT CONNECT ON DATABASE postgres TO {admin_role}")
+    await conn.execute("GRANT CONNECT ON DATABASE template1 TO PUBLIC")  # as a fresh server
+    await conn.close()
+    parts = urlsplit(postgres_url)
+    admin = f"postgresql://{admin_role}:adminpw@{parts.hostname}:{parts.port}/postgres"
+    agent = _agent()
+    try:
+        with pytest.raises(PermanentError) as refused:
+            await db.ensure_database(admin, agent)
+        assert refused.value.reason == "DatabaseServerNotHardened"
+        assert "REVOKE CONNECT ON DATABASE template1 FROM PUBLIC" in str(refused.value)
+        assert not await db.database_exists(postgres_url, agent)
+        # A superuser admin does it itself.
+        await db.ensure_database(postgres_url, agent)
+        rows = await _admin_fetch(
+            postgres_url, "SELECT has_database_privilege('public', 'template1', 'CONNECT')"
+        )
+        assert rows[0][0] is False
+    finally:
+        await db.drop_database(postgres_url, agent)
+        conn = await _connect(postgres_url)
+        await conn.execute(f"DROP OWNED BY {admin_role}")
         await conn.execute(f"DROP ROLE IF EXISTS {admin_role}")
         await conn.close()
