@@ -52,7 +52,10 @@ class ChildNames:
     credentials_secret: str
     service_account: str
     web_network_policy: str
+    worker_network_policy: str
+    beat_network_policy: str
     redis_network_policy: str
+    egress_network_policy: str
     web_pdb: str
     service_monitor: str
 
@@ -83,7 +86,10 @@ def child_names(name: str) -> ChildNames:
         credentials_secret=f"{name}-credentials",
         service_account=name,
         web_network_policy=f"{name}-web",
+        worker_network_policy=f"{name}-worker",
+        beat_network_policy=f"{name}-beat",
         redis_network_policy=f"{name}-redis",
+        egress_network_policy=f"{name}-egress",
         web_pdb=f"{name}-web",
         service_monitor=f"{name}-web",
     )

@@ -7,7 +7,7 @@ server-side apply. :func:`build_children` returns every child that should exist;
 
 - ``context``    ``AgentContext``, owner references, checksums, generated credentials.
 - ``workloads``  the four Deployments and the bot's environment.
-- ``objects``    ServiceAccount, ConfigMap, PVC, Services, Ingress, NetworkPolicies, PDB,
+- ``objects``    ServiceAccount, ConfigMap, PVC, Services, Ingress, five NetworkPolicies, PDB,
                  ServiceMonitor.
 """
 
@@ -31,6 +31,8 @@ from .context import (
     secret_fingerprint,
 )
 from .objects import (
+    build_beat_network_policy,
+    build_egress_network_policy,
     build_faqs_configmap,
     build_ingress,
     build_redis_network_policy,
@@ -41,6 +43,7 @@ from .objects import (
     build_web_network_policy,
     build_web_pdb,
     build_web_service,
+    build_worker_network_policy,
     build_worker_service,
 )
 from .workloads import (
@@ -67,8 +70,10 @@ __all__ = [
     "absent_children",
     "bot_env",
     "build_beat_deployment",
+    "build_beat_network_policy",
     "build_children",
     "build_credentials_secret",
+    "build_egress_network_policy",
     "build_faqs_configmap",
     "build_ingress",
     "build_redis_deployment",
@@ -82,6 +87,7 @@ __all__ = [
     "build_web_pdb",
     "build_web_service",
     "build_worker_deployment",
+    "build_worker_network_policy",
     "build_worker_service",
     "compute_checksum",
     "compute_redis_checksum",
@@ -109,6 +115,9 @@ def build_children(agent: AgentContext) -> list[dict[str, Any]]:
         build_worker_service(agent),
         build_redis_network_policy(agent),
         build_web_network_policy(agent),
+        build_worker_network_policy(agent),
+        build_beat_network_policy(agent),
+        build_egress_network_policy(agent),
         build_redis_deployment(agent),
         build_web_deployment(agent),
         build_worker_deployment(agent),

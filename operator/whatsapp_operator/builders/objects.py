@@ -1,12 +1,21 @@
-"""The agent's other children: ServiceAccount, ConfigMap, PVC, Services, Ingress, policies."""
+"""The agent's other children: ServiceAccount, ConfigMap, PVC, Services, Ingress, policies.
+
+NetworkPolicies (enforced where the cluster's network plugin does): the web tier admits only
+the ingress controller's and the monitoring namespaces, the workers only monitoring, beat
+nothing; Redis admits only the agent's own bot pods and reaches nothing; the bot pods reach
+DNS, their Redis, PostgreSQL and HTTPS on the internet without private ranges (Meta, OpenAI),
+plus what the platform adds (``extra_egress``). The peers come from the operator's settings.
+"""
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
 from released.agent.naming import (
     AGENT,
     APP_NAME,
+    BEAT,
     BOT_COMPONENTS,
     LABEL_COMPONENT,
     LABEL_INSTANCE,
@@ -122,8 +131,9 @@ def build_ingress(agent: AgentContext) -> dict[str, Any] | None:
             }
         ]
     }
-    if ingress.class_name:
-        spec["ingressClassName"] = ingress.class_name
+    class_name = ingress.class_name or agent.settings.ingress_default_class
+    if class_name:
+        spec["ingressClassName"] = class_name
     if ingress.tls_secret_name:
         spec["tls"] = [{"hosts": [ingress.host], "secretName": ingress.tls_secret_name}]
     return {
@@ -134,50 +144,154 @@ def build_ingress(agent: AgentContext) -> dict[str, Any] | None:
     }
 
 
-def build_redis_network_policy(agent: AgentContext) -> dict[str, Any]:
-    """``NAME-redis``: only this agent's web, worker and beat pods reach Redis, on 6379."""
+#: The label Kubernetes (1.21+) puts on every namespace with its name.
+NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
+
+
+def _bot_pods(agent: AgentContext) -> dict[str, Any]:
+    """A selector of this agent's web, worker and beat pods."""
+    return {
+        "matchLabels": {LABEL_NAME: APP_NAME, LABEL_INSTANCE: agent.name},
+        "matchExpressions": [
+            {"key": LABEL_COMPONENT, "operator": "In", "values": list(BOT_COMPONENTS)}
+        ],
+    }
+
+
+def _namespaces(names: list[str]) -> list[dict[str, Any]]:
+    """Peers: every pod of the namespaces called ``names`` (none when empty)."""
+    if not names:
+        return []
+    selector = {"matchExpressions": [
+        {"key": NAMESPACE_NAME_LABEL, "operator": "In", "values": sorted(set(names))}
+    ]}  # fmt: skip
+    return [{"namespaceSelector": selector}]
+
+
+def _network_policy(
+    agent: AgentContext,
+    name: str,
+    component: str,
+    pods: dict[str, Any],
+    *,
+    ingress: list[dict[str, Any]] | None = None,
+    egress: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    spec: dict[str, Any] = {"podSelector": pods, "policyTypes": []}
+    if ingress is not None:
+        spec["policyTypes"].append("Ingress")
+        spec["ingress"] = ingress
+    if egress is not None:
+        spec["policyTypes"].append("Egress")
+        spec["egress"] = egress
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
-        "metadata": object_meta(agent, child_names(agent.name).redis_network_policy, REDIS),
-        "spec": {
-            "podSelector": {"matchLabels": selector_labels(agent.name, REDIS)},
-            "policyTypes": ["Ingress"],
-            "ingress": [
-                {
-                    "from": [
-                        {
-                            "podSelector": {
-                                "matchLabels": {LABEL_NAME: APP_NAME, LABEL_INSTANCE: agent.name},
-                                "matchExpressions": [
-                                    {
-                                        "key": LABEL_COMPONENT,
-                                        "operator": "In",
-                                        "values": list(BOT_COMPONENTS),
-                                    }
-                                ],
-                            }
-                        }
-                    ],
-                    "ports": [{"protocol": "TCP", "port": REDIS_PORT}],
-                }
-            ],
-        },
+        "metadata": object_meta(agent, name, component),
+        "spec": spec,
     }
+
+
+def build_redis_network_policy(agent: AgentContext) -> dict[str, Any]:
+    """``NAME-redis``: only this agent's web, worker and beat pods reach Redis, on 6379;
+    Redis itself reaches nothing."""
+    rule = {"from": [{"podSelector": _bot_pods(agent)}],
+            "ports": [{"protocol": "TCP", "port": REDIS_PORT}]}  # fmt: skip
+    return _network_policy(
+        agent,
+        child_names(agent.name).redis_network_policy,
+        REDIS,
+        {"matchLabels": selector_labels(agent.name, REDIS)},
+        ingress=[rule],
+        egress=[],
+    )
 
 
 def build_web_network_policy(agent: AgentContext) -> dict[str, Any]:
-    """``NAME-web``: the web pods accept connections on port 8000 only (from anywhere)."""
-    return {
-        "apiVersion": "networking.k8s.io/v1",
-        "kind": "NetworkPolicy",
-        "metadata": object_meta(agent, child_names(agent.name).web_network_policy, WEB),
-        "spec": {
-            "podSelector": {"matchLabels": selector_labels(agent.name, WEB)},
-            "policyTypes": ["Ingress"],
-            "ingress": [{"ports": [{"protocol": "TCP", "port": WEB_PORT}]}],
-        },
+    """``NAME-web``: port 8000, from the ingress controller's and the monitoring namespaces."""
+    settings = agent.settings
+    peers = _namespaces(settings.ingress_controller_namespaces + settings.monitoring_namespaces)
+    rules = [{"from": peers, "ports": [{"protocol": "TCP", "port": WEB_PORT}]}] if peers else []
+    return _network_policy(
+        agent,
+        child_names(agent.name).web_network_policy,
+        WEB,
+        {"matchLabels": selector_labels(agent.name, WEB)},
+        ingress=rules,
+    )
+
+
+def build_worker_network_policy(agent: AgentContext) -> dict[str, Any]:
+    """``NAME-worker``: the workers' metrics port 9808, from the monitoring namespaces only."""
+    peers = _namespaces(agent.settings.monitoring_namespaces)
+    port = {"protocol": "TCP", "port": WORKER_METRICS_PORT}
+    return _network_policy(
+        agent,
+        child_names(agent.name).worker_network_policy,
+        WORKER,
+        {"matchLabels": selector_labels(agent.name, WORKER)},
+        ingress=[{"from": peers, "ports": [port]}] if peers else [],
+    )
+
+
+def build_beat_network_policy(agent: AgentContext) -> dict[str, Any]:
+    """``NAME-beat``: beat serves nothing; no connection reaches it."""
+    return _network_policy(
+        agent,
+        child_names(agent.name).beat_network_policy,
+        BEAT,
+        {"matchLabels": selector_labels(agent.name, BEAT)},
+        ingress=[],
+    )
+
+
+def _https_peers(cidrs: list[str], excluded: list[str]) -> list[dict[str, Any]]:
+    """``ipBlock`` peers for ``cidrs``, each with the ``excluded`` ranges of its family that
+    it contains (Kubernetes refuses an ``except`` outside its ``cidr``)."""
+    peers: list[dict[str, Any]] = []
+    for cidr in cidrs:
+        network = ipaddress.ip_network(cidr, strict=False)
+        inside = [
+            str(ex)
+            for ex in (ipaddress.ip_network(e, strict=False) for e in excluded)
+            if ex.version == network.version and ex.subnet_of(network) and ex != network  # type: ignore[arg-type]
+        ]
+        block: dict[str, Any] = {"cidr": str(network)}
+        if inside:
+            block["except"] = inside
+        peers.append({"ipBlock": block})
+    return peers
+
+
+def build_egress_network_policy(agent: AgentContext) -> dict[str, Any]:
+    """``NAME-egress``: where web, worker and beat may connect — DNS, their own Redis,
+    PostgreSQL, HTTPS outside the private ranges (Meta, OpenAI) and the platform's extras."""
+    settings = agent.settings
+    dns: dict[str, Any] = {"ports": [{"protocol": "UDP", "port": 53},
+                                     {"protocol": "TCP", "port": 53}]}  # fmt: skip
+    if settings.dns_egress_to:
+        dns["to"] = [dict(peer) for peer in settings.dns_egress_to]
+    redis = {
+        "to": [{"podSelector": {"matchLabels": selector_labels(agent.name, REDIS)}}],
+        "ports": [{"protocol": "TCP", "port": REDIS_PORT}],
     }
+    database: dict[str, Any] = {
+        "ports": [{"protocol": "TCP", "port": port} for port in settings.database_egress_ports]
+    }
+    if settings.database_egress_to:
+        database["to"] = [dict(peer) for peer in settings.database_egress_to]
+    https = {
+        "to": _https_peers(settings.https_egress_cidrs, settings.https_egress_except),
+        "ports": [{"protocol": "TCP", "port": 443}],
+    }
+    rules = [dns, redis, database, https, *(dict(rule) for rule in settings.extra_egress)]
+    return _network_policy(
+        agent,
+        child_names(agent.name).egress_network_policy,
+        AGENT,
+        _bot_pods(agent),
+        egress=rules,
+    )
 
 
 def build_web_pdb(agent: AgentContext) -> dict[str, Any]:

@@ -146,8 +146,10 @@ def test_agent_gets_children_and_becomes_ready(
         core.read_namespaced_service_account("acme", namespace),
         core.read_namespaced_persistent_volume_claim("acme-redis", namespace),
         net.read_namespaced_ingress("acme", namespace),
-        net.read_namespaced_network_policy("acme-web", namespace),
-        net.read_namespaced_network_policy("acme-redis", namespace),
+        *(
+            net.read_namespaced_network_policy(f"acme-{p}", namespace)
+            for p in ("web", "worker", "beat", "redis", "egress")
+        ),
     ]
     pdb = custom.get_namespaced_custom_object(
         "policy", "v1beta1", namespace, "poddisruptionbudgets", "acme-web"

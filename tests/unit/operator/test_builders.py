@@ -137,7 +137,10 @@ def test_every_child_is_built() -> None:
         ("Service", "acme-worker"),
         ("Service", "acme-redis"),
         ("NetworkPolicy", "acme-web"),
+        ("NetworkPolicy", "acme-worker"),
+        ("NetworkPolicy", "acme-beat"),
         ("NetworkPolicy", "acme-redis"),
+        ("NetworkPolicy", "acme-egress"),
         ("Deployment", "acme-web"),
         ("Deployment", "acme-worker"),
         ("Deployment", "acme-beat"),
@@ -146,7 +149,7 @@ def test_every_child_is_built() -> None:
         ("Ingress", "acme"),
         ("ServiceMonitor", "acme-web"),
     }
-    assert len(objs) == 15
+    assert len(objs) == 18
     assert absent_children(make_ctx(has_service_monitor_crd=True)) == []
 
 
@@ -199,7 +202,7 @@ def test_manifests_are_valid_kubernetes(version: str) -> None:
             continue
         kubernetes_validate.validate(obj, version, strict=True)
         checked += 1
-    assert checked == 29
+    assert checked == 35
 
 
 def test_pdb_api_version_for_1_20() -> None:
@@ -584,7 +587,14 @@ def test_ingress() -> None:
     assert path["backend"] == {"service": {"name": "acme-web", "port": {"name": "http"}}}
 
 
-def test_network_policies() -> None:
+def _admitted_namespaces(rule: dict[str, Any]) -> list[str]:
+    (peer,) = rule["from"]
+    (expr,) = peer["namespaceSelector"]["matchExpressions"]
+    assert expr["key"] == "kubernetes.io/metadata.name" and expr["operator"] == "In"
+    return list(expr["values"])
+
+
+def test_network_policies_admit_only_what_each_tier_serves() -> None:
     objs = by_kind_name(build_children(make_ctx()))
     redis = objs[("NetworkPolicy", "acme-redis")]["spec"]
     assert redis["podSelector"]["matchLabels"] == selector_labels("acme", "redis")
@@ -594,10 +604,73 @@ def test_network_policies() -> None:
     assert peer["podSelector"]["matchLabels"]["app.kubernetes.io/instance"] == "acme"
     (expr,) = peer["podSelector"]["matchExpressions"]
     assert expr["values"] == ["web", "worker", "beat"]
+    assert redis["policyTypes"] == ["Ingress", "Egress"] and redis["egress"] == []
+
     web = objs[("NetworkPolicy", "acme-web")]["spec"]
     assert web["podSelector"]["matchLabels"] == selector_labels("acme", "web")
-    assert web["ingress"] == [{"ports": [{"protocol": "TCP", "port": 8000}]}]
+    (rule,) = web["ingress"]
+    assert rule["ports"] == [{"protocol": "TCP", "port": 8000}]
+    assert _admitted_namespaces(rule) == ["ingress-nginx", "monitoring"]
     assert web["policyTypes"] == ["Ingress"]
+
+    worker = objs[("NetworkPolicy", "acme-worker")]["spec"]
+    (rule,) = worker["ingress"]
+    assert rule["ports"] == [{"protocol": "TCP", "port": 9808}]
+    assert _admitted_namespaces(rule) == ["monitoring"]
+    beat = objs[("NetworkPolicy", "acme-beat")]["spec"]
+    assert beat["ingress"] == [] and beat["policyTypes"] == ["Ingress"]
+
+
+def test_web_admits_the_namespaces_the_platform_names() -> None:
+    settings = SETTINGS.model_copy(
+        update={"ingress_controller_namespaces": ["edge"], "monitoring_namespaces": []}
+    )
+    ctx = AgentContext.from_resource(example_body(), settings)
+    web = by_kind_name(build_children(ctx))[("NetworkPolicy", "acme-web")]["spec"]
+    (rule,) = web["ingress"]
+    assert _admitted_namespaces(rule) == ["edge"]
+    nobody = settings.model_copy(update={"ingress_controller_namespaces": []})
+    ctx = AgentContext.from_resource(example_body(), nobody)
+    assert by_kind_name(build_children(ctx))[("NetworkPolicy", "acme-web")]["spec"]["ingress"] == []
+
+
+def test_bot_pods_egress_is_dns_redis_database_and_public_https() -> None:
+    objs = by_kind_name(build_children(make_ctx()))
+    egress = objs[("NetworkPolicy", "acme-egress")]["spec"]
+    assert egress["policyTypes"] == ["Egress"]
+    (expr,) = egress["podSelector"]["matchExpressions"]
+    assert expr["values"] == ["web", "worker", "beat"]
+    dns, redis, database, https = egress["egress"]
+    assert {p["port"] for p in dns["ports"]} == {53} and "to" not in dns
+    assert redis["to"] == [{"podSelector": {"matchLabels": selector_labels("acme", "redis")}}]
+    assert database["ports"] == [{"protocol": "TCP", "port": 5432}]
+    assert https["ports"] == [{"protocol": "TCP", "port": 443}]
+    v4, v6 = (peer["ipBlock"] for peer in https["to"])
+    assert v4["cidr"] == "0.0.0.0/0"
+    assert {"10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16"} <= set(v4["except"])
+    assert v6 == {"cidr": "::/0", "except": ["fc00::/7", "fe80::/10"]}
+
+
+def test_egress_peers_and_extra_rules_come_from_the_settings() -> None:
+    peer = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "db"}}}
+    extra = {"to": [{"ipBlock": {"cidr": "10.8.0.0/16"}}], "ports": [{"port": 8443}]}
+    settings = SETTINGS.model_copy(
+        update={
+            "database_egress_to": [peer],
+            "database_egress_ports": [5432, 6432],
+            "dns_egress_to": [{"namespaceSelector": {}}],
+            "extra_egress": [extra],
+        }
+    )
+    ctx = AgentContext.from_resource(example_body(), settings)
+    rules = by_kind_name(build_children(ctx))[("NetworkPolicy", "acme-egress")]["spec"]["egress"]
+    dns, _redis, database, _https, added = rules
+    assert dns["to"] == [{"namespaceSelector": {}}]
+    assert database == {
+        "to": [peer],
+        "ports": [{"protocol": "TCP", "port": 5432}, {"protocol": "TCP", "port": 6432}],
+    }
+    assert added == extra
 
 
 def test_services_select_their_pods() -> None:
@@ -646,8 +719,13 @@ def test_prometheus_scrapes_web_and_workers() -> None:
 def test_worker_memory_follows_its_concurrency() -> None:
     def worker_resources(concurrency: int) -> dict[str, Any]:
         spec = make_ctx().spec
-        spec = spec.model_copy(update={"worker": spec.worker.model_copy(
-            update={"concurrency": concurrency, "resources": None})})
+        spec = spec.model_copy(
+            update={
+                "worker": spec.worker.model_copy(
+                    update={"concurrency": concurrency, "resources": None}
+                )
+            }
+        )
         objs = by_kind_name(build_children(make_ctx(spec=spec)))
         container = objs[("Deployment", "acme-worker")]["spec"]["template"]["spec"]["containers"][0]
         resources: dict[str, Any] = container["resources"]
@@ -657,3 +735,17 @@ def test_worker_memory_follows_its_concurrency() -> None:
     assert worker_resources(2)["requests"]["memory"] == "320Mi"
     assert worker_resources(2)["limits"]["memory"] == "512Mi"
     assert worker_resources(4)["limits"]["memory"] == "704Mi"
+
+
+def test_ingress_gets_the_platforms_default_class_when_the_spec_names_none() -> None:
+    body = example_body()
+    body["spec"]["ingress"].pop("className", None)
+    settings = SETTINGS.model_copy(update={"ingress_default_class": "public"})
+    ingress = build_ingress(AgentContext.from_resource(body, settings))
+    assert ingress is not None and ingress["spec"]["ingressClassName"] == "public"
+    body["spec"]["ingress"]["className"] = "other"
+    ingress = build_ingress(AgentContext.from_resource(body, settings))
+    assert ingress is not None and ingress["spec"]["ingressClassName"] == "other"
+    body["spec"]["ingress"].pop("className")
+    ingress = build_ingress(AgentContext.from_resource(body, SETTINGS))
+    assert ingress is not None and "ingressClassName" not in ingress["spec"]
