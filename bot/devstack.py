@@ -27,6 +27,10 @@ from typing import IO, Any
 
 import httpx
 
+from bot.core.config import DEFAULT_GRAPH_URL
+
+#: The fake Graph API is called with the version production uses.
+DEFAULT_GRAPH_VERSION = DEFAULT_GRAPH_URL.rstrip("/").rsplit("/", 1)[1]
 PACKAGE_DIR = Path(__file__).resolve().parent
 REPO_ROOT = PACKAGE_DIR.parent
 DEFAULT_FAQS = PACKAGE_DIR / "data" / "faqs.yaml"
@@ -344,7 +348,7 @@ class LocalStack:
         self.urls["fake_openai"] = f"http://127.0.0.1:{openai_port}"
         self._wait_http("fake-meta", f"{self.urls['fake_meta']}/_fake/sent")
         self._wait_http("fake-openai", f"{self.urls['fake_openai']}/_fake/calls")
-        self.env["META_GRAPH_URL"] = f"{self.urls['fake_meta']}/v23.0"
+        self.env["META_GRAPH_URL"] = f"{self.urls['fake_meta']}/{DEFAULT_GRAPH_VERSION}"
         self.env["OPENAI_BASE_URL"] = f"{self.urls['fake_openai']}/v1"
 
     def _start_web(self) -> None:

@@ -14,7 +14,7 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 #: Meta's Graph API, with the version pinned so that a Meta release cannot change our payloads.
-DEFAULT_GRAPH_URL = "https://graph.facebook.com/v23.0"
+DEFAULT_GRAPH_URL = "https://graph.facebook.com/v25.0"
 DEFAULT_OPENAI_URL = "https://api.openai.com/v1"
 
 

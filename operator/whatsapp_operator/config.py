@@ -32,7 +32,7 @@ class OperatorSettings(BaseSettings):
     image_pull_policy: str = "IfNotPresent"
 
     #: Meta's Graph API and OpenAI base URLs; tests point them at the fakes.
-    graph_url: str = "https://graph.facebook.com/v23.0"
+    graph_url: str = "https://graph.facebook.com/v25.0"
     openai_base_url: str = "https://api.openai.com/v1"
 
     #: Admin URL of the shared PostgreSQL on which agents without ``database.secretRef`` get a

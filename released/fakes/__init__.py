@@ -2,7 +2,8 @@
 
 ``FakeMeta`` / ``FakeOpenAI``: ``.start()`` serves in a thread, ``.spawn()`` in a child process,
 ``.attach(url)`` controls one started elsewhere; all three share the same control methods.
-See ``released/fakes/README.md``.
+``released.fakes.webhooks`` builds the webhook payloads Meta posts today. See
+``released/fakes/README.md``.
 
 The names are imported lazily so that ``python -m released.fakes.meta`` does not import the module
 twice (once through this package and once as ``__main__``).
@@ -14,16 +15,18 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from released.fakes.meta import FakeMeta, sign, status_event, text_message_event
+    from released.fakes.meta import FakeMeta, sign
     from released.fakes.openai import FakeOpenAI
+    from released.fakes.webhooks import WhatsAppUser, status_event, text_message_event
 
-__all__ = ["FakeMeta", "FakeOpenAI", "sign", "status_event", "text_message_event"]
+__all__ = ["FakeMeta", "FakeOpenAI", "WhatsAppUser", "sign", "status_event", "text_message_event"]
 
 _HOMES = {
     "FakeMeta": "released.fakes.meta",
     "sign": "released.fakes.meta",
-    "status_event": "released.fakes.meta",
-    "text_message_event": "released.fakes.meta",
+    "status_event": "released.fakes.webhooks",
+    "text_message_event": "released.fakes.webhooks",
+    "WhatsAppUser": "released.fakes.webhooks",
     "FakeOpenAI": "released.fakes.openai",
 }
 

@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
+from datetime import UTC, date, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any, ClassVar, Self
@@ -28,6 +29,9 @@ from typing import Any, ClassVar, Self
 import httpx
 import uvicorn
 from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
 HOST = "127.0.0.1"
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -41,6 +45,101 @@ def random_id(prefix: str, nbytes: int = 12) -> str:
 
 def now() -> int:
     return int(time.time())
+
+
+When = datetime | date | str | int | float
+
+
+def parse_when(value: When) -> float:
+    """Seconds since the epoch from a datetime, a date (midnight UTC), an ISO 8601 string
+    (``"2027-01-15"``, ``"2027-01-15T10:00:00Z"``; naive means UTC) or a number."""
+    if isinstance(value, bool):
+        raise ValueError("a time cannot be a boolean")
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            return float(text)
+        except ValueError:
+            pass
+        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value.timestamp()
+    return datetime(value.year, value.month, value.day, tzinfo=UTC).timestamp()
+
+
+def iso(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).isoformat().replace("+00:00", "Z")
+
+
+class Clock:
+    """The fake service's idea of "now": real time, shifted or frozen by the tests.
+
+    Everything that changes over time in a fake (Graph version sunsets, model shutdowns, token
+    expiry, vector-store indexing, the 24-hour customer-service window, timestamps it writes)
+    reads :meth:`now`, so a test can move to 2027-01-15 and see what the real service does then.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._offset = 0.0
+        self._frozen: float | None = None
+
+    def now(self) -> float:
+        with self._lock:
+            if self._frozen is not None:
+                return self._frozen
+            return time.time() + self._offset
+
+    def set(self, when: When, *, freeze: bool = False) -> None:
+        at = parse_when(when)
+        with self._lock:
+            if freeze:
+                self._frozen = at
+            else:
+                self._frozen = None
+                self._offset = at - time.time()
+
+    def advance(self, seconds: float) -> None:
+        with self._lock:
+            if self._frozen is not None:
+                self._frozen += seconds
+            else:
+                self._offset += seconds
+
+    def real(self) -> None:
+        with self._lock:
+            self._offset, self._frozen = 0.0, None
+
+    def snapshot(self) -> dict[str, Any]:
+        at = self.now()
+        with self._lock:
+            return {"now": at, "iso": iso(at), "frozen": self._frozen is not None,
+                    "offset": self._offset}
+
+
+def clock_route(clock: Clock) -> Route:
+    """``GET|POST /_fake/clock``: read the clock; set it with ``{"at": when, "freeze": bool}``,
+    move it with ``{"advance": seconds}``, go back to real time with ``{"real": true}``."""
+
+    async def handler(request: Request) -> Response:
+        if request.method == "POST":
+            body = await request.json()
+            try:
+                if body.get("real"):
+                    clock.real()
+                if body.get("at") is not None:
+                    clock.set(body["at"], freeze=bool(body.get("freeze", False)))
+                if body.get("advance"):
+                    clock.advance(float(body["advance"]))
+            except (TypeError, ValueError) as exc:
+                return JSONResponse({"detail": f"bad clock setting: {exc}"}, status_code=400)
+        return JSONResponse(clock.snapshot())
+
+    return Route("/_fake/clock", handler, methods=["GET", "POST"])
 
 
 def bind_socket(port: int = 0) -> socket.socket:
@@ -325,6 +424,34 @@ class FakeServer:
     def clear_errors(self) -> None:
         self._post("/errors", {"errors": [], "replace": True})
 
+    # -- the clock ----------------------------------------------------------------------------
+
+    def clock(self) -> dict[str, Any]:
+        """``{"now": epoch seconds, "iso": ..., "frozen": bool, "offset": seconds}``."""
+        result: dict[str, Any] = self._get("/clock")
+        return result
+
+    def now(self) -> float:
+        """The fake's current time (epoch seconds)."""
+        return float(self.clock()["now"])
+
+    def set_clock(self, when: When, *, freeze: bool = False) -> dict[str, Any]:
+        """Move the fake's clock to ``when`` (a datetime, date, ISO string or epoch seconds);
+        time keeps flowing from there unless ``freeze``."""
+        at = when.isoformat() if isinstance(when, datetime | date) else when
+        result: dict[str, Any] = self._post("/clock", {"at": at, "freeze": freeze})
+        return result
+
+    def advance_clock(self, seconds: float) -> dict[str, Any]:
+        """Move the fake's clock forward by ``seconds``."""
+        result: dict[str, Any] = self._post("/clock", {"advance": seconds})
+        return result
+
+    def real_clock(self) -> dict[str, Any]:
+        """Back to real time."""
+        result: dict[str, Any] = self._post("/clock", {"real": True})
+        return result
+
     def wait_for(
         self, predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05
     ) -> Any:
@@ -387,6 +514,7 @@ class BaseState:
 
     def __init__(self, latency: float = 0.0) -> None:
         self.lock = threading.RLock()
+        self.clock = Clock()
         self.latency = latency
         self.calls: dict[str, int] = {}
         self.request_log: list[dict[str, Any]] = []

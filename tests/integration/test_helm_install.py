@@ -346,7 +346,8 @@ def test_operator_runs_an_agent_lifecycle_as_the_service_account(
     metrics_port = free_port()
     log_path = tmp_path / "operator.log"
     with contextlib.ExitStack() as stack:
-        meta = stack.enter_context(FakeMeta().start())
+        # The client's app is subscribed to its WABA, or Meta refuses the webhook override.
+        meta = stack.enter_context(FakeMeta(waba_subscribed=True).start())
         openai = stack.enter_context(FakeOpenAI().start())
         kubelet = FakeKubelet(core, ns, interval=0.3).start()
         stack.callback(kubelet.stop)

@@ -16,6 +16,7 @@ import pytest
 
 from released.fakes import FakeMeta, FakeOpenAI, sign
 from released.fakes.openai import best_faq, parse_faq_file, parse_faq_text
+from released.fakes.webhooks import bsuid_for
 
 META_TOKEN = "meta-token-for-tests"
 OPENAI_KEY = "sk-test-key-for-tests"
@@ -84,7 +85,7 @@ def send_text(meta: FakeMeta, to: str = "15551234567", body: str = "hello") -> h
 
 
 def test_meta_url_has_version_and_port(meta: FakeMeta) -> None:
-    assert meta.url == f"http://127.0.0.1:{meta.port}/v23.0"
+    assert meta.url == f"http://127.0.0.1:{meta.port}/v25.0"
 
 
 def test_meta_send_text_documented_shape(meta: FakeMeta) -> None:
@@ -92,7 +93,9 @@ def test_meta_send_text_documented_shape(meta: FakeMeta) -> None:
     assert response.status_code == 200
     data = response.json()
     assert data["messaging_product"] == "whatsapp"
-    assert data["contacts"] == [{"input": "15551234567", "wa_id": "15551234567"}]
+    assert data["contacts"] == [
+        {"input": "15551234567", "wa_id": "15551234567", "user_id": bsuid_for("15551234567")}
+    ]
     assert data["messages"][0]["id"].startswith("wamid.")
     sent = meta.sent()
     assert len(sent) == 1
@@ -104,14 +107,12 @@ def test_meta_send_text_documented_shape(meta: FakeMeta) -> None:
     assert meta.reads() == []
 
 
-def test_meta_any_version_prefix(meta: FakeMeta) -> None:
-    response = httpx.post(
-        f"{meta.root_url}/v19.0/1/messages",
-        headers=auth(),
-        json={"messaging_product": "whatsapp", "to": "1", "type": "text", "text": {"body": "x"}},
-    )
-    assert response.status_code == 200
-    assert meta.sent()[0]["version"] == "v19.0"
+def test_meta_supported_versions_until_their_sunset(meta: FakeMeta) -> None:
+    body = {"messaging_product": "whatsapp", "to": "1", "type": "text", "text": {"body": "x"}}
+    for version in ("v23.0", "v24.0", "v25.0", "v26.0"):
+        response = httpx.post(f"{meta.root_url}/{version}/1/messages", headers=auth(), json=body)
+        assert response.status_code == 200, (version, response.text)
+    assert [s["version"] for s in meta.sent()] == ["v23.0", "v24.0", "v25.0", "v26.0"]
 
 
 def test_meta_mark_read_recorded_separately(meta: FakeMeta) -> None:
@@ -201,6 +202,7 @@ def test_meta_latency(meta: FakeMeta) -> None:
 
 
 def test_meta_webhook_override_json_and_form(meta: FakeMeta) -> None:
+    meta.set_subscribed()
     url = f"{meta.url}/106540352242922"
     response = httpx.post(
         url,
@@ -230,7 +232,7 @@ def test_meta_webhook_override_json_and_form(meta: FakeMeta) -> None:
     assert "phone_number" not in got["webhook_configuration"]
     assert meta.webhook_override("106540352242922") is None
     history = meta.webhooks()["history"]
-    assert [h["action"] for h in history] == ["set", "removed"]
+    assert [h["action"] for h in history] == ["subscribed", "set", "removed"]
 
 
 class _Bot(BaseHTTPRequestHandler):
@@ -271,6 +273,7 @@ def bot() -> Iterator[str]:
 
 
 def test_meta_verifies_callback_when_asked(meta: FakeMeta, bot: str) -> None:
+    meta.set_subscribed()
     meta.configure(verify_webhooks=True)
     try:
         url = f"{meta.url}/42"
@@ -299,6 +302,7 @@ def test_meta_verifies_callback_when_asked(meta: FakeMeta, bot: str) -> None:
 
 
 def test_meta_delivers_signed_webhook(meta: FakeMeta, bot: str) -> None:
+    meta.set_subscribed()
     httpx.post(
         f"{meta.url}/42",
         headers=auth(),
@@ -313,6 +317,8 @@ def test_meta_delivers_signed_webhook(meta: FakeMeta, bot: str) -> None:
     assert value["metadata"]["phone_number_id"] == "42"
     assert value["messages"][0]["text"]["body"] == "What are your hours?"
     assert value["messages"][0]["from"] == "34600111222"
+    assert value["messages"][0]["from_user_id"] == bsuid_for("34600111222")
+    assert value["contacts"][0]["user_id"] == bsuid_for("34600111222")
 
 
 def test_meta_spawned_process_same_api() -> None:

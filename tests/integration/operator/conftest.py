@@ -120,7 +120,9 @@ def fake_openai() -> Iterator[FakeOpenAI]:
 
 @pytest.fixture(scope="session")
 def fake_meta() -> Iterator[FakeMeta]:
-    fake = FakeMeta().start()
+    # The clients' Meta apps are already subscribed to their WABAs (onboarding); without that
+    # Meta refuses a webhook override (README of ../shared/contracts).
+    fake = FakeMeta(waba_subscribed=True).start()
     try:
         yield fake
     finally:
