@@ -15,6 +15,7 @@ import contextlib
 import importlib.util
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -309,15 +310,16 @@ class LocalStack:
             }
         )
         env.setdefault("PHONE_NUMBER_ID", "100000000000001")
-        env.setdefault("META_APP_SECRET", "local-dev-app-secret")
-        env.setdefault("META_VERIFY_TOKEN", "local-dev-verify-token")
+        # Local secrets, made afresh for this stack: the bot has no defaults to fall back on.
+        env.setdefault("META_APP_SECRET", secrets.token_hex(16))  # shaped like Meta's
+        env.setdefault("META_VERIFY_TOKEN", secrets.token_urlsafe(24))
         env.update(self.extra_env)
         self.env = env
 
     def _start_fakes(self) -> None:
         meta_port, openai_port = free_port(), free_port()
-        token = self.env.setdefault("META_ACCESS_TOKEN", "local-dev-access-token")
-        key = self.env.setdefault("OPENAI_API_KEY", "local-dev-openai-key")
+        token = self.env.setdefault("META_ACCESS_TOKEN", "local-" + secrets.token_urlsafe(24))
+        key = self.env.setdefault("OPENAI_API_KEY", "sk-local-" + secrets.token_urlsafe(24))
         self._spawn(
             "fake-meta",
             [

@@ -8,7 +8,10 @@ closed, and the database engines disposed, at shutdown.
 
 ``app`` is built on first access (a module ``__getattr__``), so importing this module reads no
 environment and connects nowhere; ``uvicorn bot.main:app`` and ``from bot.main import app`` work
-as usual.
+as usual. Building it refuses to go on without the web tier's secrets (``META_APP_SECRET``,
+``META_VERIFY_TOKEN``): there are no defaults, so the error names what to set.
+
+Production serves it with the HTTP limits of :mod:`bot.serving` (``uvicorn_args``).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from starlette.types import Receive, Scope, Send
 
 from bot import __version__
 from bot.api import api_router, webhook
-from bot.core.config import Settings, get_settings
+from bot.core.config import WEB_SECRETS, Settings, get_settings
 from bot.core.logging import configure_logging
 from bot.core.redis import connect_redis
 from bot.queue import TaskPublisher
@@ -36,8 +39,10 @@ def create_app(settings: Settings | None = None, *, setup_logging: bool = True) 
     """The web application for ``settings`` (default: ``get_settings()``).
 
     ``setup_logging=False`` leaves the process's logging configuration alone (tests).
+    Raises :class:`~bot.core.config.MissingSecretsError` without the web tier's secrets.
     """
     settings = settings or get_settings()
+    settings.require(*WEB_SECRETS)
     if setup_logging:
         configure_logging(settings)
 

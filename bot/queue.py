@@ -1,10 +1,12 @@
 """Publishing the worker's Celery tasks from the async web tier, without blocking its loop.
 
 The web tier never imports ``bot.tasks`` (the worker's Celery app and its dependencies). It
-publishes two tasks by name, each with one positional argument, the event as JSON:
+publishes three tasks by name, each with one positional argument, the event as JSON:
 
 - ``bot.tasks.process_message(InboundMessage.model_dump(mode="json"))``
 - ``bot.tasks.record_status(StatusUpdate.model_dump(mode="json"))``
+- ``bot.tasks.process_echo(EchoMessage.model_dump(mode="json"))``: a message the business sent
+  from the WhatsApp Business app (``smb_message_echoes``), de-duplicated by wamid like messages.
 
 How: for a Redis broker (``redis://``, ``rediss://``, ``unix://``; the normal case) the message
 is written with the async Redis client exactly as Celery's ``send_task`` and kombu's Redis
@@ -49,12 +51,13 @@ from redis.exceptions import NoScriptError
 
 from bot.core.redis import connect_redis
 from bot.dedup import DEDUP_TTL_SECONDS, dedup_key, first_seen, release
-from bot.whatsapp.events import InboundMessage, StatusUpdate
+from bot.whatsapp.events import EchoMessage, InboundMessage, StatusUpdate
 
 #: Celery's default queue, which ``celery -A bot.tasks worker`` consumes.
 CELERY_QUEUE = "celery"
 PROCESS_MESSAGE_TASK = "bot.tasks.process_message"
 RECORD_STATUS_TASK = "bot.tasks.record_status"
+PROCESS_ECHO_TASK = "bot.tasks.process_echo"
 
 _REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})
 
@@ -319,26 +322,57 @@ async def enqueue_message_once(
     script, so a crash can neither lose a message nor queue it twice. Otherwise the wamid is
     claimed first and the claim released again if publishing fails.
     """
+    return await _enqueue_once(
+        PROCESS_MESSAGE_TASK, msg.phone_number_id, msg.wamid, [msg.model_dump(mode="json")],
+        f"(<InboundMessage {msg.wamid} kind={msg.kind}>,)",
+        publisher, dedup_redis, ttl_seconds,
+    )
+
+
+async def enqueue_echo_once(
+    echo: EchoMessage,
+    publisher: TaskPublisher | None = None,
+    *,
+    dedup_redis: Redis | None = None,
+    ttl_seconds: int = DEDUP_TTL_SECONDS,
+) -> str | None:
+    """Queue ``bot.tasks.process_echo`` for ``echo`` unless its wamid was already seen (as
+    :func:`enqueue_message_once`)."""
+    return await _enqueue_once(
+        PROCESS_ECHO_TASK, echo.phone_number_id, echo.wamid, [echo.model_dump(mode="json")],
+        f"(<EchoMessage {echo.wamid} kind={echo.kind}>,)",
+        publisher, dedup_redis, ttl_seconds,
+    )
+
+
+async def _enqueue_once(
+    task: str,
+    phone_number_id: str,
+    wamid: str,
+    args: list[Any],
+    argsrepr: str,
+    publisher: TaskPublisher | None,
+    dedup_redis: Redis | None,
+    ttl_seconds: int,
+) -> str | None:
     publisher = publisher or default_publisher()
-    argsrepr = f"(<InboundMessage {msg.wamid} kind={msg.kind}>,)"
-    args = [msg.model_dump(mode="json")]
     if publisher.redis is not None and dedup_redis in (None, publisher.redis):
         return await publisher.send_task_once(
-            PROCESS_MESSAGE_TASK,
+            task,
             args,
-            claim_key=dedup_key(msg.phone_number_id, msg.wamid),
+            claim_key=dedup_key(phone_number_id, wamid),
             ttl_seconds=ttl_seconds,
             argsrepr=argsrepr,
         )
     if dedup_redis is None:
         raise ValueError("dedup_redis is required when the broker is not Redis")
-    if not await first_seen(dedup_redis, msg.phone_number_id, msg.wamid, ttl_seconds=ttl_seconds):
+    if not await first_seen(dedup_redis, phone_number_id, wamid, ttl_seconds=ttl_seconds):
         return None
     try:
-        return await publisher.send_task(PROCESS_MESSAGE_TASK, args, argsrepr=argsrepr)
+        return await publisher.send_task(task, args, argsrepr=argsrepr)
     except BaseException:
         with contextlib.suppress(Exception):
-            await release(dedup_redis, msg.phone_number_id, msg.wamid)
+            await release(dedup_redis, phone_number_id, wamid)
         raise
 
 

@@ -39,7 +39,7 @@ from bot.storage import repository as repo
 from bot.storage.db import session_scope
 from bot.storage.models import Direction, Message, MessageStatus
 from bot.whatsapp.client import GraphClient, GraphError, GraphPermanentError, GraphRetryableError
-from bot.whatsapp.events import InboundMessage, StatusUpdate
+from bot.whatsapp.events import EchoMessage, InboundMessage, StatusUpdate
 
 log = logging.getLogger(__name__)
 
@@ -250,7 +250,7 @@ async def handle_message(
             return MessageResult(Outcome.DUPLICATE, reply.source, reply.wamid)
 
     try:
-        sent = await rt.graph.send_text(msg.wa_id, reply.text or "", reply_to=msg.wamid)
+        sent = await rt.graph.send_text(msg.address, reply.text or "", reply_to=msg.wamid)
     except GraphRetryableError as exc:
         if not final_attempt:
             raise RetryLater("graph", str(exc), exc.retry_after) from exc
@@ -268,6 +268,13 @@ async def _record_failed(settings: Settings, reply: Message, exc: GraphError) ->
     log.warning("reply to %s failed for good: %s", reply.reply_to, exc)
     async with session_scope(settings) as session:
         await repo.mark_failed(session, reply, exc.code, exc.title or str(exc))
+
+
+async def record_echo(echo: EchoMessage, settings: Settings) -> bool:
+    """Store what a person at the business sent from the WhatsApp Business app (an echo) in
+    the user's history, so that answers see it; nothing is sent."""
+    async with session_scope(settings) as session:
+        return await repo.record_echo(session, echo)
 
 
 async def record_status(update: StatusUpdate, settings: Settings) -> repo.StatusOutcome:

@@ -4,6 +4,8 @@ Tasks (published by name by the web tier, see ``bot.queue``; one JSON argument e
 
 - ``bot.tasks.process_message(payload)``: an ``InboundMessage``; answer it (``bot.service``).
 - ``bot.tasks.record_status(payload)``: a ``StatusUpdate``; store it on the sent message.
+- ``bot.tasks.process_echo(payload)``: an ``EchoMessage`` (the business wrote from the WhatsApp
+  Business app); store it in the user's history.
 - ``bot.tasks.purge_old_messages()``: delete messages older than ``RETENTION_DAYS`` (beat runs
   it hourly).
 
@@ -43,11 +45,11 @@ from prometheus_client import start_http_server
 from pydantic import ValidationError
 
 from bot import service
-from bot.core.config import Settings, get_settings
+from bot.core.config import WORKER_SECRETS, MissingSecretsError, Settings, get_settings
 from bot.core.metrics import TASKS, metrics_registry
 from bot.storage.db import dispose_engines
 from bot.storage.repository import StatusOutcome
-from bot.whatsapp.events import InboundMessage, StatusUpdate
+from bot.whatsapp.events import EchoMessage, InboundMessage, StatusUpdate
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +151,18 @@ async def _close_runtime() -> None:
     if rt is not None:
         await rt.aclose()
     await dispose_engines()
+
+
+@worker_init.connect  # type: ignore[untyped-decorator]
+def _require_worker_secrets(**_: Any) -> None:
+    """A worker without the Graph API token or the OpenAI key refuses to start (no defaults).
+
+    SystemExit, because Celery logs and swallows an ordinary exception of a signal handler.
+    """
+    try:
+        get_settings().require(*WORKER_SECRETS)
+    except MissingSecretsError as exc:
+        raise SystemExit(f"celery worker: {exc}") from None
 
 
 @worker_init.connect  # type: ignore[untyped-decorator]
@@ -270,6 +284,29 @@ def process_message(self: Task, payload: dict[str, Any]) -> dict[str, Any]:
         "reply_wamid": result.reply_wamid,
         "error_code": result.error_code,
     }
+
+
+@app.task(bind=True, name="bot.tasks.process_echo", max_retries=None, shared=False)  # type: ignore[untyped-decorator]
+def process_echo(self: Task, payload: dict[str, Any]) -> str:
+    """Store an echo (a message the business sent itself) in the user's conversation."""
+    settings = get_settings()
+    try:
+        echo = EchoMessage.model_validate(payload)
+    except ValidationError as exc:
+        TASKS.labels(task="process_echo", outcome="failure").inc()
+        log.error("dropping an invalid echo payload: %s", exc.errors(include_input=False))
+        return "invalid"
+    retries = int(self.request.retries or 0)
+    try:
+        stored = run_async(service.record_echo(echo, settings))
+    except Exception as exc:
+        if retries >= settings.max_task_retries:
+            TASKS.labels(task="process_echo", outcome="failure").inc()
+            raise
+        TASKS.labels(task="process_echo", outcome="retry").inc()
+        raise self.retry(exc=exc, countdown=retry_countdown(retries, cap=_cap(settings))) from exc
+    TASKS.labels(task="process_echo", outcome="success").inc()
+    return "stored" if stored else "duplicate"
 
 
 @app.task(bind=True, name="bot.tasks.record_status", max_retries=None, shared=False)  # type: ignore[untyped-decorator]

@@ -1,24 +1,38 @@
 """Meta's webhook: the verification handshake (GET) and signed event deliveries (POST).
 
 ``GET /webhook``: Meta calls it with ``hub.mode=subscribe``, ``hub.verify_token`` and
-``hub.challenge`` when the callback URL is set; the challenge is echoed (text/plain, 200) only
-when the token matches ``META_VERIFY_TOKEN`` (constant-time comparison), else 403.
+``hub.challenge`` when the callback URL is set; the challenge is echoed (``text/plain``,
+``X-Content-Type-Options: nosniff``, 200) only when the token matches ``META_VERIFY_TOKEN``
+(or the previous one during a rotation; constant-time comparison), else 403.
 
 ``POST /webhook``, in order, answering at once (the worker does the slow part):
 
-1. ``X-Hub-Signature-256`` is checked over the raw body with ``META_APP_SECRET``: 401 and
+1. The body is read as it streams in, chunked or not, and refused with 413 (and the
+   connection closed) as soon as it exceeds ``WEBHOOK_MAX_BODY_BYTES`` (3 MiB by default,
+   Meta's maximum is 3 MB); a declared ``Content-Length`` above it is refused before a byte is
+   read. All bodies being read or handled at once share ``WEBHOOK_BODY_BUDGET_BYTES``; beyond
+   it the delivery gets 503 and Meta retries, instead of the process running out of memory.
+2. ``X-Hub-Signature-256`` is checked over the raw body with ``META_APP_SECRET``: 401 and
    nothing parsed, stored or queued when it is missing or wrong.
-2. The body is parsed: 400 when it is not a JSON object, 422 when it is not shaped like a
-   webhook payload; the response and the log line give the reason (field paths, never values).
-3. Events addressed to another phone number id are acknowledged and ignored, with a log line.
-4. Each message is de-duplicated by wamid in Redis (``bot.dedup``) and, when new, queued as
-   ``bot.tasks.process_message`` (one atomic Lua step when the broker is the same Redis, see
-   ``bot.queue.enqueue_message_once``); each status is queued as ``bot.tasks.record_status``.
-5. ``200 {"status": "ok"}``. If Redis or the broker fails, 503: Meta redelivers later, and no
-   wamid stays claimed for a message that was not queued, so the redelivery is processed.
+3. Once the signature holds, the answer is 200 whatever the elements hold. Only a body that is
+   not a JSON object gets 400. Each message, status and echo is parsed on its own
+   (``bot.whatsapp.payload``); a malformed one, or one beyond ``WEBHOOK_MAX_EVENTS`` per
+   delivery, is quarantined: stored with its reason in ``quarantined_events``, counted in
+   ``released_webhook_quarantined_total``, never queued; the others proceed.
+4. Changes for another phone number id are acknowledged and ignored, with a log line; changes
+   whose ``field`` is neither ``messages`` nor ``smb_message_echoes`` (calls, account and
+   template updates) are counted and ignored.
+5. Each message and echo is de-duplicated by wamid in Redis (``bot.dedup``) and, when new,
+   queued as ``bot.tasks.process_message`` / ``bot.tasks.process_echo`` (one atomic Lua step
+   when the broker is the same Redis, see ``bot.queue``); each status is queued as
+   ``bot.tasks.record_status``.
+6. ``200 {"status": "ok"}``. If Redis, the broker or the database fails, 503: Meta redelivers
+   later; no wamid stays claimed for a message that was not queued, and quarantined elements
+   are stored once however often the delivery comes.
 
-Every request counts once in ``released_webhook_requests_total{outcome}``: ``accepted`` when
-something was queued, else ``duplicate`` when only redeliveries came, else ``ignored``.
+Timeouts for slow headers and bodies are the HTTP server's (``bot.serving``).
+
+Every request counts once in ``released_webhook_requests_total{outcome}``.
 """
 
 from __future__ import annotations
@@ -30,30 +44,38 @@ from typing import Annotated
 import structlog
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
-from pydantic import ValidationError
 from redis.asyncio import Redis
 from starlette.requests import ClientDisconnect
 
 from bot.api.deps import SettingsDep
 from bot.core.config import Settings
-from bot.core.metrics import MESSAGES_RECEIVED, WEBHOOK_LATENCY, WEBHOOK_REQUESTS
-from bot.queue import TaskPublisher, enqueue_message_once, enqueue_status
-from bot.whatsapp.payload import WHATSAPP_OBJECT, PayloadError, extract_events, parse_payload
+from bot.core.metrics import (
+    MESSAGES_RECEIVED,
+    WEBHOOK_CHANGES_IGNORED,
+    WEBHOOK_LATENCY,
+    WEBHOOK_QUARANTINED,
+    WEBHOOK_REQUESTS,
+)
+from bot.queue import TaskPublisher, enqueue_echo_once, enqueue_message_once, enqueue_status
+from bot.storage.quarantine import store_quarantined
+from bot.whatsapp.payload import WHATSAPP_OBJECT, Delivery, PayloadError, parse_delivery
 from bot.whatsapp.signature import SIGNATURE_HEADER, verify
 
 log = structlog.get_logger(__name__)
 router = APIRouter(tags=["webhook"])
 
-#: Meta's payloads are a few KiB; anything far larger is refused before it is read.
-MAX_BODY_BYTES = 1024 * 1024
+_NOSNIFF = {"X-Content-Type-Options": "nosniff"}
+_CLOSE = {"Connection": "close"}
 
 
 def _count(outcome: str) -> None:
     WEBHOOK_REQUESTS.labels(outcome=outcome).inc()
 
 
-def _problem(status_code: int, detail: str) -> JSONResponse:
-    return JSONResponse({"detail": detail}, status_code=status_code)
+def _problem(
+    status_code: int, detail: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse({"detail": detail}, status_code=status_code, headers=headers)
 
 
 @router.get("/webhook", response_class=PlainTextResponse)
@@ -74,7 +96,8 @@ async def verify_subscription(
     if mode == "subscribe" and token_ok and challenge is not None:
         _count("verify_ok")
         log.info("webhook.verified")
-        return PlainTextResponse(challenge)
+        # text/plain and nosniff: the echoed challenge is never rendered as HTML by a browser.
+        return PlainTextResponse(challenge, headers=_NOSNIFF)
     _count("verify_failed")
     log.warning(
         "webhook.verify_failed",
@@ -82,7 +105,70 @@ async def verify_subscription(
         token_present=token is not None,
         challenge_present=challenge is not None,
     )
-    return PlainTextResponse("Forbidden", status_code=403)
+    return PlainTextResponse("Forbidden", status_code=403, headers=_NOSNIFF)
+
+
+class _BodyRefused(Exception):
+    """The body was not read: ``response`` says why."""
+
+    def __init__(self, outcome: str, response: Response) -> None:
+        self.outcome = outcome
+        self.response = response
+
+
+class BodyBudget:
+    """Bytes of webhook bodies this process holds at once (one event loop: no lock needed)."""
+
+    def __init__(self) -> None:
+        self.held = 0
+
+    def take(self, size: int, limit: int) -> None:
+        if self.held + size > limit:
+            raise _BodyRefused(
+                "busy", _problem(503, "too many deliveries at once; retry later", _CLOSE)
+            )
+        self.held += size
+
+    def give_back(self, size: int) -> None:
+        self.held -= size
+
+
+#: The process's budget (``WEBHOOK_BODY_BUDGET_BYTES``).
+BUDGET = BodyBudget()
+
+
+async def read_body(request: Request, settings: Settings, budget: BodyBudget) -> bytearray:
+    """The request body, read chunk by chunk with the size cap and the budget enforced as it
+    arrives (never more than one chunk past either). The caller gives back ``len(body)`` to
+    ``budget`` when done. Raises :class:`_BodyRefused` with the answer to give."""
+    limit = settings.webhook_max_body_bytes
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise _BodyRefused("too_large", _too_large(int(declared)))
+    body = bytearray()
+    try:
+        async for chunk in request.stream():
+            if len(body) + len(chunk) > limit:
+                budget.give_back(len(body))
+                raise _BodyRefused("too_large", _too_large(len(body) + len(chunk)))
+            try:
+                budget.take(len(chunk), settings.webhook_body_budget_bytes)
+            except _BodyRefused:
+                budget.give_back(len(body))
+                log.warning("webhook.busy", held=budget.held, size=len(body) + len(chunk))
+                raise
+            body += chunk
+    except ClientDisconnect:  # the sender hung up mid-body: nothing to answer, nothing lost
+        budget.give_back(len(body))
+        log.info("webhook.client_disconnected", received=len(body))
+        raise _BodyRefused("disconnected", Response(status_code=400, headers=_CLOSE)) from None
+    return body
+
+
+def _too_large(size: int) -> JSONResponse:
+    log.warning("webhook.too_large", size_at_least=size)
+    # Close the connection: whatever the sender still sends is not read.
+    return _problem(413, "body too large", _CLOSE)
 
 
 async def receive(request: Request) -> Response:
@@ -95,66 +181,56 @@ async def receive(request: Request) -> Response:
     """
     started = time.perf_counter()
     state = request.app.state
+    settings: Settings = state.settings
     try:
-        return await _receive(request, state.settings, state.redis, state.publisher)
+        body = await read_body(request, settings, BUDGET)
+    except _BodyRefused as refused:
+        _count(refused.outcome)
+        WEBHOOK_LATENCY.observe(time.perf_counter() - started)
+        return refused.response
+    try:
+        return await _receive(request, bytes(body), settings, state.redis, state.publisher)
     finally:
+        BUDGET.give_back(len(body))
         WEBHOOK_LATENCY.observe(time.perf_counter() - started)
 
 
 async def _receive(
-    request: Request, settings: Settings, redis: Redis, publisher: TaskPublisher
+    request: Request, body: bytes, settings: Settings, redis: Redis, publisher: TaskPublisher
 ) -> Response:
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        _count("malformed")
-        log.warning("webhook.too_large", content_length=int(declared))
-        return _problem(413, "body too large")
-    try:
-        body = await request.body()
-    except ClientDisconnect:  # the sender hung up mid-body: nothing to answer, nothing lost
-        _count("malformed")
-        log.info("webhook.client_disconnected")
-        return Response(status_code=400)
-    if len(body) > MAX_BODY_BYTES:
-        _count("malformed")
-        log.warning("webhook.too_large", content_length=len(body))
-        return _problem(413, "body too large")
-
     header = request.headers.get(SIGNATURE_HEADER)
-    if not verify(body, header, settings.meta_app_secret.get_secret_value()):
+    app_secret = settings.meta_app_secret
+    if app_secret is None or not verify(body, header, app_secret.get_secret_value()):
         _count("bad_signature")
         log.warning("webhook.bad_signature", header_present=header is not None, size=len(body))
         return _problem(401, "invalid or missing X-Hub-Signature-256")
 
     try:
-        payload = parse_payload(body)
-        messages, statuses, foreign = extract_events(payload, settings.phone_number_id)
+        delivery = parse_delivery(
+            body, settings.phone_number_id, max_events=settings.webhook_max_events
+        )
     except PayloadError as exc:
         _count("malformed")
         log.warning("webhook.malformed", reason=exc.reason, size=len(body))
         return _problem(exc.status_code, exc.reason)
-    except ValidationError as exc:
-        reason = "payload has invalid values: " + "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
-            for err in exc.errors(include_input=False, include_url=False)[:5]
-        )
-        _count("malformed")
-        log.warning("webhook.malformed", reason=reason, size=len(body))
-        return _problem(422, reason)
 
-    if payload.object != WHATSAPP_OBJECT:
+    if delivery.object is not None and delivery.object != WHATSAPP_OBJECT:
         _count("ignored")
-        log.info("webhook.ignored_object", object=payload.object)
+        log.info("webhook.ignored_object", object=delivery.object[:64])
         return JSONResponse({"status": "ok"})
-    if foreign:
+    if delivery.foreign:
         log.info(
             "webhook.foreign_phone_number_id",
-            phone_number_ids=foreign,
+            phone_number_ids=delivery.foreign,
             ours=settings.phone_number_id,
         )
+    if delivery.other_fields:
+        for name in delivery.other_fields:
+            WEBHOOK_CHANGES_IGNORED.labels(field=name).inc()
+        log.info("webhook.changes_ignored", fields=sorted(set(delivery.other_fields)))
 
     queued = duplicates = 0
-    for msg in messages:
+    for msg in delivery.messages:
         try:
             task_id = await enqueue_message_once(msg, publisher, dedup_redis=redis)
         except Exception as exc:
@@ -169,7 +245,18 @@ async def _receive(
         # (released_webhook_requests_total counts them; the worker logs each task it runs).
         log.debug("webhook.message_queued", wamid=msg.wamid, kind=msg.kind, task_id=task_id)
 
-    for status in statuses:
+    for echo in delivery.echoes:
+        try:
+            task_id = await enqueue_echo_once(echo, publisher, dedup_redis=redis)
+        except Exception as exc:
+            return _unavailable("enqueue_echo", exc)
+        if task_id is None:
+            duplicates += 1
+            continue
+        queued += 1
+        log.debug("webhook.echo_queued", wamid=echo.wamid, kind=echo.kind, task_id=task_id)
+
+    for status in delivery.statuses:
         try:
             await enqueue_status(status, publisher)
         except Exception as exc:
@@ -177,8 +264,37 @@ async def _receive(
         queued += 1
         log.debug("webhook.status_queued", wamid=status.wamid, status=status.status)
 
-    _count("accepted" if queued else "duplicate" if duplicates else "ignored")
+    if delivery.quarantined:
+        try:
+            await _quarantine(settings, delivery)
+        except Exception as exc:
+            return _unavailable("store_quarantined", exc)
+
+    _count(
+        "accepted" if queued
+        else "duplicate" if duplicates
+        else "quarantined" if delivery.quarantined
+        else "ignored"
+    )
     return JSONResponse({"status": "ok"})
+
+
+async def _quarantine(settings: Settings, delivery: Delivery) -> None:
+    """Store the quarantined elements (once each), count them and log one line about them."""
+    stored = await store_quarantined(settings, delivery.quarantined)
+    for item in delivery.quarantined:
+        WEBHOOK_QUARANTINED.labels(element=item.element, cause=item.cause).inc()
+    log.warning(
+        "webhook.quarantined",
+        count=len(delivery.quarantined),
+        new=stored,
+        queued=delivery.event_count,
+        # Where and why, for the first few: paths and reasons never hold values.
+        first=[
+            {"element": q.element, "cause": q.cause, "path": q.path, "reason": q.reason}
+            for q in delivery.quarantined[:5]
+        ],
+    )
 
 
 def _unavailable(stage: str, exc: Exception) -> JSONResponse:

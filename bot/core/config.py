@@ -2,36 +2,72 @@
 
 One ``Settings`` object is the single source of configuration; ``get_settings()`` caches it
 per process. Secrets are ``SecretStr`` so that they never print in reprs, logs or errors.
+
+Secrets have no defaults: each tier receives only the secrets it uses (the web tier the app
+secret and verify token, the worker the access token and API key), so every one is optional
+here and each process names the ones it needs at startup (:meth:`Settings.require`, with
+:data:`WEB_SECRETS` and :data:`WORKER_SECRETS`): a process without them refuses to start with
+an error that names the variables. ``released run`` (``bot.devstack``) makes local random ones.
+A secret still holding ``released provision``'s ``REPLACE_ME`` placeholder is refused wherever
+it is set, and so is an app secret that is not shaped like Meta's (32 hexadecimal characters):
+a guessable app secret would let anyone sign webhooks.
 """
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
+from urllib.parse import unquote, urlsplit
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 #: Meta's Graph API, with the version pinned so that a Meta release cannot change our payloads.
 DEFAULT_GRAPH_URL = "https://graph.facebook.com/v25.0"
 DEFAULT_OPENAI_URL = "https://api.openai.com/v1"
 
+#: What ``released provision`` writes into the Secrets it prints, for a person to replace.
+PLACEHOLDER = "REPLACE_ME"
+#: Meta app secrets are 32 hexadecimal characters (the App Dashboard shows them so).
+_APP_SECRET_RE = re.compile(r"^[0-9a-fA-F]{32}$")
+
+#: The secrets each process needs (``Settings`` field names; the variables are upper case).
+WEB_SECRETS = ("meta_app_secret", "meta_verify_token")
+WORKER_SECRETS = ("meta_access_token", "openai_api_key")
+#: Every secret setting, for validation and redaction.
+_SECRET_FIELDS = (
+    "meta_access_token",
+    "meta_app_secret",
+    "meta_verify_token",
+    "meta_verify_token_previous",
+    "openai_api_key",
+)
+
+
+class MissingSecretsError(RuntimeError):
+    """A process started without secrets it needs; the message names the variables."""
+
 
 class Settings(BaseSettings):
     """Environment variables of the web tier, the worker and beat (see DESIGN.md)."""
 
-    model_config = SettingsConfigDict(env_file=None, extra="ignore", case_sensitive=False)
+    # hide_input_in_errors: a refused secret is never printed in the error that refuses it.
+    model_config = SettingsConfigDict(
+        env_file=None, extra="ignore", case_sensitive=False, hide_input_in_errors=True
+    )
 
     phone_number_id: str = Field(default="100000000000001", pattern=r"^[0-9]+$")
-    meta_access_token: SecretStr = SecretStr("local-dev-access-token")
-    meta_app_secret: SecretStr = SecretStr("local-dev-app-secret")
-    meta_verify_token: SecretStr = SecretStr("local-dev-verify-token")
+    #: Secrets: no defaults (see the module doc); ``None`` until the environment sets them.
+    meta_access_token: SecretStr | None = None
+    meta_app_secret: SecretStr | None = None
+    meta_verify_token: SecretStr | None = None
     #: During a credential rotation the previous verify token stays valid until pods rolled.
     meta_verify_token_previous: SecretStr | None = None
     meta_graph_url: str = DEFAULT_GRAPH_URL
 
-    openai_api_key: SecretStr = SecretStr("local-dev-openai-key")
+    openai_api_key: SecretStr | None = None
     openai_base_url: str = DEFAULT_OPENAI_URL
     openai_model: str = "gpt-4.1-mini"
     openai_instructions: str = "You are a helpful, concise customer-service assistant."
@@ -69,20 +105,87 @@ class Settings(BaseSettings):
     log_format: Literal["console", "json"] = "console"
     log_level: str = "INFO"
 
+    #: The largest webhook body accepted, enforced while it streams in (Meta sends up to 3 MB).
+    webhook_max_body_bytes: int = Field(default=3 * 1024 * 1024, ge=3_000_000)
+    #: Bytes of webhook bodies one web process holds at once; beyond it a delivery gets 503
+    #: (Meta retries) instead of the process running out of memory.
+    webhook_body_budget_bytes: int = Field(default=48 * 1024 * 1024, ge=3_000_000)
+    #: Messages, statuses and echoes queued from one delivery; the rest are quarantined.
+    webhook_max_events: int = Field(default=250, ge=1, le=10_000)
+
+    @field_validator(*_SECRET_FIELDS, mode="after")
+    @classmethod
+    def _no_placeholder(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        secret = value.get_secret_value().strip()
+        if not secret:
+            return None  # an empty variable is an unset one (and ``require`` says so)
+        if PLACEHOLDER in secret:
+            raise ValueError(
+                f"still holds the {PLACEHOLDER} placeholder of `released provision`: "
+                "put the real value in the Secret"
+            )
+        return value
+
+    @field_validator("meta_app_secret", mode="after")
+    @classmethod
+    def _plausible_app_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not _APP_SECRET_RE.match(value.get_secret_value().strip()):
+            raise ValueError(
+                "is not a Meta app secret (32 hexadecimal characters, from the App Dashboard "
+                "under App settings > Basic)"
+            )
+        return value
+
+    def require(self, *names: str) -> None:
+        """Raise :class:`MissingSecretsError` naming every one of ``names`` that is unset."""
+        missing = [name.upper() for name in names if getattr(self, name) is None]
+        if missing:
+            raise MissingSecretsError(
+                f"missing secret settings: {', '.join(missing)}. Set them in the environment "
+                "(the operator passes them from the agent's Secrets); there are no defaults. "
+                "`released run` makes local ones for trying the bot out."
+            )
+
+    def secret(self, name: str) -> str:
+        """The value of secret setting ``name`` (:class:`MissingSecretsError` when unset)."""
+        self.require(name)
+        value: SecretStr = getattr(self, name)
+        return value.get_secret_value()
+
     @property
     def broker_url(self) -> str:
         """Celery's broker: ``CELERY_BROKER_URL`` when set, else ``REDIS_URL``."""
         return self.celery_broker_url or self.redis_url
 
     def secret_values(self) -> list[str]:
-        """Every secret this process holds, for the log redaction filter."""
+        """Every secret this process holds, for the log redaction filter: the secret settings
+        and the passwords inside ``REDIS_URL``, ``CELERY_BROKER_URL`` and ``DATABASE_URL``."""
         values = [
-            self.meta_access_token.get_secret_value(),
-            self.meta_app_secret.get_secret_value(),
-            self.meta_verify_token.get_secret_value(),
-            self.openai_api_key.get_secret_value(),
+            value.get_secret_value()
+            for name in _SECRET_FIELDS
+            if (value := getattr(self, name)) is not None
         ]
-        return [v for v in values if len(v) >= 6]
+        for url in (self.redis_url, self.celery_broker_url, self.database_url):
+            password = _url_password(url)
+            if password:
+                values += [password, unquote(password)]
+        return sorted({v for v in values if len(v) >= 6}, key=len, reverse=True)
+
+
+def _url_password(url: str | None) -> str | None:
+    """The password of a ``scheme://user:password@host`` URL as written (percent-encoded)."""
+    if not url or "@" not in url:
+        return None
+    try:
+        netloc = urlsplit(url).netloc
+    except ValueError:
+        return None
+    userinfo = netloc.rpartition("@")[0]
+    if ":" not in userinfo:
+        return None
+    return userinfo.split(":", 1)[1] or None
 
 
 @lru_cache(maxsize=1)

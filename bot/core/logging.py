@@ -10,8 +10,14 @@ twice:
 - the formatter's last step redacts the final rendered line, so nothing a processor, a renderer
   or a traceback adds can escape.
 
-Redacted are every value of :meth:`Settings.secret_values`, ``Bearer <token>`` headers,
-``access_token=``/``api_key=``-style parameters and passwords in URLs such as ``REDIS_URL``.
+Redacted are every value of :meth:`Settings.secret_values` (the secret settings and the Redis
+and database passwords), ``Bearer <token>`` headers, ``access_token=``/``api_key=``-style
+parameters and passwords in URLs such as ``REDIS_URL``. Then WhatsApp users' phone numbers
+(runs of 10 to 15 digits, ``+`` or not) and business-scoped user IDs (``US.1349...``) are
+masked to their last four characters (``+***1234``, ``US.***1918``), wherever they appear:
+event values, Meta's error titles, exception texts. The agent's own ``PHONE_NUMBER_ID`` (a
+business id, not a person) stays readable. Redaction always runs on whole texts, before
+anything is cut short.
 Celery callers should connect ``celery.signals.setup_logging`` to :func:`configure_logging` so
 Celery does not install its own handlers; :func:`configure_logging` is idempotent.
 """
@@ -66,23 +72,40 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
 )
 
 
+#: A phone number as WhatsApp writes it (E.164 digits, with or without "+"), not inside a
+#: longer word or number (wamids are base64, so their digit runs are inside words).
+_PHONE = re.compile(r"(?<![\w.+-])\+?\d{6,11}(\d{4})(?![\w-])")
+#: A business-scoped user ID: two letters, optionally ".ENT" (a parent BSUID), a dot, an id.
+_BSUID = re.compile(r"(?<![\w.])([A-Z]{2}(?:\.ENT)?)\.[A-Za-z0-9]{2,124}([A-Za-z0-9]{4})(?![\w])")
+
+
 class Redactor:
-    """Removes known secret values and secret-looking patterns from text."""
+    """Removes known secret values and secret-looking patterns from text, and masks phone
+    numbers and BSUIDs (except the ``keep`` values, such as the agent's phone number id)."""
 
-    def __init__(self, secrets: Iterable[str] = ()) -> None:
+    def __init__(self, secrets: Iterable[str] = (), keep: Iterable[str] = ()) -> None:
         self._secrets: re.Pattern[str] | None = None
-        self.set_secrets(secrets)
+        self._keep: frozenset[str] = frozenset()
+        self.set_secrets(secrets, keep)
 
-    def set_secrets(self, secrets: Iterable[str]) -> None:
+    def set_secrets(self, secrets: Iterable[str], keep: Iterable[str] = ()) -> None:
         values = sorted({s for s in secrets if s}, key=len, reverse=True)
         self._secrets = re.compile("|".join(re.escape(v) for v in values)) if values else None
+        self._keep = frozenset(keep)
+
+    def _mask_phone(self, match: re.Match[str]) -> str:
+        whole = match.group(0)
+        if whole.lstrip("+") in self._keep:
+            return whole
+        return "+***" + match.group(1)
 
     def __call__(self, text: str) -> str:
         if self._secrets is not None:
             text = self._secrets.sub(REDACTED, text)
         for pattern, replacement in _PATTERNS:
             text = pattern.sub(replacement, text)
-        return text
+        text = _PHONE.sub(self._mask_phone, text)
+        return _BSUID.sub(r"\1.***\2", text)
 
     def redact_value(self, value: Any) -> Any:
         """Redact strings inside (nested) containers; other values are returned unchanged."""
@@ -152,7 +175,7 @@ def configure_logging(settings: Settings, *, stream: TextIO | None = None) -> No
 
     ``stream`` defaults to stderr; tests pass a buffer to capture the lines.
     """
-    redactor.set_secrets(settings.secret_values())
+    redactor.set_secrets(settings.secret_values(), keep=[settings.phone_number_id])
     level = logging.getLevelNamesMapping().get(settings.log_level.upper(), logging.INFO)
 
     timestamper = structlog.processors.TimeStamper(fmt="iso", utc=True)

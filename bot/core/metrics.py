@@ -7,9 +7,18 @@ buckets are defined once:
 name                               type      labels / meaning
 ================================== ========= ===========================================
 released_webhook_requests_total    counter   ``outcome``: accepted, duplicate,
-                                             bad_signature, malformed, ignored, verify_ok,
-                                             verify_failed, error (one per request;
-                                             error: Redis or the broker failed, 503)
+                                             quarantined, bad_signature, malformed,
+                                             too_large, disconnected, busy, ignored,
+                                             verify_ok, verify_failed, error (one per
+                                             request; error: Redis, the broker or the
+                                             database failed, 503; busy: the web tier holds
+                                             its budget of request bodies, 503)
+released_webhook_quarantined_total counter   ``element`` (message, status, echo, change,
+                                             entry, delivery), ``cause`` (invalid, over_cap,
+                                             unknown_status): elements of signed deliveries
+                                             kept aside with their reason, not queued
+released_webhook_changes_ignored_total counter ``field``: changes that are neither messages
+                                             nor echoes (calls, account_update, ...; other)
 released_webhook_latency_seconds   histogram time to answer a webhook POST
 released_messages_received_total   counter   ``kind``: the InboundMessage kind, new ones only
 released_tasks_total               counter   ``task``, ``outcome``: success, retry, failure
@@ -59,8 +68,12 @@ from prometheus_client.registry import Collector
 WEBHOOK_OUTCOMES = (
     "accepted",
     "duplicate",
+    "quarantined",
     "bad_signature",
     "malformed",
+    "too_large",
+    "disconnected",
+    "busy",
     "ignored",
     "verify_ok",
     "verify_failed",
@@ -82,6 +95,16 @@ WEBHOOK_LATENCY = Histogram(
     "released_webhook_latency_seconds",
     "Time to answer a webhook POST.",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+WEBHOOK_QUARANTINED = Counter(
+    "released_webhook_quarantined_total",
+    "Elements of signed webhook deliveries kept aside (stored with their reason, not queued).",
+    ["element", "cause"],
+)
+WEBHOOK_CHANGES_IGNORED = Counter(
+    "released_webhook_changes_ignored_total",
+    "Webhook changes that are neither messages nor echoes, by field.",
+    ["field"],
 )
 MESSAGES_RECEIVED = Counter(
     "released_messages_received_total",
@@ -122,6 +145,8 @@ FALLBACK_ANSWERS = Counter(
 # Known label values start at zero, so dashboards and alerts see them before the first event.
 for _outcome in WEBHOOK_OUTCOMES:
     WEBHOOK_REQUESTS.labels(outcome=_outcome)
+for _element in ("message", "status", "echo"):
+    WEBHOOK_QUARANTINED.labels(element=_element, cause="invalid")
 for _direction in TOKEN_DIRECTIONS:
     OPENAI_TOKENS.labels(direction=_direction)
 for _source in FALLBACK_SOURCES:

@@ -84,7 +84,7 @@ class ModelError(Exception):
 def make_client(settings: Settings, **kwargs: Any) -> AsyncOpenAI:
     """An async OpenAI client for ``OPENAI_BASE_URL`` with the SDK's retries turned off."""
     return AsyncOpenAI(
-        api_key=settings.openai_api_key.get_secret_value(),
+        api_key=settings.secret("openai_api_key"),
         base_url=settings.openai_base_url,
         max_retries=0,
         timeout=settings.openai_timeout_seconds,

@@ -132,3 +132,32 @@ class Message(SQLModel, table=True):
     updated_at: datetime = Field(
         default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False)
     )
+
+
+class QuarantinedEvent(SQLModel, table=True):
+    """An element of a signed webhook delivery that was kept aside instead of processed: it did
+    not parse, Meta sent a status value the bot does not know, or the delivery held more
+    elements than one may queue (``bot.whatsapp.payload.Quarantined``). ``raw`` is the
+    element's JSON for a person to look at; ``reason`` names field paths, never values.
+    ``fingerprint`` makes a redelivered delivery store nothing twice. Purged with the messages
+    after ``RETENTION_DAYS``."""
+
+    __tablename__ = "quarantined_events"
+    __table_args__ = (
+        UniqueConstraint("fingerprint", name="uq_quarantined_events_fingerprint"),
+        Index("ix_quarantined_events_created_at", "created_at"),
+    )
+
+    id: int | None = Field(default=None, sa_column=Column(Integer, primary_key=True))
+    fingerprint: str = Field(sa_column=Column(String(64), nullable=False))
+    phone_number_id: str | None = Field(default=None, sa_column=Column(String(64), nullable=True))
+    field: str | None = Field(default=None, sa_column=Column(String(64), nullable=True))
+    element: str = Field(sa_column=Column(String(16), nullable=False))
+    cause: str = Field(sa_column=Column(String(16), nullable=False))
+    path: str = Field(sa_column=Column(String(256), nullable=False))
+    wamid: str | None = Field(default=None, sa_column=Column(String(256), nullable=True))
+    reason: str = Field(sa_column=Column(String(512), nullable=False))
+    raw: str = Field(sa_column=Column(Text, nullable=False))
+    created_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False)
+    )

@@ -24,9 +24,10 @@ from bot.storage.models import (
     Direction,
     Message,
     MessageStatus,
+    QuarantinedEvent,
     utcnow,
 )
-from bot.whatsapp.events import InboundMessage, StatusUpdate
+from bot.whatsapp.events import EchoMessage, InboundMessage, StatusUpdate
 
 #: Outbound statuses after which a reply must never be sent again.
 FINAL_REPLY_STATUSES = frozenset(
@@ -104,7 +105,7 @@ async def record_inbound(session: AsyncSession, msg: InboundMessage) -> InboundR
     """Store an inbound message once: a second call with the same wamid stores nothing and
     returns ``created=False`` with the message stored the first time."""
     conversation = await get_or_create_conversation(
-        session, msg.phone_number_id, msg.wa_id, msg.contact_name
+        session, msg.phone_number_id, msg.address, msg.contact_name
     )
     now = utcnow()
     stmt = (
@@ -126,6 +127,31 @@ async def record_inbound(session: AsyncSession, msg: InboundMessage) -> InboundR
     message = await get_message(session, msg.wamid)
     assert message is not None
     return InboundRecord(message=message, conversation=conversation, created=created)
+
+
+async def record_echo(session: AsyncSession, echo: EchoMessage) -> bool:
+    """Store a message the business sent from the WhatsApp Business app (an echo) in the user's
+    conversation, as an outbound message with ``source="echo"``, once per wamid; returns
+    whether this call stored it."""
+    conversation = await get_or_create_conversation(session, echo.phone_number_id, echo.address)
+    now = utcnow()
+    stmt = (
+        _insert(session, Message)
+        .values(
+            conversation_id=conversation.id,
+            direction=Direction.OUTBOUND.value,
+            wamid=echo.wamid,
+            kind=echo.kind,
+            text=echo.text,
+            source="echo",
+            status=MessageStatus.SENT.value,
+            created_at=now,
+            updated_at=now,
+        )
+        .on_conflict_do_nothing(index_elements=["wamid"])
+    )
+    result = await session.execute(stmt)
+    return bool(getattr(result, "rowcount", 0))
 
 
 async def history(
@@ -325,9 +351,12 @@ async def apply_status(session: AsyncSession, update_: StatusUpdate) -> StatusOu
 
 
 async def purge_older_than(session: AsyncSession, days: int, *, now: datetime | None = None) -> int:
-    """Delete messages created more than ``days`` days ago, then conversations left empty and
-    idle as long; return the number of messages deleted."""
+    """Delete messages (and quarantined webhook elements) created more than ``days`` days ago,
+    then conversations left empty and idle as long; return the number of messages deleted."""
     cutoff = _utc(now or utcnow()) - timedelta(days=days)
+    await session.execute(
+        delete(QuarantinedEvent).where(col(QuarantinedEvent.created_at) < cutoff)
+    )
     result = await session.execute(delete(Message).where(col(Message.created_at) < cutoff))
     deleted = int(getattr(result, "rowcount", 0) or 0)
     has_messages = exists().where(col(Message.conversation_id) == col(Conversation.id))

@@ -23,8 +23,10 @@ from types import TracebackType
 from typing import Any, Self
 
 import httpx
+from pydantic import SecretStr
 
 from bot.core.config import Settings
+from bot.core.logging import redact
 from bot.core.metrics import GRAPH_REQUESTS
 
 #: Error codes that mean "slow down" or "try again later".
@@ -107,11 +109,12 @@ def error_from_response(response: httpx.Response, endpoint: str) -> GraphError:
     code = int(code) if isinstance(code, int | str) and str(code).isdigit() else None
     subcode = error.get("error_subcode")
     subcode = int(subcode) if isinstance(subcode, int) else None
+    # Redacted before truncated: a secret straddling the cut would otherwise leave a piece.
     title = error.get("error_user_title") or error.get("message")
-    title = str(title)[:300] if title else None
+    title = redact(str(title))[:300] if title else None
     data = error.get("error_data")
     details = data.get("details") if isinstance(data, dict) else None
-    details = str(details)[:500] if details else None
+    details = redact(str(details))[:500] if details else None
     trace = error.get("fbtrace_id")
     if code is not None:
         retryable = code in RETRYABLE_CODES or (status >= 500 and code != CODE_REENGAGEMENT)
@@ -147,7 +150,7 @@ class GraphClient:
         phone_number_id: str | None = None,
     ) -> None:
         self._base = settings.meta_graph_url.rstrip("/")
-        self._token = settings.meta_access_token
+        self._token = SecretStr(settings.secret("meta_access_token"))
         self.phone_number_id = phone_number_id or settings.phone_number_id
         self._own_http = http is None
         self._http = http or httpx.AsyncClient(timeout=settings.graph_timeout_seconds)

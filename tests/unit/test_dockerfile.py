@@ -287,10 +287,14 @@ def test_web_command() -> None:
     proc = run(script("uvicorn"), "--help")
     assert proc.returncode == 0 and "--host" in proc.stdout
     module, attr = command[1].split(":")
-    proc = run(
-        sys.executable,
-        "-c",
-        f"import {module} as m; from fastapi import FastAPI; "
-        f"assert isinstance(m.{attr}.fastapi_app, FastAPI)",
-    )
+    load = (f"import {module} as m; from fastapi import FastAPI; "
+            f"assert isinstance(m.{attr}.fastapi_app, FastAPI)")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("META_", "OPENAI_"))}
+    secrets = {"META_APP_SECRET": "0123456789abcdef0123456789abcdef",
+               "META_VERIFY_TOKEN": "a-verify-token-for-the-test"}
+    proc = run(sys.executable, "-c", load, env={**env, **secrets})
     assert proc.returncode == 0, proc.stderr[-2000:]
+    # Without its secrets the web tier refuses to start, naming them (no defaults).
+    proc = run(sys.executable, "-c", load, env=env)
+    assert proc.returncode != 0
+    assert "META_APP_SECRET, META_VERIFY_TOKEN" in proc.stderr

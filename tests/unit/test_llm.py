@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from pydantic import SecretStr
 
 from bot.core.config import Settings
 from bot.llm import faqs as faqs_mod
@@ -144,7 +145,8 @@ class Recorder:
 
 
 def settings_for(**kw: Any) -> Settings:
-    return Settings(openai_base_url="http://openai.test/v1", openai_model="gpt-test", **kw)
+    return Settings(openai_base_url="http://openai.test/v1", openai_model="gpt-test",
+                    openai_api_key=SecretStr("sk-test-key"), **kw)
 
 
 async def test_ask_model_sends_grounded_request_and_reads_usage() -> None:
@@ -157,7 +159,7 @@ async def test_ask_model_sends_grounded_request_and_reads_usage() -> None:
     assert result == Answer("Hello from the model", "model", 128, 120, 8)
     req = rec.requests[0]
     assert req.url.path == "/v1/responses"
-    assert req.headers["authorization"] == "Bearer local-dev-openai-key"
+    assert req.headers["authorization"] == "Bearer sk-test-key"
     body = rec.json()
     assert body["model"] == "gpt-test"
     assert body["max_output_tokens"] == 123
@@ -211,7 +213,7 @@ async def test_insufficient_quota_and_4xx_are_not_retryable() -> None:
         with pytest.raises(ModelError) as info:
             await ask_model("q", [], FAQS, settings, client=rec.client(settings))
         assert not info.value.retryable, (status, code)
-        assert "local-dev-openai-key" not in str(info.value)
+        assert "sk-test-key" not in str(info.value)
 
 
 async def test_connection_error_is_retried_once_inside_the_call() -> None:
@@ -261,7 +263,8 @@ async def test_empty_model_output_falls_back() -> None:
 
 
 async def test_answer_creates_and_closes_its_own_client() -> None:
-    settings = Settings(openai_base_url="http://127.0.0.1:9/v1", openai_timeout_seconds=2)
+    settings = Settings(openai_base_url="http://127.0.0.1:9/v1", openai_timeout_seconds=2,
+                        openai_api_key=SecretStr("sk-test-key"))
     got = await answer("opening hours", [], FAQS, settings)
     assert got.source == "faq"
 

@@ -15,7 +15,7 @@ from bot.core.config import Settings
 from bot.core.logging import REDACTED, Redactor, configure_logging, redact
 
 TOKEN = "EAAGtokenSECRET123456"
-APP_SECRET = "appsecretVALUE987"
+APP_SECRET = "a5ec0e7a1b2c3d4e5f60718293a4b5c6"  # shaped like Meta's: 32 hex
 VERIFY = "verifyTOKENvalue55"
 OPENAI = "sk-proj-openaiKEY000111"
 SECRETS = (TOKEN, APP_SECRET, VERIFY, OPENAI)
@@ -201,3 +201,75 @@ def test_no_access_log_stays_off() -> None:
     configure_logging(make_settings(), stream=stream)
     access.info('127.0.0.1:1 - "POST /webhook HTTP/1.1" 200')
     assert "POST /webhook" in stream.getvalue()
+
+
+# -- every secret the process holds, whole texts, phone numbers and BSUIDs --------------------
+
+
+REDIS_PASSWORD = "r3dis-Pass-8812"
+DB_PASSWORD = "pg-S3cret%2Fwith%2Fslash"  # as written in the URL (percent-encoded)
+PREVIOUS_VERIFY = "previousVERIFYtoken42"
+
+
+def test_every_secret_the_process_holds_is_redacted() -> None:
+    """Redis and database passwords and the previous verify token too, also outside URLs."""
+    settings = make_settings().model_copy(
+        update={
+            "redis_url": f"redis://:{REDIS_PASSWORD}@redis:6379/0",
+            "celery_broker_url": f"redis://default:{REDIS_PASSWORD}@redis:6379/1",
+            "database_url": f"postgresql+asyncpg://bot:{DB_PASSWORD}@db/released",
+            "meta_verify_token_previous": SecretStr(PREVIOUS_VERIFY),
+        }
+    )
+    buffer = io.StringIO()
+    configure_logging(settings, stream=buffer)
+    log = structlog.get_logger("bot.test")
+    # Bare values, not inside URLs: only the list of the process's secrets can catch them.
+    log.warning("auth failed", tried=REDIS_PASSWORD, db="pg-S3cret/with/slash", url=DB_PASSWORD)
+    logging.getLogger("celery.worker").error("handshake with %s", PREVIOUS_VERIFY)
+    text = buffer.getvalue()
+    assert_clean(text)
+    for leak in (REDIS_PASSWORD, "pg-S3cret/with/slash", DB_PASSWORD, PREVIOUS_VERIFY):
+        assert leak not in text
+    assert text.count(REDACTED) >= 3
+
+
+def test_phone_numbers_and_bsuids_are_masked_in_every_line(captured: io.StringIO) -> None:
+    """Meta's error titles name the recipient; users' ids never reach the logs whole."""
+    log = structlog.get_logger("bot.worker")
+    log.warning("send failed", title="Message undeliverable to 16505551234", wa_id="447700900123")
+    logging.getLogger("bot.tasks").warning(
+        "message %s failed: %s", "wamid.HBgLMTY1MDM4Nzk0MzkVAgASGBQzQTRBNjU5OUFFRTAzODEwMTQ0RgA=",
+        "Recipient +16505550000 / US.13491208655302741918 (parent US.ENT.11815799212886844830)",
+    )
+    text = captured.getvalue()
+    for whole in ("16505551234", "447700900123", "6505550000", "13491208655302741918",
+                  "11815799212886844830"):
+        assert whole not in text
+    assert "+***1234" in text and "US.***1918" in text and "US.ENT.***4830" in text
+    # What is not a person stays readable: wamids, error codes, the agent's phone number id.
+    assert "wamid.HBgLMTY1MDM4Nzk0MzkVAgASGBQzQTRBNjU5OUFFRTAzODEwMTQ0RgA=" in text
+
+
+def test_the_agents_own_phone_number_id_stays_readable() -> None:
+    buffer = io.StringIO()
+    configure_logging(make_settings().model_copy(update={"phone_number_id": "106540352242922"}),
+                      stream=buffer)
+    structlog.get_logger("bot.api").info("foreign", ours="106540352242922", code=131047)
+    assert "106540352242922" in buffer.getvalue() and "131047" in buffer.getvalue()
+
+
+def test_meta_error_text_is_redacted_before_it_is_cut() -> None:
+    """A secret straddling the 300-character cut of an error title left a piece of itself."""
+    import httpx
+
+    from bot.whatsapp.client import error_from_response
+
+    configure_logging(make_settings(), stream=io.StringIO())
+    title = "x" * 290 + f" token {TOKEN} for 16505551234"
+    response = httpx.Response(400, json={"error": {"message": title, "code": 100}})
+    error = error_from_response(response, "send")
+    assert error.title is not None and len(error.title) <= 300
+    # Cut inside the token: before the fix its first characters were kept.
+    assert error.title.endswith(" token [RE")
+    assert TOKEN[:3] not in error.title

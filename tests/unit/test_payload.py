@@ -1,4 +1,5 @@
-"""Webhook payload models and their normalization into InboundMessage / StatusUpdate."""
+"""Webhook payloads parsed element by element into InboundMessage / StatusUpdate / EchoMessage,
+with malformed elements quarantined instead of refusing the delivery."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from bot.whatsapp.events import InboundMessage
-from bot.whatsapp.payload import PayloadError, WebhookPayload, extract_events, parse_payload
+from bot.whatsapp.events import EchoMessage, InboundMessage, StatusUpdate
+from bot.whatsapp.payload import Delivery, PayloadError, parse_delivery
 
 PAYLOADS = Path(__file__).parent / "payloads"
 PN = "106540352242922"
@@ -19,6 +20,19 @@ PN = "106540352242922"
 def load(name: str) -> dict[str, Any]:
     data: dict[str, Any] = json.loads((PAYLOADS / f"{name}.json").read_text())
     return data
+
+
+def extract_events(
+    data: dict[str, Any], phone_number_id: str | None = PN
+) -> tuple[list[InboundMessage], list[StatusUpdate], list[str]]:
+    delivery = parse_delivery(data, phone_number_id)
+    assert delivery.quarantined == []
+    return delivery.messages, delivery.statuses, delivery.foreign
+
+
+def value_of(data: dict[str, Any]) -> dict[str, Any]:
+    value: dict[str, Any] = data["entry"][0]["changes"][0]["value"]
+    return value
 
 
 def one_message(name: str) -> InboundMessage:
@@ -32,11 +46,13 @@ def one_message(name: str) -> InboundMessage:
     return msg
 
 
-def test_every_sample_parses() -> None:
+def test_every_sample_parses_without_quarantine() -> None:
     names = sorted(p.stem for p in PAYLOADS.glob("*.json"))
-    assert len(names) >= 20
+    assert len(names) >= 28
     for name in names:
-        assert isinstance(parse_payload((PAYLOADS / f"{name}.json").read_bytes()), WebhookPayload)
+        delivery = parse_delivery((PAYLOADS / f"{name}.json").read_bytes())
+        assert isinstance(delivery, Delivery)
+        assert delivery.quarantined == [], name
 
 
 def test_text() -> None:
@@ -186,11 +202,7 @@ def test_status_sent_with_conversation_and_pricing() -> None:
     assert status.recipient_id == "16505551234"
     assert status.error_code is None
     assert status.timestamp == datetime.fromtimestamp(1750263773, tz=UTC)
-    model = parse_payload(json.dumps(load("status_sent")))
-    parsed = model.entry[0].changes[0].value.statuses[0]
-    assert parsed.pricing is not None and parsed.pricing.category == "service"
-    assert parsed.conversation is not None and parsed.conversation.origin is not None
-    assert parsed.conversation.origin.type == "service"
+    assert StatusUpdate.model_validate(status.model_dump(mode="json")) == status
 
 
 def test_status_failed_carries_error() -> None:
@@ -200,22 +212,24 @@ def test_status_failed_carries_error() -> None:
     assert status.error_title == "Re-engagement message"
 
 
-def test_unknown_status_value_is_skipped() -> None:
+def test_unknown_status_value_is_quarantined() -> None:
     data = load("status_sent")
-    data["entry"][0]["changes"][0]["value"]["statuses"][0]["status"] = "teleported"
-    assert extract_events(data, PN) == ([], [], [])
+    value_of(data)["statuses"][0]["status"] = "teleported"
+    delivery = parse_delivery(data, PN)
+    assert delivery.statuses == []
+    [kept] = delivery.quarantined
+    assert (kept.element, kept.cause, kept.wamid) == ("status", "unknown_status", "wamid.sent1")
+    assert "teleported" in kept.raw and "teleported" not in kept.reason
 
 
 def test_value_level_errors_yield_no_events() -> None:
     assert extract_events(load("value_errors"), PN) == ([], [], [])
-    value = parse_payload(json.dumps(load("value_errors"))).entry[0].changes[0].value
-    assert value.errors[0].code == 130429
 
 
 def test_foreign_phone_number_id() -> None:
     assert extract_events(load("foreign_phone"), PN) == ([], [], ["999999999999999"])
     # Without a filter every phone number's events are returned.
-    [msg], _, _ = extract_events(load("foreign_phone"))
+    [msg], _, _ = extract_events(load("foreign_phone"), None)
     assert msg.phone_number_id == "999999999999999"
 
 
@@ -249,49 +263,275 @@ def test_bsuid_only_sender() -> None:
     msg["from_user_id"] = "US.13491208655302741918"
     value["contacts"] = [{"profile": {"name": "Bob"}, "user_id": "US.13491208655302741918"}]
     [event], _, _ = extract_events(data, PN)
-    assert event.wa_id == "US.13491208655302741918"
+    assert (event.wa_id, event.user_id) == ("", "US.13491208655302741918")
+    assert event.address == "US.13491208655302741918"
     assert event.contact_name == "Bob"
 
 
 def test_non_whatsapp_object_is_ignored() -> None:
     data = load("text")
     data["object"] = "page"
-    assert extract_events(data, PN) == ([], [], [])
+    delivery = parse_delivery(data, PN)
+    assert delivery.object == "page"
+    assert (delivery.messages, delivery.quarantined) == ([], [])
 
 
-def test_changes_without_metadata_are_skipped() -> None:
+def test_changes_without_metadata_are_not_messages() -> None:
     payload = {
         "object": "whatsapp_business_account",
-        "entry": [{"id": "1", "changes": [{"field": "account_update", "value": {"event": "X"}}]}],
+        "entry": [{"id": "1", "changes": [{"field": "messages", "value": {"event": "X"}}]}],
     }
-    assert extract_events(payload, PN) == ([], [], [])
+    delivery = parse_delivery(payload, PN)
+    assert delivery.event_count == 0 and delivery.quarantined == []
+
+
+@pytest.mark.parametrize("body", [b"{not json", b"\xff\xfe", b"[1, 2]", b'"text"', b""])
+def test_a_body_that_is_no_json_object_is_a_400(body: bytes) -> None:
+    with pytest.raises(PayloadError) as info:
+        parse_delivery(body, PN)
+    assert info.value.status_code == 400
+    assert "JSON" in info.value.reason
+
+
+def test_deep_nesting_is_a_400() -> None:
+    with pytest.raises(PayloadError, match=r"nested too deeply|not valid JSON"):
+        parse_delivery(b"[" * 100_000 + b"]" * 100_000, PN)
+
+
+# -- one odd element never refuses the others ------------------------------------------------
+
+
+def _batch_with(bad: dict[str, Any]) -> dict[str, Any]:
+    data = load("text")
+    value = value_of(data)
+    good2 = dict(value["messages"][0], id="wamid.good2")
+    value["messages"] = [value["messages"][0], bad, good2]
+    value["statuses"] = value_of(load("status_sent"))["statuses"]
+    return data
 
 
 @pytest.mark.parametrize(
-    ("body", "status", "fragment"),
+    ("bad", "fragment"),
     [
-        (b"{not json", 400, "not valid JSON"),
-        (b"\xff\xfe", 400, "not valid JSON"),
-        (b"[1, 2]", 400, "not a JSON object"),
-        (b'{"entry": []}', 422, "object"),
-        (b'{"object": "whatsapp_business_account", "entry": "nope"}', 422, "entry"),
+        # No id at all.
+        ({"from": "16505551234", "type": "text", "text": {"body": "x"}}, "id"),
+        # A word where Meta sends a number.
         (
-            b'{"object": "whatsapp_business_account", "entry": [{"changes": [{"value": '
-            b'{"metadata": {"phone_number_id": "1"}, "messages": [{"type": "text"}]}}]}]}',
-            422,
-            "messages.0.id",
+            {"from": "1", "id": "wamid.bad", "type": "location",
+             "location": {"latitude": "north-ish", "longitude": 2}},
+            "location.latitude",
+        ),
+        # A wamid longer than the event contract allows.
+        ({"from": "1", "id": "w" * 300, "type": "text", "text": {"body": "x"}}, "wamid"),
+        # Not even an object.
+        ("sk-SECRET-VALUE", "Input should be a valid dictionary"),
+        # A list where an object belongs.
+        ({"from": "1", "id": "wamid.bad", "type": "text", "text": ["x"]}, "text"),
+    ],
+)
+def test_a_malformed_message_is_quarantined_and_the_rest_proceed(
+    bad: Any, fragment: str
+) -> None:
+    delivery = parse_delivery(_batch_with(bad), PN)
+    assert [m.wamid for m in delivery.messages][1:] == ["wamid.good2"]
+    assert len(delivery.messages) == 2
+    assert len(delivery.statuses) == 1
+    [kept] = delivery.quarantined
+    assert kept.element == "message"
+    assert kept.cause == "invalid"
+    assert kept.path == "entry[0].changes[0].value.messages[1]"
+    assert kept.phone_number_id == PN and kept.field == "messages"
+    assert fragment in kept.reason
+    assert "SECRET" not in kept.reason and "north-ish" not in kept.reason
+    assert json.loads(kept.raw) == bad
+
+
+def test_interactive_without_type_is_understood() -> None:
+    data = load("interactive_button_reply")
+    del value_of(data)["messages"][0]["interactive"]["type"]
+    [msg], _, _ = extract_events(data)
+    assert (msg.kind, msg.text) == ("interactive", "Cancel my order")
+    assert msg.details["interactive_type"] == "button_reply"
+
+
+def test_numbers_where_meta_sends_strings_are_taken() -> None:
+    data = load("text")
+    msg = value_of(data)["messages"][0]
+    msg["from"], msg["timestamp"] = 16505551234, 1749416383
+    value_of(data)["contacts"][0]["wa_id"] = 16505551234
+    [event], _, _ = extract_events(data)
+    assert event.wa_id == "16505551234"
+    assert event.contact_name == "Sheena Nelson"
+    assert event.timestamp == datetime.fromtimestamp(1749416383, tz=UTC)
+
+
+def test_malformed_status_is_quarantined() -> None:
+    data = load("status_sent")
+    statuses = value_of(data)["statuses"]
+    statuses.append({"id": "wamid.nostatus"})
+    statuses.append(dict(statuses[0], id="wamid.sent9"))
+    delivery = parse_delivery(data, PN)
+    assert [s.wamid for s in delivery.statuses] == ["wamid.sent1", "wamid.sent9"]
+    [kept] = delivery.quarantined
+    assert (kept.element, kept.wamid) == ("status", "wamid.nostatus")
+    assert "status" in kept.reason
+
+
+@pytest.mark.parametrize(
+    ("payload", "element", "fragment"),
+    [
+        ({"entry": []}, "delivery", "object"),
+        ({"object": "whatsapp_business_account", "entry": "nope"}, "delivery", "entry"),
+        ({"object": "whatsapp_business_account", "entry": [{"changes": "x"}]}, "entry", "changes"),
+        ({"object": "whatsapp_business_account", "entry": [{"changes": [7]}]}, "change", "change"),
+        (
+            {"object": "whatsapp_business_account",
+             "entry": [{"changes": [{"field": "messages", "value": {"metadata": {}}}]}]},
+            "change",
+            "phone_number_id",
         ),
     ],
 )
-def test_malformed(body: bytes, status: int, fragment: str) -> None:
-    with pytest.raises(PayloadError) as info:
-        parse_payload(body)
-    assert info.value.status_code == status
-    assert fragment in info.value.reason
+def test_a_malformed_envelope_is_quarantined(
+    payload: dict[str, Any], element: str, fragment: str
+) -> None:
+    delivery = parse_delivery(payload, PN)
+    assert delivery.event_count == 0
+    [kept] = delivery.quarantined
+    assert kept.element == element
+    assert fragment in kept.reason
 
 
-def test_malformed_reason_does_not_echo_values() -> None:
-    body = json.dumps({"object": "whatsapp_business_account", "entry": "sk-SECRET-VALUE"})
-    with pytest.raises(PayloadError) as info:
-        parse_payload(body)
-    assert "SECRET" not in info.value.reason
+def test_a_bad_entry_does_not_stop_the_next() -> None:
+    good = load("text")
+    payload = {"object": "whatsapp_business_account",
+               "entry": [{"changes": "x"}, good["entry"][0]]}
+    delivery = parse_delivery(payload, PN)
+    assert len(delivery.messages) == 1
+    assert [q.path for q in delivery.quarantined] == ["entry[0]"]
+
+
+def test_elements_over_the_cap_are_quarantined_not_returned() -> None:
+    data = load("text")
+    value = value_of(data)
+    first = value["messages"][0]
+    value["messages"] = [dict(first, id=f"wamid.n{i}") for i in range(12)]
+    value["statuses"] = value_of(load("status_sent"))["statuses"]
+    delivery = parse_delivery(data, PN, max_events=10)
+    assert [m.wamid for m in delivery.messages] == [f"wamid.n{i}" for i in range(10)]
+    assert delivery.statuses == []
+    assert [(q.element, q.cause, q.wamid) for q in delivery.quarantined] == [
+        ("message", "over_cap", "wamid.n10"),
+        ("message", "over_cap", "wamid.n11"),
+        ("status", "over_cap", "wamid.sent1"),
+    ]
+    assert "10 events" in delivery.quarantined[0].reason
+
+
+# -- change.field ------------------------------------------------------------------------------
+
+
+def test_other_fields_are_neither_messages_nor_statuses() -> None:
+    delivery = parse_delivery(load("calls"), PN)
+    assert delivery.event_count == 0 and delivery.quarantined == []
+    assert delivery.other_fields == ["calls"]
+    data = load("status_sent")
+    data["entry"][0]["changes"][0]["field"] = "message_template_status_update"
+    assert parse_delivery(data, PN).other_fields == ["message_template_status_update"]
+    data["entry"][0]["changes"][0]["field"] = "something_new"
+    delivery = parse_delivery(data, PN)
+    assert (delivery.statuses, delivery.other_fields) == ([], ["other"])
+
+
+def test_message_echo_is_an_echo() -> None:
+    delivery = parse_delivery(load("echo"), PN)
+    assert delivery.messages == [] and delivery.statuses == []
+    [echo] = delivery.echoes
+    assert isinstance(echo, EchoMessage)
+    assert (echo.kind, echo.text) == ("text", "A person from the shop here: yes, in red too.")
+    assert echo.wa_id == echo.address == "16505551234"
+    assert echo.user_id == "US.13491208655302741918"
+    assert EchoMessage.model_validate(echo.model_dump(mode="json")) == echo
+
+
+def test_echo_of_an_edit_and_a_foreign_echo() -> None:
+    data = load("echo")
+    value = value_of(data)
+    value["message_echoes"][0].update(
+        type="edit", edit={"original_message_id": "wamid.orig",
+                           "message": {"type": "text", "text": {"body": "fixed"}}}
+    )
+    [echo] = parse_delivery(data, PN).echoes
+    assert (echo.kind, echo.text, echo.original_wamid) == ("edit", "fixed", "wamid.orig")
+    value["metadata"]["phone_number_id"] = "999"
+    assert parse_delivery(data, PN).foreign == ["999"]
+
+
+# -- today's identities and message kinds ------------------------------------------------------
+
+
+def test_bsuid_only_sender_today() -> None:
+    msg = one_message("text_bsuid_only")
+    assert msg.wa_id == ""  # Meta sent "" for the phone number
+    assert msg.user_id == "US.13491208655302741918"
+    assert msg.parent_user_id == "US.ENT.11815799212886844830"
+    assert msg.address == msg.user_id  # a reply goes to the BSUID
+    assert msg.contact_name == "Rosa"
+
+
+def test_sender_with_phone_and_bsuid() -> None:
+    data = load("text")
+    value = value_of(data)
+    value["contacts"][0]["user_id"] = "US.1"
+    value["messages"][0]["from_user_id"] = "US.1"
+    [msg], _, _ = extract_events(data)
+    assert (msg.wa_id, msg.user_id, msg.address) == ("16505551234", "US.1", "16505551234")
+
+
+def test_identity_change_user_id() -> None:
+    msg = one_message("system_user_id_changed")
+    assert msg.kind == "system"
+    change = msg.identity_change
+    assert change is not None
+    assert change.type == "user_changed_user_id"
+    assert (change.previous_user_id, change.user_id) == ("US.OLD1", "US.NEW1")
+    assert (change.previous_parent_user_id, change.parent_user_id) == ("US.ENT.OLD", "US.ENT.NEW")
+    assert change.wa_id is None
+
+
+def test_identity_change_number() -> None:
+    msg = one_message("system")
+    change = msg.identity_change
+    assert change is not None and change.type == "user_changed_number"
+    assert (change.previous_wa_id, change.wa_id) == ("16505551234", "16505554321")
+
+
+def test_edit_revoke_welcome_group_and_order() -> None:
+    edit = one_message("edit")
+    assert (edit.kind, edit.text, edit.original_wamid) == (
+        "edit", "Does it come in blue?", "wamid.original1"
+    )
+    assert edit.details["edited_type"] == "text"
+    revoke = one_message("revoke")
+    assert (revoke.kind, revoke.text, revoke.original_wamid) == (
+        "revoke", None, "wamid.original1"
+    )
+    welcome = one_message("request_welcome")
+    assert (welcome.kind, welcome.text) == ("request_welcome", None)
+    group = one_message("group_text")
+    assert group.group_id == "Y2FwaV9ncm91cDoxNjUwNTU1MTIzNA"
+    assert group.kind == "text"
+    data = load("order")
+    del value_of(data)["messages"][0]["order"]["text"]
+    [order], _, _ = extract_events(data)
+    assert (order.kind, order.text) == ("order", None)
+    assert order.details["items"][0]["product_retailer_id"] == "di9ozbzfi4"
+
+
+def test_status_with_bsuid_recipient() -> None:
+    data = load("status_sent")
+    status = value_of(data)["statuses"][0]
+    status["recipient_id"] = ""
+    status["recipient_user_id"] = "US.7"
+    _, [update], _ = extract_events(data)
+    assert (update.recipient_id, update.recipient_user_id) == (None, "US.7")

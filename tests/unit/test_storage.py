@@ -68,7 +68,7 @@ async def test_migrations_are_idempotent(settings: Settings) -> None:
     run_migrations(settings)
     async with session_scope(settings) as session:
         version = (await session.execute(text("SELECT version_num FROM alembic_version"))).scalar()
-    assert version == "0001_initial"
+    assert version == "0002_quarantined_events"
 
 
 async def test_record_inbound_is_idempotent(settings: Settings) -> None:
@@ -248,3 +248,41 @@ async def test_take_over_reply_respects_live_claims(settings: Settings) -> None:
         assert not await repo.take_over_reply(session, reply, "task-1", fresh)
         await repo.mark_sent(session, reply, "wamid.c-out")
         assert not await repo.take_over_reply(session, reply, "task-2", fresh)
+
+
+async def test_an_echo_joins_the_users_history_once(settings: Settings) -> None:
+    from bot.whatsapp.events import EchoMessage
+
+    async with session_scope(settings) as session:
+        await repo.record_inbound(session, inbound("wamid.q", "Is it in red?"))
+    echo = EchoMessage(wamid="wamid.echo", phone_number_id=PHONE, wa_id="15550001111",
+                       kind="text", text="Yes, a person here: in red too.")
+    async with session_scope(settings) as session:
+        assert await repo.record_echo(session, echo) is True
+        assert await repo.record_echo(session, echo) is False  # Meta redelivered it
+    async with session_scope(settings) as session:
+        conversation = await repo.get_or_create_conversation(session, PHONE, "15550001111")
+        turns = await repo.history(session, conversation.id or 0, 10)
+    assert [(m.direction, m.source, m.text) for m in turns][-2:] == [
+        ("inbound", None, "Is it in red?"),
+        ("outbound", "echo", "Yes, a person here: in red too."),
+    ]
+
+
+async def test_quarantined_elements_are_stored_once_and_purged(settings: Settings) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from bot.storage.quarantine import record_quarantined
+    from bot.whatsapp.payload import Quarantined
+
+    item = Quarantined(element="message", path="entry[0].changes[0].value.messages[1]",
+                       reason="id: Field required", phone_number_id=PHONE, field="messages",
+                       raw='{"type": "text", "text": {"body": "lone \\ud800 surrogate"}}')
+    async with session_scope(settings) as session:
+        assert await record_quarantined(session, [item, item]) == 1
+        assert await record_quarantined(session, [item]) == 0
+    later = datetime.now(UTC) + timedelta(days=15)
+    async with session_scope(settings) as session:
+        await repo.purge_older_than(session, 14, now=later)
+        rows = (await session.execute(text("SELECT count(*) FROM quarantined_events"))).scalar()
+    assert rows == 0
