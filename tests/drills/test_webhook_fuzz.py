@@ -2,8 +2,10 @@
 
 Real HTTP against the uvicorn process: random bytes, random JSON and mutations of valid
 payloads (messages of several types, statuses), each signed correctly (so that parsing and
-validation are exercised) and unsigned or tampered with. The web tier never answers 5xx: only
-200, 400, 401, 413 or 422; unsigned bodies always 401. Afterwards the web tier and the worker
+validation are exercised) and unsigned or tampered with. The web tier never answers 5xx: a
+signed JSON object always gets 200 (odd elements are quarantined, never a reason for Meta to
+retry for 7 days), a signed body that is no JSON object 400, an oversized one 413, unsigned
+bodies always 401. Afterwards the web tier and the worker
 are still up, no task crashed on what got through, and a message answered before the fuzzing
 is still stored with its reply.
 """
@@ -219,7 +221,7 @@ def test_signed_random_bytes(client: httpx.Client, secret: str, body: bytes) -> 
     except (ValueError, UnicodeDecodeError):
         assert status == 400
     else:
-        assert status in {200, 400, 422} if isinstance(parsed, dict) else status == 400
+        assert status == (200 if isinstance(parsed, dict) else 400)
 
 
 @FUZZ
@@ -227,10 +229,7 @@ def test_signed_random_bytes(client: httpx.Client, secret: str, body: bytes) -> 
 def test_signed_random_json(client: httpx.Client, secret: str, value: Any) -> None:
     body = _dumps(value)
     status = _post(client, body, _signed(body, secret))
-    if not isinstance(value, dict):
-        assert status == 400
-    else:
-        assert status in {200, 422}
+    assert status == (200 if isinstance(value, dict) else 400)
 
 
 @FUZZ
@@ -238,8 +237,9 @@ def test_signed_random_json(client: httpx.Client, secret: str, value: Any) -> No
 def test_signed_mutated_payloads(
     client: httpx.Client, secret: str, valid_payloads: list[dict[str, Any]], data: st.DataObject
 ) -> None:
-    body = _dumps(_mutate(data, valid_payloads))
-    _post(client, body, _signed(body, secret))
+    mutated = _mutate(data, valid_payloads)
+    body = _dumps(mutated)
+    assert _post(client, body, _signed(body, secret)) == (200 if isinstance(mutated, dict) else 400)
 
 
 @FUZZ
@@ -255,7 +255,7 @@ def test_tampered_payloads_get_401(
 
 
 def test_oversized_and_odd_requests(client: httpx.Client, secret: str) -> None:
-    big = b'{"object":"' + b"x" * (1024 * 1024 + 1) + b'"}'
+    big = b'{"object":"' + b"x" * (3 * 1024 * 1024 + 1) + b'"}'
     assert _post(client, big, _signed(big, secret)) == 413
     body = b'{"object":"whatsapp_business_account","entry":[]}'
     headers = _signed(body, secret)
@@ -263,7 +263,7 @@ def test_oversized_and_odd_requests(client: httpx.Client, secret: str) -> None:
         assert _post(client, body, {**headers, "Content-Type": content_type}) == 200
     assert _post(client, b"", _signed(b"", secret)) == 400
     nan = b'{"object": NaN, "entry": [{"id": Infinity}]}'
-    assert _post(client, nan, _signed(nan, secret)) in {400, 422}
+    assert _post(client, nan, _signed(nan, secret)) == 200  # a JSON object: quarantined
     shallow = b"[" * 500 + b"]" * 500
     assert _post(client, shallow, _signed(shallow, secret)) == 400
 
