@@ -30,6 +30,7 @@ import fnmatch
 import ipaddress
 import re
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -80,9 +81,11 @@ class TierBounds(BaseModel):
     require_limits: tuple[str, ...] = ("memory",)
     max_replicas: int = Field(default=20, ge=0)
 
-    @field_validator("max")
+    @field_validator("max", mode="before")
     @classmethod
-    def _quantities(cls, value: dict[str, str]) -> dict[str, str]:
+    def _quantities(cls, value: Any) -> Any:
+        if isinstance(value, dict):  # YAML and JSON give numbers for "2" CPUs
+            value = {str(k): str(v) for k, v in value.items()}
         for resource, quantity in value.items():
             parse_quantity(quantity)  # raises ValueError: the operator refuses to start
             if not resource:

@@ -42,9 +42,14 @@ app.kubernetes.io/part-of: released
 {{- end }}
 {{- end }}
 
-{{/* The operator's image, repository:tag, the tag defaulting to the appVersion. */}}
+{{/* The operator's image: repository@digest when a digest is given (released charts),
+else repository:tag, the tag defaulting to the appVersion. */}}
 {{- define "released-operator.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
 {{- end }}
 
 {{/* True (non-empty) when kopf runs with peering: more than one replica. */}}

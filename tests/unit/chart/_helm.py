@@ -67,10 +67,16 @@ def run_helm(
 def render(
     helm: str, *set_args: str, namespace: str = "released-system", release: str = "released"
 ) -> list[dict[str, Any]]:
-    """`helm template` the chart (with --include-crds) and return the objects."""
+    """`helm template` the chart (with --include-crds) and return the objects.
+
+    ``set_args`` are ``key=value`` for ``--set``; a value starting with ``[`` is JSON.
+    """
     args = ["template", release, str(CHART_DIR), "--namespace", namespace, "--include-crds"]
     for value in set_args:
-        args += ["--set", value]
+        # A JSON value (``key=["{namespace}.x"]``) goes through --set-json: --set reads braces
+        # as a list.
+        raw = value.partition("=")[2]
+        args += ["--set-json", value] if raw.startswith("[") else ["--set", value]
     proc = run_helm(helm, *args)
     return [doc for doc in yaml.safe_load_all(proc.stdout) if doc]
 

@@ -34,7 +34,7 @@ from tests.unit.chart._helm import (
 K8S_VERSIONS = ("1.25.0", "1.30.0")
 CRD_NAME = "whatsappagents.whatsapp.released.io"
 # Custom resources kubernetes-validate has no schema for; checked by hand below.
-CUSTOM_KINDS = {"ServiceMonitor", "PrometheusRule", "ClusterKopfPeering"}
+CUSTOM_KINDS = {"ServiceMonitor", "PrometheusRule", "ClusterKopfPeering", "KopfPeering"}
 
 NON_DEFAULT = (
     "replicas=2",
@@ -79,6 +79,16 @@ def container(objects: list[dict[str, Any]]) -> dict[str, Any]:
     return c
 
 
+def operator_account(objects: list[dict[str, Any]]) -> str:
+    """The operator's ServiceAccount (not the helm test pod's)."""
+    (account,) = [
+        o["metadata"]["name"]
+        for o in by_kind(objects, "ServiceAccount")
+        if o["metadata"]["labels"].get("app.kubernetes.io/component") != "test"
+    ]
+    return str(account)
+
+
 def env_of(c: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {e["name"]: e for e in c["env"]}
 
@@ -104,7 +114,9 @@ def test_helm_lint_strict(helm: str, values: tuple[str, ...]) -> None:
     "value",
     [
         "foo=1",
-        "image.digest=sha256:abc",
+        "image.sha=abc",
+        "tenancy.ingress.hosts={a}",
+        "networkPolicy.ingressFrom={a}",
         "operator.bogus=1",
         "crds.Install=true",
         "serviceMonitor.selector=x",
@@ -130,6 +142,11 @@ def test_unknown_value_keys_are_rejected(helm: str, value: str) -> None:
         "postgres.adminSecret.name=Not_A_Name",
         "serviceMonitor.interval=soon",
         "crds.keep=maybe",
+        "image.digest=sha256:abc",
+        "rbac.scope=tenant",
+        "tenancy.maxRedisStorage=lots",
+        "tenancy.openai.allowedBaseUrls={ftp://x}",
+        "networkPolicy.databasePorts={0}",
     ],
 )
 def test_values_of_the_wrong_shape_are_rejected(helm: str, value: str) -> None:
@@ -187,7 +204,9 @@ def test_default_render_is_valid_kubernetes(default_objects: list[dict[str, Any]
         [
             "CustomResourceDefinition",  # WhatsAppAgent (template)
             "CustomResourceDefinition",  # kopf's ClusterKopfPeering (crds/, used with replicas > 1)
+            "CustomResourceDefinition",  # kopf's KopfPeering (crds/, namespaced and replicas > 1)
             "ServiceAccount",
+            "ServiceAccount",  # the helm test pod's own, bound to nothing
             "ClusterRole",
             "ClusterRoleBinding",
             "Service",
@@ -203,10 +222,10 @@ def test_default_render_is_valid_kubernetes(default_objects: list[dict[str, Any]
 def test_non_default_render_is_valid_kubernetes(custom_objects: list[dict[str, Any]]) -> None:
     kinds = _validate_all(custom_objects)
     assert "Deployment" in kinds
-    assert {o["kind"] for o in custom_objects} >= CUSTOM_KINDS
+    assert {o["kind"] for o in custom_objects} >= CUSTOM_KINDS - {"KopfPeering"}
     # The kopf peering CRD comes from the chart's crds/ directory.
     crds = {o["metadata"]["name"] for o in by_kind(custom_objects, "CustomResourceDefinition")}
-    assert crds == {CRD_NAME, "clusterkopfpeerings.kopf.dev"}
+    assert crds == {CRD_NAME, "clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev"}
 
 
 def test_the_validator_does_reject_bad_objects(default_objects: list[dict[str, Any]]) -> None:
@@ -272,7 +291,9 @@ def test_crd_keep_and_install_toggles(helm: str, custom_objects: list[dict[str, 
 
 def test_crd_is_a_template_not_in_crds_dir() -> None:
     """Helm never upgrades crds/; the WhatsAppAgent CRD must change with `helm upgrade`."""
-    in_crds_dir = [yaml.safe_load(p.read_text()) for p in (CHART_DIR / "crds").glob("*.yaml")]
+    in_crds_dir = [
+        d for p in (CHART_DIR / "crds").glob("*.yaml") for d in yaml.safe_load_all(p.read_text())
+    ]
     assert CRD_NAME not in {d["metadata"]["name"] for d in in_crds_dir}
 
 
@@ -304,7 +325,7 @@ def test_deployment_defaults(default_objects: list[dict[str, Any]]) -> None:
     assert sc["allowPrivilegeEscalation"] is False
     assert sc["capabilities"] == {"drop": ["ALL"]}
     assert {m["mountPath"] for m in c["volumeMounts"]} == {"/tmp"}
-    assert pod["serviceAccountName"] == one(default_objects, "ServiceAccount")["metadata"]["name"]
+    assert pod["serviceAccountName"] == operator_account(default_objects)
     env = env_of(c)
     assert env["RELEASED_BOT_IMAGE"]["value"] == c["image"]
     assert "RELEASED_POSTGRES_ADMIN_URL" not in env
@@ -411,7 +432,18 @@ def test_helm_test_pod(default_objects: list[dict[str, Any]]) -> None:
     assert c["image"] == container(default_objects)["image"]
     assert c["command"] == ["python", "-c"]
     compile(c["args"][0], "helm-test", "exec")  # the script at least parses
-    assert "Established" in c["args"][0]
+    assert "/apis/whatsapp.released.io/v1alpha1" in env_of(c)["API_PATH"]["value"]
+    # Its own ServiceAccount, which no binding of the chart names.
+    account = pod["spec"]["serviceAccountName"]
+    operator_account = one(default_objects, "Deployment")["spec"]["template"]["spec"][
+        "serviceAccountName"
+    ]
+    assert account != operator_account
+    assert account in {o["metadata"]["name"] for o in by_kind(default_objects, "ServiceAccount")}
+    for binding in by_kind(default_objects, "ClusterRoleBinding") + by_kind(
+        default_objects, "RoleBinding"
+    ):
+        assert account not in {s["name"] for s in binding["subjects"]}
     env = env_of(c)
     service = one(default_objects, "Service")["metadata"]["name"]
     assert f"{service}.released-system.svc:8080/metrics" in env["METRICS_URL"]["value"]
@@ -475,7 +507,7 @@ def test_cluster_role_is_least_privilege(default_objects: list[dict[str, Any]]) 
     assert binding["subjects"] == [
         {
             "kind": "ServiceAccount",
-            "name": one(default_objects, "ServiceAccount")["metadata"]["name"],
+            "name": operator_account(default_objects),
             "namespace": "released-system",
         }
     ]
@@ -526,6 +558,143 @@ def test_cluster_role_equals_operator_rbac_rules(
     assert operator - with_webhook == set(), "the operator needs rights the chart does not grant"
     chart = rule_triples(one(default_objects, "ClusterRole")["rules"])
     assert chart == {t for t in operator if t[0] != ADMISSION_GROUP}
+
+
+NAMESPACED = ("rbac.scope=namespaced", "operator.namespaces={acme,globex}")
+
+
+def test_namespaced_scope_grants_tenant_data_only_in_the_watched_namespaces(helm: str) -> None:
+    rbac = _rbac_rules_module()
+    objects = render(helm, *NAMESPACED, "admission.enabled=true")
+    cluster = rule_triples(one(objects, "ClusterRole")["rules"])
+    assert cluster == rule_triples(_as_dicts(rbac.CLUSTER_RULES))
+    assert not {r for _, r, _ in cluster} & {"secrets", "configmaps", "deployments", "pods"}
+    roles = by_kind(objects, "Role")
+    assert sorted(r["metadata"]["namespace"] for r in roles) == ["acme", "globex"]
+    for role in roles:
+        assert rule_triples(role["rules"]) == rule_triples(_as_dicts(rbac.NAMESPACED_RULES))
+    bindings = by_kind(objects, "RoleBinding")
+    assert sorted(b["metadata"]["namespace"] for b in bindings) == ["acme", "globex"]
+    account = one(objects, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"]
+    for binding in bindings:
+        assert binding["roleRef"] == {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "Role",
+            "name": roles[0]["metadata"]["name"],
+        }
+        assert binding["subjects"] == [
+            {"kind": "ServiceAccount", "name": account, "namespace": "released-system"}
+        ]
+    env = env_of(container(objects))
+    assert env["RELEASED_NAMESPACES"]["value"] == "acme,globex"
+    assert _validate_all(objects)
+
+
+def test_namespaced_peering_meets_on_a_kopf_peering_per_namespace(helm: str) -> None:
+    objects = render(helm, *NAMESPACED, "replicas=2")
+    peerings = by_kind(objects, "KopfPeering")
+    assert sorted(p["metadata"]["namespace"] for p in peerings) == ["acme", "globex"]
+    assert not by_kind(objects, "ClusterKopfPeering")
+    cluster = rule_triples(one(objects, "ClusterRole")["rules"])
+    assert not any(group == "kopf.dev" for group, _, _ in cluster)
+    for role in by_kind(objects, "Role"):
+        assert ("kopf.dev", "kopfpeerings", "patch") in rule_triples(role["rules"])
+    crds = {o["metadata"]["name"] for o in by_kind(objects, "CustomResourceDefinition")}
+    assert "kopfpeerings.kopf.dev" in crds
+    args = container(objects)["args"]
+    assert "--namespace=acme" in args and "--namespace=globex" in args
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        (("rbac.scope=namespaced",), "needs operator.namespaces"),
+        (("rbac.scope=namespaced", "operator.namespaces={clients-*}"), "literal namespace"),
+    ],
+)
+def test_namespaced_scope_needs_literal_namespaces(
+    helm: str, values: tuple[str, ...], message: str
+) -> None:
+    args = ["template", "r", str(CHART_DIR)]
+    for value in values:
+        args += ["--set", value]
+    proc = run_helm(helm, *args, check=False)
+    assert proc.returncode != 0 and message in proc.stderr, proc.stderr
+
+
+def _settings_from(objects: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch) -> Any:
+    """OperatorSettings read from the rendered Deployment's environment, as in the pod."""
+    from whatsapp_operator.config import OperatorSettings
+
+    for name in list(os.environ):
+        if name.startswith("RELEASED_"):
+            monkeypatch.delenv(name)
+    for name, item in env_of(container(objects)).items():
+        if name.startswith("RELEASED_") and "value" in item:
+            monkeypatch.setenv(name, item["value"])
+    return OperatorSettings()
+
+
+def test_tenancy_values_become_the_operators_policy(
+    helm: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The chart's values, through the Deployment's environment, are what the operator reads."""
+    objects = render(
+        helm,
+        'tenancy.ingress.hostSuffixes=["{namespace}.bots.example.com"]',
+        "tenancy.ingress.classes={public}",
+        "tenancy.ingress.defaultClass=public",
+        "tenancy.ingress.annotations={cert-manager.io/cluster-issuer}",
+        "tenancy.openai.allowedBaseUrls={https://llm.example.com/v1}",
+        "tenancy.openai.allowedNetworks={10.8.0.0/16}",
+        "tenancy.blockedNetworks={34.118.0.0/20}",
+        "tenancy.resourceBounds.web.max.cpu=1",
+        "tenancy.resourceBounds.web.max.memory=1Gi",
+        "tenancy.resourceBounds.web.maxReplicas=3",
+        "tenancy.storageClasses={fast}",
+        "tenancy.maxRedisStorage=5Gi",
+        "networkPolicy.ingressControllerNamespaces={edge}",
+        "networkPolicy.databasePorts={5432,6432}",
+    )
+    settings = _settings_from(objects, monkeypatch)
+    policy = settings.policy
+    assert policy.ingress_host_suffixes == ("{namespace}.bots.example.com",)
+    assert policy.ingress_classes == ("public",)
+    assert settings.ingress_default_class == "public"
+    assert policy.ingress_annotations == ("cert-manager.io/cluster-issuer",)
+    assert policy.openai_base_urls == ("https://llm.example.com/v1",)
+    assert policy.openai_allowed_networks == ("10.8.0.0/16",)
+    assert policy.blocked_networks == ("34.118.0.0/20",)
+    web = policy.resources["web"]
+    assert (web.max, web.max_replicas) == ({"cpu": "1", "memory": "1Gi"}, 3)
+    assert policy.resources["worker"].max == {"cpu": "4", "memory": "8Gi"}  # default kept
+    assert (policy.storage_classes, policy.max_redis_storage) == (("fast",), "5Gi")
+    assert settings.ingress_controller_namespaces == ["edge"]
+    assert settings.database_egress_ports == [5432, 6432]
+
+
+def test_default_tenancy_is_the_safe_policy(
+    default_objects: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from released.agent.policy import Policy
+
+    settings = _settings_from(default_objects, monkeypatch)
+    assert settings.policy == Policy()
+    assert settings.monitoring_namespaces == ["monitoring"]
+
+
+def test_images_by_digest(helm: str) -> None:
+    digest = "sha256:" + "ab" * 32
+    objects = render(
+        helm, f"image.digest={digest}", f"redisImage=redis:7.4-alpine@sha256:{'cd' * 32}"
+    )
+    c = container(objects)
+    assert c["image"] == f"ghcr.io/released/released@{digest}"
+    env = env_of(c)
+    assert env["RELEASED_BOT_IMAGE"]["value"] == f"ghcr.io/released/released@{digest}"
+    assert env["RELEASED_REDIS_IMAGE"]["value"].endswith("@sha256:" + "cd" * 32)
+    (test_container,) = one(objects, "Pod")["spec"]["containers"]
+    assert test_container["image"] == c["image"]
 
 
 # --- monitoring -------------------------------------------------------------------------------
