@@ -274,14 +274,20 @@ def test_kubectl_auth_can_i_as_the_service_account(
 # --- the operator, out of cluster, as the ServiceAccount --------------------------------------
 
 
-def _service_account_kubeconfig(api: client.ApiClient, plane: ControlPlane, path: Path) -> Path:
-    """A kubeconfig that authenticates with the ServiceAccount's own token (1.20: a Secret)."""
+def _service_account_kubeconfig(
+    api: client.ApiClient,
+    plane: ControlPlane,
+    path: Path,
+    account: str = FULLNAME,
+    namespace: str = NAMESPACE,
+) -> Path:
+    """A kubeconfig that authenticates with a ServiceAccount's own token (1.20: a Secret)."""
     core = client.CoreV1Api(api)
 
     def token() -> str | None:
-        sa = core.read_namespaced_service_account(FULLNAME, NAMESPACE)
+        sa = core.read_namespaced_service_account(account, namespace)
         for ref in sa.secrets or []:
-            secret = core.read_namespaced_secret(ref.name, NAMESPACE)
+            secret = core.read_namespaced_secret(ref.name, namespace)
             if secret.type == "kubernetes.io/service-account-token" and secret.data:
                 return base64.b64decode(secret.data["token"]).decode()
         return None
@@ -317,8 +323,32 @@ def _condition(agent: dict[str, Any] | None, type_: str) -> dict[str, Any]:
 def test_operator_runs_an_agent_lifecycle_as_the_service_account(
     api: client.ApiClient, plane: ControlPlane, release: dict[str, Any], tmp_path: Path
 ) -> None:
-    if not (REPO_ROOT / "operator" / "whatsapp_operator" / "handlers.py").exists():
-        pytest.skip("whatsapp_operator/handlers.py does not exist yet")
+    core = client.CoreV1Api(api)
+    ns = f"life-{uuid.uuid4().hex[:6]}"
+    core.create_namespace({"metadata": {"name": ns}})
+    try:
+        kubeconfig = _service_account_kubeconfig(api, plane, tmp_path / "sa.kubeconfig")
+        test_kubeconfig = _service_account_kubeconfig(
+            api, plane, tmp_path / "test.kubeconfig", account=f"{FULLNAME}-test"
+        )
+        _run_lifecycle(api, kubeconfig, ns, tmp_path, release, test_kubeconfig)
+    finally:
+        with contextlib.suppress(ApiException):
+            core.delete_namespace(ns)
+
+
+def _run_lifecycle(
+    api: client.ApiClient,
+    kubeconfig: Path,
+    ns: str,
+    tmp_path: Path,
+    release: dict[str, Any],
+    test_kubeconfig: Path,
+    extra_env: dict[str, str] | None = None,
+) -> None:
+    """The operator, out of cluster with ``kubeconfig``'s identity, takes an agent in ``ns``
+    from creation to Ready and through its deletion; the chart's `helm test` script runs
+    against it with ``test_kubeconfig``. No "Forbidden" may appear in the operator's log."""
     from released.fakes import FakeMeta, FakeOpenAI
     from released.fakes.meta import DEFAULT_ACCESS_TOKEN, DEFAULT_APP_SECRET
     from released.fakes.openai import DEFAULT_API_KEY
@@ -326,8 +356,6 @@ def test_operator_runs_an_agent_lifecycle_as_the_service_account(
 
     core = client.CoreV1Api(api)
     custom = client.CustomObjectsApi(api)
-    ns = f"life-{uuid.uuid4().hex[:6]}"
-    core.create_namespace({"metadata": {"name": ns}})
     wait_for(
         "the default ServiceAccount's token",
         lambda: core.read_namespaced_service_account("default", ns).secrets,
@@ -341,12 +369,11 @@ def test_operator_runs_an_agent_lifecycle_as_the_service_account(
             ns, {"metadata": {"name": name}, "data": {k: _b64(v) for k, v in data.items()}}
         )
 
-    kubeconfig = _service_account_kubeconfig(api, plane, tmp_path / "sa.kubeconfig")
     health_port = free_port()
     metrics_port = free_port()
-    log_path = tmp_path / "operator.log"
+    log_path = tmp_path / f"operator-{ns}.log"
     with contextlib.ExitStack() as stack:
-        # The client's app is subscribed to its WABA, or Meta refuses the webhook override.
+        # An onboarded client: the app is subscribed to its WABA, so the override may be set.
         meta = stack.enter_context(FakeMeta(waba_subscribed=True).start())
         openai = stack.enter_context(FakeOpenAI().start())
         kubelet = FakeKubelet(core, ns, interval=0.3).start()
@@ -362,6 +389,8 @@ def test_operator_runs_an_agent_lifecycle_as_the_service_account(
                 "RELEASED_METRICS_PORT": str(metrics_port),
                 "RELEASED_LOG_FORMAT": "json",
                 "RELEASED_CLEANUP_MAX_ATTEMPTS": "3",
+                "RELEASED_INGRESS_HOST_SUFFIXES": '["bots.example.com"]',
+                **(extra_env or {}),
             }
         )
         log = stack.enter_context(log_path.open("wb"))
@@ -440,7 +469,7 @@ def test_operator_runs_an_agent_lifecycle_as_the_service_account(
             raise AssertionError(f"{exc}\nstatus: {get()}\noperator log:\n{log_tail()}") from None
         assert meta.webhook_override(number), "the webhook override was not registered"
         assert client.AppsV1Api(api).list_namespaced_deployment(ns).items
-        _run_helm_test_script(release, kubeconfig, health_port, metrics_port)
+        _run_helm_test_script(release, test_kubeconfig, health_port, metrics_port)
 
         custom.delete_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, "acme")
         try:
@@ -450,17 +479,15 @@ def test_operator_runs_an_agent_lifecycle_as_the_service_account(
         assert meta.webhook_override(number) is None, "external cleanup did not run"
 
     text = log_path.read_text(errors="replace")
-    assert "Forbidden" not in text, log_tail()
-    assert "Not enough permissions" not in text, log_tail()
-    with contextlib.suppress(ApiException):
-        core.delete_namespace(ns)
+    assert "Forbidden" not in text, text[-4000:]
+    assert "Not enough permissions" not in text, text[-4000:]
 
 
 def _run_helm_test_script(
     release: dict[str, Any], kubeconfig: Path, health_port: int, metrics_port: int
 ) -> None:
     """The chart's `helm test` pod script, run here against the live operator: in-cluster
-    config becomes the ServiceAccount's kubeconfig, the Service URLs the local ports."""
+    config becomes the test ServiceAccount's kubeconfig, the Service URLs the local ports."""
     (pod,) = [
         o
         for o in release["objects"]
@@ -491,6 +518,181 @@ def _run_helm_test_script(
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "CRD established" in proc.stdout and "metrics OK" in proc.stdout
+
+
+# --- the namespaced scope: a second release whose operator serves one namespace ---------------
+
+NS_RELEASE = "nsop"
+NS_NAMESPACE = "nsop-system"
+NS_FULLNAME = f"{NS_RELEASE}-released-operator"
+NS_USER = f"system:serviceaccount:{NS_NAMESPACE}:{NS_FULLNAME}"
+NS_GROUPS = ["system:serviceaccounts", f"system:serviceaccounts:{NS_NAMESPACE}",
+             "system:authenticated"]  # fmt: skip
+TENANT_NS = "tenant-a"
+OTHER_NS = "tenant-b"
+NS_VALUES = (
+    "rbac.scope=namespaced",
+    f"operator.namespaces={{{TENANT_NS}}}",
+    "crds.install=false",  # the first release owns the CRD
+)
+
+
+@pytest.fixture(scope="module")
+def namespaced_release(
+    helm: str, plane: ControlPlane, api: client.ApiClient, release: dict[str, Any]
+) -> dict[str, Any]:
+    core = client.CoreV1Api(api)
+    for ns in (TENANT_NS, OTHER_NS):
+        core.create_namespace({"metadata": {"name": ns}})
+    args = ["install", NS_RELEASE, str(CHART_DIR), "--namespace", NS_NAMESPACE,
+            "--create-namespace", "--kubeconfig", plane.kubeconfig, "--timeout", "2m"]  # fmt: skip
+    for value in NS_VALUES:
+        args += ["--set", value]
+    proc = run_helm(helm, *args)
+    assert "STATUS: deployed" in proc.stdout, proc.stdout
+    return {"objects": render(helm, *NS_VALUES, namespace=NS_NAMESPACE, release=NS_RELEASE)}
+
+
+def ns_can(api: client.ApiClient, group: str, resource: str, verb: str, ns: str | None) -> bool:
+    resource, _, subresource = resource.partition("/")
+    attributes = {"group": group, "resource": resource, "verb": verb}
+    if subresource:
+        attributes["subresource"] = subresource
+    if ns is not None:
+        attributes["namespace"] = ns
+    review = client.AuthorizationV1Api(api).create_subject_access_review(
+        {
+            "apiVersion": "authorization.k8s.io/v1",
+            "kind": "SubjectAccessReview",
+            "spec": {"user": NS_USER, "groups": NS_GROUPS, "resourceAttributes": attributes},
+        }
+    )
+    return bool(review.status.allowed)
+
+
+def test_namespaced_release_has_roles_only_where_agents_live(
+    api: client.ApiClient, namespaced_release: dict[str, Any]
+) -> None:
+    from whatsapp_operator import rbac as rules
+
+    rbac = client.RbacAuthorizationV1Api(api)
+    role = rbac.read_namespaced_role(NS_FULLNAME, TENANT_NS)
+    needed = rule_triples([dict(r) for r in rules.NAMESPACED_RULES])
+    assert rule_triples([r.to_dict() for r in role.rules]) == needed
+    binding = rbac.read_namespaced_role_binding(NS_FULLNAME, TENANT_NS)
+    assert [(s.kind, s.name, s.namespace) for s in binding.subjects] == [
+        ("ServiceAccount", NS_FULLNAME, NS_NAMESPACE)
+    ]
+    for ns in (OTHER_NS, NS_NAMESPACE, "default"):
+        assert not [
+            r for r in rbac.list_namespaced_role(ns).items if r.metadata.name == NS_FULLNAME
+        ]
+    cluster = rbac.read_cluster_role(NS_FULLNAME)
+    granted = rule_triples([r.to_dict() for r in cluster.rules])
+    assert granted == {t for t in rule_triples([dict(r) for r in rules.CLUSTER_RULES])
+                       if t[0] != "admissionregistration.k8s.io"}  # fmt: skip
+
+
+def test_namespaced_service_account_may_do_its_work_in_its_namespace_only(
+    api: client.ApiClient, namespaced_release: dict[str, Any]
+) -> None:
+    from whatsapp_operator import rbac as rules
+
+    needed = sorted(rule_triples([dict(r) for r in rules.NAMESPACED_RULES]))
+    assert len(needed) > 40
+    denied = [t for t in needed if not ns_can(api, *t, ns=TENANT_NS)]
+    assert denied == [], f"{NS_USER} may not: {denied}"
+    allowed_elsewhere = [
+        (t, ns) for ns in (OTHER_NS, NS_NAMESPACE) for t in needed if ns_can(api, *t, ns=ns)
+    ]
+    assert allowed_elsewhere == [], allowed_elsewhere
+    # Cluster-wide (no namespace): no Secret, ConfigMap or Deployment anywhere.
+    for group, resource in [("", "secrets"), ("", "configmaps"), ("apps", "deployments"),
+                            ("whatsapp.released.io", "whatsappagents")]:  # fmt: skip
+        for verb in ("get", "list", "watch"):
+            assert not ns_can(api, group, resource, verb, ns=None), (resource, verb)
+    assert ns_can(api, "apiextensions.k8s.io", "customresourcedefinitions", "get", ns=None)
+    assert ns_can(api, "", "namespaces", "list", ns=None)
+
+
+def test_namespaced_denials_hold_against_the_real_api(
+    api: client.ApiClient, plane: ControlPlane, namespaced_release: dict[str, Any], tmp_path: Path
+) -> None:
+    """With the chart's own ServiceAccount token, not a review: the API server refuses."""
+    from kubernetes import config as kube_config
+
+    core = client.CoreV1Api(api)
+    core.create_namespaced_secret(OTHER_NS, {"metadata": {"name": "theirs"},
+                                             "stringData": {"k": "v"}})  # fmt: skip
+    kubeconfig = _service_account_kubeconfig(
+        api, plane, tmp_path / "ns.kubeconfig", account=NS_FULLNAME, namespace=NS_NAMESPACE
+    )
+    as_operator = kube_config.new_client_from_config(str(kubeconfig))
+    try:
+        its_core = client.CoreV1Api(as_operator)
+        its_apps = client.AppsV1Api(as_operator)
+        its_core.list_namespaced_secret(TENANT_NS)  # its own namespace: allowed
+        attempts = {
+            "list Secrets cluster-wide": lambda: its_core.list_secret_for_all_namespaces(),
+            "read a Secret in another namespace": lambda: its_core.read_namespaced_secret(
+                "theirs", OTHER_NS
+            ),
+            "list Secrets in the release namespace": lambda: its_core.list_namespaced_secret(
+                NS_NAMESPACE
+            ),
+            "watch ConfigMaps cluster-wide": lambda: its_core.list_config_map_for_all_namespaces(
+                watch=False
+            ),
+            "create a Deployment in another namespace": lambda: (
+                its_apps.create_namespaced_deployment(
+                    OTHER_NS,
+                    {
+                        "metadata": {"name": "x"},
+                        "spec": {
+                            "selector": {"matchLabels": {"a": "b"}},
+                            "template": {
+                                "metadata": {"labels": {"a": "b"}},
+                                "spec": {"containers": [{"name": "x", "image": "x"}]},
+                            },
+                        },
+                    },
+                )
+            ),
+        }
+        refused = []
+        for what, attempt in attempts.items():
+            with pytest.raises(ApiException) as denied:
+                attempt()
+            assert denied.value.status == 403, (what, denied.value.status)
+            refused.append(what)
+        assert len(refused) == len(attempts) == 5
+    finally:
+        as_operator.close()
+
+
+def test_namespaced_operator_runs_an_agent_lifecycle_as_its_service_account(
+    api: client.ApiClient, plane: ControlPlane, namespaced_release: dict[str, Any], tmp_path: Path
+) -> None:
+    kubeconfig = _service_account_kubeconfig(
+        api, plane, tmp_path / "ns.kubeconfig", account=NS_FULLNAME, namespace=NS_NAMESPACE
+    )
+    test_kubeconfig = _service_account_kubeconfig(
+        api, plane, tmp_path / "ns-test.kubeconfig", account=f"{NS_FULLNAME}-test",
+        namespace=NS_NAMESPACE,
+    )  # fmt: skip
+    (deployment,) = [o for o in namespaced_release["objects"] if o["kind"] == "Deployment"]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    namespaces = {e["name"]: e.get("value") for e in container["env"]}["RELEASED_NAMESPACES"]
+    assert namespaces == TENANT_NS
+    _run_lifecycle(
+        api,
+        kubeconfig,
+        TENANT_NS,
+        tmp_path,
+        namespaced_release,
+        test_kubeconfig,
+        extra_env={"RELEASED_NAMESPACES": namespaces},
+    )
 
 
 # --- upgrade and uninstall (last: they change the release) ------------------------------------
