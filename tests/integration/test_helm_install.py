@@ -486,30 +486,34 @@ def _run_lifecycle(
 def _run_helm_test_script(
     release: dict[str, Any], kubeconfig: Path, health_port: int, metrics_port: int
 ) -> None:
-    """The chart's `helm test` pod script, run here against the live operator: in-cluster
-    config becomes the test ServiceAccount's kubeconfig, the Service URLs the local ports."""
+    """The chart's `helm test` pod script, run here against the live operator: the pod's
+    service-account directory becomes the test ServiceAccount's token and the plane's CA, the
+    Service URLs the local ports."""
     (pod,) = [
         o
         for o in release["objects"]
         if o["kind"] == "Pod" and o["metadata"]["annotations"].get("helm.sh/hook") == "test"
     ]
     (container,) = pod["spec"]["containers"]
+    config = yaml.safe_load(kubeconfig.read_text())
+    sa_dir = kubeconfig.parent / f"{kubeconfig.stem}-sa"
+    sa_dir.mkdir(exist_ok=True)
+    (sa_dir / "token").write_text(config["users"][0]["user"]["token"])
+    cluster = config["clusters"][0]["cluster"]
+    (sa_dir / "ca.crt").write_text(Path(cluster["certificate-authority"]).read_text())
     env = {e["name"]: e["value"] for e in container["env"]}
     env.update(
         {
             "METRICS_URL": f"http://127.0.0.1:{metrics_port}/metrics",
             "HEALTH_URL": f"http://127.0.0.1:{health_port}/healthz",
-            "KUBECONFIG": str(kubeconfig),
+            "SA_DIR": str(sa_dir),
+            "KUBE_API": cluster["server"],
             "PATH": os.environ.get("PATH", ""),
         }
     )
-    prelude = (
-        "import os, kubernetes.config as kc\n"
-        "kc.load_incluster_config = lambda: kc.load_kube_config(os.environ['KUBECONFIG'])\n"
-    )
     assert container["command"] == ["python", "-c"]
     proc = subprocess.run(
-        [sys.executable, "-c", prelude + container["args"][0]],
+        [sys.executable, "-c", container["args"][0]],
         env=env,
         capture_output=True,
         text=True,

@@ -433,6 +433,7 @@ def test_helm_test_pod(default_objects: list[dict[str, Any]]) -> None:
     assert c["command"] == ["python", "-c"]
     compile(c["args"][0], "helm-test", "exec")  # the script at least parses
     assert "/apis/whatsapp.released.io/v1alpha1" in env_of(c)["API_PATH"]["value"]
+    assert "kubernetes" not in c["args"][0].split("\n", 1)[0]  # the standard library only
     # Its own ServiceAccount, which no binding of the chart names.
     account = pod["spec"]["serviceAccountName"]
     operator_account = one(default_objects, "Deployment")["spec"]["template"]["spec"][
