@@ -17,7 +17,12 @@ agent. This module keeps that store in step with ``spec.faqs``, with the officia
 Errors: 429, 5xx, timeouts and refused connections raise
 :class:`~whatsapp_operator.errors.TemporaryError` (after the SDK's own two retries); 401, 403,
 400 and other client errors raise :class:`~whatsapp_operator.errors.PermanentError` with a
-message that names what to fix and never contains the API key.
+message that names what to fix. A message carries the HTTP status and OpenAI's error code (a
+short token such as ``insufficient_quota``), never text from a response body: the server may be
+the tenant's (``baseUrl``), and its answer must not be read back through the agent's status.
+
+A tenant's ``baseUrl`` is called through :func:`whatsapp_operator.egress.guarded_client`
+(``OpenAIParams.policy``), which connects only to addresses the platform's policy allows.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import re
 import time
 import unicodedata
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
@@ -36,7 +42,8 @@ from openai import AsyncOpenAI
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic.alias_generators import to_camel
 
-from whatsapp_operator.errors import NotFoundError, PermanentError, TemporaryError, redact
+from released.agent.policy import Policy
+from whatsapp_operator.errors import NotFoundError, PermanentError, TemporaryError
 
 SERVICE = "openai"
 #: Bumped when the file format changes, so every agent's file is rebuilt once.
@@ -58,14 +65,22 @@ class OpenAIParams(BaseModel):
     base_url: str = "https://api.openai.com/v1"
     timeout: float = 30.0
     max_retries: int = 2
+    #: Set when ``base_url`` is the tenant's: connections go only where the policy allows.
+    policy: Policy | None = None
 
     def client(self) -> AsyncOpenAI:
         """A new ``AsyncOpenAI`` client for these parameters (close it when done)."""
+        http_client = None
+        if self.policy is not None:
+            from whatsapp_operator.egress import guarded_client
+
+            http_client = guarded_client(self.policy, timeout=self.timeout)
         return AsyncOpenAI(
             api_key=self.api_key.get_secret_value(),
             base_url=self.base_url,
             timeout=self.timeout,
             max_retries=self.max_retries,
+            http_client=http_client,
         )
 
 
@@ -162,10 +177,21 @@ def _mapped(action: str, api_key: str | None) -> Iterator[None]:
         raise _status_error(exc, action, api_key) from None
 
 
+#: What an error code from a response may look like to be shown: a short token, nothing more.
+_ERROR_CODE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+
+
+def error_code(exc: openai.APIStatusError) -> str | None:
+    """OpenAI's error code of ``exc`` (``insufficient_quota``) when it is a plain short token."""
+    code = getattr(exc, "code", None)
+    return code if isinstance(code, str) and _ERROR_CODE.match(code) else None
+
+
 def _status_error(exc: openai.APIStatusError, action: str, api_key: str | None) -> Exception:
     status = exc.status_code
-    detail = redact(str(getattr(exc, "message", "") or ""), [api_key])[:300]
-    message = f"OpenAI refused to {action} (HTTP {status}): {detail}"
+    code = error_code(exc)
+    detail = f", code {code}" if code else ""
+    message = f"OpenAI refused to {action} (HTTP {status}{detail})"
     if status == 401:
         return PermanentError(
             f"OpenAI rejected the API key (HTTP 401) while trying to {action}; update apiKey in "
@@ -183,7 +209,6 @@ def _status_error(exc: openai.APIStatusError, action: str, api_key: str | None) 
         if retry_after:
             with suppress(ValueError):
                 delay = max(1.0, min(float(retry_after), 3600.0))
-        code = getattr(exc, "code", None)
         reason = "OpenAIQuotaExceeded" if code == "insufficient_quota" else "OpenAIRateLimited"
         return TemporaryError(message, reason=reason, service=SERVICE, delay=delay)
     if status >= 500 or status in (408, 409):
@@ -274,11 +299,12 @@ async def _wait_completed(
             return
         if status in ("failed", "cancelled"):
             error = getattr(item, "last_error", None)
-            detail = redact(str(getattr(error, "message", "") or status))[:200]
+            code = getattr(error, "code", None)
+            shown = code if isinstance(code, str) and _ERROR_CODE.match(code) else status
             await _detach(client, store_id, file_id)
             await _delete_file(client, file_id)
             raise TemporaryError(
-                f"OpenAI could not index the FAQ file: {detail}",
+                f"OpenAI could not index the FAQ file ({shown})",
                 reason="KnowledgeIndexingFailed",
                 service=SERVICE,
                 delay=60.0,
