@@ -643,7 +643,7 @@ def create_app(state: MetaState, fake: FakeMeta | None = None) -> Starlette:
         body = await _read_params(request)
         problem = contracts.check_meta_message(body, version)
         if problem is not None:
-            return invalid_parameter(problem)
+            return invalid_parameter(str(problem))
         if body.get("status") == "read":
             record = {
                 "phone_number_id": phone_number_id,
@@ -764,7 +764,7 @@ def create_app(state: MetaState, fake: FakeMeta | None = None) -> Starlette:
             return JSONResponse({"success": True})
         problem = contracts.check_callback_uri(uri, token)
         if problem is not None:
-            return invalid_parameter(problem)
+            return invalid_parameter(str(problem))
         with state.lock:
             verify = state.verify_webhooks
         if verify:
@@ -782,7 +782,7 @@ def create_app(state: MetaState, fake: FakeMeta | None = None) -> Starlette:
         params = await _read_params(request)
         problem = contracts.check_request("meta", "POST /{Version}/{Phone-Number-ID}", params)
         if problem is not None:
-            return invalid_parameter(problem)
+            return invalid_parameter(str(problem))
         config = params.get("webhook_configuration")
         if config is None:
             # Other phone-number updates are accepted and ignored.
@@ -874,7 +874,7 @@ def create_app(state: MetaState, fake: FakeMeta | None = None) -> Starlette:
         problem = contracts.check_request("meta", "POST /{Version}/{WABA-ID}/subscribed_apps",
                                           params)
         if problem is not None:
-            return invalid_parameter(problem)
+            return invalid_parameter(str(problem))
         with state.lock:
             was = state.waba(waba_id)
             state.subscribed[waba_id] = True

@@ -2,26 +2,36 @@
 
 Base URL: ``http://127.0.0.1:PORT/v1`` (``openai.OpenAI(base_url=fake.url, api_key=...)``).
 
+It refuses what the real API refuses: every request on the endpoints the project uses is
+checked against OpenAI's published OpenAPI document (the schemas extracted into
+``released/fakes/contracts/openai.json``) and the changes since (``../shared/contracts/README.md``:
+model shutdowns, Responses + Conversations, ``max_output_tokens`` counting reasoning), and a
+refused request gets OpenAI's error envelope ``{"error": {message, type, param, code}}`` and
+HTTP status. It models what the API does over time, on a clock tests can move: models shut down
+on their dates, vector-store files take time to index, reasoning tokens eat into
+``max_output_tokens``. See ``README.md`` here.
+
 API routes (Bearer key required):
 
-- ``POST /v1/responses`` (``GET /v1/responses/{id}``): answers deterministically. FAQ pairs
-  come from ``instructions``, system/developer messages in ``input`` (lines ``Q: ...`` /
-  ``A: ...``) and, with a ``file_search`` tool, from the files of its vector stores (JSON
-  ``[{"q","a"}]`` / ``{"faqs": [...]}`` / ``question``+``answer`` keys, or ``Q:``/``A:`` text).
-  The FAQ whose question shares the most words with the last user message is answered with its
-  answer text exactly; with no overlap the answer is ``"I don't know."``.
+- ``POST /v1/responses`` (``GET|DELETE /v1/responses/{id}``): answers deterministically. FAQ
+  pairs come from ``instructions``, system/developer messages in ``input`` (lines ``Q: ...`` /
+  ``A: ...``) and, with a ``file_search`` tool, from the indexed files of its vector stores
+  (JSON ``[{"q","a"}]`` / ``{"faqs": [...]}`` / ``question``+``answer`` keys, or ``Q:``/``A:``
+  text). The FAQ whose question shares the most words with the last user message is answered
+  with its answer text exactly; with no overlap the answer is ``"I don't know."``.
+- ``POST /v1/conversations``, ``GET|DELETE /v1/conversations/{id}``,
+  ``GET|POST /v1/conversations/{id}/items``.
 - ``POST /v1/chat/completions``: the same logic on ``messages``.
 - ``POST /v1/files`` (multipart), ``GET /v1/files``, ``GET|DELETE /v1/files/{id}``,
   ``GET /v1/files/{id}/content``.
 - ``POST|GET /v1/vector_stores``, ``GET|POST|DELETE /v1/vector_stores/{id}``,
   ``POST|GET /v1/vector_stores/{id}/files``, ``GET|DELETE /v1/vector_stores/{id}/files/{fid}``,
   ``POST /v1/vector_stores/{id}/file_batches``, ``GET .../file_batches/{bid}`` (+ ``/files``,
-  ``/cancel``), ``POST /v1/vector_stores/{id}/search``. Everything is ``completed`` at once.
-- ``GET /v1/models``, ``GET /v1/models/{id}``.
+  ``/cancel``), ``POST /v1/vector_stores/{id}/search``.
+- ``GET /v1/models``, ``GET /v1/models/{id}`` (404 for unknown and shut-down models).
 
-Control routes (no auth), JSON: ``GET /_fake/calls``, ``GET /_fake/requests``,
-``GET|POST /_fake/errors``, ``POST /_fake/latency``, ``POST /_fake/reset``,
-``GET|POST /_fake/config``, ``GET /_fake/state``, ``GET|POST /_fake/replies``.
+Control routes (no auth), JSON, under ``/_fake/``: ``calls``, ``requests``, ``errors``,
+``latency``, ``reset``, ``config``, ``state``, ``replies``, ``clock``, ``models``.
 
 Run alone: ``python -m released.fakes.openai --port 8082 [--api-key K | --any-key]``.
 """
@@ -34,8 +44,9 @@ import hmac
 import json
 import math
 import re
-import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, date, datetime
 from email.parser import BytesParser
 from email.policy import HTTP
 from typing import Any, ClassVar
@@ -45,11 +56,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from released.fakes import contracts
 from released.fakes._base import (
     BaseState,
     FakeServer,
+    clock_route,
     loggable_headers,
-    now,
     random_id,
     serve_cli,
     sleep_unless_stopping,
@@ -57,8 +69,54 @@ from released.fakes._base import (
 
 DEFAULT_API_KEY = "sk-test-fake-openai-key"
 UNKNOWN_ANSWER = "I don't know."
-MODELS = ["gpt-4o-mini", "gpt-4o", "gpt-4.1-mini", "gpt-4.1", "gpt-5-mini", "gpt-5"]
 FILE_PURPOSES = {"assistants", "batch", "fine-tune", "vision", "user_data", "evals"}
+#: Seconds (of the fake's clock) a vector-store file stays ``in_progress`` before it is indexed.
+DEFAULT_INDEXING_SECONDS = 0.2
+
+#: OpenAI's ``reasoning.effort`` values, weakest first (the document's ``ReasoningEffort``).
+EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh", "max")
+#: Reasoning tokens a response spends per effort (they count against ``max_output_tokens``).
+REASONING_TOKENS = {"none": 0, "minimal": 16, "low": 64, "medium": 192, "high": 512,
+                    "xhigh": 1024, "max": 2048}
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """A model as the fake knows it: when it shuts down and which reasoning efforts it takes
+    (``efforts=()``: not a reasoning model; ``reasoning.effort`` is refused)."""
+
+    id: str
+    created: int
+    shutdown_date: str | None = None
+    efforts: tuple[str, ...] = ()
+    default_effort: str | None = None
+    verbosities: tuple[str, ...] = ("medium",)
+
+    def shut_down(self, at: float) -> bool:
+        if self.shutdown_date is None:
+            return False
+        day = datetime.fromisoformat(self.shutdown_date).replace(tzinfo=UTC).timestamp()
+        return at >= day
+
+
+_GPT5_EFFORTS = ("minimal", "low", "medium", "high")
+_ALL_VERBOSITY = ("low", "medium", "high")
+
+#: README "OpenAI": "Shutdowns: gpt-5, gpt-5-mini, gpt-5-nano on 2026-12-11; gpt-4o, gpt-4o-mini,
+#: gpt-4.1, gpt-4.1-mini on 2027-01-14 (OpenAI names gpt-6-luna as the replacement: ...,
+#: reasoning effort `none` … `max`, default `medium`); gpt-5.4-nano on 2027-04-01."
+MODELS: tuple[ModelInfo, ...] = (
+    ModelInfo("gpt-4o", 1715367049, "2027-01-14"),
+    ModelInfo("gpt-4o-mini", 1721172741, "2027-01-14"),
+    ModelInfo("gpt-4.1", 1744316542, "2027-01-14"),
+    ModelInfo("gpt-4.1-mini", 1744318173, "2027-01-14"),
+    ModelInfo("gpt-5", 1754425777, "2026-12-11", _GPT5_EFFORTS, "medium", _ALL_VERBOSITY),
+    ModelInfo("gpt-5-mini", 1754425928, "2026-12-11", _GPT5_EFFORTS, "medium", _ALL_VERBOSITY),
+    ModelInfo("gpt-5-nano", 1754426384, "2026-12-11", _GPT5_EFFORTS, "medium", _ALL_VERBOSITY),
+    ModelInfo("gpt-5.4-nano", 1772000000, "2027-04-01",
+              ("none", "low", "medium", "high", "xhigh"), "none", _ALL_VERBOSITY),
+    ModelInfo("gpt-6-luna", 1785000000, None, EFFORTS, "medium", _ALL_VERBOSITY),
+)
 
 # Presets for script_errors(): name -> (status, type, code, message).
 ERROR_PRESETS: dict[str, tuple[int, str, str | None, str]] = {
@@ -244,30 +302,48 @@ def estimate_tokens(text: str) -> int:
 
 
 class OpenAIState(BaseState):
-    """Files, vector stores, responses and recordings; guarded by ``lock``."""
+    """Models, files, vector stores, responses, conversations and recordings; guarded by
+    ``lock``."""
 
-    def __init__(self, *, api_key: str | None = DEFAULT_API_KEY, latency: float = 0.0) -> None:
+    def __init__(
+        self,
+        *,
+        api_key: str | None = DEFAULT_API_KEY,
+        latency: float = 0.0,
+        indexing_seconds: float = DEFAULT_INDEXING_SECONDS,
+    ) -> None:
         super().__init__(latency)
         self.api_key = api_key
         self.default_answer = UNKNOWN_ANSWER
+        self.indexing_seconds = indexing_seconds
+        self.reasoning_tokens: dict[str, int] = dict(REASONING_TOKENS)
+        self.models: dict[str, ModelInfo] = {m.id: m for m in MODELS}
         self.files: dict[str, dict[str, Any]] = {}
         self.file_data: dict[str, bytes] = {}
         self.vector_stores: dict[str, dict[str, Any]] = {}
         self.vs_files: dict[str, dict[str, dict[str, Any]]] = {}
         self.batches: dict[str, dict[str, Any]] = {}
         self.responses: dict[str, dict[str, Any]] = {}
+        self.response_inputs: dict[str, list[dict[str, Any]]] = {}
+        self.conversations: dict[str, dict[str, Any]] = {}
+        self.conversation_items: dict[str, list[dict[str, Any]]] = {}
         self.replies: list[str] = []
 
     def reset(self) -> None:
         with self.lock:
             self.reset_recordings()
+            self.models = {m.id: m for m in MODELS}
             self.files.clear()
             self.file_data.clear()
             self.vector_stores.clear()
             self.vs_files.clear()
             self.batches.clear()
             self.responses.clear()
+            self.response_inputs.clear()
+            self.conversations.clear()
+            self.conversation_items.clear()
             self.replies.clear()
+            self.clock.real()
 
     def config(self) -> dict[str, Any]:
         with self.lock:
@@ -275,39 +351,69 @@ class OpenAIState(BaseState):
                 "api_key": self.api_key,
                 "latency": self.latency,
                 "default_answer": self.default_answer,
+                "indexing_seconds": self.indexing_seconds,
+                "reasoning_tokens": dict(self.reasoning_tokens),
             }
+
+    def now(self) -> int:
+        return int(self.clock.now())
+
+    def model(self, model_id: str) -> ModelInfo | None:
+        """The model if it exists at the fake's current time (None: unknown or shut down)."""
+        with self.lock:
+            info = self.models.get(model_id)
+        if info is None or info.shut_down(self.clock.now()):
+            return None
+        return info
 
     def snapshot(self) -> dict[str, Any]:
         with self.lock:
             return {
                 "files": [dict(f) for f in self.files.values()],
                 "vector_stores": [
-                    {**vs, "file_ids": list(self.vs_files.get(vs_id, {}))}
-                    for vs_id, vs in self.vector_stores.items()
+                    {**self.vs_object(vs_id), "file_ids": list(self.vs_files.get(vs_id, {}))}
+                    for vs_id in self.vector_stores
                 ],
                 "responses": len(self.responses),
+                "conversations": len(self.conversations),
             }
+
+    # -- vector-store files index over time (call with the lock held) -------------------------
+
+    def vs_file(self, vs_id: str, file_id: str) -> dict[str, Any]:
+        """The vector-store file as it is now: ``in_progress`` until its indexing time has
+        passed, then ``completed`` (or ``failed`` for a file with nothing to index)."""
+        record = self.vs_files[vs_id][file_id]
+        if record["status"] == "in_progress" and self.clock.now() >= record["_ready_at"]:
+            data = self.file_data.get(file_id, b"")
+            if data.strip():
+                record["status"] = "completed"
+            else:
+                record["status"] = "failed"
+                record["last_error"] = {"code": "invalid_file",
+                                        "message": "The file is empty and could not be parsed."}
+        return {k: v for k, v in record.items() if not k.startswith("_")}
 
     def vs_object(self, vs_id: str) -> dict[str, Any]:
         vs = self.vector_stores[vs_id]
-        files = self.vs_files.get(vs_id, {})
-        n = len(files)
-        vs["file_counts"] = {
-            "in_progress": 0,
-            "completed": n,
-            "failed": 0,
-            "cancelled": 0,
-            "total": n,
-        }
-        vs["usage_bytes"] = sum(f["usage_bytes"] for f in files.values())
+        files = [self.vs_file(vs_id, f) for f in self.vs_files.get(vs_id, {})]
+        counts = {s: sum(1 for f in files if f["status"] == s)
+                  for s in ("in_progress", "completed", "failed", "cancelled")}
+        vs["file_counts"] = {**counts, "total": len(files)}
+        vs["status"] = "in_progress" if counts["in_progress"] else "completed"
+        vs["usage_bytes"] = sum(f["usage_bytes"] for f in files if f["status"] == "completed")
+        if vs.get("expires_at") is not None and self.clock.now() >= vs["expires_at"]:
+            vs["status"] = "expired"
         return dict(vs)
 
     def faqs_for_stores(self, store_ids: Sequence[str]) -> list[tuple[str, str, str]]:
-        """(question, answer, file_id) of every FAQ in the files of these vector stores."""
+        """(question, answer, file_id) of every FAQ in the indexed files of these stores."""
         out: list[tuple[str, str, str]] = []
         with self.lock:
             for vs_id in store_ids:
                 for file_id in self.vs_files.get(vs_id, {}):
+                    if self.vs_file(vs_id, file_id)["status"] != "completed":
+                        continue
                     for q, a in parse_faq_file(self.file_data.get(file_id, b"")):
                         out.append((q, a, file_id))
         return out
@@ -329,8 +435,21 @@ def openai_error(
     return JSONResponse(body, status_code=status, headers=headers)
 
 
-def not_found(kind: str, object_id: str) -> JSONResponse:
-    return openai_error(404, f"No {kind} found with id '{object_id}'.")
+def problem_error(problem: contracts.Problem, status: int = 400) -> JSONResponse:
+    return openai_error(status, problem.message, param=problem.param, code=problem.code)
+
+
+def not_found(kind: str, object_id: str, param: str | None = None) -> JSONResponse:
+    return openai_error(404, f"No {kind} found with id '{object_id}'.", param=param)
+
+
+def model_not_found(model: str) -> JSONResponse:
+    return openai_error(
+        404,
+        f"The model `{model}` does not exist or you do not have access to it.",
+        param="model",
+        code="model_not_found",
+    )
 
 
 def page(items: list[dict[str, Any]], request: Request) -> dict[str, Any]:
@@ -378,6 +497,72 @@ def parse_multipart(content_type: str, body: bytes) -> tuple[dict[str, str], dic
     return fields, files
 
 
+def _contract_name(endpoint: str) -> str:
+    """``"GET /v1/vector_stores/{vs_id}"`` -> the document's ``"GET /vector_stores/{...}"``."""
+    method, path = endpoint.split(" ", 1)
+    path = path.removeprefix("/v1").replace("{vs_id}", "{vector_store_id}")
+    return f"{method} {path}"
+
+
+def _input_items(value: Any) -> list[dict[str, Any]]:
+    """A Responses ``input`` as a list of items (a string is one user message)."""
+    if isinstance(value, str):
+        return [{"type": "message", "role": "user", "content": value}]
+    if isinstance(value, list):
+        return [dict(item) for item in value if isinstance(item, dict)]
+    return []
+
+
+def check_responses_addenda(body: dict[str, Any]) -> contracts.Problem | None:
+    """The README's rules for ``POST /v1/responses`` that the document does not state."""
+    if not body.get("model"):
+        # README: "reusable prompts (v1/prompts) [were shut down] on 2026-11-30": a response
+        # can no longer take its model from a prompt, so the request must name one.
+        return contracts.Problem("Missing required parameter: 'model'.", "model",
+                                 "missing_required_parameter")
+    if body.get("conversation") is not None and body.get("previous_response_id") is not None:
+        # README: "`previous_response_id` cannot be combined with `conversation`".
+        return contracts.Problem(
+            "Mutually exclusive parameters: Ensure you are only providing one of: "
+            "'previous_response_id' or 'conversation'.",
+            "conversation", "mutually_exclusive_parameters")
+    for index, tool in enumerate(body.get("tools") or []):
+        if (isinstance(tool, dict) and tool.get("type") == "file_search"
+                and not tool.get("vector_store_ids")):
+            # README: "A `file_search` tool needs `vector_store_ids`" (an empty list too).
+            return contracts.Problem(
+                    f"Invalid 'tools[{index}].vector_store_ids': empty array. Expected an "
+                    "array with minimum length 1, but got an empty array instead.",
+                    f"tools[{index}].vector_store_ids", "empty_array")
+    return None
+
+
+def check_model_options(body: dict[str, Any], info: ModelInfo) -> contracts.Problem | None:
+    """Reasoning effort and verbosity the model takes (gpt-6-luna: ``none`` … ``max``)."""
+    reasoning = body.get("reasoning")
+    effort = reasoning.get("effort") if isinstance(reasoning, dict) else None
+    if effort is not None:
+        if not info.efforts:
+            return contracts.Problem(
+                "Unsupported parameter: 'reasoning.effort' is not supported with this model.",
+                "reasoning.effort", "unsupported_parameter")
+        if effort not in info.efforts:
+            allowed = ", ".join(f"'{e}'" for e in info.efforts)
+            return contracts.Problem(
+                f"Unsupported value: 'reasoning.effort' does not support '{effort}' with this "
+                f"model. Supported values are: {allowed}.",
+                "reasoning.effort", "unsupported_value")
+    text = body.get("text")
+    verbosity = text.get("verbosity") if isinstance(text, dict) else None
+    if verbosity is not None and verbosity not in info.verbosities:
+        allowed = ", ".join(f"'{v}'" for v in info.verbosities)
+        return contracts.Problem(
+            f"Unsupported value: 'text.verbosity' does not support '{verbosity}' with this "
+            f"model. Supported values are: {allowed}.",
+            "text.verbosity", "unsupported_value")
+    return None
+
+
 def create_app(state: OpenAIState, fake: FakeOpenAI | None = None) -> Starlette:
     """The Starlette app of the OpenAI fake, serving ``state``."""
 
@@ -403,12 +588,14 @@ def create_app(state: OpenAIState, fake: FakeOpenAI | None = None) -> Starlette:
                 "query": dict(request.query_params),
                 "headers": loggable_headers(request.headers),
                 "body": body,
-                "at": time.time(),
+                "at": state.clock.now(),
             }
             state.count(endpoint, entry)
             response = await guarded(request, endpoint, handler)
             response.headers["x-request-id"] = random_id("req_", 16)
             entry["status"] = response.status_code
+            if response.status_code >= 400:
+                entry["error"] = json.loads(bytes(response.body)).get("error")
             return response
 
         return wrapped
@@ -445,10 +632,61 @@ def create_app(state: OpenAIState, fake: FakeOpenAI | None = None) -> Starlette:
                 if spec.get("delay"):
                     await _sleep(float(spec["delay"]))
                 return error_from_spec(spec, request)
+        problem = await check_contract(request, endpoint)
+        if problem is not None:
+            return problem
         try:
             return await handler(request)
         except (ValueError, KeyError, TypeError) as exc:
             return openai_error(400, f"Invalid request: {exc}")
+
+    async def check_contract(request: Request, endpoint: str) -> Response | None:
+        """The published schema of the operation: path and query parameters, then the body."""
+        name = _contract_name(endpoint)
+        try:
+            contracts.operation("openai", name)
+        except KeyError:
+            return None  # an endpoint the project does not use (chat completions, batches)
+        values: dict[str, Any] = dict(request.query_params)
+        for key, value in request.path_params.items():
+            values["vector_store_id" if key == "vs_id" else key] = value
+        problem = contracts.check_parameters("openai", name, values)
+        if problem is not None:
+            return problem_error(problem)
+        op = contracts.operation("openai", name)
+        if "requestBody" not in op:
+            return None
+        content_type = request.headers.get("content-type", "")
+        raw = await request.body()
+        if "multipart/form-data" in op["requestBody"]["content"]:
+            if "multipart/form-data" not in content_type:
+                return openai_error(400, "The request must be multipart/form-data.")
+            fields, files = parse_multipart(content_type, raw)
+            form: dict[str, Any] = dict(fields)
+            form.update({name: "<binary>" for name in files})
+            problem = contracts.check_request("openai", name, form, "multipart/form-data")
+            return None if problem is None else problem_error(problem)
+        if not raw:
+            body: Any = None
+        else:
+            try:
+                body = json.loads(raw)
+            except ValueError:
+                return openai_error(
+                    400,
+                    "We could not parse the JSON body of your request. (HINT: This likely means "
+                    "you aren't using your HTTP library correctly. The OpenAI API expects a JSON "
+                    "payload, but what was sent was not valid JSON.)",
+                )
+        if isinstance(body, dict):
+            # OpenAI refuses parameters it does not know (the names come from the schema).
+            known = contracts.top_level_properties("openai", name)
+            unknown = sorted(set(body) - known)
+            if known and unknown:
+                return openai_error(400, f"Unknown parameter: '{unknown[0]}'.",
+                                    param=unknown[0], code="unknown_parameter")
+        problem = contracts.check_request("openai", name, body)
+        return None if problem is None else problem_error(problem)
 
     def error_from_spec(spec: dict[str, Any], request: Request) -> JSONResponse:
         kind = str(spec.get("kind", "server_error"))
@@ -462,7 +700,7 @@ def create_app(state: OpenAIState, fake: FakeOpenAI | None = None) -> Starlette:
             headers.setdefault("x-ratelimit-remaining-requests", "0")
             headers.setdefault("x-ratelimit-reset-requests", f"{retry_after}s")
         message = str(spec.get("message", message)).format(
-            model="gpt-4o-mini", retry_after=retry_after
+            model="gpt-6-luna", retry_after=retry_after
         )
         return openai_error(
             int(spec.get("status", status)),
@@ -492,23 +730,51 @@ def create_app(state: OpenAIState, fake: FakeOpenAI | None = None) -> Starlette:
             return default, None
         return faqs[index][1], faqs[index][2]
 
+    def conversation_id(value: Any) -> str | None:
+        if isinstance(value, dict):
+            return str(value.get("id")) if value.get("id") else None
+        return str(value) if value else None
+
     async def responses_create(request: Request) -> Response:
         body = await request.json()
         if not isinstance(body, dict):
             raise ValueError("the body must be a JSON object")
-        model = body.get("model")
-        if not model:
-            return openai_error(
-                400,
-                "Missing required parameter: 'model'.",
-                param="model",
-                code="missing_required_parameter",
-            )
+        problem = check_responses_addenda(body)
+        if problem is not None:
+            return problem_error(problem)
+        model = str(body["model"])
+        info = state.model(model)
+        if info is None:
+            # README: "`GET /v1/models/{id}` tells whether a model exists"; a shut-down model
+            # no longer does.
+            return model_not_found(model)
+        problem = check_model_options(body, info)
+        if problem is not None:
+            return problem_error(problem)
         if body.get("stream"):
             return openai_error(400, "stream=true is not supported by the fake.", param="stream")
+        history: list[dict[str, Any]] = []
+        conv_id = conversation_id(body.get("conversation"))
+        previous_id = body.get("previous_response_id")
+        with state.lock:
+            if conv_id is not None:
+                if conv_id not in state.conversations:
+                    return openai_error(404, f"Conversation with id '{conv_id}' not found.",
+                                        param="conversation")
+                history = [dict(i) for i in state.conversation_items.get(conv_id, [])]
+            if previous_id is not None:
+                if previous_id not in state.responses:
+                    return openai_error(400, f"Previous response with id '{previous_id}' not "
+                                        "found.", param="previous_response_id",
+                                        code="previous_response_not_found")
+                history = [*state.response_inputs.get(previous_id, []),
+                           *state.responses[previous_id]["output"]]
         instructions = body.get("instructions")
+        # README: "`instructions` are not carried over between responses" — only this
+        # request's instructions count.
         instructions_text = _content_text(instructions) if instructions else ""
-        system_texts, user_text = split_input(body.get("input"))
+        new_items = _input_items(body.get("input"))
+        system_texts, user_text = split_input([*history, *new_items])
         tools = body.get("tools") or []
         store_ids: list[str] = []
         for tool in tools:
@@ -518,19 +784,28 @@ def create_app(state: OpenAIState, fake: FakeOpenAI | None = None) -> Starlette:
                         known = vs_id in state.vector_stores
                     if not known:
                         return openai_error(
-                            404,
-                            f"Vector store with id '{vs_id}' not found.",
-                            param="tools",
+                            404, f"Vector store with id '{vs_id}' not found.", param="tools"
                         )
                     store_ids.append(vs_id)
         text, file_id = answer(instructions_text, system_texts, user_text, store_ids)
-        status = "completed"
-        incomplete: dict[str, str] | None = None
+        reasoning = body.get("reasoning") if isinstance(body.get("reasoning"), dict) else {}
+        effort = str((reasoning or {}).get("effort") or info.default_effort or "none")
+        with state.lock:
+            reasoning_tokens = state.reasoning_tokens.get(effort, 0) if info.efforts else 0
         max_tokens = body.get("max_output_tokens")
-        if isinstance(max_tokens, int) and estimate_tokens(text) > max_tokens:
-            text = text[: max(1, max_tokens * 4)]
-            status, incomplete = "incomplete", {"reason": "max_output_tokens"}
+        answer_tokens = estimate_tokens(text)
+        status, incomplete = "completed", None
+        if isinstance(max_tokens, int):
+            # README: "`max_output_tokens` ... includes reasoning tokens".
+            reasoning_tokens = min(reasoning_tokens, max_tokens)
+            room = max_tokens - reasoning_tokens
+            if answer_tokens > room:
+                status, incomplete = "incomplete", {"reason": "max_output_tokens"}
+                text = text[: room * 4] if room > 0 else ""
+                answer_tokens = min(answer_tokens, max(room, 0))
         output: list[dict[str, Any]] = []
+        if info.efforts and effort != "none":
+            output.append({"id": random_id("rs_"), "type": "reasoning", "summary": []})
         if store_ids:
             output.append(
                 {
@@ -542,45 +817,40 @@ def create_app(state: OpenAIState, fake: FakeOpenAI | None = None) -> Starlette:
                 }
             )
         annotations: list[dict[str, Any]] = []
-        if file_id is not None:
+        if file_id is not None and text:
             with state.lock:
                 filename = state.files.get(file_id, {}).get("filename", "")
             annotations.append(
+                {"type": "file_citation", "index": len(text), "file_id": file_id,
+                 "filename": filename}
+            )
+        if text:
+            output.append(
                 {
-                    "type": "file_citation",
-                    "index": len(text),
-                    "file_id": file_id,
-                    "filename": filename,
+                    "type": "message",
+                    "id": random_id("msg_"),
+                    "status": status,
+                    "role": "assistant",
+                    "content": [
+                        {"type": "output_text", "text": text, "annotations": annotations,
+                         "logprobs": []}
+                    ],
                 }
             )
-        output.append(
-            {
-                "type": "message",
-                "id": random_id("msg_"),
-                "status": "completed",
-                "role": "assistant",
-                "content": [
-                    {
-                        "type": "output_text",
-                        "text": text,
-                        "annotations": annotations,
-                        "logprobs": [],
-                    }
-                ],
-            }
-        )
         input_tokens = estimate_tokens(
             instructions_text + "\n".join(system_texts) + json.dumps(body.get("input"))
+            + json.dumps(history)
         )
-        output_tokens = estimate_tokens(text)
-        created = now()
+        output_tokens = answer_tokens + reasoning_tokens
+        created = state.now()
         response = {
             "id": random_id("resp_", 24),
             "object": "response",
             "created_at": created,
             "status": status,
             "background": False,
-            "completed_at": created,
+            "completed_at": created if status == "completed" else None,
+            "conversation": {"id": conv_id} if conv_id else None,
             "error": None,
             "incomplete_details": incomplete,
             "instructions": instructions,
@@ -589,29 +859,38 @@ def create_app(state: OpenAIState, fake: FakeOpenAI | None = None) -> Starlette:
             "model": model,
             "output": output,
             "parallel_tool_calls": body.get("parallel_tool_calls", True),
-            "previous_response_id": body.get("previous_response_id"),
-            "reasoning": {"effort": None, "summary": None},
+            "previous_response_id": previous_id,
+            "prompt_cache_key": body.get("prompt_cache_key"),
+            "reasoning": {"effort": effort if info.efforts else None, "summary": None},
+            "safety_identifier": body.get("safety_identifier"),
             "service_tier": "default",
             "store": body.get("store", True),
             "temperature": body.get("temperature", 1.0),
-            "text": {"format": {"type": "text"}, "verbosity": "medium"},
+            "text": {"format": {"type": "text"},
+                     "verbosity": (body.get("text") or {}).get("verbosity", "medium")},
             "tool_choice": body.get("tool_choice", "auto"),
             "tools": tools,
             "top_p": body.get("top_p", 1.0),
             "truncation": body.get("truncation", "disabled"),
             "usage": {
                 "input_tokens": input_tokens,
-                "input_tokens_details": {"cached_tokens": 0},
+                "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
                 "output_tokens": output_tokens,
-                "output_tokens_details": {"reasoning_tokens": 0},
+                "output_tokens_details": {"reasoning_tokens": reasoning_tokens},
                 "total_tokens": input_tokens + output_tokens,
             },
-            "user": body.get("user"),
             "metadata": body.get("metadata") or {},
         }
-        if body.get("store", True):
-            with state.lock:
+        if body.get("user") is not None:
+            response["user"] = body["user"]
+        with state.lock:
+            if body.get("store", True):
                 state.responses[response["id"]] = response
+                state.response_inputs[response["id"]] = [*history, *new_items]
+            if conv_id is not None:
+                items = state.conversation_items.setdefault(conv_id, [])
+                for item in [*new_items, *[o for o in output if o["type"] == "message"]]:
+                    items.append(conversation_item(item))
         return JSONResponse(response)
 
     async def responses_get(request: Request) -> Response:
@@ -622,11 +901,103 @@ def create_app(state: OpenAIState, fake: FakeOpenAI | None = None) -> Starlette:
             return openai_error(404, f"Response with id '{rid}' not found.", param="response_id")
         return JSONResponse(response)
 
+    async def responses_delete(request: Request) -> Response:
+        rid = request.path_params["response_id"]
+        with state.lock:
+            if state.responses.pop(rid, None) is None:
+                return openai_error(404, f"Response with id '{rid}' not found.",
+                                    param="response_id")
+            state.response_inputs.pop(rid, None)
+        return JSONResponse({"id": rid, "object": "response", "deleted": True})
+
+    # -- conversations --------------------------------------------------------------------------
+
+    def conversation_item(item: dict[str, Any]) -> dict[str, Any]:
+        """An item as a conversation stores it: a message gets an id, a status and content
+        parts (``input_text`` from the user, ``output_text`` from the assistant)."""
+        out = dict(item)
+        out.setdefault("id", random_id("msg_"))
+        if out.get("type", "message") == "message":
+            out["type"] = "message"
+            out.setdefault("status", "completed")
+            content = out.get("content")
+            if isinstance(content, str):
+                kind = "output_text" if out.get("role") == "assistant" else "input_text"
+                out["content"] = [{"type": kind, "text": content}]
+        return out
+
+    def conv_object(conv_id: str) -> dict[str, Any]:
+        return dict(state.conversations[conv_id])
+
+    async def conversations_create(request: Request) -> Response:
+        raw = await request.body()
+        params = json.loads(raw) if raw else {}
+        conv_id = random_id("conv_", 24)
+        conv = {"id": conv_id, "object": "conversation",
+                "created_at": state.now(), "metadata": params.get("metadata") or {}}
+        with state.lock:
+            state.conversations[conv_id] = conv
+            state.conversation_items[conv_id] = [
+                conversation_item(item) for item in params.get("items") or []
+            ]
+            return JSONResponse(conv_object(conv_id))
+
+    def find_conversation(request: Request) -> str | JSONResponse:
+        conv_id = request.path_params["conversation_id"]
+        if conv_id not in state.conversations:
+            return openai_error(404, f"Conversation with id '{conv_id}' not found.",
+                                param="conversation_id")
+        return str(conv_id)
+
+    async def conversations_get(request: Request) -> Response:
+        with state.lock:
+            found = find_conversation(request)
+            return found if isinstance(found, JSONResponse) else JSONResponse(conv_object(found))
+
+    async def conversations_delete(request: Request) -> Response:
+        with state.lock:
+            found = find_conversation(request)
+            if isinstance(found, JSONResponse):
+                return found
+            del state.conversations[found]
+            state.conversation_items.pop(found, None)
+        return JSONResponse({"id": found, "object": "conversation.deleted", "deleted": True})
+
+    async def conversation_items_create(request: Request) -> Response:
+        params = await request.json()
+        with state.lock:
+            found = find_conversation(request)
+            if isinstance(found, JSONResponse):
+                return found
+            added = [conversation_item(item) for item in params["items"]]
+            state.conversation_items[found].extend(added)
+        return JSONResponse({"object": "list", "data": added, "first_id": added[0]["id"],
+                             "last_id": added[-1]["id"], "has_more": False})
+
+    async def conversation_items_list(request: Request) -> Response:
+        with state.lock:
+            found = find_conversation(request)
+            if isinstance(found, JSONResponse):
+                return found
+            items = [dict(i) for i in state.conversation_items[found]]
+        if request.query_params.get("order", "desc") == "desc":
+            items.reverse()
+        limit = int(request.query_params.get("limit", "20"))
+        data = items[:limit]
+        return JSONResponse({"object": "list", "data": data,
+                             "first_id": data[0]["id"] if data else "",
+                             "last_id": data[-1]["id"] if data else "",
+                             "has_more": len(items) > limit})
+
+    # -- chat completions (not used by the project; kept for OpenAI-compatible demos) ----------
+
     async def chat_completions(request: Request) -> Response:
         body = await request.json()
         model = body.get("model")
         if not model:
             return openai_error(400, "you must provide a model parameter", param="model", code=None)
+        if state.model(str(model)) is None:
+            return model_not_found(str(model))
         if body.get("stream"):
             return openai_error(400, "stream=true is not supported by the fake.", param="stream")
         system_texts, user_text = split_input(body.get("messages"))
@@ -637,17 +1008,13 @@ def create_app(state: OpenAIState, fake: FakeOpenAI | None = None) -> Starlette:
             {
                 "id": random_id("chatcmpl-", 14),
                 "object": "chat.completion",
-                "created": now(),
+                "created": state.now(),
                 "model": model,
                 "choices": [
                     {
                         "index": 0,
-                        "message": {
-                            "role": "assistant",
-                            "content": text,
-                            "refusal": None,
-                            "annotations": [],
-                        },
+                        "message": {"role": "assistant", "content": text, "refusal": None,
+                                    "annotations": []},
                         "logprobs": None,
                         "finish_reason": "stop",
                     }
@@ -664,44 +1031,39 @@ def create_app(state: OpenAIState, fake: FakeOpenAI | None = None) -> Starlette:
 
     # -- models -------------------------------------------------------------------------------
 
-    def model_obj(model_id: str) -> dict[str, Any]:
-        return {"id": model_id, "object": "model", "created": 1700000000, "owned_by": "system"}
+    def model_obj(info: ModelInfo) -> dict[str, Any]:
+        return {"id": info.id, "object": "model", "created": info.created, "owned_by": "system",
+                "shutdown_date": info.shutdown_date}
 
     async def models_list(request: Request) -> Response:
-        return JSONResponse({"object": "list", "data": [model_obj(m) for m in MODELS]})
+        with state.lock:
+            models = list(state.models.values())
+        now = state.clock.now()
+        data = [model_obj(m) for m in models if not m.shut_down(now)]
+        return JSONResponse({"object": "list", "data": data})
 
     async def models_get(request: Request) -> Response:
-        return JSONResponse(model_obj(request.path_params["model"]))
+        model = request.path_params["model"]
+        info = state.model(model)
+        if info is None:
+            return openai_error(404, f"The model '{model}' does not exist", param="model",
+                                code="model_not_found")
+        return JSONResponse(model_obj(info))
 
     # -- files --------------------------------------------------------------------------------
 
     async def files_create(request: Request) -> Response:
         content_type = request.headers.get("content-type", "")
-        if "multipart/form-data" not in content_type:
-            return openai_error(400, "The request must be multipart/form-data.")
         fields, files = parse_multipart(content_type, await request.body())
-        purpose = fields.get("purpose")
-        if not purpose:
-            return openai_error(400, "Missing required parameter: 'purpose'.", param="purpose")
-        if purpose not in FILE_PURPOSES:
-            return openai_error(
-                400,
-                f"'{purpose}' is not one of {sorted(FILE_PURPOSES)} - 'purpose'",
-                param="purpose",
-            )
-        if "file" not in files:
-            return openai_error(400, "Missing required parameter: 'file'.", param="file")
         filename, data = files["file"]
         file_obj = {
             "id": random_id("file-", 11),
             "object": "file",
             "bytes": len(data),
-            "created_at": now(),
+            "created_at": state.now(),
             "filename": filename,
-            "purpose": purpose,
+            "purpose": fields["purpose"],
             "status": "processed",
-            "expires_at": None,
-            "status_details": None,
         }
         with state.lock:
             state.files[file_obj["id"]] = file_obj
@@ -721,7 +1083,7 @@ def create_app(state: OpenAIState, fake: FakeOpenAI | None = None) -> Starlette:
         with state.lock:
             file_obj = state.files.get(file_id)
         if file_obj is None:
-            return not_found("such File object", file_id)
+            return not_found("such File object", file_id, "file_id")
         return JSONResponse(file_obj)
 
     async def files_content(request: Request) -> Response:
@@ -729,32 +1091,34 @@ def create_app(state: OpenAIState, fake: FakeOpenAI | None = None) -> Starlette:
         with state.lock:
             data = state.file_data.get(file_id)
         if data is None:
-            return not_found("such File object", file_id)
+            return not_found("such File object", file_id, "file_id")
         return Response(data, media_type="application/octet-stream")
 
     async def files_delete(request: Request) -> Response:
         file_id = request.path_params["file_id"]
         with state.lock:
             if file_id not in state.files:
-                return not_found("such File object", file_id)
+                return not_found("such File object", file_id, "file_id")
             del state.files[file_id]
             state.file_data.pop(file_id, None)
-            for files in state.vs_files.values():
-                files.pop(file_id, None)
+            for vs_files in state.vs_files.values():
+                vs_files.pop(file_id, None)
         return JSONResponse({"id": file_id, "object": "file", "deleted": True})
 
     # -- vector stores ------------------------------------------------------------------------
 
     def attach_file(vs_id: str, file_id: str, attributes: Any, chunking: Any) -> dict[str, Any]:
-        """Attach under the lock; raises KeyError for an unknown file."""
+        """Attach under the lock; raises KeyError for an unknown file. The file is
+        ``in_progress`` for ``indexing_seconds`` of the fake's clock."""
         file_obj = state.files[file_id]
-        vs_file = {
+        now = state.clock.now()
+        record = {
             "id": file_id,
             "object": "vector_store.file",
             "usage_bytes": file_obj["bytes"],
-            "created_at": now(),
+            "created_at": int(now),
             "vector_store_id": vs_id,
-            "status": "completed",
+            "status": "in_progress",
             "last_error": None,
             "attributes": attributes or {},
             "chunking_strategy": chunking
@@ -762,9 +1126,10 @@ def create_app(state: OpenAIState, fake: FakeOpenAI | None = None) -> Starlette:
                 "type": "static",
                 "static": {"max_chunk_size_tokens": 800, "chunk_overlap_tokens": 400},
             },
+            "_ready_at": now + state.indexing_seconds,
         }
-        state.vs_files.setdefault(vs_id, {})[file_id] = vs_file
-        return vs_file
+        state.vs_files.setdefault(vs_id, {})[file_id] = record
+        return state.vs_file(vs_id, file_id)
 
     def check_vs(vs_id: str) -> JSONResponse | None:
         if vs_id not in state.vector_stores:
@@ -776,7 +1141,7 @@ def create_app(state: OpenAIState, fake: FakeOpenAI | None = None) -> Starlette:
     async def vs_create(request: Request) -> Response:
         body = await request.body()
         params = json.loads(body) if body else {}
-        created = now()
+        created = state.now()
         vs_id = random_id("vs_", 16)
         expires_after = params.get("expires_after")
         vs = {
@@ -788,15 +1153,16 @@ def create_app(state: OpenAIState, fake: FakeOpenAI | None = None) -> Starlette:
             "usage_bytes": 0,
             "file_counts": {},
             "status": "completed",
-            "expires_after": expires_after,
             "expires_at": created + 86400 * int(expires_after["days"]) if expires_after else None,
             "last_active_at": created,
             "metadata": params.get("metadata") or {},
         }
+        if expires_after:
+            vs["expires_after"] = expires_after
         with state.lock:
             for file_id in params.get("file_ids") or []:
                 if file_id not in state.files:
-                    return not_found("such File object", file_id)
+                    return not_found("such File object", file_id, "file_ids")
             state.vector_stores[vs_id] = vs
             state.vs_files[vs_id] = {}
             for file_id in params.get("file_ids") or []:
@@ -825,8 +1191,8 @@ def create_app(state: OpenAIState, fake: FakeOpenAI | None = None) -> Starlette:
                 if key in params:
                     vs[key] = params[key]
             if params.get("expires_after"):
-                vs["expires_at"] = now() + 86400 * int(params["expires_after"]["days"])
-            vs["last_active_at"] = now()
+                vs["expires_at"] = state.now() + 86400 * int(params["expires_after"]["days"])
+            vs["last_active_at"] = state.now()
             return JSONResponse(state.vs_object(vs_id))
 
     async def vs_delete(request: Request) -> Response:
@@ -842,19 +1208,17 @@ def create_app(state: OpenAIState, fake: FakeOpenAI | None = None) -> Starlette:
     async def vs_files_create(request: Request) -> Response:
         vs_id = request.path_params["vs_id"]
         params = await request.json()
-        file_id = params.get("file_id")
-        if not file_id:
-            return openai_error(400, "Missing required parameter: 'file_id'.", param="file_id")
+        file_id = params["file_id"]
         with state.lock:
             problem = check_vs(vs_id)
             if problem:
                 return problem
             if file_id not in state.files:
-                return not_found("such File object", file_id)
+                return not_found("such File object", file_id, "file_id")
             vs_file = attach_file(
                 vs_id, file_id, params.get("attributes"), params.get("chunking_strategy")
             )
-            return JSONResponse(dict(vs_file))
+            return JSONResponse(vs_file)
 
     async def vs_files_list(request: Request) -> Response:
         vs_id = request.path_params["vs_id"]
@@ -863,11 +1227,8 @@ def create_app(state: OpenAIState, fake: FakeOpenAI | None = None) -> Starlette:
             problem = check_vs(vs_id)
             if problem:
                 return problem
-            items = [
-                dict(f)
-                for f in state.vs_files.get(vs_id, {}).values()
-                if not wanted or f["status"] == wanted
-            ]
+            items = [state.vs_file(vs_id, f) for f in state.vs_files.get(vs_id, {})]
+        items = [f for f in items if not wanted or f["status"] == wanted]
         return JSONResponse(page(items, request))
 
     async def vs_files_get(request: Request) -> Response:
@@ -877,10 +1238,9 @@ def create_app(state: OpenAIState, fake: FakeOpenAI | None = None) -> Starlette:
             problem = check_vs(vs_id)
             if problem:
                 return problem
-            vs_file = state.vs_files.get(vs_id, {}).get(file_id)
-            if vs_file is None:
-                return not_found("file", file_id)
-            return JSONResponse(dict(vs_file))
+            if file_id not in state.vs_files.get(vs_id, {}):
+                return not_found("file", file_id, "file_id")
+            return JSONResponse(state.vs_file(vs_id, file_id))
 
     async def vs_files_delete(request: Request) -> Response:
         vs_id = request.path_params["vs_id"]
@@ -890,24 +1250,30 @@ def create_app(state: OpenAIState, fake: FakeOpenAI | None = None) -> Starlette:
             if problem:
                 return problem
             if state.vs_files.get(vs_id, {}).pop(file_id, None) is None:
-                return not_found("file", file_id)
+                return not_found("file", file_id, "file_id")
         return JSONResponse({"id": file_id, "object": "vector_store.file.deleted", "deleted": True})
 
     def batch_obj(batch: dict[str, Any]) -> dict[str, Any]:
-        n = len(batch["file_ids"])
+        files = state.vs_files.get(batch["vector_store_id"], {})
+        statuses = [state.vs_file(batch["vector_store_id"], f)["status"]
+                    for f in batch["file_ids"] if f in files]
+        counts = {s: statuses.count(s) for s in ("in_progress", "completed", "failed")}
+        if batch["status"] == "cancelled":
+            counts["cancelled"] = counts.pop("in_progress", 0)
+            counts["in_progress"] = 0
+        else:
+            counts["cancelled"] = 0
+        status = batch["status"]
+        if status != "cancelled":
+            status = "in_progress" if counts["in_progress"] else (
+                "failed" if counts["failed"] and not counts["completed"] else "completed")
         return {
             "id": batch["id"],
             "object": "vector_store.files_batch",
             "created_at": batch["created_at"],
             "vector_store_id": batch["vector_store_id"],
-            "status": batch["status"],
-            "file_counts": {
-                "in_progress": 0,
-                "completed": n if batch["status"] == "completed" else 0,
-                "failed": 0,
-                "cancelled": n if batch["status"] == "cancelled" else 0,
-                "total": n,
-            },
+            "status": status,
+            "file_counts": {**counts, "total": len(batch["file_ids"])},
         }
 
     async def batches_create(request: Request) -> Response:
@@ -922,16 +1288,16 @@ def create_app(state: OpenAIState, fake: FakeOpenAI | None = None) -> Starlette:
                 return problem
             for file_id in file_ids:
                 if file_id not in state.files:
-                    return not_found("such File object", file_id)
+                    return not_found("such File object", file_id, "file_ids")
             for file_id in file_ids:
                 attach_file(
                     vs_id, file_id, params.get("attributes"), params.get("chunking_strategy")
                 )
             batch = {
                 "id": random_id("vsfb_", 16),
-                "created_at": now(),
+                "created_at": state.now(),
                 "vector_store_id": vs_id,
-                "status": "completed",
+                "status": "in_progress",
                 "file_ids": file_ids,
             }
             state.batches[batch["id"]] = batch
@@ -947,23 +1313,26 @@ def create_app(state: OpenAIState, fake: FakeOpenAI | None = None) -> Starlette:
         with state.lock:
             batch = find_batch(request)
             if batch is None:
-                return not_found("batch", request.path_params["batch_id"])
+                return not_found("batch", request.path_params["batch_id"], "batch_id")
             return JSONResponse(batch_obj(batch))
 
     async def batches_cancel(request: Request) -> Response:
         with state.lock:
             batch = find_batch(request)
             if batch is None:
-                return not_found("batch", request.path_params["batch_id"])
+                return not_found("batch", request.path_params["batch_id"], "batch_id")
+            if batch_obj(batch)["status"] == "in_progress":
+                batch["status"] = "cancelled"
             return JSONResponse(batch_obj(batch))
 
     async def batches_files(request: Request) -> Response:
         with state.lock:
             batch = find_batch(request)
             if batch is None:
-                return not_found("batch", request.path_params["batch_id"])
-            files = state.vs_files.get(batch["vector_store_id"], {})
-            items = [dict(files[f]) for f in batch["file_ids"] if f in files]
+                return not_found("batch", request.path_params["batch_id"], "batch_id")
+            vs_id = batch["vector_store_id"]
+            items = [state.vs_file(vs_id, f) for f in batch["file_ids"]
+                     if f in state.vs_files.get(vs_id, {})]
         return JSONResponse(page(items, request))
 
     async def vs_search(request: Request) -> Response:
@@ -1057,7 +1426,10 @@ def create_app(state: OpenAIState, fake: FakeOpenAI | None = None) -> Starlette:
                 return JSONResponse({"detail": f"unknown settings {sorted(unknown)}"}, 400)
             with state.lock:
                 for key, value in body.items():
-                    setattr(state, key, value)
+                    if key == "reasoning_tokens":
+                        state.reasoning_tokens.update({str(k): int(v) for k, v in value.items()})
+                    else:
+                        setattr(state, key, value)
         return JSONResponse(state.config())
 
     async def c_state(request: Request) -> Response:
@@ -1073,11 +1445,32 @@ def create_app(state: OpenAIState, fake: FakeOpenAI | None = None) -> Starlette:
         with state.lock:
             return JSONResponse(list(state.replies))
 
+    async def c_models(request: Request) -> Response:
+        if request.method == "POST":
+            body = await request.json()
+            efforts = tuple(body.get("efforts") or ())
+            info = ModelInfo(
+                id=str(body["id"]),
+                created=int(body.get("created", state.now())),
+                shutdown_date=body.get("shutdown_date"),
+                efforts=efforts,
+                default_effort=body.get("default_effort") or (efforts[0] if efforts else None),
+                verbosities=tuple(body.get("verbosities") or _ALL_VERBOSITY),
+            )
+            with state.lock:
+                if body.get("remove"):
+                    state.models.pop(info.id, None)
+                else:
+                    state.models[info.id] = info
+        with state.lock:
+            return JSONResponse([asdict(m) for m in state.models.values()])
+
     def r(path: str, handler: Handler, method: str) -> Route:
         return Route(path, api(f"{method} {path}", handler), methods=[method])
 
     vs = "/v1/vector_stores/{vs_id}"
     batch = vs + "/file_batches/{batch_id}"
+    conv = "/v1/conversations/{conversation_id}"
     routes = [
         Route("/_fake/calls", c_calls, methods=["GET"]),
         Route("/_fake/requests", c_requests, methods=["GET"]),
@@ -1087,8 +1480,16 @@ def create_app(state: OpenAIState, fake: FakeOpenAI | None = None) -> Starlette:
         Route("/_fake/config", c_config, methods=["GET", "POST"]),
         Route("/_fake/state", c_state, methods=["GET"]),
         Route("/_fake/replies", c_replies, methods=["GET", "POST"]),
+        Route("/_fake/models", c_models, methods=["GET", "POST"]),
+        clock_route(state.clock),
         r("/v1/responses", responses_create, "POST"),
         r("/v1/responses/{response_id}", responses_get, "GET"),
+        r("/v1/responses/{response_id}", responses_delete, "DELETE"),
+        r("/v1/conversations", conversations_create, "POST"),
+        r(conv, conversations_get, "GET"),
+        r(conv, conversations_delete, "DELETE"),
+        r(conv + "/items", conversation_items_create, "POST"),
+        r(conv + "/items", conversation_items_list, "GET"),
         r("/v1/chat/completions", chat_completions, "POST"),
         r("/v1/models", models_list, "GET"),
         r("/v1/models/{model}", models_get, "GET"),
@@ -1130,15 +1531,23 @@ class FakeOpenAI(FakeServer):
     process); both are context managers and share this control API.
 
     ``api_key``: the Bearer key to accept (None: any non-empty key).
+    ``indexing_seconds``: how long (on the fake's clock) a vector-store file is ``in_progress``.
     """
 
     module: ClassVar[str] = "released.fakes.openai"
     name: ClassVar[str] = "fake-openai"
 
-    def __init__(self, api_key: str | None = DEFAULT_API_KEY, *, latency: float = 0.0) -> None:
+    def __init__(
+        self,
+        api_key: str | None = DEFAULT_API_KEY,
+        *,
+        latency: float = 0.0,
+        indexing_seconds: float = DEFAULT_INDEXING_SECONDS,
+    ) -> None:
         super().__init__()
         self.api_key = api_key
-        self.state = OpenAIState(api_key=api_key, latency=latency)
+        self.state = OpenAIState(api_key=api_key, latency=latency,
+                                 indexing_seconds=indexing_seconds)
 
     @property
     def path_prefix(self) -> str:
@@ -1148,7 +1557,8 @@ class FakeOpenAI(FakeServer):
         return create_app(self.state, self)
 
     def cli_args(self) -> list[str]:
-        args = ["--latency", str(self.state.latency)]
+        args = ["--latency", str(self.state.latency),
+                "--indexing-seconds", str(self.state.indexing_seconds)]
         if self.state.api_key is None:
             args.append("--any-key")
         else:
@@ -1172,7 +1582,7 @@ class FakeOpenAI(FakeServer):
 
     def state_snapshot(self) -> dict[str, Any]:
         """``{"files": [file objects], "vector_stores": [vector store objects + "file_ids"],
-        "responses": count}``."""
+        "responses": count, "conversations": count}``."""
         result: dict[str, Any] = self._get("/state")
         return result
 
@@ -1191,18 +1601,42 @@ class FakeOpenAI(FakeServer):
         self.configure(default_answer=text)
 
     def response_requests(self) -> list[dict[str, Any]]:
-        """The JSON bodies sent to ``POST /v1/responses``, oldest first."""
+        """The JSON bodies sent to ``POST /v1/responses``, oldest first (refused ones too)."""
         return [r["body"] for r in self.requests("POST /v1/responses")]
+
+    def models(self) -> list[dict[str, Any]]:
+        """Every model the fake knows, shut down or not: ``id``, ``created``,
+        ``shutdown_date``, ``efforts``, ``default_effort``, ``verbosities``."""
+        result: list[dict[str, Any]] = self._get("/models")
+        return result
+
+    def add_model(
+        self,
+        model_id: str,
+        *,
+        shutdown_date: str | date | None = None,
+        efforts: Sequence[str] = (),
+        default_effort: str | None = None,
+    ) -> None:
+        """Make a model exist (``shutdown_date``: refused from that day on, by the clock)."""
+        when = shutdown_date.isoformat() if isinstance(shutdown_date, date) else shutdown_date
+        self._post("/models", {"id": model_id, "shutdown_date": when, "efforts": list(efforts),
+                               "default_effort": default_effort})
+
+    def remove_model(self, model_id: str) -> None:
+        self._post("/models", {"id": model_id, "remove": True})
 
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--api-key", default=DEFAULT_API_KEY)
     parser.add_argument("--any-key", action="store_true", help="accept any Bearer key")
     parser.add_argument("--latency", type=float, default=0.0)
+    parser.add_argument("--indexing-seconds", type=float, default=DEFAULT_INDEXING_SECONDS)
 
 
 def _factory(args: argparse.Namespace) -> FakeServer:
-    return FakeOpenAI(None if args.any_key else args.api_key, latency=args.latency)
+    return FakeOpenAI(None if args.any_key else args.api_key, latency=args.latency,
+                      indexing_seconds=args.indexing_seconds)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

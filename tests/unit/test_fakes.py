@@ -356,7 +356,7 @@ def test_faq_parsing_and_matching() -> None:
 
 def test_openai_sdk_response_from_instructions(client: openai.OpenAI, oai: FakeOpenAI) -> None:
     response = client.responses.create(
-        model="gpt-4o-mini",
+        model="gpt-6-luna",
         instructions=FAQ_INSTRUCTIONS,
         input="Hi! What are your opening hours?",
         max_output_tokens=300,
@@ -364,7 +364,7 @@ def test_openai_sdk_response_from_instructions(client: openai.OpenAI, oai: FakeO
     assert response.output_text == "We are open Monday to Saturday, 8am to 6pm."
     assert response.status == "completed"
     assert response.object == "response"
-    assert response.model == "gpt-4o-mini"
+    assert response.model == "gpt-6-luna"
     assert response.usage is not None
     assert response.usage.total_tokens == (
         response.usage.input_tokens + response.usage.output_tokens
@@ -375,7 +375,7 @@ def test_openai_sdk_response_from_instructions(client: openai.OpenAI, oai: FakeO
 
 def test_openai_sdk_response_with_message_list(client: openai.OpenAI) -> None:
     response = client.responses.create(
-        model="gpt-4o-mini",
+        model="gpt-6-luna",
         input=[
             {"role": "developer", "content": FAQ_INSTRUCTIONS},
             {"role": "user", "content": "What are your opening hours?"},
@@ -392,11 +392,11 @@ def test_openai_sdk_response_with_message_list(client: openai.OpenAI) -> None:
 
 def test_openai_unknown_question(client: openai.OpenAI, oai: FakeOpenAI) -> None:
     response = client.responses.create(
-        model="gpt-4o-mini", instructions=FAQ_INSTRUCTIONS, input="Explain relativity"
+        model="gpt-6-luna", instructions=FAQ_INSTRUCTIONS, input="Explain relativity"
     )
     assert response.output_text == "I don't know."
     oai.script_replies(["Scripted!"])
-    response = client.responses.create(model="gpt-4o-mini", input="Explain relativity")
+    response = client.responses.create(model="gpt-6-luna", input="Explain relativity")
     assert response.output_text == "Scripted!"
 
 
@@ -415,6 +415,12 @@ def test_openai_files_and_vector_store(client: openai.OpenAI, oai: FakeOpenAI) -
     store = client.vector_stores.create(name="acme-faqs", metadata={"agent": "acme"})
     assert store.status == "completed"
     attached = client.vector_stores.files.create(vector_store_id=store.id, file_id=uploaded.id)
+    # Like OpenAI, the file takes a while to index; the SDK's poll waits for it.
+    assert attached.status == "in_progress"
+    assert client.vector_stores.retrieve(store.id).status == "in_progress"
+    attached = client.vector_stores.files.poll(
+        uploaded.id, vector_store_id=store.id, poll_interval_ms=50
+    )
     assert attached.status == "completed"
     assert attached.vector_store_id == store.id
     listed = client.vector_stores.files.list(vector_store_id=store.id)
@@ -427,12 +433,12 @@ def test_openai_files_and_vector_store(client: openai.OpenAI, oai: FakeOpenAI) -
     assert oai.vector_stores()[0]["file_ids"] == [uploaded.id]
 
     response = client.responses.create(
-        model="gpt-4o-mini",
+        model="gpt-6-luna",
         input="where is your shop?",
         tools=[{"type": "file_search", "vector_store_ids": [store.id]}],
     )
     assert response.output_text == "Calle Mayor 1, Madrid."
-    assert response.output[0].type == "file_search_call"
+    assert [o.type for o in response.output] == ["reasoning", "file_search_call", "message"]
 
     deleted = client.vector_stores.files.delete(file_id=uploaded.id, vector_store_id=store.id)
     assert deleted.deleted
@@ -448,11 +454,12 @@ def test_openai_upload_and_poll_batch(client: openai.OpenAI) -> None:
     batch = client.vector_stores.file_batches.upload_and_poll(
         vector_store_id=store.id,
         files=[("faqs.txt", b"Q: Is there parking?\nA: Yes, free parking behind the shop.\n")],
+        poll_interval_ms=50,
     )
     assert batch.status == "completed"
     assert batch.file_counts.completed == 1
     response = client.responses.create(
-        model="gpt-4o-mini",
+        model="gpt-6-luna",
         input="is there any parking?",
         tools=[{"type": "file_search", "vector_store_ids": [store.id]}],
     )
@@ -462,7 +469,7 @@ def test_openai_upload_and_poll_batch(client: openai.OpenAI) -> None:
 def test_openai_auth_error(oai: FakeOpenAI) -> None:
     bad = openai.OpenAI(base_url=oai.url, api_key="sk-wrong", max_retries=0)
     with bad, pytest.raises(openai.AuthenticationError) as info:
-        bad.responses.create(model="gpt-4o-mini", input="hi")
+        bad.responses.create(model="gpt-6-luna", input="hi")
     assert info.value.status_code == 401
     assert info.value.code == "invalid_api_key"
     assert info.value.type == "invalid_request_error"
@@ -471,19 +478,19 @@ def test_openai_auth_error(oai: FakeOpenAI) -> None:
 def test_openai_rate_limit_visible_to_sdk(client: openai.OpenAI, oai: FakeOpenAI) -> None:
     oai.script_errors([{"kind": "rate_limit", "retry_after": 7}])
     with pytest.raises(openai.RateLimitError) as info:
-        client.responses.create(model="gpt-4o-mini", input="hi")
+        client.responses.create(model="gpt-6-luna", input="hi")
     assert info.value.response.headers["retry-after"] == "7"
     assert info.value.code == "rate_limit_exceeded"
     assert info.value.status_code == 429
     # The next call succeeds.
-    assert client.responses.create(model="gpt-4o-mini", input="hi").output_text
+    assert client.responses.create(model="gpt-6-luna", input="hi").output_text
 
 
 def test_openai_sdk_retries_through_scripted_errors(oai: FakeOpenAI) -> None:
     oai.script_errors(["server_error", "unavailable"])
     with openai.OpenAI(base_url=oai.url, api_key=OPENAI_KEY, max_retries=2) as sdk:
         response = sdk.responses.create(
-            model="gpt-4o-mini", instructions=FAQ_INSTRUCTIONS, input="opening hours?"
+            model="gpt-6-luna", instructions=FAQ_INSTRUCTIONS, input="opening hours?"
         )
     assert response.output_text == "We are open Monday to Saturday, 8am to 6pm."
     assert [r["status"] for r in oai.requests("POST /v1/responses")] == [500, 503, 200]
@@ -492,10 +499,10 @@ def test_openai_sdk_retries_through_scripted_errors(oai: FakeOpenAI) -> None:
 def test_openai_5xx_errors(client: openai.OpenAI, oai: FakeOpenAI) -> None:
     oai.script_errors(["server_error", "unavailable"])
     with pytest.raises(openai.InternalServerError) as first:
-        client.responses.create(model="gpt-4o-mini", input="hi")
+        client.responses.create(model="gpt-6-luna", input="hi")
     assert first.value.status_code == 500
     with pytest.raises(openai.InternalServerError) as second:
-        client.responses.create(model="gpt-4o-mini", input="hi")
+        client.responses.create(model="gpt-6-luna", input="hi")
     assert second.value.status_code == 503
 
 
@@ -503,13 +510,13 @@ def test_openai_timeout(oai: FakeOpenAI) -> None:
     oai.script_errors([{"kind": "timeout", "delay": 2}])
     sdk = openai.OpenAI(base_url=oai.url, api_key=OPENAI_KEY, max_retries=0, timeout=0.3)
     with sdk, pytest.raises(openai.APITimeoutError):
-        sdk.responses.create(model="gpt-4o-mini", input="hi")
+        sdk.responses.create(model="gpt-6-luna", input="hi")
 
 
 def test_openai_latency(client: openai.OpenAI, oai: FakeOpenAI) -> None:
     oai.set_latency(0.3)
     started = time.monotonic()
-    client.responses.create(model="gpt-4o-mini", input="hi")
+    client.responses.create(model="gpt-6-luna", input="hi")
     assert time.monotonic() - started >= 0.3
 
 
@@ -519,9 +526,9 @@ def test_openai_spawned_process_same_api() -> None:
         with openai.OpenAI(base_url=fake.url, api_key=OPENAI_KEY, max_retries=0) as sdk:
             fake.script_errors(["rate_limit"])
             with pytest.raises(openai.RateLimitError):
-                sdk.responses.create(model="gpt-4o-mini", input="hi")
+                sdk.responses.create(model="gpt-6-luna", input="hi")
             answer = sdk.responses.create(
-                model="gpt-4o-mini", instructions=FAQ_INSTRUCTIONS, input="gluten-free bread?"
+                model="gpt-6-luna", instructions=FAQ_INSTRUCTIONS, input="gluten-free bread?"
             )
         assert answer.output_text == "Yes, every Friday."
         assert fake.calls() == {"POST /v1/responses": 2}
@@ -540,11 +547,11 @@ def test_meta_custom_error_dict(meta: FakeMeta) -> None:
 
 def test_openai_chat_completions_and_models(client: openai.OpenAI) -> None:
     completion = client.chat.completions.create(
-        model="gpt-4o-mini",
+        model="gpt-6-luna",
         messages=[
             {"role": "system", "content": FAQ_INSTRUCTIONS},
             {"role": "user", "content": "Do you have gluten-free bread?"},
         ],
     )
     assert completion.choices[0].message.content == "Yes, every Friday."
-    assert "gpt-4o-mini" in [m.id for m in client.models.list()]
+    assert "gpt-6-luna" in [m.id for m in client.models.list()]
