@@ -24,8 +24,11 @@ from urllib.parse import unquote, urlsplit
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-#: Meta's Graph API, with the version pinned so that a Meta release cannot change our payloads.
-DEFAULT_GRAPH_URL = "https://graph.facebook.com/v25.0"
+from released.providers.meta import DEFAULT_GRAPH_URL as DEFAULT_GRAPH_URL
+from released.providers.openai import DEFAULT_MODEL, ReasoningEffort, Verbosity
+
+#: Meta's Graph API comes with its version pinned (``released.providers.meta.GRAPH_VERSION``),
+#: so that a Meta release cannot change our payloads.
 DEFAULT_OPENAI_URL = "https://api.openai.com/v1"
 
 #: What ``released provision`` writes into the Secrets it prints, for a person to replace.
@@ -43,6 +46,7 @@ _SECRET_FIELDS = (
     "meta_verify_token",
     "meta_verify_token_previous",
     "openai_api_key",
+    "safety_identifier_salt",
 )
 
 
@@ -69,12 +73,42 @@ class Settings(BaseSettings):
 
     openai_api_key: SecretStr | None = None
     openai_base_url: str = DEFAULT_OPENAI_URL
-    openai_model: str = "gpt-4.1-mini"
+    openai_model: str = DEFAULT_MODEL
+    #: ``reasoning.effort`` (none, minimal, low, medium, high, xhigh, max; empty: the model's
+    #: default). Reasoning tokens count against ``OPENAI_MAX_OUTPUT_TOKENS``, so a FAQ bot
+    #: answers at ``low``. Sent only to models that reason (not to gpt-4o / gpt-4.1).
+    openai_reasoning_effort: ReasoningEffort | None = "low"
+    #: ``text.verbosity`` (low, medium, high; empty: the model's default). WhatsApp replies are
+    #: short. Sent only to models that support it.
+    openai_verbosity: Verbosity | None = "low"
     openai_instructions: str = "You are a helpful, concise customer-service assistant."
     openai_max_output_tokens: int = Field(default=400, ge=16, le=32000)
     openai_vector_store_id: str | None = None
     openai_rate_limit_per_second: float = Field(default=1.0, gt=0)
     openai_timeout_seconds: float = Field(default=30.0, gt=0)
+    #: Salt of the ``safety_identifier`` sent with each model request (an HMAC of the user's
+    #: conversation, so OpenAI can tell users apart without learning who they are). Without
+    #: it the OpenAI API key is the HMAC key.
+    safety_identifier_salt: SecretStr | None = None
+    #: Per-user fairness: each user's model answers are paced at this many per minute with
+    #: bursts of ``USER_RATE_LIMIT_BURST``; answers over it wait their turn without holding a
+    #: worker, so one user flooding the bot cannot delay the others' answers for long.
+    user_rate_limit_per_minute: float = Field(default=6.0, gt=0)
+    user_rate_limit_burst: int = Field(default=3, ge=1)
+    #: A user whose backlog would wait longer than this is answered from the FAQs instead
+    #: (no model call); at most half of ``CELERY_VISIBILITY_TIMEOUT`` is used.
+    user_max_defer_seconds: float = Field(default=120.0, gt=0)
+    #: Greeting sent when a user opens the chat for the first time (``request_welcome``);
+    #: empty: a short greeting in ``LANGUAGE``.
+    welcome_message: str | None = None
+    #: An approved template sent instead of a free-text reply when the 24-hour
+    #: customer-service window has closed (empty: such messages are recorded, not answered).
+    reengagement_template: str | None = None
+    #: Its language code (default: ``LANGUAGE``).
+    reengagement_template_language: str | None = None
+    #: While Meta refuses the agent's account (token, permission, policy), the worker probes
+    #: it at most this often and holds messages meanwhile.
+    meta_health_probe_seconds: float = Field(default=60.0, gt=0)
     fallback_message: str = (
         "Thanks for your message! We can't answer right now; a person will get back to you soon."
     )
@@ -153,6 +187,18 @@ class Settings(BaseSettings):
         self.require(name)
         value: SecretStr = getattr(self, name)
         return value.get_secret_value()
+
+    @field_validator(
+        "openai_reasoning_effort",
+        "openai_verbosity",
+        "welcome_message",
+        "reengagement_template",
+        "reengagement_template_language",
+        mode="before",
+    )
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
 
     @property
     def broker_url(self) -> str:

@@ -24,8 +24,19 @@ released_messages_received_total   counter   ``kind``: the InboundMessage kind, 
 released_tasks_total               counter   ``task``, ``outcome``: success, retry, failure
 released_openai_request_seconds    histogram duration of one OpenAI request
 released_openai_tokens_total       counter   ``direction``: input, output
-released_openai_requests_total     counter   ``outcome`` (e.g. success, rate_limited, error)
+released_openai_requests_total     counter   ``outcome``: success, rate_limited, incomplete
+                                             (cut short: not sent, FAQ/fallback instead),
+                                             empty, server_error, client_error, ...
 released_graph_requests_total      counter   ``endpoint``, ``status`` (HTTP status code)
+released_graph_errors_total        counter   ``endpoint``, ``kind``, ``code``: Meta's error
+                                             verdicts (``released.providers.meta.ErrorKind``)
+released_meta_account_unhealthy_total
+                                   counter   ``kind``: Meta refused the account (token,
+                                             permission, policy, account)
+released_messages_held_total       counter   ``outcome``: held (Meta refused the account),
+                                             resumed, expired (24-hour window closed meanwhile)
+released_messages_unanswered_total counter   ``reason``: why a message got no free-text reply
+released_answers_deferred_total    counter   answers put back by the per-user rate limit
 released_fallback_answers_total    counter   ``source``: faq, fallback_message
 released_queue_depth               gauge     tasks waiting in the Celery queue (Redis LLEN)
 ================================== ========= ===========================================
@@ -80,6 +91,35 @@ WEBHOOK_OUTCOMES = (
     "error",
 )
 TASK_OUTCOMES = ("success", "retry", "failure")
+#: ``released_graph_errors_total`` series that alerts watch, present from the start:
+#: (kind, code) of a refused token, missing permissions, a policy block, a closed window.
+GRAPH_ERROR_SERIES = (
+    ("token", "190"),
+    ("permission", "10"),
+    ("permission", "200"),
+    ("policy", "368"),
+    ("reengagement", "131047"),
+)
+ACCOUNT_PROBLEM_KINDS = ("token", "permission", "policy", "account")
+HELD_OUTCOMES = ("held", "resumed", "expired")
+OPENAI_OUTCOMES = (
+    "success",
+    "incomplete",
+    "empty",
+    "rate_limited",
+    "server_error",
+    "client_error",
+    "unavailable",
+    "error",
+)
+UNANSWERED_REASONS = (
+    "outside_window",
+    "too_old",
+    "account_unhealthy",
+    "group",
+    "not_answered_kind",
+    "send_failed",
+)
 TOKEN_DIRECTIONS = ("input", "output")
 FALLBACK_SOURCES = ("faq", "fallback_message")
 
@@ -136,6 +176,32 @@ GRAPH_REQUESTS = Counter(
     "Meta Graph API requests by endpoint and HTTP status.",
     ["endpoint", "status"],
 )
+GRAPH_ERRORS = Counter(
+    "released_graph_errors_total",
+    "Meta Graph API errors by endpoint, verdict (rate_limit, token, permission, policy, "
+    "reengagement, ...) and Meta's error code.",
+    ["endpoint", "kind", "code"],
+)
+META_ACCOUNT_UNHEALTHY = Counter(
+    "released_meta_account_unhealthy_total",
+    "Times Meta refused the agent's account (token, permission, policy, account): sends stop "
+    "and messages are held until it works again.",
+    ["kind"],
+)
+MESSAGES_HELD = Counter(
+    "released_messages_held_total",
+    "Messages held while Meta refused the account, by outcome (held, resumed, expired).",
+    ["outcome"],
+)
+MESSAGES_UNANSWERED = Counter(
+    "released_messages_unanswered_total",
+    "Inbound messages that got no free-text reply, by reason.",
+    ["reason"],
+)
+ANSWERS_DEFERRED = Counter(
+    "released_answers_deferred_total",
+    "Answers put back because their sender was over the per-user rate limit.",
+)
 FALLBACK_ANSWERS = Counter(
     "released_fallback_answers_total",
     "Answers given without the model, by source (faq, fallback_message).",
@@ -151,6 +217,19 @@ for _direction in TOKEN_DIRECTIONS:
     OPENAI_TOKENS.labels(direction=_direction)
 for _source in FALLBACK_SOURCES:
     FALLBACK_ANSWERS.labels(source=_source)
+for _endpoint in ("send", "mark_read"):
+    for _status in ("401", "403"):
+        GRAPH_REQUESTS.labels(endpoint=_endpoint, status=_status)
+    for _kind, _code in GRAPH_ERROR_SERIES:
+        GRAPH_ERRORS.labels(endpoint=_endpoint, kind=_kind, code=_code)
+for _kind in ACCOUNT_PROBLEM_KINDS:
+    META_ACCOUNT_UNHEALTHY.labels(kind=_kind)
+for _outcome in OPENAI_OUTCOMES:
+    OPENAI_REQUESTS.labels(outcome=_outcome)
+for _outcome in HELD_OUTCOMES:
+    MESSAGES_HELD.labels(outcome=_outcome)
+for _reason in UNANSWERED_REASONS:
+    MESSAGES_UNANSWERED.labels(reason=_reason)
 
 QUEUE_DEPTH_NAME = "released_queue_depth"
 _QUEUE_DEPTH_HELP = "Tasks waiting in the Celery queue (Redis LLEN), read at scrape time."

@@ -1,16 +1,28 @@
 """Answering a question with the OpenAI Responses API, grounded in the agent's FAQs.
 
 :func:`answer` is the one entry point the service uses. It asks the model (``responses.create``
-with the persona and FAQs as ``instructions``, the earlier turns and the question as ``input``,
-and the ``file_search`` tool when the agent has a vector store) and returns an :class:`Answer`
-that says where the text came from: ``model``, ``faq`` (lexical FAQ match) or ``fallback``
-(``FALLBACK_MESSAGE``). The bot never stays silent: when the model fails and the caller does not
-want to retry (``fallback_on_error``), or the error cannot be fixed by retrying, the answer
-comes from the FAQs or the fallback message.
+with the persona and FAQs as ``instructions``, the earlier turns and the question as ``input``)
+and returns an :class:`Answer` that says where the text came from: ``model``, ``faq`` (lexical
+FAQ match) or ``fallback`` (``FALLBACK_MESSAGE``). The bot never stays silent: when the model
+fails and the caller does not want to retry (``fallback_on_error``), or the error cannot be
+fixed by retrying, the answer comes from the FAQs or the fallback message.
 
+Each request carries ``reasoning.effort`` and ``text.verbosity`` (``OPENAI_REASONING_EFFORT``,
+``OPENAI_VERBOSITY``; only for models that take them), a per-agent ``prompt_cache_key`` (the
+instructions are the same for every user of an agent, so OpenAI's prompt cache serves them),
+and the caller's ``safety_identifier`` (a salted hash of the user, never the number itself).
+The ``file_search`` tool over the agent's vector store is attached only when the FAQs do not
+all fit in the instructions. A response that comes back ``incomplete`` (out of output tokens,
+reasoning included, or filtered) is never sent cut short: it counts as
+``released_openai_requests_total{outcome="incomplete"}`` and the FAQs or the fallback message
+answer instead.
+
+What an error means comes from :mod:`released.providers.openai` (shared with the operator).
 The SDK's own retries are disabled (``max_retries=0``): retrying is the Celery task's job, with
-backoff, so a retry never hides inside a call that holds a worker. The one retry made here is
-for a connection that could not be established (tenacity, once, after a short pause).
+backoff, so a retry never hides inside a call that holds a worker. Two retries are made here:
+once for a connection that could not be established, and, after a 429, as many as
+``RATE_LIMIT_RETRIES`` after pausing the agent's shared token bucket (``on_rate_limited``) and
+waiting for a token again (``before_request``).
 """
 
 from __future__ import annotations
@@ -36,12 +48,17 @@ from bot.core.metrics import (
     OPENAI_REQUESTS,
     OPENAI_TOKENS,
 )
-from bot.llm.faqs import FAQ, build_instructions, match_faq
+from bot.llm.faqs import FAQ, build_instructions, match_faq, needs_file_search
+from released.providers.meta import MAX_TEXT_LENGTH
+from released.providers.openai import ErrorKind, from_exception, supports_reasoning
 
-AnswerSource = Literal["model", "faq", "fallback", "unsupported"]
+AnswerSource = Literal["model", "faq", "fallback", "unsupported", "canned"]
 
 #: WhatsApp refuses text bodies longer than this.
-MAX_WHATSAPP_TEXT = 4096
+MAX_WHATSAPP_TEXT = MAX_TEXT_LENGTH
+#: After a 429, how many times one request is tried again behind the paused agent bucket
+#: before the task's own retry (with backoff) takes over.
+RATE_LIMIT_RETRIES = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,11 +91,13 @@ class ModelError(Exception):
         retryable: bool,
         status: int | None = None,
         retry_after: float | None = None,
+        kind: ErrorKind | None = None,
     ) -> None:
         super().__init__(message)
         self.retryable = retryable
         self.status = status
         self.retry_after = retry_after
+        self.kind = kind
 
 
 def make_client(settings: Settings, **kwargs: Any) -> AsyncOpenAI:
@@ -92,42 +111,23 @@ def make_client(settings: Settings, **kwargs: Any) -> AsyncOpenAI:
     )
 
 
-def _retry_after(headers: Any) -> float | None:
-    if headers is None:
-        return None
-    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
-        value = headers.get(name)
-        if value is None:
-            continue
-        try:
-            seconds = float(value) * scale
-        except ValueError:
-            continue
-        if 0 <= seconds <= 3600:
-            return seconds
-    return None
-
-
 def _model_error(exc: Exception) -> ModelError:
     """Map an SDK exception to :class:`ModelError` without echoing request details."""
-    if isinstance(exc, openai.APITimeoutError):
-        return ModelError("OpenAI request timed out", retryable=True)
-    if isinstance(exc, openai.APIConnectionError):
-        return ModelError("cannot connect to the OpenAI API", retryable=True)
-    if isinstance(exc, openai.APIStatusError):
-        status = exc.status_code
-        code = getattr(exc, "code", None)
-        retryable = status in (408, 409, 429) or status >= 500
-        if status == 429 and code == "insufficient_quota":
-            retryable = False  # out of credit: no backoff will fix it
-        title = f"OpenAI API returned HTTP {status}" + (f" ({code})" if code else "")
-        return ModelError(
-            title,
-            retryable=retryable,
-            status=status,
-            retry_after=_retry_after(exc.response.headers),
-        )
-    return ModelError(f"OpenAI client error: {type(exc).__name__}", retryable=False)
+    info = from_exception(exc)
+    if info.status is None and info.kind is ErrorKind.TEMPORARY:
+        text = ("OpenAI request timed out" if info.code == "timeout"
+                else "cannot connect to the OpenAI API")
+    elif info.status is None:
+        text = f"OpenAI client error: {info.code}"
+    else:
+        text = info.summary()
+    return ModelError(
+        text,
+        retryable=info.retryable,
+        status=info.status,
+        retry_after=info.retry_after,
+        kind=info.kind,
+    )
 
 
 def _is_connect_error(exc: BaseException) -> bool:
@@ -137,8 +137,10 @@ def _is_connect_error(exc: BaseException) -> bool:
 
 
 def _outcome(err: ModelError) -> str:
-    if err.status == 429:
+    if err.kind is ErrorKind.RATE_LIMIT:
         return "rate_limited"
+    if err.status == 429:
+        return "client_error"  # out of quota
     if err.status is None:
         return "unavailable" if err.retryable else "error"
     return "server_error" if err.status >= 500 else "client_error"
@@ -156,6 +158,81 @@ def _clip(text: str) -> str:
     return text if len(text) <= MAX_WHATSAPP_TEXT else text[: MAX_WHATSAPP_TEXT - 1] + "…"
 
 
+def prompt_cache_key(settings: Settings) -> str:
+    """The agent's ``prompt_cache_key``: its instructions are shared by all its users."""
+    return f"released-agent-{settings.phone_number_id}"
+
+
+def request_kwargs(
+    question: str,
+    history: Sequence[Turn],
+    faqs: Sequence[FAQ],
+    settings: Settings,
+    *,
+    safety_identifier: str | None = None,
+) -> dict[str, Any]:
+    """The arguments of ``responses.create`` for one question (see the module doc)."""
+    use_store = needs_file_search(settings, faqs)
+    kwargs: dict[str, Any] = {
+        "model": settings.openai_model,
+        "instructions": build_instructions(settings, faqs, file_search=use_store),
+        "input": build_input(history, question),
+        "max_output_tokens": settings.openai_max_output_tokens,
+        "store": False,
+        "prompt_cache_key": prompt_cache_key(settings),
+    }
+    if safety_identifier:
+        kwargs["safety_identifier"] = safety_identifier
+    if supports_reasoning(settings.openai_model):
+        if settings.openai_reasoning_effort:
+            kwargs["reasoning"] = {"effort": settings.openai_reasoning_effort}
+        if settings.openai_verbosity:
+            kwargs["text"] = {"verbosity": settings.openai_verbosity}
+    if use_store:
+        kwargs["tools"] = [
+            {"type": "file_search", "vector_store_ids": [settings.openai_vector_store_id]}
+        ]
+    return kwargs
+
+
+async def _create(
+    client: AsyncOpenAI,
+    kwargs: dict[str, Any],
+    before_request: Callable[[], Awaitable[object]] | None,
+    on_rate_limited: Callable[[float | None], Awaitable[object]] | None,
+) -> Any:
+    """``responses.create`` with the two retries of the module doc."""
+    rate_limited = 0
+    while True:
+        try:
+            async for attempt in AsyncRetrying(
+                retry=retry_if_exception(_is_connect_error),
+                stop=stop_after_attempt(2),
+                wait=wait_random(0.2, 1.0),
+                reraise=True,
+            ):
+                with attempt:
+                    if before_request is not None:
+                        await before_request()
+                    started = time.perf_counter()
+                    try:
+                        return await client.responses.create(**kwargs)
+                    finally:
+                        OPENAI_REQUEST_SECONDS.observe(time.perf_counter() - started)
+        except openai.OpenAIError as exc:
+            err = _model_error(exc)
+            OPENAI_REQUESTS.labels(outcome=_outcome(err)).inc()
+            if (
+                err.kind is ErrorKind.RATE_LIMIT
+                and on_rate_limited is not None
+                and rate_limited < RATE_LIMIT_RETRIES
+            ):
+                rate_limited += 1
+                await on_rate_limited(err.retry_after)
+                continue
+            raise err from None
+
+
 async def ask_model(
     question: str,
     history: Sequence[Turn],
@@ -164,47 +241,35 @@ async def ask_model(
     *,
     client: AsyncOpenAI,
     before_request: Callable[[], Awaitable[object]] | None = None,
+    on_rate_limited: Callable[[float | None], Awaitable[object]] | None = None,
+    safety_identifier: str | None = None,
 ) -> Answer:
     """One answer from the model; raises :class:`ModelError` when there is none.
 
-    ``before_request`` is awaited before every HTTP request (the rate limiter's ``acquire``).
+    ``before_request`` is awaited before every HTTP request (the rate limiter's ``acquire``);
+    ``on_rate_limited(retry_after)`` after a 429 (the agent bucket's ``penalize``), after which
+    the request is tried again (at most :data:`RATE_LIMIT_RETRIES` times).
     """
-    kwargs: dict[str, Any] = {
-        "model": settings.openai_model,
-        "instructions": build_instructions(settings, faqs),
-        "input": build_input(history, question),
-        "max_output_tokens": settings.openai_max_output_tokens,
-        "store": False,
-    }
-    if settings.openai_vector_store_id:
-        kwargs["tools"] = [
-            {"type": "file_search", "vector_store_ids": [settings.openai_vector_store_id]}
-        ]
-    try:
-        async for attempt in AsyncRetrying(
-            retry=retry_if_exception(_is_connect_error),
-            stop=stop_after_attempt(2),
-            wait=wait_random(0.2, 1.0),
-            reraise=True,
-        ):
-            with attempt:
-                if before_request is not None:
-                    await before_request()
-                started = time.perf_counter()
-                try:
-                    response = await client.responses.create(**kwargs)
-                finally:
-                    OPENAI_REQUEST_SECONDS.observe(time.perf_counter() - started)
-    except openai.OpenAIError as exc:
-        err = _model_error(exc)
-        OPENAI_REQUESTS.labels(outcome=_outcome(err)).inc()
-        raise err from None
+    kwargs = request_kwargs(
+        question, history, faqs, settings, safety_identifier=safety_identifier
+    )
+    response = await _create(client, kwargs, before_request, on_rate_limited)
     usage = getattr(response, "usage", None)
     input_tokens = int(getattr(usage, "input_tokens", 0) or 0)
     output_tokens = int(getattr(usage, "output_tokens", 0) or 0)
     total = int(getattr(usage, "total_tokens", 0) or 0) or input_tokens + output_tokens
     OPENAI_TOKENS.labels(direction="input").inc(input_tokens)
     OPENAI_TOKENS.labels(direction="output").inc(output_tokens)
+    status = getattr(response, "status", None)
+    if status is not None and status != "completed":
+        # Cut short (max_output_tokens, reasoning included, or a content filter), failed or
+        # still running: whatever text it holds is not a whole answer.
+        details = getattr(response, "incomplete_details", None)
+        reason = getattr(details, "reason", None) or status
+        OPENAI_REQUESTS.labels(outcome="incomplete").inc()
+        raise ModelError(
+            f"the model's answer is {status} ({reason}); not sent", retryable=False, status=200
+        )
     text = (response.output_text or "").strip()
     if not text:
         OPENAI_REQUESTS.labels(outcome="empty").inc()
@@ -238,6 +303,8 @@ async def answer(
     client: AsyncOpenAI | None = None,
     fallback_on_error: bool = True,
     before_request: Callable[[], Awaitable[object]] | None = None,
+    on_rate_limited: Callable[[float | None], Awaitable[object]] | None = None,
+    safety_identifier: str | None = None,
 ) -> Answer:
     """The reply to ``question``: from the model, or from the FAQs / fallback message.
 
@@ -248,7 +315,14 @@ async def answer(
     client = client or make_client(settings)
     try:
         return await ask_model(
-            question, history, faqs, settings, client=client, before_request=before_request
+            question,
+            history,
+            faqs,
+            settings,
+            client=client,
+            before_request=before_request,
+            on_rate_limited=on_rate_limited,
+            safety_identifier=safety_identifier,
         )
     except ModelError as err:
         if err.retryable and not fallback_on_error:

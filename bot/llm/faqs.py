@@ -164,21 +164,50 @@ def language_name(code: str) -> str:
     return LANGUAGE_NAMES.get(code.lower().split("-")[0].split("_")[0], code)
 
 
-def format_faqs(faqs: Sequence[FAQ], limit: int = MAX_FAQ_CHARS_IN_INSTRUCTIONS) -> str:
-    """FAQs as ``Q: ... / A: ...`` lines, up to ``limit`` characters."""
+def _blocks(faqs: Sequence[FAQ], limit: int) -> tuple[list[str], bool]:
+    """The ``Q:/A:`` blocks that fit in ``limit`` characters, and whether all of them did."""
     lines: list[str] = []
     used = 0
     for faq in faqs:
         block = f"Q: {' '.join(faq.q.split())}\nA: {' '.join(faq.a.split())}"
         if used + len(block) > limit:
-            break
+            return lines, False
         lines.append(block)
         used += len(block) + 1
-    return "\n".join(lines)
+    return lines, True
 
 
-def build_instructions(settings: Settings, faqs: Sequence[FAQ]) -> str:
-    """The model's instructions: persona, language, the FAQs, and the rule to stay within them."""
+def format_faqs(faqs: Sequence[FAQ], limit: int = MAX_FAQ_CHARS_IN_INSTRUCTIONS) -> str:
+    """FAQs as ``Q: ... / A: ...`` lines, up to ``limit`` characters."""
+    return "\n".join(_blocks(faqs, limit)[0])
+
+
+def faqs_fit_in_instructions(
+    faqs: Sequence[FAQ], limit: int = MAX_FAQ_CHARS_IN_INSTRUCTIONS
+) -> bool:
+    """Whether every FAQ fits in the instructions (then ``file_search`` adds nothing but cost
+    and latency, and is left out)."""
+    return _blocks(faqs, limit)[1]
+
+
+def needs_file_search(settings: Settings, faqs: Sequence[FAQ]) -> bool:
+    """Whether a request should carry ``file_search`` over the agent's vector store: only when
+    there is one and the FAQs are not all in the instructions (too many, or none loaded)."""
+    return bool(settings.openai_vector_store_id) and (
+        not faqs or not faqs_fit_in_instructions(faqs)
+    )
+
+
+def build_instructions(
+    settings: Settings, faqs: Sequence[FAQ], *, file_search: bool | None = None
+) -> str:
+    """The model's instructions: persona, language, the FAQs, and the rule to stay within them.
+
+    ``file_search``: whether the request carries the ``file_search`` tool (default:
+    :func:`needs_file_search`).
+    """
+    if file_search is None:
+        file_search = needs_file_search(settings, faqs)
     language = language_name(settings.language)
     parts = [
         settings.openai_instructions.strip(),
@@ -193,7 +222,7 @@ def build_instructions(settings: Settings, faqs: Sequence[FAQ]) -> str:
             "dates or links."
         ),
     ]
-    if settings.openai_vector_store_id:
+    if file_search:
         parts.append(
             "You can also search the knowledge base with the file_search tool; it holds the "
             "same FAQs and longer documents. Treat it as part of the FAQs."

@@ -1,4 +1,4 @@
-"""A Redis token bucket that keeps one agent under its OpenAI rate limit.
+"""Redis token buckets: one per agent for its OpenAI rate limit, one per user for fairness.
 
 Every worker process of an agent shares one bucket, keyed by the agent's phone number id, so
 ``OPENAI_RATE_LIMIT_PER_SECOND`` holds for the agent as a whole however many workers run. The
@@ -7,6 +7,16 @@ disagree). A caller that finds the bucket empty *reserves* its token (the count 
 and sleeps until it is due, so waiters are served in order and never poll; a wait longer than
 ``max_wait`` reserves nothing and raises :class:`RateLimitTimeout`, which the task turns into a
 later retry instead of holding a worker.
+
+When OpenAI answers 429 anyway, :meth:`TokenBucket.penalize` pushes the agent's whole bucket
+back by the server's ``Retry-After``: every queued answer waits its turn behind the pause
+instead of each one calling, failing and spending a retry of its own.
+
+The per-user bucket (:func:`user_bucket`: ``USER_RATE_LIMIT_PER_MINUTE`` with bursts of
+``USER_RATE_LIMIT_BURST``, keyed by the user's conversation) is taken *before* the agent's: a
+user over it gets a reservation for a later slot and their answer is put back until then
+without holding a worker or an agent token, so one user flooding the bot delays the others by
+at most their burst.
 """
 
 from __future__ import annotations
@@ -50,8 +60,36 @@ redis.call('PEXPIRE', key, math.ceil((capacity - tokens) / rate * 1000) + 1000)
 return {1, tostring(wait)}
 """
 
+# KEYS[1]: bucket key. ARGV: rate, capacity, pause (s). Leaves the bucket empty with a debt of
+# ``pause`` seconds, unless it already owes more. Returns the seconds until the next token.
+PENALTY_SCRIPT = """
+local key = KEYS[1]
+local rate = tonumber(ARGV[1])
+local capacity = tonumber(ARGV[2])
+local pause = tonumber(ARGV[3])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local state = redis.call('HMGET', key, 'tokens', 'ts')
+local tokens = tonumber(state[1])
+local ts = tonumber(state[2])
+if tokens == nil or ts == nil then
+  tokens = capacity
+  ts = now
+end
+if now > ts then
+  tokens = math.min(capacity, tokens + (now - ts) * rate)
+  ts = now
+end
+tokens = math.min(tokens, -pause * rate)
+redis.call('HSET', key, 'tokens', tostring(tokens), 'ts', tostring(ts))
+redis.call('PEXPIRE', key, math.ceil((capacity - tokens) / rate * 1000) + 1000)
+return tostring((1 - tokens) / rate)
+"""
+
 #: Waiting longer than this for a token gives up (the task retries later instead).
 DEFAULT_MAX_WAIT = 30.0
+#: How long the agent pauses after a 429 that came without ``Retry-After``.
+DEFAULT_PENALTY = 2.0
 
 
 class RateLimitTimeout(Exception):
@@ -91,6 +129,7 @@ class TokenBucket:
         self.capacity = float(capacity if capacity is not None else max(1.0, rate))
         self.max_wait = max_wait
         self._script = redis.register_script(BUCKET_SCRIPT)
+        self._penalty = redis.register_script(PENALTY_SCRIPT)
 
     async def reserve(self, tokens: float = 1.0, max_wait: float | None = None) -> float:
         """Reserve ``tokens`` and return how long to wait before using them (0: now).
@@ -115,10 +154,29 @@ class TokenBucket:
         return wait
 
 
+    async def penalize(self, seconds: float | None = None) -> float:
+        """Pause the bucket: nobody gets a token for ``seconds`` (default
+        :data:`DEFAULT_PENALTY`) from now. Returns the seconds until the next token."""
+        pause = DEFAULT_PENALTY if seconds is None or seconds <= 0 else float(seconds)
+        wait = await self._penalty(keys=[self.key], args=[self.rate, self.capacity, pause])
+        return float(wait.decode() if isinstance(wait, bytes) else wait)
+
+
 def openai_bucket(settings: Settings, redis: Any) -> TokenBucket:
     """The agent's OpenAI bucket: ``OPENAI_RATE_LIMIT_PER_SECOND`` for its phone number id."""
     return TokenBucket(
         redis,
         bucket_key(settings.phone_number_id),
         settings.openai_rate_limit_per_second,
+    )
+
+
+def user_bucket(settings: Settings, redis: Any, user_key: str | int) -> TokenBucket:
+    """One user's bucket (``user_key``: their conversation id): ``USER_RATE_LIMIT_PER_MINUTE``
+    with bursts of ``USER_RATE_LIMIT_BURST``."""
+    return TokenBucket(
+        redis,
+        bucket_key(f"{settings.phone_number_id}:{user_key}", "user"),
+        settings.user_rate_limit_per_minute / 60.0,
+        float(settings.user_rate_limit_burst),
     )

@@ -1,24 +1,29 @@
-"""Meta's Graph API (WhatsApp Cloud API): sending text replies and marking messages as read.
+"""Meta's Graph API (WhatsApp Cloud API): sending replies and marking messages as read.
 
-``POST {META_GRAPH_URL}/{phone_number_id}/messages`` with the agent's Bearer token. Errors come
-back as ``{"error": {"message", "type", "code", "error_subcode", "error_data": {"details"},
-"fbtrace_id"}}`` and become typed exceptions:
+``POST {META_GRAPH_URL}/{phone_number_id}/messages`` with the agent's Bearer token. A user is
+addressed by phone number in ``to`` or, when only their business-scoped user ID (BSUID) is
+known, in ``recipient`` (:func:`released.providers.meta.address_fields`).
 
-- :class:`GraphRetryableError`: HTTP 429 and 5xx, throughput and rate-limit codes (130429,
-  131056, 4, 80007, 131048), temporary server codes (1, 2, 131000, 131016, 133004), timeouts
-  and connection errors. ``retry_after`` carries the ``Retry-After`` header when Meta sends one.
-- :class:`GraphPermanentError`: every other 4xx, among them 131047 (more than 24 hours since
-  the user's last message: only a template may be sent) and 190 (bad access token). Retrying
-  cannot help; the message is recorded as failed.
+What an error means is decided in one place shared with the operator,
+:mod:`released.providers.meta`; here it becomes a typed exception carrying that verdict
+(:attr:`GraphError.info`):
 
-Meta decides on ``code`` more than on the HTTP status (it answers some rate limits with 400),
-so the code wins when both are present. The access token never appears in an exception: error
-texts are built from Meta's error body and the endpoint name only.
+- :class:`GraphRetryableError`: rate limits and throughput (130429, 131056, 4, 80007...),
+  Meta's own failures (1, 2, 131000...), 429 and 5xx, timeouts and connection errors.
+  ``retry_after`` carries the ``Retry-After`` header when Meta sends one.
+- :class:`GraphPermanentError`: everything else; among them the account problems
+  (:attr:`GraphError.account_problem`: token 190, permission 10/200-299, policy 368...) after
+  which no send can succeed until a person acts, and 131047 (more than 24 hours since the
+  user's last message: only a template may be sent).
+
+Every error is counted in ``released_graph_errors_total{endpoint, kind, code}``. The access
+token never appears in an exception: error texts are built from Meta's error body and the
+endpoint name only.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import Any, Self
 
@@ -27,20 +32,29 @@ from pydantic import SecretStr
 
 from bot.core.config import Settings
 from bot.core.logging import redact
-from bot.core.metrics import GRAPH_REQUESTS
+from bot.core.metrics import GRAPH_ERRORS, GRAPH_REQUESTS
+from released.providers.meta import (
+    MAX_TEXT_LENGTH,
+    ErrorKind,
+    GraphErrorInfo,
+    address_fields,
+    parse_error,
+)
 
-#: Error codes that mean "slow down" or "try again later".
-RETRYABLE_CODES = frozenset({1, 2, 4, 80007, 130429, 131000, 131016, 131048, 131056, 133004})
-#: Outside the 24-hour customer-service window: a free-form reply is refused.
-CODE_REENGAGEMENT = 131047
-#: WhatsApp's limit on a text message body.
-MAX_TEXT_LENGTH = 4096
+__all__ = [
+    "MAX_TEXT_LENGTH",
+    "GraphClient",
+    "GraphError",
+    "GraphPermanentError",
+    "GraphRetryableError",
+    "SentMessage",
+    "error_from_response",
+]
 
 
 class GraphError(Exception):
-    """A Graph API call failed. ``code``/``subcode``/``title``/``details``/``fbtrace_id`` come
-    from Meta's error body when there was one; ``status`` is the HTTP status (``None`` when no
-    answer came at all)."""
+    """A Graph API call failed; :attr:`info` is Meta's error, parsed and classified
+    (``status`` is ``None`` when no answer came at all)."""
 
     retryable = False
 
@@ -48,22 +62,57 @@ class GraphError(Exception):
         self,
         message: str,
         *,
+        info: GraphErrorInfo | None = None,
         status: int | None = None,
         code: int | None = None,
-        subcode: int | None = None,
-        title: str | None = None,
-        details: str | None = None,
-        fbtrace_id: str | None = None,
         retry_after: float | None = None,
     ) -> None:
         super().__init__(message)
-        self.status = status
-        self.code = code
-        self.subcode = subcode
-        self.title = title
-        self.details = details
-        self.fbtrace_id = fbtrace_id
-        self.retry_after = retry_after
+        if info is None:
+            info = GraphErrorInfo(
+                status=status,
+                code=code,
+                kind=ErrorKind.TEMPORARY if self.retryable else ErrorKind.UNKNOWN,
+                retry_after=retry_after,
+            )
+        self.info = info
+
+    @property
+    def status(self) -> int | None:
+        return self.info.status
+
+    @property
+    def code(self) -> int | None:
+        return self.info.code
+
+    @property
+    def subcode(self) -> int | None:
+        return self.info.subcode
+
+    @property
+    def kind(self) -> ErrorKind:
+        return self.info.kind
+
+    @property
+    def title(self) -> str | None:
+        return self.info.title
+
+    @property
+    def details(self) -> str | None:
+        return self.info.details
+
+    @property
+    def fbtrace_id(self) -> str | None:
+        return self.info.fbtrace_id
+
+    @property
+    def retry_after(self) -> float | None:
+        return self.info.retry_after
+
+    @property
+    def account_problem(self) -> bool:
+        """The token, a permission, a policy block or the account stops every send."""
+        return self.info.account_problem
 
 
 class GraphRetryableError(GraphError):
@@ -78,64 +127,47 @@ class GraphPermanentError(GraphError):
 
 @dataclass(frozen=True, slots=True)
 class SentMessage:
-    """Meta's answer to a send: the new message's wamid and the recipient's WhatsApp ID."""
+    """Meta's answer to a send: the new message's wamid and the recipient as Meta names them
+    (``wa_id``: phone number, ``None`` for a user known only by BSUID; ``user_id``: BSUID)."""
 
     wamid: str
     wa_id: str | None
+    user_id: str | None = None
 
 
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("retry-after")
-    if value is None:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        return None
-    return seconds if 0 <= seconds <= 86400 else None
+def _count_error(endpoint: str, info: GraphErrorInfo) -> None:
+    GRAPH_ERRORS.labels(
+        endpoint=endpoint,
+        kind=info.kind.value,
+        code=str(info.code) if info.code is not None else "none",
+    ).inc()
+
+
+def error_from_info(info: GraphErrorInfo, endpoint: str) -> GraphError:
+    """The typed exception for a parsed Graph API error (counted in the metrics). Meta's texts
+    are redacted before they are clipped: a secret straddling the cut would leave a piece."""
+    _count_error(endpoint, info)
+    info = replace(
+        info,
+        title=redact(info.title)[:300] if info.title else None,
+        details=redact(info.details)[:500] if info.details else None,
+    )
+    cls = GraphRetryableError if info.retryable else GraphPermanentError
+    return cls(info.summary(endpoint)[:600], info=info)
 
 
 def error_from_response(response: httpx.Response, endpoint: str) -> GraphError:
     """The typed exception for a Graph API error answer."""
-    status = response.status_code
     body: Any
     try:
         body = response.json()
     except ValueError:
         body = None
-    error = body.get("error") if isinstance(body, dict) else None
-    error = error if isinstance(error, dict) else {}
-    code = error.get("code")
-    code = int(code) if isinstance(code, int | str) and str(code).isdigit() else None
-    subcode = error.get("error_subcode")
-    subcode = int(subcode) if isinstance(subcode, int) else None
-    # Redacted before truncated: a secret straddling the cut would otherwise leave a piece.
-    title = error.get("error_user_title") or error.get("message")
-    title = redact(str(title))[:300] if title else None
-    data = error.get("error_data")
-    details = data.get("details") if isinstance(data, dict) else None
-    details = redact(str(details))[:500] if details else None
-    trace = error.get("fbtrace_id")
-    if code is not None:
-        retryable = code in RETRYABLE_CODES or (status >= 500 and code != CODE_REENGAGEMENT)
-    else:
-        retryable = status == 429 or status >= 500 or status == 408
-    summary = f"Graph API {endpoint}: HTTP {status}"
-    if code is not None:
-        summary += f", code {code}"
-    if title:
-        summary += f": {title}"
-    cls = GraphRetryableError if retryable else GraphPermanentError
-    return cls(
-        summary,
-        status=status,
-        code=code,
-        subcode=subcode,
-        title=title,
-        details=details,
-        fbtrace_id=str(trace) if trace else None,
-        retry_after=_retry_after(response),
-    )
+    return error_from_info(parse_error(response.status_code, body, response.headers), endpoint)
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
 
 
 class GraphClient:
@@ -171,18 +203,26 @@ class GraphClient:
         if self._own_http:
             await self._http.aclose()
 
-    async def _post(self, endpoint: str, payload: dict[str, Any]) -> dict[str, Any]:
-        url = f"{self._base}/{self.phone_number_id}/messages"
+    async def _request(
+        self, method: str, path: str, endpoint: str, payload: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        url = f"{self._base}/{path}"
         headers = {"Authorization": f"Bearer {self._token.get_secret_value()}"}
         try:
-            response = await self._http.post(url, json=payload, headers=headers)
+            response = await self._http.request(method, url, json=payload, headers=headers)
         except httpx.TimeoutException:
             GRAPH_REQUESTS.labels(endpoint=endpoint, status="timeout").inc()
-            raise GraphRetryableError(f"Graph API {endpoint}: timed out") from None
+            raise error_from_info(
+                GraphErrorInfo(status=None, code=None, kind=ErrorKind.TEMPORARY,
+                               title="timed out"),
+                endpoint,
+            ) from None
         except httpx.TransportError as exc:
             GRAPH_REQUESTS.labels(endpoint=endpoint, status="connection_error").inc()
-            raise GraphRetryableError(
-                f"Graph API {endpoint}: connection failed ({type(exc).__name__})"
+            raise error_from_info(
+                GraphErrorInfo(status=None, code=None, kind=ErrorKind.TEMPORARY,
+                               title=f"connection failed ({type(exc).__name__})"),
+                endpoint,
             ) from None
         GRAPH_REQUESTS.labels(endpoint=endpoint, status=str(response.status_code)).inc()
         if response.is_success:
@@ -193,19 +233,18 @@ class GraphClient:
             return body if isinstance(body, dict) else {}
         raise error_from_response(response, endpoint)
 
-    async def send_text(
-        self, to: str, text: str, *, reply_to: str | None = None, preview_url: bool = False
+    async def _post(self, endpoint: str, payload: dict[str, Any]) -> dict[str, Any]:
+        return await self._request("POST", f"{self.phone_number_id}/messages", endpoint, payload)
+
+    async def _send(
+        self, address: str, kind: str, content: dict[str, Any], reply_to: str | None
     ) -> SentMessage:
-        """Send ``text`` to WhatsApp user ``to``, quoting message ``reply_to`` when given."""
-        body = text.strip() or "…"
-        if len(body) > MAX_TEXT_LENGTH:
-            body = body[: MAX_TEXT_LENGTH - 1] + "…"
         payload: dict[str, Any] = {
             "messaging_product": "whatsapp",
             "recipient_type": "individual",
-            "to": to,
-            "type": "text",
-            "text": {"preview_url": preview_url, "body": body},
+            **address_fields(address),
+            "type": kind,
+            kind: content,
         }
         if reply_to:
             payload["context"] = {"message_id": reply_to}
@@ -214,15 +253,52 @@ class GraphClient:
         wamid = messages[0].get("id") if isinstance(messages, list) and messages else None
         if not isinstance(wamid, str) or not wamid:
             # Accepted, but we cannot track it: do not send again (it may have been delivered).
-            raise GraphPermanentError("Graph API send: answer without a message id")
+            raise GraphPermanentError(
+                "Graph API send: answer without a message id",
+                info=GraphErrorInfo(status=200, code=None, kind=ErrorKind.UNKNOWN),
+            )
         contacts = result.get("contacts")
-        wa_id = contacts[0].get("wa_id") if isinstance(contacts, list) and contacts else None
-        return SentMessage(wamid=wamid, wa_id=wa_id if isinstance(wa_id, str) else None)
-
-    async def mark_read(self, message_id: str) -> bool:
-        """Mark an inbound message as read (the user sees blue ticks); ``True`` on success."""
-        result = await self._post(
-            "mark_read",
-            {"messaging_product": "whatsapp", "status": "read", "message_id": message_id},
+        contact = contacts[0] if isinstance(contacts, list) and contacts else {}
+        contact = contact if isinstance(contact, dict) else {}
+        return SentMessage(
+            wamid=wamid, wa_id=_text(contact.get("wa_id")), user_id=_text(contact.get("user_id"))
         )
+
+    async def send_text(
+        self, to: str, text: str, *, reply_to: str | None = None, preview_url: bool = False
+    ) -> SentMessage:
+        """Send ``text`` to the user ``to`` (a phone number, or a BSUID sent as ``recipient``),
+        quoting message ``reply_to`` when given."""
+        body = text.strip() or "…"
+        if len(body) > MAX_TEXT_LENGTH:
+            body = body[: MAX_TEXT_LENGTH - 1] + "…"
+        return await self._send(to, "text", {"preview_url": preview_url, "body": body}, reply_to)
+
+    async def send_template(
+        self, to: str, name: str, language: str, *, reply_to: str | None = None
+    ) -> SentMessage:
+        """Send the approved template ``name`` in ``language`` (e.g. ``en_US``) to ``to``: the
+        only kind of message Meta accepts outside the 24-hour customer-service window."""
+        return await self._send(
+            to, "template", {"name": name, "language": {"code": language}}, reply_to
+        )
+
+    async def mark_read(self, message_id: str, *, typing: bool = False) -> bool:
+        """Mark an inbound message as read (the user sees blue ticks) and, with ``typing``,
+        show the typing indicator until the reply arrives (or 25 s); ``True`` on success."""
+        payload: dict[str, Any] = {
+            "messaging_product": "whatsapp",
+            "status": "read",
+            "message_id": message_id,
+        }
+        if typing:
+            payload["typing_indicator"] = {"type": "text"}
+        result = await self._post("mark_read", payload)
         return bool(result.get("success", True))
+
+    async def check_phone_number(self) -> dict[str, Any]:
+        """Read the phone number with the agent's token (``GET /{phone_number_id}``): succeeds
+        when the token works; raises :class:`GraphError` otherwise (the account-health probe)."""
+        return await self._request(
+            "GET", f"{self.phone_number_id}?fields=id", "phone_number"
+        )

@@ -10,9 +10,12 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from bot.devstack import LocalStack
+from bot.llm.client import RATE_LIMIT_RETRIES
 from released.fakes import FakeMeta, FakeOpenAI
 
 from .conftest import Tally, Webhook, db_rows, send_questions
@@ -71,6 +74,43 @@ def test_model_outage_answers_from_the_faqs_once(
         meta, model_calls=calls, sources=sources, runtime_s=round(time.monotonic() - started, 1)
     )
     assert sources == {"faq": 6}
-    # 1 + OPENAI_MAX_RETRIES attempts each, then the FAQs: bounded, not retried forever.
-    assert calls <= 6 * (1 + 3)
+    # 1 + OPENAI_MAX_RETRIES attempts each (a 429 is tried again inside its attempt, behind
+    # the paused bucket, at most RATE_LIMIT_RETRIES times), then the FAQs: bounded.
+    assert calls <= 6 * (1 + 3) * (1 + RATE_LIMIT_RETRIES)
     openai_fake.clear_errors()
+
+
+def _process_retries(stack: LocalStack) -> float:
+    text = httpx.get(stack.urls["worker_metrics"], timeout=5).text
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "released_tasks_total"
+        and sample.labels.get("task") == "process_message"
+        and sample.labels.get("outcome") == "retry"
+    )
+
+
+def test_a_429_slows_the_agent_instead_of_spending_retries(
+    stack: LocalStack, meta: FakeMeta, openai_fake: FakeOpenAI, webhook: Webhook
+) -> None:
+    """OpenAI answers 429 (Retry-After 1 s) to the first calls: the agent's shared bucket
+    pauses, every queued answer waits behind the pause and then gets the model's answer; no
+    message spends a task retry on it."""
+    started = time.monotonic()
+    retries_before = _process_retries(stack)
+    openai_fake.script_errors([RATE_LIMIT] * 3)
+    tally = Tally("openai 429 storm -> shared pause")
+    send_questions(webhook, tally, 8, offset=3500)
+    tally.wait_answered(meta, timeout=60)
+    calls = openai_fake.calls().get("POST /v1/responses", 0)
+    sources = _sources(stack, tally)
+    retries = _process_retries(stack) - retries_before
+    tally.settle_and_check(
+        meta, model_calls=calls, sources=sources, task_retries=retries,
+        runtime_s=round(time.monotonic() - started, 1),
+    )
+    assert sources == {"model": 8}
+    assert calls == 8 + 3  # each 429 cost one call, not a retry of its message
+    assert retries == 0

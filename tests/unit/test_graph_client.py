@@ -153,3 +153,58 @@ async def test_owns_and_closes_its_http_client() -> None:
     async with GraphClient(SETTINGS) as client:
         assert client.phone_number_id == "1234567890"
     assert client._http.is_closed
+
+
+async def test_a_user_known_only_by_bsuid_is_addressed_with_recipient() -> None:
+    ok = {
+        "messaging_product": "whatsapp",
+        "contacts": [{"input": "US.134912", "wa_id": "", "user_id": "US.134912"}],
+        "messages": [{"id": "wamid.OUT"}],
+    }
+    client, seen = client_for(lambda r: httpx.Response(200, json=ok))
+    sent = await client.send_text("US.134912", "Hello", reply_to="wamid.IN")
+    assert sent == SentMessage("wamid.OUT", None, "US.134912")
+    body = json.loads(seen[0].content)
+    assert body["recipient"] == "US.134912" and "to" not in body
+
+
+async def test_template_and_typing_indicator() -> None:
+    ok = {"messages": [{"id": "wamid.T", "message_status": "accepted"}]}
+    client, seen = client_for(lambda r: httpx.Response(200, json=ok))
+    await client.send_template("15550001111", "we_are_back", "en_US")
+    assert json.loads(seen[0].content) == {
+        "messaging_product": "whatsapp",
+        "recipient_type": "individual",
+        "to": "15550001111",
+        "type": "template",
+        "template": {"name": "we_are_back", "language": {"code": "en_US"}},
+    }
+    await client.mark_read("wamid.IN", typing=True)
+    assert json.loads(seen[1].content)["typing_indicator"] == {"type": "text"}
+
+
+async def test_account_problems_are_flagged_and_counted() -> None:
+    from prometheus_client import REGISTRY
+
+    def count() -> float:
+        value = REGISTRY.get_sample_value(
+            "released_graph_errors_total", {"endpoint": "send", "kind": "token", "code": "190"}
+        )
+        return value or 0.0
+
+    before = count()
+    client, _ = client_for(lambda r: meta_error(401, 190, "Invalid OAuth access token"))
+    with pytest.raises(GraphPermanentError) as info:
+        await client.send_text("1", "hi")
+    assert info.value.account_problem and info.value.kind == "token"
+    assert count() == before + 1
+    client, _ = client_for(lambda r: meta_error(400, 131047, "Re-engagement message"))
+    with pytest.raises(GraphPermanentError) as info:
+        await client.send_text("1", "hi")
+    assert not info.value.account_problem and info.value.kind == "reengagement"
+
+
+async def test_check_phone_number_uses_the_token() -> None:
+    client, seen = client_for(lambda r: httpx.Response(200, json={"id": "1234567890"}))
+    assert await client.check_phone_number() == {"id": "1234567890"}
+    assert seen[0].method == "GET" and seen[0].url.path.endswith("/1234567890")

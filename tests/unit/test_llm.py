@@ -19,7 +19,13 @@ from bot.core.config import Settings
 from bot.llm import faqs as faqs_mod
 from bot.llm.client import Answer, ModelError, Turn, answer, ask_model, fallback_answer, make_client
 from bot.llm.faqs import FAQ, FAQError, build_instructions, load_faqs, match_faq
-from bot.llm.ratelimit import RateLimitTimeout, TokenBucket, bucket_key, openai_bucket
+from bot.llm.ratelimit import (
+    RateLimitTimeout,
+    TokenBucket,
+    bucket_key,
+    openai_bucket,
+    user_bucket,
+)
 
 FAQS = [
     FAQ(q="What are your opening hours?", a="Mon-Fri 9:00-18:00."),
@@ -145,8 +151,9 @@ class Recorder:
 
 
 def settings_for(**kw: Any) -> Settings:
-    return Settings(openai_base_url="http://openai.test/v1", openai_model="gpt-test",
-                    openai_api_key=SecretStr("sk-test-key"), **kw)
+    kw.setdefault("openai_model", "gpt-test")
+    kw.setdefault("openai_api_key", SecretStr("sk-test-key"))
+    return Settings(openai_base_url="http://openai.test/v1", **kw)
 
 
 async def test_ask_model_sends_grounded_request_and_reads_usage() -> None:
@@ -172,11 +179,81 @@ async def test_ask_model_sends_grounded_request_and_reads_usage() -> None:
     assert "tools" not in body
 
 
-async def test_vector_store_adds_file_search_tool() -> None:
+async def test_file_search_only_when_the_faqs_do_not_fit() -> None:
     settings = settings_for(openai_vector_store_id="vs_abc")
     rec = Recorder(lambda r: httpx.Response(200, json=response_body()))
     await ask_model("q", [], FAQS, settings, client=rec.client(settings))
+    assert "tools" not in rec.json()  # every FAQ is in the instructions: no search needed
+    assert "file_search" not in rec.json()["instructions"]
+
+    many = [FAQ(q=f"Question number {i}?", a="x" * 1000) for i in range(100)]
+    await ask_model("q", [], many, settings, client=rec.client(settings))
     assert rec.json()["tools"] == [{"type": "file_search", "vector_store_ids": ["vs_abc"]}]
+    assert "file_search" in rec.json()["instructions"]
+    assert "Question number 0?" in rec.json()["instructions"]  # as many as fit are there
+
+
+async def test_request_carries_effort_verbosity_cache_key_and_safety_identifier() -> None:
+    settings = settings_for(
+        openai_model="gpt-6-luna",
+        openai_reasoning_effort="minimal",
+        openai_verbosity="low",
+        phone_number_id="555",
+    )
+    rec = Recorder(lambda r: httpx.Response(200, json=response_body()))
+    await ask_model(
+        "q", [], FAQS, settings, client=rec.client(settings), safety_identifier="abc123"
+    )
+    body = rec.json()
+    assert body["reasoning"] == {"effort": "minimal"}
+    assert body["text"] == {"verbosity": "low"}
+    assert body["prompt_cache_key"] == "released-agent-555"
+    assert body["safety_identifier"] == "abc123"
+
+    # Models that do not reason refuse these parameters: they are left out.
+    old = settings_for(openai_model="gpt-4.1-mini", openai_reasoning_effort="high")
+    await ask_model("q", [], FAQS, old, client=rec.client(old))
+    assert "reasoning" not in rec.json() and "text" not in rec.json()
+    # Empty settings mean "the model's default".
+    unset = Settings(openai_reasoning_effort="", openai_verbosity="")  # type: ignore[arg-type]
+    assert unset.openai_reasoning_effort is None and unset.openai_verbosity is None
+
+
+async def test_incomplete_response_is_never_sent() -> None:
+    settings = settings_for()
+    body = response_body("The opening hours are Mon")
+    body["status"] = "incomplete"
+    body["incomplete_details"] = {"reason": "max_output_tokens"}
+    rec = Recorder(lambda r: httpx.Response(200, json=body))
+    with pytest.raises(ModelError) as info:
+        await ask_model("q", [], FAQS, settings, client=rec.client(settings))
+    assert not info.value.retryable and "incomplete" in str(info.value)
+    got = await answer("opening hours?", [], FAQS, settings, client=rec.client(settings),
+                       fallback_on_error=False)
+    assert got == Answer("Mon-Fri 9:00-18:00.", "faq")  # the FAQ, not the truncated text
+
+
+async def test_429_pauses_the_shared_bucket_and_tries_again() -> None:
+    settings = settings_for()
+    answers = iter([
+        httpx.Response(429, headers={"retry-after-ms": "1500"},
+                       json={"error": {"message": "slow", "code": "rate_limit_exceeded"}}),
+        httpx.Response(200, json=response_body("fine")),
+    ])
+    rec = Recorder(lambda r: next(answers))
+    paused: list[float | None] = []
+    tokens: list[int] = []
+
+    async def before() -> None:
+        tokens.append(1)
+
+    async def on_limited(seconds: float | None) -> None:
+        paused.append(seconds)
+
+    got = await ask_model("q", [], FAQS, settings, client=rec.client(settings),
+                          before_request=before, on_rate_limited=on_limited)
+    assert got.text == "fine"
+    assert paused == [1.5] and len(tokens) == 2  # the retry waited for a token again
 
 
 async def test_sdk_retries_are_disabled_and_5xx_is_retryable() -> None:
@@ -317,6 +394,33 @@ async def test_token_bucket_gives_up_beyond_max_wait(redis_client: Any) -> None:
     assert info.value.retry_after == pytest.approx(2.0, abs=0.1)
     # Nothing was reserved by the refusal: the next caller waits no longer.
     assert await bucket.reserve(max_wait=5) == pytest.approx(2.0, abs=0.1)
+
+
+@pytest.mark.integration
+async def test_penalty_pauses_every_client_of_the_bucket(redis_client: Any) -> None:
+    key = bucket_key(f"pen-{time.monotonic_ns()}")
+    bucket = TokenBucket(redis_client, key, rate=10, capacity=5)
+    assert await bucket.reserve() == 0  # a full bucket
+    assert await bucket.penalize(2.0) == pytest.approx(2.1, abs=0.05)
+    # Everyone now waits out the pause: the next token is ~2 s away.
+    assert await bucket.reserve() == pytest.approx(2.1, abs=0.05)
+    with pytest.raises(RateLimitTimeout):
+        await bucket.reserve(max_wait=1.0)
+    # A shorter penalty never shortens a longer one.
+    assert await bucket.penalize(0.5) == pytest.approx(2.2, abs=0.05)
+
+
+@pytest.mark.integration
+async def test_user_bucket_is_per_user(redis_client: Any) -> None:
+    settings = Settings(
+        phone_number_id=str(time.monotonic_ns()), user_rate_limit_per_minute=6,
+        user_rate_limit_burst=2,
+    )
+    ana, bob = user_bucket(settings, redis_client, 1), user_bucket(settings, redis_client, 2)
+    assert (ana.rate, ana.capacity) == (0.1, 2.0)
+    assert [await ana.reserve(max_wait=60) for _ in range(2)] == [0, 0]
+    assert await ana.reserve(max_wait=60) == pytest.approx(10.0, abs=0.1)  # a slot reserved
+    assert await bob.reserve(max_wait=0) == 0  # Bob is not held up by Ana
 
 
 @pytest.mark.integration
