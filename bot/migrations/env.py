@@ -52,7 +52,7 @@ def run_migrations_offline() -> None:
 
 
 async def _run_async() -> None:
-    engine = create_engine_for(_url(), poolclass=NullPool)
+    engine = create_engine_for(_url(), for_migrations=True, poolclass=NullPool)
     try:
         async with engine.begin() as connection:
             await connection.run_sync(_configure)

@@ -63,8 +63,18 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def create_engine_for(url: str, **kwargs: Any) -> AsyncEngine:
-    """A new async engine for ``url`` (normalized), with SQLite's foreign keys enforced."""
+def _sqlite_pragmas_for_migrations(dbapi_connection: Any, _record: Any) -> None:
+    # Alembic's batch mode rebuilds a SQLite table (copy, drop, rename): with foreign keys
+    # enforced, dropping the old table would cascade-delete the rows that reference it.
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA foreign_keys=OFF")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+def create_engine_for(url: str, *, for_migrations: bool = False, **kwargs: Any) -> AsyncEngine:
+    """A new async engine for ``url`` (normalized), with SQLite's foreign keys enforced
+    (except ``for_migrations``, where Alembic's table rebuilds need them off)."""
     async_url = normalize_database_url(url)
     is_sqlite = async_url.startswith("sqlite")
     if not is_sqlite:
@@ -76,7 +86,8 @@ def create_engine_for(url: str, **kwargs: Any) -> AsyncEngine:
         kwargs.setdefault("connect_args", {"timeout": 30})
     engine = create_async_engine(async_url, **kwargs)
     if is_sqlite:
-        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        pragmas = _sqlite_pragmas_for_migrations if for_migrations else _sqlite_pragmas
+        event.listen(engine.sync_engine, "connect", pragmas)
     return engine
 
 
@@ -188,7 +199,7 @@ async def run_migrations_async(settings: Settings | None = None, revision: str =
     settings = settings or get_settings()
     url = normalize_database_url(settings.database_url)
     _ensure_sqlite_dir(url)
-    engine = create_engine_for(url, poolclass=NullPool)
+    engine = create_engine_for(url, for_migrations=True, poolclass=NullPool)
     try:
         async with engine.begin() as conn:
             await conn.run_sync(_upgrade, alembic_config(settings), revision)

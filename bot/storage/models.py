@@ -1,4 +1,9 @@
-"""SQLModel tables: one ``Conversation`` per (agent phone number, WhatsApp user), its ``Message``s.
+"""SQLModel tables: one ``Conversation`` per (agent phone number, WhatsApp user), the user's
+identities (``UserIdentity``: phone number, BSUID, parent BSUID), and the ``Message``s.
+
+A user is one person whether Meta names them by phone number, business-scoped user ID (BSUID)
+or parent BSUID: each name is a row of ``user_identities`` pointing at the one conversation,
+unique per agent phone number, so a message under any of them finds the same history.
 
 Timestamps are timezone-aware UTC. Column names, lengths and indexes here must match the
 Alembic revisions in ``bot/migrations/versions``: production never creates tables from these
@@ -72,18 +77,62 @@ STATUS_RANK: dict[str, int] = {
 }
 
 
+#: Longest identity stored: a BSUID is a two-letter prefix, a dot and up to 128 characters.
+MAX_IDENTITY_LENGTH = 256
+
+
+class IdentityKind(StrEnum):
+    """How Meta names a user: phone number (``wa_id``/``from``), BSUID (``user_id``), parent
+    BSUID (``parent_user_id``, shared across a business's linked portfolios)."""
+
+    PHONE = "phone"
+    USER_ID = "user_id"
+    PARENT_USER_ID = "parent_user_id"
+
+
 class Conversation(SQLModel, table=True):
-    """The thread between one agent phone number and one WhatsApp user."""
+    """The thread between one agent phone number and one WhatsApp user (one person, however
+    many identities: see :class:`UserIdentity`)."""
 
     __tablename__ = "conversations"
-    __table_args__ = (
-        UniqueConstraint("phone_number_id", "wa_id", name="uq_conversations_phone_wa"),
-    )
+    __table_args__ = (Index("ix_conversations_phone_wa", "phone_number_id", "wa_id"),)
 
     id: int | None = Field(default=None, sa_column=Column(Integer, primary_key=True))
     phone_number_id: str = Field(sa_column=Column(String(64), nullable=False))
-    wa_id: str = Field(sa_column=Column(String(64), nullable=False))
+    #: Where the user was last reached: their phone number, else their BSUID.
+    wa_id: str = Field(sa_column=Column(String(MAX_IDENTITY_LENGTH), nullable=False))
     contact_name: str | None = Field(default=None, sa_column=Column(String(256), nullable=True))
+    created_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False)
+    )
+    updated_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False)
+    )
+
+
+class UserIdentity(SQLModel, table=True):
+    """One name of a user (``kind``: :class:`IdentityKind`) for one agent phone number, and the
+    conversation it belongs to. Unique per (phone number id, kind, value)."""
+
+    __tablename__ = "user_identities"
+    __table_args__ = (
+        UniqueConstraint("phone_number_id", "kind", "value", name="uq_user_identities_value"),
+        Index("ix_user_identities_conversation", "conversation_id"),
+    )
+
+    id: int | None = Field(default=None, sa_column=Column(Integer, primary_key=True))
+    conversation_id: int = Field(
+        sa_column=Column(
+            Integer,
+            ForeignKey(
+                "conversations.id", ondelete="CASCADE", name="fk_user_identities_conversation_id"
+            ),
+            nullable=False,
+        )
+    )
+    phone_number_id: str = Field(sa_column=Column(String(64), nullable=False))
+    kind: str = Field(sa_column=Column(String(16), nullable=False))
+    value: str = Field(sa_column=Column(String(MAX_IDENTITY_LENGTH), nullable=False))
     created_at: datetime = Field(
         default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False)
     )
@@ -118,7 +167,8 @@ class Message(SQLModel, table=True):
     reply_to: str | None = Field(default=None, sa_column=Column(String(256), nullable=True))
     kind: str = Field(default="text", sa_column=Column(String(32), nullable=False))
     text: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
-    #: Where an outbound answer came from: model, faq, fallback, unsupported.
+    #: Where an outbound answer came from: model, faq, fallback, canned (a fixed reply for a
+    #: kind of message, ``bot.replies``), template (outside the 24-hour window).
     source: str | None = Field(default=None, sa_column=Column(String(16), nullable=True))
     #: Who is sending a pending reply (the Celery task id): a retry of the same task resends,
     #: another task leaves it alone until the claim goes stale.

@@ -268,6 +268,58 @@ def test_bsuid_only_sender() -> None:
     assert event.contact_name == "Bob"
 
 
+def test_identity_change_system_messages() -> None:
+    data = load("system")
+    msg = data["entry"][0]["changes"][0]["value"]["messages"][0]
+    msg["from_user_id"] = "US.111"
+    msg["system"].update({"user_id": "US.222", "previous_user_id": "US.111"})
+    [event], _, _ = extract_events(data, PN)
+    change = event.identity_change
+    assert change is not None and change.type == "user_changed_number"
+    assert (change.previous_wa_id, change.wa_id) == (msg["from"], "16505554321")
+    assert (change.previous_user_id, change.user_id) == ("US.111", "US.222")
+
+    msg["type"] = "system"
+    msg["system"] = {"type": "user_changed_user_id", "user_id": "US.333",
+                     "previous_user_id": "US.222", "body": "User changed"}
+    del msg["from"]
+    [event], _, _ = extract_events(data, PN)
+    assert event.identity_change is not None
+    assert (event.identity_change.type, event.identity_change.user_id) == (
+        "user_changed_user_id", "US.333")
+    assert event.identity_change.wa_id is None
+
+
+def test_edit_revoke_welcome_and_group() -> None:
+    data = load("text")
+    value = data["entry"][0]["changes"][0]["value"]
+    msg = value["messages"][0]
+    msg["group_id"] = "GROUP1"
+    [event], _, _ = extract_events(data, PN)
+    assert event.group_id == "GROUP1"
+    del msg["text"], msg["group_id"]
+    msg.update(type="edit", edit={"original_message_id": "wamid.orig",
+                                  "message": {"type": "text", "text": {"body": "new words"}}})
+    [event], _, _ = extract_events(data, PN)
+    assert (event.kind, event.text, event.original_wamid) == ("edit", "new words", "wamid.orig")
+    del msg["edit"]
+    msg.update(type="revoke", revoke={"original_message_id": "wamid.orig"})
+    [event], _, _ = extract_events(data, PN)
+    assert (event.kind, event.text, event.original_wamid) == ("revoke", None, "wamid.orig")
+    del msg["revoke"]
+    msg["type"] = "request_welcome"
+    [event], _, _ = extract_events(data, PN)
+    assert event.kind == "request_welcome"
+
+
+def test_status_recipient_user_id() -> None:
+    data = load("status_sent")
+    status = data["entry"][0]["changes"][0]["value"]["statuses"][0]
+    status["recipient_user_id"] = "US.444"
+    _, [update], _ = extract_events(data, PN)
+    assert update.recipient_user_id == "US.444"
+
+
 def test_non_whatsapp_object_is_ignored() -> None:
     data = load("text")
     data["object"] = "page"

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import text
@@ -19,8 +20,8 @@ from bot.storage.db import (
     run_migrations,
     session_scope,
 )
-from bot.storage.models import Message, MessageStatus
-from bot.whatsapp.events import InboundMessage, StatusUpdate
+from bot.storage.models import IdentityKind, Message, MessageStatus
+from bot.whatsapp.events import IdentityChange, InboundMessage, StatusUpdate
 
 PHONE = "100000000000001"
 
@@ -39,10 +40,27 @@ async def settings(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncItera
     await dispose_engines()
 
 
-def inbound(wamid: str, text_: str | None = "hello", wa_id: str = "15550001111") -> InboundMessage:
+def inbound(
+    wamid: str,
+    text_: str | None = "hello",
+    wa_id: str = "15550001111",
+    user_id: str | None = None,
+    **kw: Any,
+) -> InboundMessage:
     return InboundMessage(
-        wamid=wamid, phone_number_id=PHONE, wa_id=wa_id, contact_name="Ana", kind="text", text=text_
+        wamid=wamid,
+        phone_number_id=PHONE,
+        wa_id=wa_id,
+        user_id=user_id,
+        contact_name="Ana",
+        kind="text",
+        text=text_,
+        **kw,
     )
+
+
+#: A BSUID as long as Meta allows (two letters, a dot, 128 characters) and then some.
+LONG_BSUID = "US." + "x" * 200
 
 
 @pytest.mark.parametrize(
@@ -68,7 +86,7 @@ async def test_migrations_are_idempotent(settings: Settings) -> None:
     run_migrations(settings)
     async with session_scope(settings) as session:
         version = (await session.execute(text("SELECT version_num FROM alembic_version"))).scalar()
-    assert version == "0002_quarantined_events"
+    assert version == "0003_user_identities"
 
 
 async def test_record_inbound_is_idempotent(settings: Settings) -> None:
@@ -286,3 +304,162 @@ async def test_quarantined_elements_are_stored_once_and_purged(settings: Setting
         await repo.purge_older_than(session, 14, now=later)
         rows = (await session.execute(text("SELECT count(*) FROM quarantined_events"))).scalar()
     assert rows == 0
+
+
+# -- one person, one conversation ---------------------------------------------------------------
+
+
+async def test_a_user_moving_from_phone_number_to_bsuid_keeps_one_history(
+    settings: Settings,
+) -> None:
+    async with session_scope(settings) as session:
+        # Before BSUIDs: only a phone number.
+        first = await repo.record_inbound(session, inbound("wamid.p1", "first", user_id=None))
+        # Since April 2026: phone number and BSUID together.
+        both = await repo.record_inbound(session, inbound("wamid.p2", "second", user_id=LONG_BSUID))
+        # Then a username: the BSUID only.
+        only = await repo.record_inbound(
+            session, inbound("wamid.p3", "third", wa_id="", user_id=LONG_BSUID)
+        )
+    ids = {first.conversation.id, both.conversation.id, only.conversation.id}
+    assert len(ids) == 1
+    conversation_id = first.conversation.id or 0
+    async with session_scope(settings) as session:
+        names = await repo.user_identities(session, conversation_id)
+        texts = [m.text for m in await repo.history(session, conversation_id, 10)]
+    assert names == [(IdentityKind.PHONE, "15550001111"), (IdentityKind.USER_ID, LONG_BSUID)]
+    assert texts == ["first", "second", "third"]
+    assert only.conversation.wa_id == LONG_BSUID  # reached by BSUID now
+
+
+async def test_two_conversations_of_one_person_are_merged(settings: Settings) -> None:
+    async with session_scope(settings) as session:
+        by_phone = await repo.record_inbound(session, inbound("wamid.m1", "by phone"))
+        by_bsuid = await repo.record_inbound(
+            session, inbound("wamid.m2", "by bsuid", wa_id="", user_id="US.merge")
+        )
+        assert by_phone.conversation.id != by_bsuid.conversation.id
+        # A message naming both shows they are one person.
+        both = await repo.record_inbound(session, inbound("wamid.m3", "both", user_id="US.merge"))
+    assert both.conversation.id == by_phone.conversation.id  # the oldest survives
+    async with session_scope(settings) as session:
+        texts = [m.text for m in await repo.history(session, both.conversation.id or 0, 10)]
+        gone = await session.get(repo.Conversation, by_bsuid.conversation.id)
+    assert texts == ["by phone", "by bsuid", "both"] and gone is None
+
+
+async def test_identity_changes_are_applied(settings: Settings) -> None:
+    async with session_scope(settings) as session:
+        before = await repo.record_inbound(session, inbound("wamid.c1", user_id="US.old"))
+        change = inbound(
+            "wamid.c2",
+            None,
+            user_id="US.old",
+            identity_change=IdentityChange(
+                type="user_changed_number",
+                wa_id="15559998888",
+                user_id="US.new",
+                previous_wa_id="15550001111",
+                previous_user_id="US.old",
+            ),
+        ).model_copy(update={"kind": "system"})
+        after = await repo.record_inbound(session, change)
+        names = await repo.user_identities(session, after.conversation.id or 0)
+        assert after.conversation.id == before.conversation.id
+        assert set(names) == {(IdentityKind.PHONE, "15559998888"), (IdentityKind.USER_ID, "US.new")}
+        assert after.conversation.wa_id == "15559998888"
+        # The old number is free: whoever writes from it now is someone else.
+        stranger = await repo.record_inbound(session, inbound("wamid.c3"))
+        assert stranger.conversation.id != before.conversation.id
+        # The new BSUID alone finds the user.
+        again = await repo.record_inbound(session, inbound("wamid.c4", wa_id="", user_id="US.new"))
+        assert again.conversation.id == before.conversation.id
+        # A BSUID-only change.
+        bsuid_change = inbound(
+            "wamid.c5",
+            None,
+            wa_id="",
+            user_id="US.new",
+            identity_change=IdentityChange(
+                type="user_changed_user_id", user_id="US.newer", previous_user_id="US.new"
+            ),
+        ).model_copy(update={"kind": "system"})
+        changed = await repo.record_inbound(session, bsuid_change)
+        names = await repo.user_identities(session, changed.conversation.id or 0)
+    assert set(names) == {(IdentityKind.PHONE, "15559998888"), (IdentityKind.USER_ID, "US.newer")}
+
+
+async def test_a_status_teaches_the_recipients_bsuid(settings: Settings) -> None:
+    async with session_scope(settings) as session:
+        rec = await repo.record_inbound(session, inbound("wamid.s1"))
+        reply, _ = await repo.record_outbound_pending(
+            session, rec.conversation.id or 0, "wamid.s1", "hi"
+        )
+        await repo.mark_sent(session, reply, "wamid.s1.out")
+        outcome = await repo.apply_status(
+            session,
+            StatusUpdate(
+                wamid="wamid.s1.out",
+                phone_number_id=PHONE,
+                recipient_id="15550001111",
+                recipient_user_id="US.learned",
+                status="delivered",
+            ),
+        )
+        assert outcome == repo.StatusOutcome.APPLIED
+        later = await repo.record_inbound(
+            session, inbound("wamid.s2", wa_id="", user_id="US.learned")
+        )
+    assert later.conversation.id == rec.conversation.id
+
+
+async def test_migration_keeps_existing_conversations(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """A database at revision 0001 with conversations keyed by phone number and by BSUID is
+    upgraded without losing a row, and each user keeps their history."""
+    from bot.storage.db import run_migrations_async
+
+    old = Settings(database_url=settings.database_url.replace("bot.db", "old.db"))
+    if old.database_url == settings.database_url:  # PostgreSQL: a fresh schema of its own
+        async with get_engine(settings).begin() as conn:
+            await conn.execute(text("DROP SCHEMA public CASCADE"))
+            await conn.execute(text("CREATE SCHEMA public"))
+        await dispose_engines()
+    await run_migrations_async(old, "0001_initial")
+    now = datetime.now(UTC)
+    ids: list[int] = []
+    async with get_engine(old).begin() as conn:
+        for wa in ("15550001111", "US.legacy"):
+            cid = (
+                await conn.execute(
+                    text(
+                        "INSERT INTO conversations (phone_number_id, wa_id, created_at, "
+                        "updated_at) VALUES (:p, :w, :t, :t) RETURNING id"
+                    ),
+                    {"p": PHONE, "w": wa, "t": now},
+                )
+            ).scalar_one()
+            ids.append(cid)
+            await conn.execute(
+                text(
+                    "INSERT INTO messages (conversation_id, direction, wamid, kind, text, "
+                    "status, created_at, updated_at) VALUES (:c, 'inbound', :m, 'text', "
+                    "'old text', 'received', :t, :t)"
+                ),
+                {"c": cid, "m": f"wamid.old{cid}", "t": now},
+            )
+    await dispose_engines()
+    await run_migrations_async(old)
+    async with session_scope(old) as session:
+        phone = await repo.record_inbound(session, inbound("wamid.new1"))
+        legacy = await repo.record_inbound(
+            session, inbound("wamid.new2", wa_id="", user_id="US.legacy")
+        )
+        long_one = await repo.record_inbound(
+            session, inbound("wamid.new3", wa_id="", user_id=LONG_BSUID)
+        )
+        assert [phone.conversation.id, legacy.conversation.id] == ids
+        assert long_one.conversation.wa_id == LONG_BSUID  # fits: 256 characters
+        history = await repo.history(session, ids[0], 10)
+    assert [m.text for m in history] == ["old text", "hello"]
