@@ -2,68 +2,98 @@
 
 :func:`handle_message` is the body of the ``bot.tasks.process_message`` task, written as async
 code over a :class:`Runtime` (the clients of one event loop). It never retries by itself: when
-an API asks to slow down or fails transiently it raises :class:`RetryLater`, and the task
-schedules a retry with backoff. Guarantees:
+an API asks to slow down or fails transiently it raises :class:`RetryLater`, and when the
+sender is over their per-user rate it raises :class:`Deferred`; the task schedules the next
+attempt. Guarantees:
 
+- **One person, one conversation.** The message is stored under the user's conversation, found
+  by any name Meta gives them (phone number, BSUID, parent BSUID; ``bot.storage.repository``);
+  identity-change system messages are applied. The reply goes to the phone number the message
+  came from, else to the BSUID (``recipient``).
 - **Once.** The inbound message is stored idempotently (by wamid). Its reply is claimed in the
   database (one outbound row per inbound wamid) before it is sent, and a reply already sent (or
   failed for good) is never sent again, so a redelivered task or a duplicate webhook sends
   nothing. A retry after a failed send re-sends the stored text without asking the model again.
   The one window left is a crash between Meta accepting the message and the database recording
   it: the retry then sends again (at least once beats never).
+- **A sensible reply for every kind** (``bot.replies.plan_reply``, ``docs/messages.md``): text
+  goes to the model, other kinds get a fixed reply or none. Messages older than Meta's 7-day
+  redelivery window are not answered again (nor stored); older than WhatsApp's 24-hour
+  customer-service window they get no free text (Meta would refuse it with 131047): the
+  ``REENGAGEMENT_TEMPLATE`` when one is set, else a failed reply recording why.
 - **Never silent.** When the model keeps failing (``model_fallback``), or fails in a way
-  retrying cannot fix, the answer comes from the FAQs or ``FALLBACK_MESSAGE``. Messages without
-  text (images, audio, stickers, unknown types) get a polite "text only" answer without the
-  model. Reactions and system notices are stored and not answered.
-- **Failures recorded.** A send that fails for good (131047 outside the 24-hour window, a bad
-  number...) or still fails on the last attempt is stored as ``failed`` with Meta's code.
+  retrying cannot fix, or answers ``incomplete``, the answer comes from the FAQs or
+  ``FALLBACK_MESSAGE``.
+- **No model calls for answers that cannot be sent.** While Meta refuses the account (token,
+  permission, policy; ``bot.account``) messages are held, not answered; they are answered when
+  the account works again, or recorded as failed with the reason once their window closed.
+- **Fair.** A user's model answers are paced by their own token bucket before they take one of
+  the agent's, so one user flooding the bot delays the others by at most their burst.
+- **Failures recorded.** A send that fails for good (a bad recipient...) or still fails on the
+  last attempt is stored as ``failed`` with Meta's code.
 """
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import hmac
 import logging
+import time
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
 from openai import AsyncOpenAI
 from redis.exceptions import RedisError
 
+from bot.account import AccountHealth, AccountProblem
 from bot.core.config import Settings
+from bot.core.metrics import (
+    ANSWERS_DEFERRED,
+    MESSAGES_HELD,
+    MESSAGES_UNANSWERED,
+    META_ACCOUNT_UNHEALTHY,
+)
 from bot.core.redis import connect_redis
 from bot.llm.client import Answer, ModelError, Turn, answer, fallback_answer, make_client
 from bot.llm.faqs import FAQ, FAQError, faqs_for
-from bot.llm.ratelimit import RateLimitTimeout, TokenBucket, openai_bucket
+from bot.llm.ratelimit import RateLimitTimeout, TokenBucket, openai_bucket, user_bucket
+from bot.replies import Plan, plan_reply, text_only_reply
 from bot.storage import repository as repo
 from bot.storage.db import session_scope
 from bot.storage.models import Direction, Message, MessageStatus
 from bot.whatsapp.client import GraphClient, GraphError, GraphPermanentError, GraphRetryableError
 from bot.whatsapp.events import EchoMessage, InboundMessage, StatusUpdate
+from released.providers.meta import (
+    REDELIVERY_WINDOW_SECONDS,
+    REENGAGEMENT_CODE,
+    SERVICE_WINDOW_SECONDS,
+    ErrorKind,
+)
+
+__all__ = [
+    "Deferred",
+    "MessageResult",
+    "Outcome",
+    "RetryLater",
+    "Runtime",
+    "countdown_cap",
+    "create_runtime",
+    "handle_message",
+    "text_only_reply",
+]
 
 log = logging.getLogger(__name__)
 
-#: Kinds whose text (body, button title, list reply) is a question for the model.
-TEXT_KINDS = frozenset({"text", "button", "interactive"})
-#: Kinds that are stored but never answered: a reply to a 👍 or a number change is noise.
-SILENT_KINDS = frozenset({"reaction", "system"})
-
-TEXT_ONLY_REPLIES = {
-    "en": "Thanks! I can only read text messages for now. Please type your question and I'll "
-    "be glad to help.",
-    "es": "¡Gracias! Por ahora solo puedo leer mensajes de texto. Escribe tu pregunta y te "
-    "ayudo con gusto.",
-    "pt": "Obrigado! Por enquanto só consigo ler mensagens de texto. Escreva a sua pergunta e "
-    "terei todo o gosto em ajudar.",
-    "fr": "Merci ! Pour l'instant je ne lis que les messages texte. Écrivez votre question et "
-    "je vous aiderai volontiers.",
-}
-
-
-def text_only_reply(language: str) -> str:
-    """The polite answer to a message without text, in ``language`` when we have it."""
-    key = language.lower().split("-")[0].split("_")[0]
-    return TEXT_ONLY_REPLIES.get(key, TEXT_ONLY_REPLIES["en"])
+#: A per-user wait up to this long is slept in place; longer ones put the answer back.
+INLINE_USER_WAIT = 1.0
+#: ``error_title`` of a message not answered because the 24-hour window had closed.
+OUTSIDE_WINDOW_REASON = (
+    "not answered: more than 24 hours since the user's message, only a template may be sent "
+    "(set REENGAGEMENT_TEMPLATE)"
+)
 
 
 class Outcome(StrEnum):
@@ -71,8 +101,9 @@ class Outcome(StrEnum):
 
     REPLIED = "replied"
     DUPLICATE = "duplicate"  # the reply was already sent (or is being sent by another worker)
-    NOT_ANSWERED = "not_answered"  # reactions and system notices
-    FAILED = "failed"  # the send failed for good; recorded
+    NOT_ANSWERED = "not_answered"  # stickers, reactions, group messages... (``reason``)
+    HELD = "held"  # Meta refuses the account: answered when it works again
+    FAILED = "failed"  # the send failed for good, or could not be made; recorded
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +114,7 @@ class MessageResult:
     source: str | None = None
     reply_wamid: str | None = None
     error_code: int | None = None
+    reason: str | None = None
 
 
 class RetryLater(Exception):
@@ -95,6 +127,15 @@ class RetryLater(Exception):
         self.retry_after = retry_after
 
 
+class Deferred(Exception):
+    """The sender is over their per-user rate: a slot ``seconds`` from now is reserved for
+    this answer; run the task again then (it does not count as a retry)."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"per-user rate limit: answer in {seconds:.1f}s")
+        self.seconds = seconds
+
+
 @dataclass
 class Runtime:
     """The clients one event loop uses (HTTP connection pools and Redis connections belong to
@@ -105,6 +146,7 @@ class Runtime:
     openai: AsyncOpenAI
     redis: Any
     bucket: TokenBucket
+    account: AccountHealth
 
     async def aclose(self) -> None:
         """Close every client."""
@@ -128,7 +170,31 @@ def create_runtime(
         openai=openai_client or make_client(settings),
         redis=redis,
         bucket=openai_bucket(settings, redis),
+        account=AccountHealth(redis, settings.phone_number_id),
     )
+
+
+def countdown_cap(settings: Settings) -> float:
+    """The longest a task may wait before its next run: an ETA task sits unacknowledged in
+    Redis, so it stays under half the visibility timeout (and 5 minutes)."""
+    return min(300.0, settings.celery_visibility_timeout * 0.5)
+
+
+def safety_identifier(settings: Settings, conversation_id: int) -> str:
+    """A stable, salted hash of the user (their conversation, which outlives changes of phone
+    number or BSUID) for OpenAI's ``safety_identifier``: it tells users apart without naming
+    them."""
+    salt = (
+        settings.safety_identifier_salt.get_secret_value()
+        if settings.safety_identifier_salt is not None
+        else settings.secret("openai_api_key")
+    )
+    digest = hmac.new(
+        salt.encode("utf-8"),
+        f"{settings.phone_number_id}:{conversation_id}".encode(),
+        hashlib.sha256,
+    )
+    return digest.hexdigest()[:32]
 
 
 def _faqs(settings: Settings) -> list[FAQ]:
@@ -147,25 +213,64 @@ def _turns(history: list[Message]) -> list[Turn]:
     ]
 
 
+def _age(msg: InboundMessage) -> float:
+    return (datetime.now(UTC) - msg.timestamp).total_seconds()
+
+
+async def _take_user_token(rt: Runtime, conversation_id: int) -> bool:
+    """Take the user's token; ``False`` when their backlog is too long (answer without the
+    model). Raises :class:`Deferred` when their slot is later than :data:`INLINE_USER_WAIT`."""
+    settings = rt.settings
+    bucket = user_bucket(settings, rt.redis, conversation_id)
+    limit = min(settings.user_max_defer_seconds, countdown_cap(settings))
+    try:
+        wait = await bucket.reserve(max_wait=limit)
+    except RateLimitTimeout:
+        return False
+    except RedisError as exc:  # the limiter must not silence the bot
+        log.warning("per-user rate limiter unavailable, answering without it: %s", exc)
+        return True
+    if wait > INLINE_USER_WAIT:
+        ANSWERS_DEFERRED.inc()
+        raise Deferred(wait)
+    if wait > 0:
+        await asyncio.sleep(wait)
+    return True
+
+
 async def compose_answer(
-    msg: InboundMessage, history: list[Message], rt: Runtime, *, model_fallback: bool
+    question: str,
+    history: list[Message],
+    rt: Runtime,
+    *,
+    model_fallback: bool,
+    conversation_id: int,
+    user_slot: bool = False,
 ) -> Answer:
-    """The reply to ``msg``: the polite text-only answer, the model's, or a fallback.
+    """The model's reply to ``question``, or a fallback.
 
     Raises :class:`RetryLater` for transient model or rate-limit failures unless
-    ``model_fallback`` (then the FAQs or the fallback message answer).
+    ``model_fallback`` (then the FAQs or the fallback message answer), and :class:`Deferred`
+    when the user is over their rate (``user_slot``: this run already holds a reserved slot).
     """
     settings = rt.settings
-    question = (msg.text or "").strip()
-    if not question:
-        return Answer(text_only_reply(settings.language), "unsupported")
     faqs = _faqs(settings)
+    if not user_slot and not await _take_user_token(rt, conversation_id):
+        log.info("conversation %s is over its rate with a long backlog: answering from the FAQs",
+                 conversation_id)
+        return fallback_answer(question, faqs, settings)
 
     async def take_token() -> None:
         try:
             await rt.bucket.acquire()
         except RedisError as exc:  # the limiter must not silence the bot
             log.warning("rate limiter unavailable, calling OpenAI without it: %s", exc)
+
+    async def slow_down(retry_after: float | None) -> None:
+        try:
+            await rt.bucket.penalize(retry_after)
+        except RedisError as exc:
+            log.warning("rate limiter unavailable, cannot slow down: %s", exc)
 
     try:
         return await answer(
@@ -176,6 +281,8 @@ async def compose_answer(
             client=rt.openai,
             fallback_on_error=model_fallback,
             before_request=take_token,
+            on_rate_limited=slow_down,
+            safety_identifier=safety_identifier(settings, conversation_id),
         )
     except ModelError as exc:
         raise RetryLater("openai", str(exc), exc.retry_after) from exc
@@ -185,11 +292,75 @@ async def compose_answer(
         raise RetryLater("ratelimit", str(exc), exc.retry_after) from exc
 
 
-async def _mark_read(rt: Runtime, wamid: str) -> None:
+async def _mark_read(rt: Runtime, wamid: str, *, typing: bool) -> AccountProblem | None:
+    """Mark ``wamid`` read (with the typing indicator when an answer is coming); returns the
+    account problem when Meta refused the account for it."""
     try:
-        await rt.graph.mark_read(wamid)
+        await rt.graph.mark_read(wamid, typing=typing)
     except GraphError as exc:  # blue ticks are nice to have, never worth a retry
         log.info("mark as read failed for %s: %s", wamid, exc)
+        if exc.account_problem:
+            await _flag_account(rt, exc)
+            return await _problem_or_none(rt)
+    return None
+
+
+async def _problem_or_none(rt: Runtime) -> AccountProblem | None:
+    try:
+        return await rt.account.problem()
+    except RedisError:
+        return None
+
+
+async def _flag_account(rt: Runtime, exc: GraphError) -> None:
+    META_ACCOUNT_UNHEALTHY.labels(kind=exc.kind.value).inc()
+    try:
+        if await rt.account.flag(exc.info):
+            log.error("Meta refuses the account (%s): holding messages until it works again",
+                      exc)
+    except RedisError as err:
+        log.warning("cannot record the account problem in Redis: %s", err)
+
+
+async def account_problem(rt: Runtime) -> AccountProblem | None:
+    """The account problem in force, after probing the account when it is this worker's turn
+    (``None``: the account works, or Redis cannot tell)."""
+    try:
+        problem = await rt.account.problem()
+        if problem is None:
+            return None
+        if not await rt.account.claim_probe(rt.settings.meta_health_probe_seconds):
+            return problem
+    except RedisError as exc:
+        log.warning("cannot read the account health from Redis: %s", exc)
+        return None
+    if await probe_account(rt):
+        return None
+    return await rt.account.problem()
+
+
+async def probe_account(rt: Runtime) -> bool:
+    """Read the phone number with the token; lower the flag when that works. ``True`` when the
+    account works."""
+    try:
+        await rt.graph.check_phone_number()
+    except GraphError as exc:
+        if exc.account_problem:
+            await _flag_account(rt, exc)
+            return False
+        if exc.retryable:  # Meta is down, not the account: keep the flag as it is
+            return await rt.account.problem() is None
+        log.info("account probe answered %s; taking the account as working", exc)
+    if await rt.account.clear():
+        log.warning("Meta accepts the account again: held messages are answered now")
+    return True
+
+
+async def _hold(rt: Runtime, msg: InboundMessage, problem: AccountProblem) -> MessageResult:
+    await rt.account.hold(msg)
+    MESSAGES_HELD.labels(outcome="held").inc()
+    log.info("message %s held: %s", msg.wamid, problem.reason())
+    return MessageResult(Outcome.HELD, error_code=problem.code, reason="account_unhealthy")
 
 
 async def handle_message(
@@ -199,6 +370,7 @@ async def handle_message(
     model_fallback: bool = False,
     final_attempt: bool = False,
     claim_id: str | None = None,
+    user_slot: bool = False,
 ) -> MessageResult:
     """Store ``msg``, answer it once and send the answer quoting it; see the module doc.
 
@@ -207,29 +379,47 @@ async def handle_message(
     ``claim_id``: who is answering (the Celery task id, stable across its retries and
     redeliveries); a reply pending under another claim is left to its owner until the claim is
     older than ``CELERY_VISIBILITY_TIMEOUT``.
-    Raises :class:`RetryLater` otherwise on transient failures.
+    ``user_slot``: this run holds a slot of the user's bucket reserved by an earlier run.
+    Raises :class:`RetryLater` on transient failures and :class:`Deferred` (see there).
     """
     settings = rt.settings
+    age = _age(msg)
+    if age > REDELIVERY_WINDOW_SECONDS:
+        # Meta stopped redelivering this long ago: a replay, or a queue restored from an old
+        # backup. Answering (or storing) it now would surprise the user.
+        MESSAGES_UNANSWERED.labels(reason="too_old").inc()
+        log.warning("message %s is %.0f days old: not answered", msg.wamid, age / 86400)
+        return MessageResult(Outcome.NOT_ANSWERED, reason="too_old")
+    if not msg.address:
+        log.error("message %s names no sender: stored, not answered", msg.wamid)
     async with session_scope(settings) as session:
         record = await repo.record_inbound(session, msg)
+        if msg.kind == "revoke" and msg.original_wamid:
+            await repo.erase_text(session, msg.original_wamid)
         reply = await repo.find_reply(session, msg.wamid)
         if reply is not None and reply.status in repo.FINAL_REPLY_STATUSES:
             return MessageResult(Outcome.DUPLICATE, reply.source, reply.wamid, reply.error_code)
-        history: list[Message] = []
-        if reply is None and msg.kind not in SILENT_KINDS:
-            history = await repo.history(
-                session,
-                record.conversation.id or 0,
-                settings.history_turns,
-                before_message_id=record.message.id,
-            )
     conversation_id = record.conversation.id or 0
+    if not msg.address:
+        return MessageResult(Outcome.NOT_ANSWERED, reason="no_sender")
 
     if reply is None:
-        await _mark_read(rt, msg.wamid)
-        if msg.kind in SILENT_KINDS:
-            return MessageResult(Outcome.NOT_ANSWERED)
-        result = await compose_answer(msg, history, rt, model_fallback=model_fallback)
+        plan = plan_reply(msg, settings)
+        if plan.action == "none":
+            MESSAGES_UNANSWERED.labels(reason=plan.reason).inc()
+            if msg.kind == "sticker":  # blue ticks, no typing: nothing is coming
+                await _mark_read(rt, msg.wamid, typing=False)
+            return MessageResult(Outcome.NOT_ANSWERED, reason=plan.reason)
+        if age > SERVICE_WINDOW_SECONDS:
+            return await _outside_window(msg, rt, conversation_id, claim_id)
+        problem = await account_problem(rt)
+        if problem is not None:
+            return await _hold(rt, msg, problem)
+        problem = await _mark_read(rt, msg.wamid, typing=True)
+        if problem is not None:
+            return await _hold(rt, msg, problem)
+        result = await _compose(msg, plan, rt, conversation_id, record.message.id,
+                                model_fallback=model_fallback, user_slot=user_slot)
         async with session_scope(settings) as session:
             reply, claimed = await repo.record_outbound_pending(
                 session,
@@ -248,24 +438,146 @@ async def handle_message(
             )
         if not mine:
             return MessageResult(Outcome.DUPLICATE, reply.source, reply.wamid)
+        problem = await account_problem(rt)
+        if problem is not None:
+            if age > SERVICE_WINDOW_SECONDS:
+                return await _fail_held(settings, reply, problem)
+            return await _hold(rt, msg, problem)
 
+    return await _send(msg, reply, rt, final_attempt=final_attempt)
+
+
+async def _compose(
+    msg: InboundMessage,
+    plan: Plan,
+    rt: Runtime,
+    conversation_id: int,
+    message_id: int | None,
+    *,
+    model_fallback: bool,
+    user_slot: bool,
+) -> Answer:
+    if plan.action == "canned":
+        return Answer(plan.text, "canned")
+    async with session_scope(rt.settings) as session:
+        history = await repo.history(
+            session, conversation_id, rt.settings.history_turns, before_message_id=message_id
+        )
+    return await compose_answer(
+        plan.question,
+        history,
+        rt,
+        model_fallback=model_fallback,
+        conversation_id=conversation_id,
+        user_slot=user_slot,
+    )
+
+
+async def _send(
+    msg: InboundMessage, reply: Message, rt: Runtime, *, final_attempt: bool
+) -> MessageResult:
+    settings = rt.settings
     try:
-        sent = await rt.graph.send_text(msg.address, reply.text or "", reply_to=msg.wamid)
+        if reply.kind == "template":
+            sent = await rt.graph.send_template(
+                msg.address,
+                settings.reengagement_template or "",
+                settings.reengagement_template_language or settings.language,
+                reply_to=msg.wamid,
+            )
+        else:
+            sent = await rt.graph.send_text(msg.address, reply.text or "", reply_to=msg.wamid)
     except GraphRetryableError as exc:
         if not final_attempt:
             raise RetryLater("graph", str(exc), exc.retry_after) from exc
         await _record_failed(settings, reply, exc)
         return MessageResult(Outcome.FAILED, reply.source, error_code=exc.code)
     except GraphPermanentError as exc:
+        if exc.account_problem:
+            await _flag_account(rt, exc)
+            problem = await _problem_or_none(rt)
+            if problem is not None:
+                # The stored answer is sent when the account works again, by whichever task
+                # picks the message up then.
+                async with session_scope(settings) as session:
+                    await repo.release_claim(session, reply)
+                return await _hold(rt, msg, problem)
         await _record_failed(settings, reply, exc)
         return MessageResult(Outcome.FAILED, reply.source, error_code=exc.code)
     async with session_scope(settings) as session:
         await repo.mark_sent(session, reply, sent.wamid)
+    if await rt.account.clear():
+        log.warning("Meta accepts the account again: held messages are answered now")
     return MessageResult(Outcome.REPLIED, reply.source, sent.wamid)
+
+
+async def _outside_window(
+    msg: InboundMessage, rt: Runtime, conversation_id: int, claim_id: str | None
+) -> MessageResult:
+    """More than 24 hours since the user wrote: a template, or a failed reply saying why."""
+    settings = rt.settings
+    template = settings.reengagement_template
+    async with session_scope(settings) as session:
+        reply, claimed = await repo.record_outbound_pending(
+            session,
+            conversation_id,
+            msg.wamid,
+            "",  # a template is not a turn of the conversation the model should see
+            source="template" if template else None,
+            kind="template" if template else "text",
+            claimed_by=claim_id,
+        )
+        if not claimed:
+            return MessageResult(Outcome.DUPLICATE, reply.source, reply.wamid)
+        if not template:
+            await repo.mark_failed(session, reply, REENGAGEMENT_CODE, OUTSIDE_WINDOW_REASON)
+    if not template:
+        MESSAGES_UNANSWERED.labels(reason="outside_window").inc()
+        log.info("message %s is older than the 24-hour window: not answered", msg.wamid)
+        return MessageResult(Outcome.NOT_ANSWERED, error_code=REENGAGEMENT_CODE,
+                             reason="outside_window")
+    problem = await account_problem(rt)
+    if problem is not None:
+        return await _fail_held(settings, reply, problem)
+    return await _send(msg, reply, rt, final_attempt=False)
+
+
+async def _fail_held(settings: Settings, reply: Message, problem: AccountProblem) -> MessageResult:
+    async with session_scope(settings) as session:
+        await repo.mark_failed(session, reply, problem.code, problem.reason())
+    MESSAGES_UNANSWERED.labels(reason="account_unhealthy").inc()
+    return MessageResult(Outcome.FAILED, reply.source, error_code=problem.code,
+                         reason="account_unhealthy")
+
+
+async def expire_held(rt: Runtime, now: float | None = None) -> int:
+    """Record the held messages whose 24-hour window closed as failed replies with the reason;
+    return how many."""
+    problem = await rt.account.problem()
+    expired = await rt.account.take_expired(now)
+    for msg in expired:
+        reason = problem or AccountProblem("account", None, None, time.time())
+        async with session_scope(rt.settings) as session:
+            record = await repo.record_inbound(session, msg)
+            reply, _ = await repo.record_outbound_pending(
+                session, record.conversation.id or 0, msg.wamid, "", source=None
+            )
+            if reply.status == MessageStatus.PENDING.value:
+                await repo.mark_failed(
+                    session, reply, reason.code,
+                    "not answered within the 24-hour window: " + reason.reason(),
+                )
+        MESSAGES_HELD.labels(outcome="expired").inc()
+        MESSAGES_UNANSWERED.labels(reason="account_unhealthy").inc()
+        log.warning("held message %s expired: %s", msg.wamid, reason.reason())
+    return len(expired)
 
 
 async def _record_failed(settings: Settings, reply: Message, exc: GraphError) -> None:
     log.warning("reply to %s failed for good: %s", reply.reply_to, exc)
+    MESSAGES_UNANSWERED.labels(
+        reason="outside_window" if exc.kind is ErrorKind.REENGAGEMENT else "send_failed"
+    ).inc()
     async with session_scope(settings) as session:
         await repo.mark_failed(session, reply, exc.code, exc.title or str(exc))
 

@@ -2,12 +2,19 @@
 
 Tasks (published by name by the web tier, see ``bot.queue``; one JSON argument each):
 
-- ``bot.tasks.process_message(payload)``: an ``InboundMessage``; answer it (``bot.service``).
+- ``bot.tasks.process_message(payload, user_slot=False)``: an ``InboundMessage``; answer it
+  (``bot.service``). A sender over their per-user rate gets a reserved slot and the task is
+  published again for that moment (same id, same retry count, ``user_slot=True``): it holds
+  no worker while it waits and spends none of its retries.
 - ``bot.tasks.record_status(payload)``: a ``StatusUpdate``; store it on the sent message.
 - ``bot.tasks.process_echo(payload)``: an ``EchoMessage`` (the business wrote from the WhatsApp
   Business app); store it in the user's history.
 - ``bot.tasks.purge_old_messages()``: delete messages older than ``RETENTION_DAYS`` (beat runs
   it hourly).
+- ``bot.tasks.check_meta_account()``: while Meta refuses the agent's account, probe it; when it
+  works again queue the held messages again; record those whose 24-hour window closed as
+  failed (``bot.account``). It schedules itself every ``META_HEALTH_PROBE_SECONDS`` while
+  something is held, and beat runs it every 5 minutes as a safety net.
 
 Reliability: tasks are acknowledged late and rejected when their worker dies
 (``task_acks_late``, ``task_reject_on_worker_lost``), one message is prefetched at a time, and
@@ -46,7 +53,7 @@ from pydantic import ValidationError
 
 from bot import service
 from bot.core.config import WORKER_SECRETS, MissingSecretsError, Settings, get_settings
-from bot.core.metrics import TASKS, metrics_registry
+from bot.core.metrics import MESSAGES_HELD, TASKS, metrics_registry
 from bot.storage.db import dispose_engines
 from bot.storage.repository import StatusOutcome
 from bot.whatsapp.events import EchoMessage, InboundMessage, StatusUpdate
@@ -93,7 +100,11 @@ def make_celery(settings: Settings | None = None) -> Celery:
             "purge-old-messages": {
                 "task": "bot.tasks.purge_old_messages",
                 "schedule": crontab(minute="17"),  # hourly, off the top of the hour
-            }
+            },
+            "check-meta-account": {
+                "task": "bot.tasks.check_meta_account",
+                "schedule": crontab(minute="*/5"),
+            },
         },
     )
     return celery_app
@@ -226,14 +237,20 @@ def retry_countdown(
 
 def _cap(settings: Settings) -> float:
     # An ETA/countdown task sits unacknowledged in Redis: keep it under the visibility timeout.
-    return min(RETRY_CAP_SECONDS, settings.celery_visibility_timeout * 0.5)
+    return min(RETRY_CAP_SECONDS, service.countdown_cap(settings))
+
+
+#: Marks that a ``check_meta_account`` run is scheduled, so that only one chain runs.
+ACCOUNT_CHECK_KEY = "released:meta-account-check:{}"
 
 
 # -- tasks ----------------------------------------------------------------------------------
 
 
 @app.task(bind=True, name="bot.tasks.process_message", max_retries=None, shared=False)  # type: ignore[untyped-decorator]
-def process_message(self: Task, payload: dict[str, Any]) -> dict[str, Any]:
+def process_message(
+    self: Task, payload: dict[str, Any], user_slot: bool = False
+) -> dict[str, Any]:
     """Answer one inbound message (see ``bot.service.handle_message``)."""
     settings = get_settings()
     try:
@@ -254,10 +271,24 @@ def process_message(self: Task, payload: dict[str, Any]) -> dict[str, Any]:
             model_fallback=model_fallback,
             final_attempt=final,
             claim_id=self.request.id,
+            # A message takes one turn of its sender's bucket, on its first run.
+            user_slot=user_slot or retries > 0,
         )
 
     try:
         result = run_async(run())
+    except service.Deferred as exc:
+        # The same task (id, retry count) again when the user's reserved slot comes.
+        self.apply_async(
+            args=[payload],
+            kwargs={"user_slot": True},
+            countdown=min(exc.seconds, _cap(settings)),
+            task_id=self.request.id,
+            retries=retries,
+        )
+        TASKS.labels(task="process_message", outcome="deferred").inc()
+        log.info("message %s: %s", msg.wamid, exc)
+        return {"outcome": "deferred", "seconds": exc.seconds}
     except service.RetryLater as exc:
         countdown = retry_countdown(retries, exc.retry_after, cap=_cap(settings))
         TASKS.labels(task="process_message", outcome="retry").inc()
@@ -278,11 +309,16 @@ def process_message(self: Task, payload: dict[str, Any]) -> dict[str, Any]:
         ) from exc
     outcome = "failure" if result.outcome == service.Outcome.FAILED else "success"
     TASKS.labels(task="process_message", outcome=outcome).inc()
+    if result.outcome == service.Outcome.HELD:
+        schedule_account_check(settings, settings.meta_health_probe_seconds)
+    elif result.outcome == service.Outcome.REPLIED:
+        _resume_held(settings)
     return {
         "outcome": result.outcome.value,
         "source": result.source,
         "reply_wamid": result.reply_wamid,
         "error_code": result.error_code,
+        "reason": result.reason,
     }
 
 
@@ -307,6 +343,79 @@ def process_echo(self: Task, payload: dict[str, Any]) -> str:
         raise self.retry(exc=exc, countdown=retry_countdown(retries, cap=_cap(settings))) from exc
     TASKS.labels(task="process_echo", outcome="success").inc()
     return "stored" if stored else "duplicate"
+
+
+def schedule_account_check(settings: Settings, countdown: float) -> bool:
+    """Queue ``check_meta_account`` in ``countdown`` seconds unless one is already queued."""
+
+    async def claim() -> bool:
+        rt = await _runtime(settings)
+        key = ACCOUNT_CHECK_KEY.format(settings.phone_number_id)
+        return bool(await rt.redis.set(key, "1", nx=True, ex=int(countdown) + 120))
+
+    try:
+        if not run_async(claim()):
+            return False
+        check_meta_account.apply_async(countdown=min(countdown, _cap(settings)))
+    except Exception as exc:  # beat's run every 5 minutes still comes
+        log.warning("cannot schedule the Meta account check: %r", exc)
+        return False
+    return True
+
+
+def _resume_held(settings: Settings) -> int:
+    """Queue the held messages again (the account works: a send just succeeded); those whose
+    24-hour window closed are recorded as failed instead. Returns how many were queued."""
+
+    async def held() -> list[tuple[str, InboundMessage]]:
+        rt = await _runtime(settings)
+        if await rt.account.held_count() == 0:
+            return []
+        await service.expire_held(rt)
+        return await rt.account.peek_held()
+
+    async def drop(key: str) -> None:
+        rt = await _runtime(settings)
+        await rt.account.drop_held(key)
+
+    try:
+        waiting = run_async(held())
+        for key, msg in waiting:
+            process_message.apply_async(args=[msg.model_dump(mode="json")])
+            run_async(drop(key))
+            MESSAGES_HELD.labels(outcome="resumed").inc()
+    except Exception as exc:  # they stay held: the next success or check tries again
+        log.warning("cannot queue the held messages again: %r", exc)
+        return 0
+    if waiting:
+        log.warning("queued %d held messages again", len(waiting))
+    return len(waiting)
+
+
+@app.task(name="bot.tasks.check_meta_account", shared=False)  # type: ignore[untyped-decorator]
+def check_meta_account() -> dict[str, Any]:
+    """Probe the account while it is refused; resume or expire held messages (module doc)."""
+    settings = get_settings()
+
+    async def check() -> tuple[bool, int, int]:
+        rt = await _runtime(settings)
+        await rt.redis.delete(ACCOUNT_CHECK_KEY.format(settings.phone_number_id))
+        healthy = True
+        if await rt.account.problem() is not None:
+            healthy = await service.probe_account(rt)
+        expired = await service.expire_held(rt)
+        return healthy, expired, await rt.account.held_count()
+
+    try:
+        healthy, expired, held = run_async(check())
+    except Exception:
+        TASKS.labels(task="check_meta_account", outcome="failure").inc()
+        raise
+    resumed = _resume_held(settings) if healthy and held else 0
+    if not healthy and held:
+        schedule_account_check(settings, settings.meta_health_probe_seconds)
+    TASKS.labels(task="check_meta_account", outcome="success").inc()
+    return {"healthy": healthy, "expired": expired, "resumed": resumed, "held": held - resumed}
 
 
 @app.task(bind=True, name="bot.tasks.record_status", max_retries=None, shared=False)  # type: ignore[untyped-decorator]

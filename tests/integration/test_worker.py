@@ -66,8 +66,8 @@ def settings(
         meta_access_token=SecretStr(DEFAULT_ACCESS_TOKEN),
         openai_base_url=oai.url,
         openai_api_key=SecretStr(DEFAULT_API_KEY),
-        openai_model="gpt-4o-mini",
         openai_rate_limit_per_second=100,
+        user_rate_limit_per_minute=60_000,  # one user asks everything here; fairness has its test
         faqs_path=faqs,
         fallback_message="Thanks! A person will answer soon.",
         max_task_retries=4,
@@ -238,11 +238,13 @@ def test_messages_without_text_get_a_polite_answer_without_the_model(
     settings: Settings, meta: FakeMeta, oai: FakeOpenAI
 ) -> None:
     result = process(inbound("wamid.I1", None, kind="image", details={"mime_type": "image/jpeg"}))
-    assert result["source"] == "unsupported"
+    assert result["source"] == "canned"
     assert "only read text" in meta.sent_texts()[0]
     assert oai.calls().get("POST /v1/responses") is None
-    # A caption is text: it is answered.
+    # A caption goes to the model, with what was attached named.
     assert process(inbound("wamid.I2", "opening hours", kind="image"))["source"] == "model"
+    question = oai.response_requests()[-1]["input"][-1]["content"]
+    assert question.startswith("[The user attached a photo") and question.endswith("opening hours")
 
 
 def test_reactions_are_stored_not_answered(settings: Settings, meta: FakeMeta) -> None:

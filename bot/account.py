@@ -1,0 +1,136 @@
+"""The agent's Meta account health, shared by its workers in Redis, and the messages held
+while Meta refuses the account.
+
+When a Graph API call fails with an account problem (``released.providers.meta``: token 190,
+permission 10/200-299, policy block 368, locked or unregistered account), no send can succeed
+until a person fixes it. The worker that meets the error raises the flag
+(``released:meta-account:{phone_number_id}``, a Redis hash with the error's kind, code, title
+and time); from then on every worker:
+
+- **holds** each new message instead of spending a model call on an answer it cannot send: the
+  message (its task payload) goes into a sorted set ``released:meta-held:{phone_number_id}``
+  scored by the time the user sent it, and is counted ``released_messages_held_total{held}``;
+- **probes** the account at most every ``META_HEALTH_PROBE_SECONDS`` (one worker at a time,
+  ``GET /{phone_number_id}`` with the token; the beat task ``bot.tasks.check_meta_account``
+  probes too): when the token works again the flag is cleared and the held messages are queued
+  again (``resumed``), those still inside WhatsApp's 24-hour customer-service window being
+  answered as usual;
+- records a held message whose window closed meanwhile as a **failed** reply with the reason
+  (``expired``), so nothing is lost silently.
+
+Held payloads carry the message text, so they live no longer than the 24-hour window (the key
+expires a day after the last write, and expired entries are removed when they are recorded).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from bot.whatsapp.events import InboundMessage
+from released.providers.meta import SERVICE_WINDOW_SECONDS, GraphErrorInfo
+
+FLAG_PREFIX = "released:meta-account"
+HELD_PREFIX = "released:meta-held"
+PROBE_PREFIX = "released:meta-probe"
+
+
+@dataclass(frozen=True, slots=True)
+class AccountProblem:
+    """Why Meta refuses the account: the error's kind, code and title, and since when."""
+
+    kind: str
+    code: int | None
+    title: str | None
+    since: float
+
+    def reason(self) -> str:
+        """A line for a failed message's ``error_title``."""
+        code = f" {self.code}" if self.code is not None else ""
+        return f"Meta refused the account ({self.kind}{code}): {self.title or 'no details'}"
+
+
+class AccountHealth:
+    """The flag, the held messages and the probe lock of one agent phone number."""
+
+    def __init__(self, redis: Any, phone_number_id: str) -> None:
+        self.redis = redis
+        self.flag_key = f"{FLAG_PREFIX}:{phone_number_id}"
+        self.held_key = f"{HELD_PREFIX}:{phone_number_id}"
+        self.probe_key = f"{PROBE_PREFIX}:{phone_number_id}"
+
+    async def problem(self) -> AccountProblem | None:
+        """The current problem, ``None`` while the account works."""
+        raw = await self.redis.hgetall(self.flag_key)
+        if not raw:
+            return None
+        data = {
+            (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+            for k, v in raw.items()
+        }
+        code = data.get("code", "")
+        return AccountProblem(
+            kind=data.get("kind", "unknown"),
+            code=int(code) if code.isdigit() else None,
+            title=data.get("title") or None,
+            since=float(data.get("since", "0") or 0),
+        )
+
+    async def flag(self, info: GraphErrorInfo) -> bool:
+        """Raise the flag for ``info``; ``True`` when it was not raised before."""
+        fresh = await self.redis.hsetnx(self.flag_key, "since", repr(time.time()))
+        await self.redis.hset(
+            self.flag_key,
+            mapping={
+                "kind": info.kind.value,
+                "code": "" if info.code is None else str(info.code),
+                "title": (info.title or "")[:300],
+            },
+        )
+        return bool(fresh)
+
+    async def clear(self) -> bool:
+        """Lower the flag; ``True`` when it was raised."""
+        return bool(await self.redis.delete(self.flag_key))
+
+    async def claim_probe(self, interval: float) -> bool:
+        """Whether this caller may probe now (at most one probe per ``interval`` seconds)."""
+        ms = max(1, int(interval * 1000))
+        return bool(await self.redis.set(self.probe_key, "1", nx=True, px=ms))
+
+    async def hold(self, msg: InboundMessage) -> None:
+        """Keep ``msg`` until the account works again (idempotent per wamid)."""
+        member = msg.model_dump_json()
+        await self.redis.zadd(self.held_key, {member: msg.timestamp.timestamp()})
+        await self.redis.expire(self.held_key, SERVICE_WINDOW_SECONDS + 3600)
+
+    async def held_count(self) -> int:
+        """How many messages are held."""
+        return int(await self.redis.zcard(self.held_key))
+
+    async def peek_held(self, limit: int = 1000) -> list[tuple[str, InboundMessage]]:
+        """Up to ``limit`` held messages, oldest first, each with its key for
+        :meth:`drop_held` (they stay held until dropped, so a crash loses none)."""
+        members = await self.redis.zrange(self.held_key, 0, limit - 1)
+        out: list[tuple[str, InboundMessage]] = []
+        for member in members:
+            text = member.decode() if isinstance(member, bytes) else member
+            out.append((text, InboundMessage.model_validate(json.loads(text))))
+        return out
+
+    async def drop_held(self, key: str) -> None:
+        """Forget a held message (it was queued again)."""
+        await self.redis.zrem(self.held_key, key)
+
+    async def take_expired(self, now: float | None = None) -> list[InboundMessage]:
+        """Remove and return the held messages older than the 24-hour window."""
+        cutoff = (now if now is not None else time.time()) - SERVICE_WINDOW_SECONDS
+        members = await self.redis.zrangebyscore(self.held_key, "-inf", cutoff)
+        out: list[InboundMessage] = []
+        for member in members:
+            if await self.redis.zrem(self.held_key, member):
+                text = member.decode() if isinstance(member, bytes) else member
+                out.append(InboundMessage.model_validate(json.loads(text)))
+        return out
