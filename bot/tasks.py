@@ -164,12 +164,20 @@ async def _close_runtime() -> None:
     await dispose_engines()
 
 
+def _is_ours(worker: Any) -> bool:
+    """Whether a ``worker_init`` signal comes from a worker of this app (another Celery app in
+    the same process, a test's for instance, is none of our business)."""
+    return getattr(worker, "app", app) is app
+
+
 @worker_init.connect  # type: ignore[untyped-decorator]
-def _require_worker_secrets(**_: Any) -> None:
+def _require_worker_secrets(sender: Any = None, **_: Any) -> None:
     """A worker without the Graph API token or the OpenAI key refuses to start (no defaults).
 
     SystemExit, because Celery logs and swallows an ordinary exception of a signal handler.
     """
+    if not _is_ours(sender):
+        return
     try:
         get_settings().require(*WORKER_SECRETS)
     except MissingSecretsError as exc:
@@ -177,8 +185,10 @@ def _require_worker_secrets(**_: Any) -> None:
 
 
 @worker_init.connect  # type: ignore[untyped-decorator]
-def _serve_worker_metrics(**_: Any) -> None:
+def _serve_worker_metrics(sender: Any = None, **_: Any) -> None:
     """Serve the worker's metrics (aggregated over its pool processes) for Prometheus."""
+    if not _is_ours(sender):
+        return
     settings = get_settings()
     if not settings.worker_metrics_port:
         return

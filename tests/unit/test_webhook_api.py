@@ -815,12 +815,27 @@ def test_a_real_celery_worker_runs_the_tasks(test_redis_url: str) -> None:
 
 
 async def test_fallback_to_celery_producer_for_other_brokers() -> None:
-    """Non-Redis broker URLs go through Celery's own producer in a thread."""
+    """Non-Redis broker URLs go through Celery's own producer in a thread: the task lands on
+    the broker's ``celery`` queue under its name, id and argument, as a worker reads it."""
     publisher = TaskPublisher("memory://")
     assert not publisher.uses_redis
-    task_id = await publisher.send_task(RECORD_STATUS_TASK, [{"x": 1}])
-    assert task_id
-    await publisher.aclose()
+    status = StatusUpdate(wamid="wamid.mem", phone_number_id=PN, status="read")
+    try:
+        task_id = await enqueue_status(status, publisher)
+    finally:
+        await publisher.aclose()
+
+    # kombu's memory transport keeps its queues per process: read what the producer wrote.
+    with Connection("memory://") as conn:  # type: ignore[no-untyped-call]
+        queue = conn.SimpleQueue(CELERY_QUEUE)
+        message = queue.get(timeout=5)
+        args, kwargs, _embed = message.decode()
+        message.ack()
+        assert queue.qsize() == 0  # exactly one message
+        queue.close()
+    assert message.headers["task"] == RECORD_STATUS_TASK
+    assert message.headers["id"] == task_id
+    assert StatusUpdate.model_validate(args[0]) == status and kwargs == {}
 
 
 # ---------------------------------------------------------------------------------------------
