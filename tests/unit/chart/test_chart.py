@@ -926,7 +926,7 @@ def test_alerts_fire_on_sample_series(custom_objects: list[dict[str, Any]], tmp_
 
 # --- the scripts around the chart -------------------------------------------------------------
 
-SCRIPTS = ("hack/install-helm.sh", "hack/kind-up.sh", "hack/provision_client.sh")
+SCRIPTS = ("hack/install-helm.sh", "hack/kind-up.sh", "hack/provision_client.sh", "hack/lock.sh")
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
