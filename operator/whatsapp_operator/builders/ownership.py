@@ -1,0 +1,50 @@
+"""Whose object is it: the operator never adopts an object it did not create.
+
+Children are named after the agent (``NAME-web``, ``NAME-credentials``, ...), so a tenant can
+name an agent after an object that already exists in the namespace — a Deployment or a Secret
+someone else made. Server-side apply with ``force`` would take it over, and the owner
+reference it then gets would make the garbage collector delete it with the agent. Before
+anything is applied, :func:`foreign_children` lists the objects of the children's names that
+exist without this agent as their controller; reconciliation refuses the whole pass
+(``Ready=False, reason=Conflict``) and leaves them untouched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from .context import AGENT_API_VERSION
+
+#: ``Ready=False`` reason when an object of a child's name belongs to someone else.
+REASON_CONFLICT = "Conflict"
+
+
+def controlled_by(obj: Mapping[str, Any], uid: str) -> bool:
+    """Whether ``obj``'s controller owner reference is the agent with ``uid``."""
+    for ref in (obj.get("metadata") or {}).get("ownerReferences") or []:
+        if ref.get("controller") and ref.get("uid") == uid:
+            return bool(
+                ref.get("apiVersion") == AGENT_API_VERSION and ref.get("kind") == "WhatsAppAgent"
+            )
+    return False
+
+
+def foreign_children(existing: Iterable[Mapping[str, Any]], uid: str) -> list[str]:
+    """``Kind/name`` of each existing object (of a child's name) not controlled by ``uid``."""
+    return sorted(
+        f"{obj.get('kind', '?')}/{(obj.get('metadata') or {}).get('name', '?')}"
+        for obj in existing
+        if not controlled_by(obj, uid)
+    )
+
+
+def conflict_message(foreign: list[str], agent: str) -> str:
+    """The ``Ready=False`` message for :func:`foreign_children`'s findings."""
+    listed = ", ".join(foreign)
+    return (
+        f"{listed} already exist{'s' if len(foreign) == 1 else ''} and "
+        f"{'was' if len(foreign) == 1 else 'were'} not created for agent {agent!r}: the "
+        "operator leaves them untouched and builds nothing; rename the agent, or delete or "
+        "rename those objects"
+    )

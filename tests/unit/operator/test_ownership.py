@@ -1,0 +1,54 @@
+"""The operator never adopts an object it did not create (builders.ownership)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from whatsapp_operator.builders.context import owner_reference
+from whatsapp_operator.builders.ownership import (
+    conflict_message,
+    controlled_by,
+    foreign_children,
+)
+
+UID = "6778bb9c-77dd-4c69-9da5-a05489de8103"
+
+
+def obj(kind: str, name: str, refs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name}
+    if refs is not None:
+        meta["ownerReferences"] = refs
+    return {"kind": kind, "metadata": meta}
+
+
+def test_an_object_the_agent_controls_is_its_own() -> None:
+    mine = obj("Deployment", "acme-web", [owner_reference("acme", UID)])
+    assert controlled_by(mine, UID)
+    assert foreign_children([mine], UID) == []
+
+
+def test_objects_of_a_childs_name_made_by_someone_else_are_foreign() -> None:
+    found = [
+        obj("Deployment", "acme-web"),  # no owner at all
+        obj("Secret", "acme-credentials", [{**owner_reference("acme", "other-uid")}]),
+        obj("Service", "acme-redis", [{**owner_reference("acme", UID), "controller": False}]),
+        obj(
+            "ConfigMap",
+            "acme-faqs",
+            [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "uid": UID, "controller": True}],
+        ),
+        obj("NetworkPolicy", "acme-web", [owner_reference("acme", UID)]),
+    ]
+    assert foreign_children(found, UID) == [
+        "ConfigMap/acme-faqs",
+        "Deployment/acme-web",
+        "Secret/acme-credentials",
+        "Service/acme-redis",
+    ]
+
+
+def test_the_message_names_the_objects_and_what_to_do() -> None:
+    message = conflict_message(["Deployment/acme-web"], "acme")
+    assert "Deployment/acme-web already exists and was not created for agent 'acme'" in message
+    assert "untouched" in message and "rename the agent" in message
+    assert "were not created" in conflict_message(["Secret/a", "Secret/b"], "acme")
