@@ -2,19 +2,25 @@
 
 Run it with ``kopf run -m whatsapp_operator`` or the ``released-operator`` console script.
 
-Layers, each importing only from the ones above it:
+Layers, each importing only from the ones below it:
 
-- ``config``       operator settings (pydantic-settings, env prefix ``RELEASED_``).
-- ``released.agent`` (a package of its own, kopf-free) holds the typed ``WhatsAppAgent`` spec,
-                   its naming and validation; the operator imports it.
+- ``handlers``     the kopf entry points: registration and the translation of domain errors
+                   into kopf's, nothing else (``kopf run -m whatsapp_operator.handlers``).
+- ``reconcile``    what the handlers delegate to, free of kopf: the inputs of a pass gathered
+                   once, its parts (credentials, database, knowledge, children, workloads,
+                   webhook), the status write, rotation steps, cleanup.
+- ``admission``    the validating admission handler (optional).
+- ``kube``         the Kubernetes API through lightkube (server-side apply, Secrets, rollouts).
 - ``builders``     pure ``build_*`` functions: spec in, Kubernetes manifests (dicts) out.
 - ``knowledge``    the agent's OpenAI knowledge (Files API + vector store), ``meta_webhook``
-                   Meta's callback URL override, ``database`` PostgreSQL provisioning,
-                   ``rotation`` the credential-rotation schedule and steps.
-- ``kube``         applying manifests (server-side apply), reading Secrets/ConfigMaps.
-- ``status``       conditions and Events.
-- ``metrics``      the operator's Prometheus metrics.
-- ``handlers``     thin kopf handlers that delegate to the modules above.
+                   Meta's callback URL override, ``database`` PostgreSQL provisioning: the
+                   modules that talk to the outside world.
+- ``rotation``     the credential-rotation schedule and state machine (pure, plus the two
+                   actions outside the cluster).
+- ``status``       conditions and Events; ``metrics`` the operator's Prometheus metrics.
+- ``config``, ``errors``, ``credentials``: settings, domain errors, Secret key names.
+- ``released.agent`` (a package of its own, kopf-free) holds the typed ``WhatsAppAgent`` spec,
+  its naming and validation; the operator and the ``released`` CLI import it.
 """
 
 from released.agent import GROUP, KIND, PLURAL, VERSION

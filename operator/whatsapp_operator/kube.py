@@ -1,35 +1,41 @@
-"""Talking to the Kubernetes API: server-side apply, Secrets, ConfigMaps, rollouts, pods.
+"""The operator's access to the Kubernetes API, through the ``lightkube`` client library.
 
-One client library everywhere: the official ``kubernetes`` package. Its configuration loader
-handles in-cluster service-account tokens (refreshed as they rotate) and kubeconfig files
-alike; requests go through its generic ``param_serialize``/``call_api`` pair, so any kind can
-be applied from a plain manifest dict without a per-kind method. The client is blocking, so every
-public function here is ``async`` and runs the request in a worker thread.
+:class:`Kube` has two layers. Its *primitives* (``get``, ``list_objects``, ``create``, ``apply``,
+``merge_patch``, ``delete``, ``serves``) are the only methods that talk to the API server; the
+*helpers* above them (Secrets, ConfigMaps, rollouts, the agents themselves) are written in terms
+of the primitives only, so a test can replace the primitives with an in-memory store
+(``tests/unit/operator/fake_kube.py``) and run every helper for real.
 
-Children are applied with server-side apply (``PATCH`` with ``application/apply-patch+yaml``,
-``fieldManager=released-operator``, ``force=true``): applying the same manifest twice is a no-op,
-and fields that other managers own (an HPA's replicas, ``kubectl annotate``) are left alone
-unless the operator claims them.
+Every kind is handled as a lightkube *generic resource* (plain dicts in and out), so the
+builders' manifests are sent as they are and no kind needs typed models. Children are applied
+with server-side apply (``fieldManager=released-operator``, ``force=true``): applying the same
+manifest twice is a no-op, and fields that other managers own (an HPA's replicas,
+``kubectl annotate``) are left alone unless the operator claims them.
+
+lightkube's configuration loader handles an in-cluster service account (re-reading its token as
+it rotates) and kubeconfig files (``$KUBECONFIG``) alike.
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
-import os
-import threading
+import base64
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from released.agent.naming import agent_selector
+import httpx2
+from lightkube import ApiError, AsyncClient
+from lightkube.core.resource_registry import resource_registry
+from lightkube.generic_resource import create_global_resource, create_namespaced_resource
+from lightkube.types import CascadeType, PatchType
 
-from . import FIELD_MANAGER, GROUP, PLURAL, VERSION
+from released.agent.naming import agent_labels, child_names
 
-APPLY_CONTENT_TYPE = "application/apply-patch+yaml"
-MERGE_CONTENT_TYPE = "application/merge-patch+json"
+from . import FIELD_MANAGER, GROUP, KIND, PLURAL, VERSION
 
-#: kind -> (plural, namespaced). Kinds that the operator reads or writes.
+AGENT_API_VERSION = f"{GROUP}/{VERSION}"
+
+#: kind -> (plural, namespaced): the kinds that the operator reads or writes.
 KINDS: dict[str, tuple[str, bool]] = {
     "ConfigMap": ("configmaps", True),
     "Secret": ("secrets", True),
@@ -37,20 +43,16 @@ KINDS: dict[str, tuple[str, bool]] = {
     "ServiceAccount": ("serviceaccounts", True),
     "PersistentVolumeClaim": ("persistentvolumeclaims", True),
     "Pod": ("pods", True),
-    "Event": ("events", True),
     "Deployment": ("deployments", True),
-    "StatefulSet": ("statefulsets", True),
-    "ReplicaSet": ("replicasets", True),
     "NetworkPolicy": ("networkpolicies", True),
     "Ingress": ("ingresses", True),
     "PodDisruptionBudget": ("poddisruptionbudgets", True),
     "ServiceMonitor": ("servicemonitors", True),
-    "Namespace": ("namespaces", False),
-    "CustomResourceDefinition": ("customresourcedefinitions", False),
-    "WhatsAppAgent": (PLURAL, True),
+    KIND: (PLURAL, True),
 }
 
-AGENT_API_VERSION = f"{GROUP}/{VERSION}"
+#: One request's time limit (seconds); watches are kopf's, not ours.
+REQUEST_TIMEOUT = 30.0
 
 
 class KubeError(Exception):
@@ -76,375 +78,37 @@ class KubeError(Exception):
         return self.status in (0, 408, 409, 429) or self.status >= 500
 
 
-# ---------------------------------------------------------------------------------------------
-# the client
+def _kube_error(exc: Exception) -> KubeError:
+    """lightkube's and httpx2's exceptions as a :class:`KubeError`."""
+    if isinstance(exc, ApiError):
+        status = exc.status
+        return KubeError(int(status.code or 0), str(status.reason or ""), str(status.message or ""))
+    if isinstance(exc, httpx2.HTTPStatusError):  # an error body that is not JSON
+        response = exc.response
+        return KubeError(response.status_code, response.reason_phrase, response.text[:1000])
+    return KubeError(0, type(exc).__name__, str(exc)[:500])
 
 
-_client_lock = threading.Lock()
-_client: Any = None
-
-
-def load_client(kubeconfig: str | None = None) -> Any:
-    """A ``kubernetes.client.ApiClient``: in-cluster config first, else the kubeconfig.
-
-    ``kubeconfig`` (or ``$KUBECONFIG``) selects a file; without either and outside a cluster the
-    default ``~/.kube/config`` is used.
-    """
-    from kubernetes import client, config
-
-    if (
-        kubeconfig is None
-        and os.environ.get("KUBERNETES_SERVICE_HOST")
-        and not os.environ.get("KUBECONFIG")
-    ):
-        configuration = client.Configuration()
-        config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-        return client.ApiClient(configuration)
-    return config.new_client_from_config(  # type: ignore[no-untyped-call]
-        config_file=kubeconfig or os.environ.get("KUBECONFIG")
-    )
-
-
-def get_client() -> Any:
-    """The process-wide client, created on first use."""
-    global _client
-    with _client_lock:
-        if _client is None:
-            _client = load_client()
-        return _client
-
-
-def set_client(api_client: Any) -> None:
-    """Use ``api_client`` from now on (tests; ``None`` forgets the current one)."""
-    global _client
-    with _client_lock:
-        _client = api_client
-
-
-def request_sync(
-    method: str,
-    path: str,
-    *,
-    body: Any = None,
-    query: Mapping[str, str] | None = None,
-    content_type: str = "application/json",
-    api_client: Any = None,
-    timeout: float = 30.0,
-) -> Any:
-    """One blocking request; returns the decoded JSON body (``None`` when empty)."""
-    api = api_client or get_client()
-    headers = {"Accept": "application/json"}
-    if body is not None:
-        headers["Content-Type"] = content_type
-    try:
-        m, url, hdrs, payload, _post = api.param_serialize(
-            method,
-            path,
-            query_params=list((query or {}).items()),
-            header_params=headers,
-            body=body,
-            auth_settings=["BearerToken"],
-        )
-        resp = api.call_api(m, url, hdrs, payload, _request_timeout=timeout)
-        raw = resp.read()
-    except KubeError:
-        raise
-    except Exception as exc:  # connection refused, TLS errors, ApiException(status=0)
-        status = int(getattr(exc, "status", 0) or 0)
-        raise KubeError(status, type(exc).__name__, str(exc)[:500]) from exc
-    text = raw.decode() if isinstance(raw, bytes) else (raw or "")
-    if not 200 <= resp.status <= 299:
-        reason, message = str(resp.reason or ""), text[:1000]
-        try:
-            decoded = json.loads(text)
-            reason = str(decoded.get("reason") or reason)
-            message = str(decoded.get("message") or message)
-        except (ValueError, AttributeError):
-            pass
-        raise KubeError(int(resp.status), reason, message)
-    return json.loads(text) if text else None
-
-
-async def request(
-    method: str,
-    path: str,
-    *,
-    body: Any = None,
-    query: Mapping[str, str] | None = None,
-    content_type: str = "application/json",
-    request_timeout: float = 30.0,
-) -> Any:
-    """The async form of :func:`request_sync` (runs in a worker thread)."""
-    return await asyncio.to_thread(
-        request_sync,
-        method,
-        path,
-        body=body,
-        query=query,
-        content_type=content_type,
-        timeout=request_timeout,
-    )
-
-
-# ---------------------------------------------------------------------------------------------
-# paths
-
-
-def api_prefix(api_version: str) -> str:
-    """``/api/v1`` for the core group, ``/apis/GROUP/VERSION`` otherwise."""
-    return f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
-
-
-def resource_path(
-    api_version: str, kind: str, namespace: str | None = None, name: str | None = None
-) -> str:
-    """The REST path of a collection (no ``name``) or of one object."""
+def _resource(api_version: str, kind: str) -> Any:
+    """lightkube's generic resource class for ``api_version``/``kind`` (created once)."""
+    found = resource_registry.get(api_version, kind)
+    if found is not None:
+        return found
     try:
         plural, namespaced = KINDS[kind]
     except KeyError as exc:
         raise ValueError(f"unknown kind {kind!r}: add it to kube.KINDS") from exc
-    path = api_prefix(api_version)
-    if namespaced:
-        if not namespace:
-            raise ValueError(f"{kind} is namespaced: a namespace is needed")
-        path += f"/namespaces/{namespace}"
-    path += f"/{plural}"
-    if name:
-        path += f"/{name}"
-    return path
+    group, _, version = api_version.rpartition("/")
+    create = create_namespaced_resource if namespaced else create_global_resource
+    return create(group, version, kind, plural)
 
 
-def manifest_path(manifest: Mapping[str, Any], namespace: str | None = None) -> str:
-    meta = manifest.get("metadata", {})
-    return resource_path(
-        str(manifest["apiVersion"]),
-        str(manifest["kind"]),
-        meta.get("namespace") or namespace,
-        str(meta["name"]),
-    )
+def _as_dict(obj: Any) -> dict[str, Any]:
+    return dict(obj.to_dict()) if hasattr(obj, "to_dict") else dict(obj or {})
 
 
-# ---------------------------------------------------------------------------------------------
-# apply, get, delete
-
-
-async def apply(manifest: Mapping[str, Any], *, namespace: str | None = None) -> dict[str, Any]:
-    """Server-side apply ``manifest`` as ``released-operator`` (force); returns the live object."""
-    manifest = await _fit_to_server(manifest)
-    result = await request(
-        "PATCH",
-        manifest_path(manifest, namespace),
-        body=dict(manifest),
-        query={"fieldManager": FIELD_MANAGER, "force": "true"},
-        content_type=APPLY_CONTENT_TYPE,
-    )
-    return dict(result or {})
-
-
-async def apply_all(
-    manifests: list[dict[str, Any]], *, namespace: str | None = None
-) -> list[dict[str, Any]]:
-    """Apply each manifest in order (ServiceAccounts and ConfigMaps before Deployments)."""
-    return [await apply(m, namespace=namespace) for m in manifests]
-
-
-async def get(
-    api_version: str, kind: str, namespace: str | None, name: str
-) -> dict[str, Any] | None:
-    """The object, or ``None`` when it does not exist."""
-    try:
-        return dict(await request("GET", resource_path(api_version, kind, namespace, name)))
-    except KubeError as exc:
-        if exc.not_found:
-            return None
-        raise
-
-
-async def list_objects(
-    api_version: str,
-    kind: str,
-    namespace: str | None,
-    *,
-    label_selector: str | None = None,
-) -> list[dict[str, Any]]:
-    """Objects of one kind in a namespace (``None``: all namespaces), optionally by labels."""
-    plural, _namespaced = KINDS[kind]
-    if namespace:
-        path = resource_path(api_version, kind, namespace)
-    else:
-        path = f"{api_prefix(api_version)}/{plural}"
-    query = {"labelSelector": label_selector} if label_selector else None
-    result = await request("GET", path, query=query)
-    return [dict(item) for item in (result or {}).get("items", [])]
-
-
-async def delete(api_version: str, kind: str, namespace: str | None, name: str) -> bool:
-    """Delete an object (background propagation); ``False`` when it was already gone."""
-    try:
-        await request(
-            "DELETE",
-            resource_path(api_version, kind, namespace, name),
-            body={"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"},
-        )
-    except KubeError as exc:
-        if exc.not_found:
-            return False
-        raise
-    return True
-
-
-async def merge_patch(
-    api_version: str,
-    kind: str,
-    namespace: str | None,
-    name: str,
-    patch: Mapping[str, Any],
-    *,
-    subresource: str | None = None,
-) -> dict[str, Any]:
-    """A JSON merge patch (``subresource="status"`` for the status subresource)."""
-    path = resource_path(api_version, kind, namespace, name)
-    if subresource:
-        path += f"/{subresource}"
-    return dict(await request("PATCH", path, body=dict(patch), content_type=MERGE_CONTENT_TYPE))
-
-
-# ---------------------------------------------------------------------------------------------
-# Secrets and ConfigMaps
-
-
-async def read_secret(namespace: str, name: str) -> dict[str, str] | None:
-    """A Secret's ``data`` (still base64-encoded), or ``None`` when it does not exist."""
-    obj = await get("v1", "Secret", namespace, name)
-    if obj is None:
-        return None
-    return {str(k): str(v) for k, v in (obj.get("data") or {}).items()}
-
-
-async def read_configmap(namespace: str, name: str) -> dict[str, str] | None:
-    """A ConfigMap's ``data``, or ``None`` when it does not exist."""
-    obj = await get("v1", "ConfigMap", namespace, name)
-    if obj is None:
-        return None
-    return {str(k): str(v) for k, v in (obj.get("data") or {}).items()}
-
-
-async def ensure_secret(manifest: Mapping[str, Any]) -> tuple[dict[str, str], bool]:
-    """Create the Secret, or add only the keys it lacks: existing values are never overwritten.
-
-    ``manifest`` carries freshly generated values under ``data`` (base64) or ``stringData``.
-    Returns the Secret's resulting ``data`` (base64) and whether anything was written.
-    Labels and owner references are kept in step on every call.
-    """
-    import base64
-
-    meta = dict(manifest.get("metadata") or {})
-    namespace, name = str(meta["namespace"]), str(meta["name"])
-    wanted: dict[str, str] = {str(k): str(v) for k, v in (manifest.get("data") or {}).items()}
-    for key, value in (manifest.get("stringData") or {}).items():
-        wanted[str(key)] = base64.b64encode(str(value).encode()).decode()
-    existing = await get("v1", "Secret", namespace, name)
-    if existing is None:
-        body = {
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "metadata": meta,
-            "type": manifest.get("type", "Opaque"),
-            "data": wanted,
-        }
-        try:
-            await request("POST", resource_path("v1", "Secret", namespace), body=body)
-            return wanted, True
-        except KubeError as exc:
-            if exc.status != 409:  # someone (an earlier run of ours) created it meanwhile
-                raise
-            existing = await get("v1", "Secret", namespace, name)
-            if existing is None:
-                raise
-    current = {str(k): str(v) for k, v in (existing.get("data") or {}).items()}
-    missing = {k: v for k, v in wanted.items() if k not in current}
-    old_meta = existing.get("metadata") or {}
-    meta_patch: dict[str, Any] = {}
-    labels = meta.get("labels") or {}
-    if any((old_meta.get("labels") or {}).get(k) != v for k, v in labels.items()):
-        meta_patch["labels"] = labels
-    if meta.get("ownerReferences") and not old_meta.get("ownerReferences"):
-        meta_patch["ownerReferences"] = meta["ownerReferences"]
-    if not missing and not meta_patch:
-        return current, False
-    # The resourceVersion makes the patch fail (409) if someone changed the Secret meanwhile.
-    patch: dict[str, Any] = {
-        "metadata": {**meta_patch, "resourceVersion": old_meta.get("resourceVersion")}
-    }
-    if missing:
-        patch["data"] = missing
-    await merge_patch("v1", "Secret", namespace, name, patch)
-    return {**current, **missing}, True
-
-
-async def replace_secret_data(
-    namespace: str,
-    name: str,
-    data: Mapping[str, str | None],
-    *,
-    resource_version: str | None = None,
-) -> None:
-    """Set (base64) or, with ``None``, remove keys of an existing Secret.
-
-    With ``resource_version`` the write fails with 409 when the Secret changed since it was read.
-    """
-    patch: dict[str, Any] = {"data": dict(data)}
-    if resource_version:
-        patch["metadata"] = {"resourceVersion": resource_version}
-    await merge_patch("v1", "Secret", namespace, name, patch)
-
-
-# ---------------------------------------------------------------------------------------------
-# discovery
-
-
-_group_cache: dict[str, bool] = {}
-
-
-async def api_resource_exists(api_version: str, plural: str) -> bool:
-    """Whether the server serves ``plural`` in ``api_version`` (discovery; not cached)."""
-    try:
-        result = await request("GET", api_prefix(api_version))
-    except KubeError as exc:
-        if exc.not_found or exc.status == 503:
-            return False
-        raise
-    return any(r.get("name") == plural for r in (result or {}).get("resources", []))
-
-
-async def pdb_api_version() -> str:
-    """``policy/v1`` where the server has it (1.21+), else ``policy/v1beta1`` (cached)."""
-    key = "policy/v1:poddisruptionbudgets"
-    if key not in _group_cache:
-        _group_cache[key] = await api_resource_exists("policy/v1", "poddisruptionbudgets")
-    return "policy/v1" if _group_cache[key] else "policy/v1beta1"
-
-
-async def servicemonitor_crd_exists() -> bool:
-    """Whether the Prometheus operator's ServiceMonitor kind is installed."""
-    return await api_resource_exists("monitoring.coreos.com/v1", "servicemonitors")
-
-
-async def _fit_to_server(manifest: Mapping[str, Any]) -> Mapping[str, Any]:
-    """Serve the manifest in a version this server knows (PDB ``policy/v1`` needs 1.21+).
-
-    Kubernetes 1.20 only has ``policy/v1beta1`` PodDisruptionBudgets, whose spec is the same
-    for what the operator sets (``minAvailable``/``maxUnavailable``, ``selector``).
-    """
-    if manifest.get("kind") != "PodDisruptionBudget" or manifest.get("apiVersion") != "policy/v1":
-        return manifest
-    if await pdb_api_version() == "policy/v1":
-        return manifest
-    return {**manifest, "apiVersion": "policy/v1beta1"}
-
-
-# ---------------------------------------------------------------------------------------------
-# workloads
+def _b64encode(value: str) -> str:
+    return base64.b64encode(value.encode()).decode()
 
 
 @dataclass(frozen=True)
@@ -455,7 +119,6 @@ class RolloutState:
     desired: int
     updated: int
     available: int
-    ready: int
     observed_current: bool
 
     @property
@@ -489,66 +152,306 @@ def rollout_state(deployment: Mapping[str, Any]) -> RolloutState:
         desired=desired,
         updated=updated,
         available=int(status.get("availableReplicas", 0) or 0),
-        ready=int(status.get("readyReplicas", 0) or 0),
         observed_current=observed_current,
     )
 
 
-async def deployment_rollouts(
-    namespace: str, names: list[str], *, selector: str | None = None
-) -> list[RolloutState]:
-    """Rollout states of the named Deployments (a missing one counts as not rolled out).
+class Kube:
+    """The Kubernetes API as the operator uses it (one per process; see :func:`shared`)."""
 
-    With ``selector`` one list call fetches them all; without it, one get per name.
-    """
-    found: dict[str, dict[str, Any]] = {}
-    if selector is not None:
-        for obj in await list_objects("apps/v1", "Deployment", namespace, label_selector=selector):
-            found[str((obj.get("metadata") or {}).get("name"))] = obj
-    else:
-        for name in names:
-            one = await get("apps/v1", "Deployment", namespace, name)
-            if one is not None:
-                found[name] = one
-    return [
-        rollout_state(found[name])
-        if name in found
-        else RolloutState(name, 1, 0, 0, 0, observed_current=False)
-        for name in names
-    ]
+    def __init__(self, client: AsyncClient | None = None) -> None:
+        self._client = client
+        #: ``api_version/plural`` -> served (discovery answers that do not change at run time).
+        self._served: dict[str, bool] = {}
+
+    @property
+    def client(self) -> AsyncClient:
+        """The lightkube client, created on first use (in-cluster config or ``$KUBECONFIG``)."""
+        if self._client is None:
+            self._client = AsyncClient(
+                field_manager=FIELD_MANAGER, timeout=httpx2.Timeout(REQUEST_TIMEOUT)
+            )
+        return self._client
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+
+    # -- primitives: the only methods that talk to the API server ---------------------------
+
+    async def get(
+        self, api_version: str, kind: str, namespace: str | None, name: str
+    ) -> dict[str, Any] | None:
+        """The object, or ``None`` when it does not exist."""
+        try:
+            obj = await self.client.get(_resource(api_version, kind), name, namespace=namespace)
+        except (ApiError, httpx2.HTTPError) as exc:
+            error = _kube_error(exc)
+            if error.not_found:
+                return None
+            raise error from None
+        return _as_dict(obj)
+
+    async def list_objects(
+        self,
+        api_version: str,
+        kind: str,
+        namespace: str,
+        *,
+        labels: Mapping[str, str] | None = None,
+        limit: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """Objects of one kind in a namespace, optionally those with ``labels``; at most
+        ``limit`` of them (one page) when given."""
+        found: list[dict[str, Any]] = []
+        try:
+            async for obj in self.client.list(
+                _resource(api_version, kind),
+                namespace=namespace,
+                labels=dict(labels) if labels else None,
+                chunk_size=limit,
+            ):
+                found.append(_as_dict(obj))
+                if limit is not None and len(found) >= limit:
+                    break
+        except (ApiError, httpx2.HTTPError) as exc:
+            raise _kube_error(exc) from None
+        return found
+
+    async def create(self, manifest: Mapping[str, Any]) -> dict[str, Any]:
+        """Create ``manifest`` (409 when it exists)."""
+        res = _resource(str(manifest["apiVersion"]), str(manifest["kind"]))
+        try:
+            return _as_dict(await self.client.create(res(dict(manifest))))
+        except (ApiError, httpx2.HTTPError) as exc:
+            raise _kube_error(exc) from None
+
+    async def apply(self, manifest: Mapping[str, Any]) -> dict[str, Any]:
+        """Server-side apply ``manifest`` as ``released-operator`` (force); the live object."""
+        meta = manifest["metadata"]
+        res = _resource(str(manifest["apiVersion"]), str(manifest["kind"]))
+        try:
+            obj = await self.client.patch(
+                res,
+                str(meta["name"]),
+                dict(manifest),
+                namespace=meta.get("namespace"),
+                patch_type=PatchType.APPLY,
+                field_manager=FIELD_MANAGER,
+                force=True,
+            )
+        except (ApiError, httpx2.HTTPError) as exc:
+            raise _kube_error(exc) from None
+        return _as_dict(obj)
+
+    async def merge_patch(
+        self,
+        api_version: str,
+        kind: str,
+        namespace: str | None,
+        name: str,
+        patch: Mapping[str, Any],
+        *,
+        subresource: str | None = None,
+    ) -> dict[str, Any]:
+        """A JSON merge patch (``subresource="status"`` for the status subresource).
+
+        A ``metadata.resourceVersion`` in ``patch`` makes the write fail with 409 when the
+        object changed since it was read (optimistic locking).
+        """
+        res = _resource(api_version, kind)
+        if subresource == "status":
+            res = res.Status
+        elif subresource is not None:
+            raise ValueError(f"unsupported subresource {subresource!r}")
+        try:
+            obj = await self.client.patch(
+                res, name, dict(patch), namespace=namespace, patch_type=PatchType.MERGE
+            )
+        except (ApiError, httpx2.HTTPError) as exc:
+            raise _kube_error(exc) from None
+        return _as_dict(obj)
+
+    async def delete(self, api_version: str, kind: str, namespace: str | None, name: str) -> bool:
+        """Delete an object (background propagation); ``False`` when it was already gone."""
+        try:
+            await self.client.delete(
+                _resource(api_version, kind),
+                name,
+                namespace=namespace,
+                cascade=CascadeType.BACKGROUND,
+            )
+        except (ApiError, httpx2.HTTPError) as exc:
+            error = _kube_error(exc)
+            if error.not_found:
+                return False
+            raise error from None
+        return True
+
+    async def serves(self, api_version: str, kind: str, namespace: str) -> bool:
+        """Whether the API server serves ``kind`` in ``api_version`` (asked by listing at most
+        one object in ``namespace``: a kind that is not served answers 404)."""
+        try:
+            await self.list_objects(api_version, kind, namespace, limit=1)
+        except KubeError as exc:
+            if exc.not_found or exc.status == 503:
+                return False
+            raise
+        return True
+
+    # -- helpers: built on the primitives only ----------------------------------------------
+
+    async def apply_all(self, manifests: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Apply each manifest in order (ServiceAccounts and ConfigMaps before Deployments)."""
+        fitted = [await self._fit_to_server(m) for m in manifests]
+        return [await self.apply(m) for m in fitted]
+
+    async def read_secret(self, namespace: str, name: str) -> dict[str, str] | None:
+        """A Secret's ``data`` (still base64-encoded), or ``None`` when it does not exist."""
+        obj = await self.get("v1", "Secret", namespace, name)
+        if obj is None:
+            return None
+        return {str(k): str(v) for k, v in (obj.get("data") or {}).items()}
+
+    async def read_configmap(self, namespace: str, name: str) -> dict[str, str] | None:
+        """A ConfigMap's ``data``, or ``None`` when it does not exist."""
+        obj = await self.get("v1", "ConfigMap", namespace, name)
+        if obj is None:
+            return None
+        return {str(k): str(v) for k, v in (obj.get("data") or {}).items()}
+
+    async def ensure_secret(self, manifest: Mapping[str, Any]) -> tuple[dict[str, str], bool]:
+        """Create the Secret, or add only the keys it lacks: existing values are never overwritten.
+
+        ``manifest`` carries freshly generated values under ``data`` (base64). Returns the
+        Secret's resulting ``data`` (base64) and whether anything was written. Labels and owner
+        references are kept in step on every call.
+        """
+        meta = dict(manifest.get("metadata") or {})
+        namespace, name = str(meta["namespace"]), str(meta["name"])
+        wanted: dict[str, str] = {str(k): str(v) for k, v in (manifest.get("data") or {}).items()}
+        existing = await self.get("v1", "Secret", namespace, name)
+        if existing is None:
+            body = {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": meta,
+                "type": manifest.get("type", "Opaque"),
+                "data": wanted,
+            }
+            try:
+                await self.create(body)
+                return wanted, True
+            except KubeError as exc:
+                if not exc.conflict:  # someone (an earlier run of ours) created it meanwhile
+                    raise
+                existing = await self.get("v1", "Secret", namespace, name)
+                if existing is None:
+                    raise
+        current = {str(k): str(v) for k, v in (existing.get("data") or {}).items()}
+        missing = {k: v for k, v in wanted.items() if k not in current}
+        old_meta = existing.get("metadata") or {}
+        meta_patch: dict[str, Any] = {}
+        labels = meta.get("labels") or {}
+        if any((old_meta.get("labels") or {}).get(k) != v for k, v in labels.items()):
+            meta_patch["labels"] = labels
+        if meta.get("ownerReferences") and not old_meta.get("ownerReferences"):
+            meta_patch["ownerReferences"] = meta["ownerReferences"]
+        if not missing and not meta_patch:
+            return current, False
+        # The resourceVersion makes the patch fail (409) if someone changed the Secret meanwhile.
+        patch: dict[str, Any] = {
+            "metadata": {**meta_patch, "resourceVersion": old_meta.get("resourceVersion")}
+        }
+        if missing:
+            patch["data"] = missing
+        await self.merge_patch("v1", "Secret", namespace, name, patch)
+        return {**current, **missing}, True
+
+    async def write_secret_values(
+        self,
+        namespace: str,
+        name: str,
+        values: Mapping[str, str | None],
+        *,
+        resource_version: str | None = None,
+    ) -> None:
+        """Set keys of an existing Secret to the given text values (``None`` removes a key).
+
+        With ``resource_version`` the write fails with 409 when the Secret changed since it
+        was read.
+        """
+        data = {k: None if v is None else _b64encode(v) for k, v in values.items()}
+        patch: dict[str, Any] = {"data": data}
+        if resource_version:
+            patch["metadata"] = {"resourceVersion": resource_version}
+        await self.merge_patch("v1", "Secret", namespace, name, patch)
+
+    async def pdb_api_version(self, namespace: str) -> str:
+        """``policy/v1`` where the server has it (1.21+), else ``policy/v1beta1`` (asked once)."""
+        key = "policy/v1/poddisruptionbudgets"
+        if key not in self._served:
+            self._served[key] = await self.serves("policy/v1", "PodDisruptionBudget", namespace)
+        return "policy/v1" if self._served[key] else "policy/v1beta1"
+
+    async def servicemonitor_crd_exists(self, namespace: str) -> bool:
+        """Whether the Prometheus operator's ServiceMonitor kind is installed (asked each time:
+        the CRD may come and go)."""
+        return await self.serves("monitoring.coreos.com/v1", "ServiceMonitor", namespace)
+
+    async def _fit_to_server(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        """The manifest in a version this server knows (PDB ``policy/v1`` needs 1.21+).
+
+        Kubernetes 1.20 only has ``policy/v1beta1`` PodDisruptionBudgets, whose spec is the same
+        for what the operator sets (``minAvailable``/``maxUnavailable``, ``selector``).
+        """
+        if manifest.get("kind") != "PodDisruptionBudget" or manifest["apiVersion"] != "policy/v1":
+            return manifest
+        namespace = str(manifest["metadata"]["namespace"])
+        if await self.pdb_api_version(namespace) == "policy/v1":
+            return manifest
+        return {**manifest, "apiVersion": "policy/v1beta1"}
+
+    async def deployment_rollouts(self, namespace: str, agent: str) -> list[RolloutState]:
+        """Rollout states of agent ``agent``'s four Deployments, read with one list call (a
+        missing one counts as not rolled out)."""
+        names = child_names(agent).deployments
+        found = {
+            str((obj.get("metadata") or {}).get("name")): obj
+            for obj in await self.list_objects(
+                "apps/v1", "Deployment", namespace, labels=agent_labels(agent)
+            )
+        }
+        return [
+            rollout_state(found[name])
+            if name in found
+            else RolloutState(name, 1, 0, 0, observed_current=False)
+            for name in names
+        ]
+
+    async def get_agent(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return await self.get(AGENT_API_VERSION, KIND, namespace, name)
+
+    async def annotate_agent(
+        self, namespace: str, name: str, annotations: Mapping[str, str | None]
+    ) -> None:
+        """Set (or, with ``None``, remove) annotations of an agent."""
+        await self.merge_patch(
+            AGENT_API_VERSION,
+            KIND,
+            namespace,
+            name,
+            {"metadata": {"annotations": dict(annotations)}},
+        )
 
 
-async def list_agent_pods(namespace: str, instance: str) -> list[dict[str, Any]]:
-    """The pods of one agent (by its name and instance labels)."""
-    return await list_objects("v1", "Pod", namespace, label_selector=agent_selector(instance))
+_shared: Kube | None = None
 
 
-# ---------------------------------------------------------------------------------------------
-# the agents themselves
-
-
-async def get_agent(namespace: str, name: str) -> dict[str, Any] | None:
-    return await get(AGENT_API_VERSION, "WhatsAppAgent", namespace, name)
-
-
-async def patch_agent_status(namespace: str, name: str, status: Mapping[str, Any]) -> None:
-    """Merge-patch the agent's status subresource."""
-    await merge_patch(
-        AGENT_API_VERSION,
-        "WhatsAppAgent",
-        namespace,
-        name,
-        {"status": dict(status)},
-        subresource="status",
-    )
-
-
-async def annotate_agent(namespace: str, name: str, annotations: Mapping[str, str | None]) -> None:
-    """Set (or, with ``None``, remove) annotations of an agent."""
-    await merge_patch(
-        AGENT_API_VERSION,
-        "WhatsAppAgent",
-        namespace,
-        name,
-        {"metadata": {"annotations": dict(annotations)}},
-    )
+def shared() -> Kube:
+    """The process-wide :class:`Kube` that the kopf handlers use (created on first use)."""
+    global _shared
+    if _shared is None:
+        _shared = Kube()
+    return _shared

@@ -20,7 +20,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import kopf
 
@@ -164,11 +164,24 @@ def ready_reason(status: Mapping[str, Any] | None) -> str:
 # Events
 
 
-def info(body: Any, reason: str, message: str) -> None:
-    """A ``Normal`` Event on the agent (the message is redacted)."""
-    kopf.info(body, reason=reason, message=redact(message)[:MAX_MESSAGE])
+class Events(Protocol):
+    """Where the Events about one agent go (kopf in the operator, a list in unit tests)."""
+
+    def info(self, reason: str, message: str) -> None:
+        """A ``Normal`` Event."""
+
+    def warn(self, reason: str, message: str) -> None:
+        """A ``Warning`` Event."""
 
 
-def warn(body: Any, reason: str, message: str) -> None:
-    """A ``Warning`` Event on the agent (the message is redacted)."""
-    kopf.warn(body, reason=reason, message=redact(message)[:MAX_MESSAGE])
+@dataclass(frozen=True)
+class KopfEvents:
+    """Events on the agent ``body``, posted by kopf; every message is redacted and cut."""
+
+    body: Any
+
+    def info(self, reason: str, message: str) -> None:
+        kopf.info(self.body, reason=reason, message=redact(message)[:MAX_MESSAGE])
+
+    def warn(self, reason: str, message: str) -> None:
+        kopf.warn(self.body, reason=reason, message=redact(message)[:MAX_MESSAGE])

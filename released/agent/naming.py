@@ -113,9 +113,14 @@ def labels(name: str, component: str) -> dict[str, str]:
     }
 
 
+def agent_labels(name: str) -> dict[str, str]:
+    """The labels that every child of agent ``name`` carries, whatever its component."""
+    return {LABEL_NAME: APP_NAME, LABEL_INSTANCE: name}
+
+
 def agent_selector(name: str) -> str:
     """A label selector string for every child of agent ``name`` (``kubectl get -l ...``)."""
-    return f"{LABEL_NAME}={APP_NAME},{LABEL_INSTANCE}={name}"
+    return ",".join(f"{key}={value}" for key, value in agent_labels(name).items())
 
 
 def redis_host(name: str) -> str:

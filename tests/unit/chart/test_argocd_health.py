@@ -236,11 +236,11 @@ def test_health_of_status_the_operator_writes(
     assert health(obj)["status"] == "Progressing"
 
     # A rollout in progress and a suspended agent, as the operator's handlers report them.
-    handlers = importlib.import_module("whatsapp_operator.handlers")
+    workloads = importlib.import_module("whatsapp_operator.reconcile.parts.workloads")
     rest = parts[1:]
     for suspended, expected in ((False, "Progressing"), (True, "Suspended")):
-        workloads = handlers.workloads_condition([_PendingRollout()], suspended=suspended)
-        conditions = status_mod.apply_conditions([], [workloads, *rest], 5)
+        cond = workloads.workloads_condition([_PendingRollout()], suspended=suspended)
+        conditions = status_mod.apply_conditions([], [cond, *rest], 5)
         obj = agent(generation=5, status={"observedGeneration": 5, "conditions": conditions})
         assert health(obj)["status"] == expected, conditions
 

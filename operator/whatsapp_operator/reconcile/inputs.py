@@ -1,0 +1,237 @@
+"""The inputs of one reconciliation, gathered once per pass before anything is written.
+
+:func:`gather` parses and checks the spec, runs the :data:`PRECONDITIONS` (what the platform's
+settings must allow before an agent can be reconciled at all), resolves the FAQs (inline or from
+the referenced ConfigMap) and reads each Secret the bot pods use exactly once. Whatever is
+missing or wrong raises :class:`~released.agent.validation.InvalidSpec` (a person must change the
+manifest) or :class:`MissingInput` (a referenced object does not exist yet), and the pass
+reports it as ``Ready=False`` without touching anything.
+
+:func:`referenced_names` lists what an agent references, for the index that re-reconciles
+agents when those objects change.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import SecretStr
+
+from released.agent.spec import AgentSpec, Faq, parse_faqs_document
+from released.agent.validation import InvalidSpec, parse_spec, validate_faqs
+
+from ..builders import secret_fingerprint
+from ..config import OperatorSettings
+from ..knowledge import OpenAIParams
+from ..kube import Kube
+from .context import Agent
+
+#: Keys that the user's Secrets must hold (``spec.secrets.meta`` and ``spec.secrets.openai``).
+META_KEYS = ("accessToken", "appSecret")
+OPENAI_KEYS = ("apiKey",)
+
+#: ``Ready=False`` reasons under which the parts are not meaningful: the timer neither refreshes
+#: ``WorkloadsReady`` nor rotates credentials while one of them stands.
+BLOCKER_REASONS = frozenset(
+    {"InvalidSpec", "DatabaseNotConfigured", "SecretNotFound", "FaqsNotFound", "InvalidFaqs"}
+)
+
+
+class MissingInput(Exception):
+    """A Secret, a key or a ConfigMap that the agent references does not exist (yet)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+def decode(value: str | None) -> str | None:
+    """A base64 Secret value as text (``None`` when absent or not base64-encoded UTF-8)."""
+    if value is None:
+        return None
+    try:
+        return base64.b64decode(value).decode()
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+# ---------------------------------------------------------------------------------------------
+# preconditions: what the operator's settings must allow (checked before anything is read)
+
+#: ``check(spec, settings)`` returns the problem that blocks the agent, or ``None``.
+Precondition = Callable[[AgentSpec, OperatorSettings], InvalidSpec | None]
+
+
+def database_configured(spec: AgentSpec, settings: OperatorSettings) -> InvalidSpec | None:
+    """An agent without ``database.secretRef`` needs the operator's shared PostgreSQL."""
+    if spec.database_secret_ref is None and settings.postgres_admin_url is None:
+        return InvalidSpec(
+            [
+                "spec.database.secretRef is not set and the operator has no shared PostgreSQL "
+                "(postgresAdminUrl in its Helm values): set one of the two"
+            ],
+            reason="DatabaseNotConfigured",
+        )
+    return None
+
+
+PRECONDITIONS: tuple[Precondition, ...] = (database_configured,)
+
+
+# ---------------------------------------------------------------------------------------------
+# the inputs
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """What one pass reads from the cluster, once: spec, FAQs and the user's Secrets."""
+
+    spec: AgentSpec
+    faqs: tuple[Faq, ...]
+    #: Secret name -> ``data`` (base64, as read) of each user Secret the bot pods use.
+    secrets: Mapping[str, Mapping[str, str]]
+
+    def value(self, secret: str, key: str) -> str | None:
+        """A decoded value of one of :attr:`secrets`."""
+        return decode((self.secrets.get(secret) or {}).get(key))
+
+    @property
+    def meta_access_token(self) -> str:
+        return self.value(self.spec.secrets.meta.name, "accessToken") or ""
+
+    @property
+    def openai_base_url(self) -> str | None:
+        """The ``baseUrl`` key of the agent's OpenAI Secret, when it has one."""
+        return self.value(self.spec.secrets.openai.name, "baseUrl") or None
+
+    def openai_params(self, settings: OperatorSettings) -> OpenAIParams:
+        """How the operator reaches OpenAI for this agent (the Secret's ``baseUrl`` or the
+        operator's ``openai_base_url``)."""
+        api_key = self.value(self.spec.secrets.openai.name, "apiKey") or ""
+        return OpenAIParams(
+            api_key=SecretStr(api_key), base_url=self.openai_base_url or settings.openai_base_url
+        )
+
+    def fingerprints(self) -> dict[str, str]:
+        """Secret name -> :func:`~whatsapp_operator.builders.secret_fingerprint` of its data."""
+        return {name: secret_fingerprint(data) for name, data in self.secrets.items()}
+
+
+async def gather(agent: Agent) -> Inputs:
+    """Parse and check the spec, run the preconditions, read the FAQs and the Secrets."""
+    spec = parse_spec(agent.body.get("spec") or {}, name=agent.name)
+    for precondition in PRECONDITIONS:
+        problem = precondition(spec, agent.settings)
+        if problem is not None:
+            raise problem
+    faqs = await resolve_faqs(agent.kube, agent.namespace, spec)
+    secrets = await read_user_secrets(agent.kube, agent.namespace, spec)
+    return Inputs(spec=spec, faqs=tuple(faqs), secrets=secrets)
+
+
+async def resolve_faqs(kube: Kube, namespace: str, spec: AgentSpec) -> list[Faq]:
+    """The agent's FAQs: inline, or parsed from the referenced ConfigMap key."""
+    if spec.faqs:
+        return list(spec.faqs)
+    if spec.faqs_from is None:
+        raise InvalidSpec(["no FAQs: set spec.faqs or spec.faqsFrom"])
+    ref = spec.faqs_from.config_map_key_ref
+    data = await kube.read_configmap(namespace, ref.name)
+    if data is None:
+        raise MissingInput("FaqsNotFound", f"ConfigMap {ref.name!r} (spec.faqsFrom) does not exist")
+    if ref.key not in data:
+        raise MissingInput("FaqsNotFound", f"ConfigMap {ref.name!r} has no key {ref.key!r}")
+    try:
+        faqs = parse_faqs_document(data[ref.key])
+    except ValueError as exc:
+        raise InvalidSpec(
+            [f"ConfigMap {ref.name!r} key {ref.key!r}: {exc}"], reason="InvalidFaqs"
+        ) from None
+    problems = validate_faqs(faqs, f"configmap {ref.name}/{ref.key}")
+    if problems:
+        raise InvalidSpec(problems, reason="InvalidFaqs")
+    return faqs
+
+
+async def read_user_secrets(
+    kube: Kube, namespace: str, spec: AgentSpec
+) -> dict[str, dict[str, str]]:
+    """The Meta, OpenAI and (with ``database.secretRef``) database Secrets, each read once;
+    a missing Secret or required key raises :class:`MissingInput`."""
+    names = [spec.secrets.meta.name, spec.secrets.openai.name]
+    if spec.database_secret_ref is not None:
+        names.append(spec.database_secret_ref.name)
+    secrets: dict[str, dict[str, str]] = {}
+    for name in names:
+        if name in secrets:
+            continue
+        data = await kube.read_secret(namespace, name)
+        if data is None:
+            raise MissingInput(
+                "SecretNotFound", f"Secret {name!r} does not exist in namespace {namespace!r}"
+            )
+        secrets[name] = data
+    required: list[tuple[str, str]] = []
+    if spec.database_secret_ref is not None:
+        required.append((spec.database_secret_ref.name, spec.database_secret_ref.key))
+    required += [(spec.secrets.meta.name, key) for key in META_KEYS]
+    required += [(spec.secrets.openai.name, key) for key in OPENAI_KEYS]
+    for name, key in required:
+        if key not in secrets[name]:
+            raise MissingInput("SecretNotFound", f"Secret {name!r} has no key {key!r}")
+    return secrets
+
+
+async def read_secret_key(kube: Kube, namespace: str, name: str, key: str) -> str:
+    """One value of one Secret, for the work outside a pass (cleanup, rotation)."""
+    data = await kube.read_secret(namespace, name)
+    if data is None:
+        raise MissingInput(
+            "SecretNotFound", f"Secret {name!r} does not exist in namespace {namespace!r}"
+        )
+    value = decode(data.get(key))
+    if value is None:
+        raise MissingInput("SecretNotFound", f"Secret {name!r} has no key {key!r}")
+    return value
+
+
+async def openai_params_of(
+    kube: Kube, namespace: str, spec: AgentSpec, settings: OperatorSettings
+) -> OpenAIParams:
+    """:meth:`Inputs.openai_params`, reading only the OpenAI Secret (cleanup)."""
+    data = await kube.read_secret(namespace, spec.secrets.openai.name)
+    if data is None:
+        raise MissingInput(
+            "SecretNotFound",
+            f"Secret {spec.secrets.openai.name!r} does not exist in namespace {namespace!r}",
+        )
+    inputs = Inputs(spec=spec, faqs=(), secrets={spec.secrets.openai.name: data})
+    if inputs.value(spec.secrets.openai.name, "apiKey") is None:
+        raise MissingInput(
+            "SecretNotFound", f"Secret {spec.secrets.openai.name!r} has no key 'apiKey'"
+        )
+    return inputs.openai_params(settings)
+
+
+def referenced_names(spec: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """``(kind, name)`` of every Secret and ConfigMap that a raw spec references."""
+    refs: list[tuple[str, str]] = []
+    secrets = spec.get("secrets") or {}
+    for part in ("meta", "openai"):
+        name = (secrets.get(part) or {}).get("name")
+        if name:
+            refs.append(("Secret", str(name)))
+    db_ref = ((spec.get("database") or {}).get("secretRef") or {}).get("name")
+    if db_ref:
+        refs.append(("Secret", str(db_ref)))
+    cm_ref = ((spec.get("faqsFrom") or {}).get("configMapKeyRef") or {}).get("name")
+    if cm_ref:
+        refs.append(("ConfigMap", str(cm_ref)))
+    tls = (spec.get("ingress") or {}).get("tlsSecretName")
+    if tls:
+        refs.append(("Secret", str(tls)))
+    return refs

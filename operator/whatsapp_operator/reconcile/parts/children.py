@@ -1,0 +1,45 @@
+"""Part ``children``: build every child, apply them (server-side apply), prune the unwanted.
+
+The pods' configuration checksum (``status.configChecksum``) covers the FAQs and the
+fingerprints of every Secret the pods read, so a change to any of them rolls the pods.
+"""
+
+from __future__ import annotations
+
+from released.agent.naming import child_names
+
+from ... import builders
+from ...kube import KubeError
+from .base import Pass
+
+
+async def ensure(p: Pass) -> None:
+    agent, inputs = p.agent, p.inputs
+    kube = agent.kube
+    prints = inputs.fingerprints()
+    prints[child_names(agent.name).credentials_secret] = builders.secret_fingerprint(p.credentials)
+    checksum = builders.compute_checksum(inputs.faqs, prints)
+    ctx = builders.AgentContext.from_resource(
+        agent.body,
+        agent.settings,
+        spec=inputs.spec,
+        faqs=inputs.faqs,
+        config_checksum=checksum,
+        redis_checksum=builders.compute_redis_checksum(p.credentials),
+        openai_base_url=inputs.openai_base_url,
+        has_service_monitor_crd=await kube.servicemonitor_crd_exists(agent.namespace),
+        pdb_api_version=await kube.pdb_api_version(agent.namespace),
+        vector_store_id=p.vector_store_id,
+    )
+    await kube.apply_all(builders.build_children(ctx))
+    removed = []
+    for gone in builders.absent_children(ctx):
+        try:
+            if await kube.delete(gone["apiVersion"], gone["kind"], gone["namespace"], gone["name"]):
+                removed.append(f"{gone['kind']}/{gone['name']}")
+        except KubeError as exc:
+            if not exc.not_found:  # 404 also when the kind itself is not served
+                raise
+    if removed:
+        agent.events.info("Pruned", "deleted children no longer wanted: " + ", ".join(removed))
+    p.outcome.fields["configChecksum"] = checksum

@@ -1,0 +1,87 @@
+"""Part ``workloads`` (condition ``WorkloadsReady``): have the Deployments rolled out?
+
+Read after the children were applied in a pass, and again by :func:`refresh` whenever a
+Deployment of the agent changes or the per-agent timer fires, so ``Ready`` follows the pods
+without a full reconciliation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from ... import status as st
+from ...kube import Kube, RolloutState
+from ..inputs import BLOCKER_REASONS
+from ..references import request_reconcile
+from ..status_writer import merged_status, update_status
+from .base import Pass
+
+
+def workloads_condition(rollouts: list[RolloutState], *, suspended: bool) -> st.Condition:
+    """``WorkloadsReady`` from the Deployments' rollout states."""
+    if suspended:
+        return st.Condition.false(
+            st.WORKLOADS_READY, "Suspended", "spec.suspend is true: every workload is scaled to 0"
+        )
+    pending = [r for r in rollouts if not r.complete]
+    if not pending:
+        return st.Condition.true(
+            st.WORKLOADS_READY, "RolledOut", "all Deployments run the current template"
+        )
+    return st.Condition.false(
+        st.WORKLOADS_READY,
+        "RolloutInProgress",
+        "; ".join(r.describe() for r in pending),
+    )
+
+
+async def read_workloads(kube: Kube, namespace: str, name: str, *, suspended: bool) -> st.Condition:
+    """``WorkloadsReady`` of agent ``name`` as its Deployments stand now."""
+    rollouts = await kube.deployment_rollouts(namespace, name)
+    return workloads_condition(rollouts, suspended=suspended)
+
+
+async def ensure(p: Pass) -> None:
+    agent = p.agent
+    p.workloads = await read_workloads(
+        agent.kube, agent.namespace, agent.name, suspended=p.inputs.spec.suspend
+    )
+    p.outcome.set(p.workloads)
+
+
+async def refresh(
+    kube: Kube,
+    namespace: str,
+    name: str,
+    events_for: Callable[[Mapping[str, Any]], st.Events],
+) -> None:
+    """Recompute ``WorkloadsReady`` (and ``Ready``) of one agent from its Deployments.
+
+    When the workloads have just become ready and the spec asks for the webhook, a
+    reconciliation is requested: Meta verifies the callback at once, so registration waits
+    for the web tier.
+    """
+    body = await kube.get_agent(namespace, name)
+    if body is None or body["metadata"].get("deletionTimestamp"):
+        return
+    if st.ready_reason(body.get("status")) in BLOCKER_REASONS:
+        return
+    suspended = bool((body.get("spec") or {}).get("suspend"))
+    cond = await read_workloads(kube, namespace, name, suspended=suspended)
+
+    def mutate(_fresh: dict[str, Any], current: dict[str, Any]) -> dict[str, Any] | None:
+        if st.ready_reason(current) in BLOCKER_REASONS:
+            return None
+        # The Deployments show the spec last reconciled: that generation is the one observed.
+        observed = current.get("observedGeneration")
+        return merged_status(current, generation=observed, conditions=[cond], observed=False)
+
+    new = await update_status(kube, namespace, name, mutate)
+    was = st.get_condition(body.get("status"), st.WORKLOADS_READY)
+    if new is not None and cond.status == "True" and (was is None or was.get("status") != "True"):
+        events_for(body).info("WorkloadsReady", "all Deployments run the current template")
+        webhook = ((body.get("spec") or {}).get("ingress") or {}).get("webhook") or {}
+        registered = st.get_condition(new, st.WEBHOOK_REGISTERED)
+        if webhook.get("register") and (registered is None or registered.get("status") != "True"):
+            await request_reconcile(kube, namespace, name)

@@ -1,0 +1,172 @@
+"""The kopf entry points: what they hand to the reconcile package and how its errors reach kopf."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import kopf
+import pytest
+from whatsapp_operator import handlers, kube, metrics
+from whatsapp_operator.errors import TemporaryError
+from whatsapp_operator.reconcile.context import Agent
+
+from .conftest import NS, World, agent_body
+from .fake_kube import FakeKube
+
+
+@pytest.fixture
+def shared(world: World, monkeypatch: pytest.MonkeyPatch) -> FakeKube:
+    monkeypatch.setattr(kube, "_shared", world.kube)
+    return world.kube
+
+
+def count(outcome: str) -> float:
+    sample = metrics.REGISTRY.get_sample_value(
+        "released_operator_reconciles_total", {"outcome": outcome}
+    )
+    return sample or 0.0
+
+
+async def test_reconcile_gets_the_agent_and_its_retry(
+    shared: FakeKube, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[tuple[Agent, int]] = []
+
+    async def fake(agent: Agent, retry: int) -> None:
+        seen.append((agent, retry))
+
+    monkeypatch.setattr(handlers, "reconcile", fake)
+    body = agent_body()
+    body["metadata"]["uid"] = "u1"
+    await handlers.reconcile_agent(body=body, retry=3)
+    ((agent, retry),) = seen
+    assert (agent.namespace, agent.name, agent.uid, retry) == (NS, "acme", "u1", 3)
+    assert agent.kube is shared
+
+
+async def test_a_retry_becomes_kopfs(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def wants_retry(agent: Agent, retry: int) -> None:
+        raise TemporaryError("OpenAI is down", delay=42.0)
+
+    monkeypatch.setattr(handlers, "reconcile", wants_retry)
+    with pytest.raises(kopf.TemporaryError) as raised:
+        await handlers.reconcile_agent(body=agent_body(), retry=0)
+    assert raised.value.delay == 42.0 and str(raised.value) == "OpenAI is down"
+
+
+async def test_a_kubernetes_error_is_retried_with_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def api_down(agent: Agent, retry: int) -> None:
+        raise kube.KubeError(503, "ServiceUnavailable", "etcd is gone")
+
+    monkeypatch.setattr(handlers, "reconcile", api_down)
+    before = count("retry")
+    with pytest.raises(kopf.TemporaryError) as raised:
+        await handlers.reconcile_agent(body=agent_body(), retry=1)
+    assert raised.value.delay == 10.0
+    assert "Kubernetes API: 503 ServiceUnavailable" in str(raised.value)
+    assert count("retry") == before + 1
+
+    async def forbidden(agent: Agent, retry: int) -> None:
+        raise kube.KubeError(403, "Forbidden")
+
+    monkeypatch.setattr(handlers, "reconcile", forbidden)
+    errors = count("error")
+    with pytest.raises(kopf.TemporaryError):
+        await handlers.reconcile_agent(body=agent_body(), retry=0)
+    assert count("error") == errors + 1
+
+
+async def test_a_bug_is_counted_and_left_to_kopf(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def bug(agent: Agent, retry: int) -> None:
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(handlers, "reconcile", bug)
+    errors = count("error")
+    with pytest.raises(RuntimeError):
+        await handlers.reconcile_agent(body=agent_body(), retry=0)
+    assert count("error") == errors + 1
+
+
+async def test_cleanup_retry_becomes_kopfs(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def failing(agent: Agent, retry: int) -> None:
+        raise TemporaryError("OpenAI knowledge: down", delay=5.0)
+
+    monkeypatch.setattr(handlers, "cleanup_agent", failing)
+    with pytest.raises(kopf.TemporaryError) as raised:
+        await handlers.cleanup(body=agent_body(), retry=0)
+    assert raised.value.delay == 5.0
+
+
+def test_index_and_filter_of_references() -> None:
+    spec = agent_body(faqsFrom={"configMapKeyRef": {"name": "faq", "key": "f"}}, faqs=None)["spec"]
+    index = handlers.agent_refs(namespace=NS, name="acme", spec=spec)
+    assert index[("Secret", NS, "openai")] == "acme"
+    assert index[("ConfigMap", NS, "faq")] == "acme"
+    secrets = kopf.Resource("", "v1", "secrets")
+    configmaps = kopf.Resource("", "v1", "configmaps")
+    refs = {("Secret", NS, "openai"): ["acme"], ("ConfigMap", NS, "faq"): ["acme"]}
+    assert handlers._is_referenced("MODIFIED", secrets, NS, "openai", agent_refs=refs)
+    assert handlers._is_referenced("MODIFIED", configmaps, NS, "faq", agent_refs=refs)
+    assert not handlers._is_referenced("MODIFIED", secrets, NS, "faq", agent_refs=refs)
+    assert not handlers._is_referenced(None, secrets, NS, "openai", agent_refs=refs)
+
+
+async def test_a_changed_secret_touches_its_agents(shared: FakeKube) -> None:
+    shared.put(agent_body())
+    refs = {("Secret", NS, "openai"): ["acme"]}
+    await handlers.referenced_secret(type=None, namespace=NS, name="openai", agent_refs=refs)
+    assert shared.written() == []  # the initial listing: the resume handler covers it
+    await handlers.referenced_secret(type="MODIFIED", namespace=NS, name="openai", agent_refs=refs)
+    await handlers.referenced_configmap(type="MODIFIED", namespace=NS, name="faq", agent_refs={})
+    assert shared.written() == [("patch", "WhatsAppAgent", "acme")]
+
+
+async def test_deployment_events_of_one_agent_are_coalesced(
+    shared: FakeKube, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    refreshed: list[tuple[str, str]] = []
+
+    async def refresh(kube_: Any, namespace: str, name: str, events_for: Any) -> None:
+        refreshed.append((namespace, name))
+
+    monkeypatch.setattr(handlers.workloads, "refresh", refresh)
+    monkeypatch.setattr(handlers, "WORKLOAD_EVENTS_SETTLE", 0.05)
+    labels = {"app.kubernetes.io/instance": "acme"}
+    await asyncio.gather(
+        *(handlers.workloads_changed(namespace=NS, labels=labels) for _ in range(4))
+    )
+    await handlers.workloads_changed(namespace=NS, labels={})
+    assert refreshed == [(NS, "acme")]
+
+
+async def test_the_timer_refreshes_and_rotates(
+    shared: FakeKube, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[str] = []
+
+    async def refresh(*args: Any) -> None:
+        calls.append("refresh")
+        raise kube.KubeError(500, "InternalError")  # logged; rotation still runs
+
+    async def rotate(agent: Agent) -> None:
+        calls.append(f"rotate {agent.name}")
+
+    monkeypatch.setattr(handlers.workloads, "refresh", refresh)
+    monkeypatch.setattr(handlers, "rotate_if_due", rotate)
+    body = agent_body()
+    await handlers.periodic(body=body, namespace=NS, name="acme")
+    body["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    await handlers.periodic(body=body, namespace=NS, name="acme")
+    assert calls == ["refresh", "rotate acme"]
+
+
+async def test_startup_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    ports: list[int] = []
+    monkeypatch.setattr(metrics, "start_metrics_server", lambda port: bool(ports.append(port)))
+    settings = kopf.OperatorSettings()
+    await handlers.configure(settings=settings)
+    assert ports == [8080]
+    assert settings.persistence.finalizer == "whatsapp.released.io/cleanup"
+    assert settings.posting.reporting_component == "released-operator"
+    assert settings.watching.server_timeout == 300
