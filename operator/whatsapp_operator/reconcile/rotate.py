@@ -148,9 +148,12 @@ async def rotate_if_due(agent: Agent, *, now: dt.datetime | None = None) -> None
         if step.action is rot.RotationAction.ROTATE:
             rotation_id = (step.before or step.after).rotation_id
             new = rot.generate_rotated_secret_data(data, rotation_id)
+            # PostgreSQL learns the new role's password first: from the moment the Secret holds
+            # the new URL, a pod that (re)starts reads it and must be able to log in. A crash in
+            # between costs nothing (the next step generates and sets a fresh password).
+            await rot.apply_rotated_credentials(new, postgres_admin_url=admin_url)
             if new != data:
                 await write_credentials(kube, namespace, secret, data, new)
-            await rot.apply_rotated_credentials(new, postgres_admin_url=admin_url)
             await record(step.after, in_progress)
             if new != data:
                 await request_reconcile(kube, namespace, name)

@@ -1,9 +1,11 @@
-"""Pure tests of ``whatsapp_operator.rotation``: schedule, state machine, Secret data.
+"""Credential rotation: the pure schedule, state machine and Secret data of
+``whatsapp_operator.rotation``, and the real driver ``whatsapp_operator.reconcile.rotate``.
 
-A small simulator plays the handler's loop (record ``before``, act, record ``after``) against a
-status dict and a Secret dict, and can "crash" the operator at any point in between, to show
-that a restart neither rotates twice nor loses a half-done rotation, and that nothing is revoked
-before the pods have rolled.
+The driver runs against an in-memory API server (``fake_kube``) and a fake PostgreSQL that
+remembers each role's password; the operator "crashes" (an exception out of the step) before any
+chosen write, inside or outside the cluster. Invariants checked at every write: a Secret that
+pods can read never holds a database password that its role does not have yet; a restart neither
+rotates twice nor loses a half-done rotation; nothing is revoked before the pods have rolled.
 """
 
 from __future__ import annotations
@@ -19,6 +21,12 @@ from hypothesis import strategies as st
 from whatsapp_operator import credentials as keys
 from whatsapp_operator import rotation as rot
 from whatsapp_operator.database import DatabaseCredentials, other_role
+from whatsapp_operator.reconcile.parts import workloads
+from whatsapp_operator.reconcile.pipeline import reconcile
+from whatsapp_operator.reconcile.rotate import rotate_if_due
+
+from .conftest import NS, World, agent_body, make_world, unb64
+from .fake_kube import RecordedEvents
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 DAY = timedelta(days=1)
@@ -208,153 +216,276 @@ def test_meta_registration_repr_hides_token() -> None:
     assert "EAAsecrettoken" not in repr(meta)
 
 
-# -- the handler loop, with crashes ---------------------------------------------------------
+# -- the real driver, with crashes ------------------------------------------------------------
 
-
-@dataclass
-class World:
-    """What survives a crash: the agent status and the Secret (plus what we observe)."""
-
-    status: dict[str, Any] = field(default_factory=dict)
-    secret: dict[str, str] = field(default_factory=_secret)
-    #: rotation ids whose credentials were issued, in order
-    issued: list[str] = field(default_factory=list)
-    #: database roles revoked, in order
-    revoked: list[str] = field(default_factory=list)
-    #: the secret's rotationId that the pods currently run with
-    pods_on: str | None = None
+#: The agents of these tests are created at this time (FakeKube's creationTimestamp), so their
+#: first rotation is due at CREATED + INTERVAL.
+CREATED = datetime(2026, 1, 1, 0, 0, tzinfo=UTC)
+SECRET = "acme-credentials"
 
 
 class Crash(Exception):
-    pass
+    """The operator process dies here."""
 
 
-def run_once(world: World, now: datetime, *, roll: bool, crash_at: int | None) -> rot.RotationStep:
-    """One reconciliation, as the handler does it; ``crash_at`` stops it at point 0..3."""
+@dataclass
+class Run:
+    """One agent with a provisioned database, and what the test observes of its rotations."""
 
-    def point(n: int) -> None:
-        if crash_at == n:
-            raise Crash
+    world: World
+    #: rotation ids of the Secret values written, in order (one per rotation)
+    issued: list[str] = field(default_factory=list)
+    #: database roles revoked, in order
+    revoked: list[str] = field(default_factory=list)
+    #: the Secret's rotationId that the pods run with
+    pods_on: str | None = None
+    #: crash before the n-th write (to Kubernetes or PostgreSQL) from now on
+    crash_in: int | None = None
 
-    state = rot.RotationState.from_status(world.status, INTERVAL)
+    def secret(self) -> dict[str, str]:
+        return unb64(self.world.kube.obj("Secret", NS, SECRET)["data"])
+
+    def status(self) -> dict[str, Any]:
+        return self.world.status()
+
+    def count_write(self) -> None:
+        if self.crash_in is not None:
+            if self.crash_in == 0:
+                self.crash_in = None
+                raise Crash
+            self.crash_in -= 1
+
+
+def start(monkeypatch: pytest.MonkeyPatch) -> Run:
+    world = make_world(
+        monkeypatch,
+        postgres_admin_url="postgresql://admin:admin@pg:5432/postgres",
+        postgres_host_for_pods="pg.shared",
+    )
+    run = Run(world)
+    outside = world.outside
+
+    def before_write(verb: str, key: tuple[str, str, str]) -> None:
+        run.count_write()
+
+    def after_write(verb: str, key: tuple[str, str, str]) -> None:
+        if key != ("Secret", NS, SECRET):
+            return
+        data = run.secret()
+        # Pods may read the Secret from now on: its database URL must work already.
+        if keys.DATABASE_URL in data:
+            creds = DatabaseCredentials.from_url(data[keys.DATABASE_URL])
+            assert outside.roles.get(creds.role) == creds.password.get_secret_value(), (
+                f"the Secret names role {creds.role} before PostgreSQL knows its password"
+            )
+        rotation_id = data.get(keys.ROTATION_ID)
+        if rotation_id and rotation_id not in run.issued:
+            run.issued.append(rotation_id)
+
+    from whatsapp_operator import database
+
+    set_password, revoke = database.set_role_password, database.revoke_role
+
+    async def set_role_password(admin_url: str, role: str, password: str) -> None:
+        run.count_write()
+        await set_password(admin_url, role, password)
+
+    async def revoke_role(admin_url: str, role: str) -> None:
+        run.count_write()
+        # Revocation only once the pods run the rotated Secret, and never of the role in use.
+        assert run.pods_on == run.secret().get(keys.ROTATION_ID)
+        assert role != run.secret()[keys.DATABASE_ROLE]
+        run.revoked.append(role)
+        await revoke(admin_url, role)
+
+    monkeypatch.setattr(database, "set_role_password", set_role_password)
+    monkeypatch.setattr(database, "revoke_role", revoke_role)
+    world.kube.before_write = before_write
+    world.kube.after_write = after_write
+    world.kube.put(agent_body(database=None))
+    return run
+
+
+async def settle(run: Run) -> None:
+    """A reconciliation and the controllers rolling the pods onto the current Secret."""
+    await reconcile(run.world.agent(), retry=0)
+    run.world.roll_out()
+    await workloads.refresh(run.world.kube, NS, "acme", lambda body: RecordedEvents())
+    run.pods_on = run.secret().get(keys.ROTATION_ID)
+
+
+async def tick(run: Run, now: datetime, *, roll: bool, crash_in: int | None = None) -> None:
+    """The pods roll (or not), then one timer tick at ``now``, maybe crashing."""
     if roll:
-        world.pods_on = world.secret.get(keys.ROTATION_ID)
-    pods_rolled = world.pods_on == world.secret.get(keys.ROTATION_ID)
-    step = rot.plan_rotation_step(
-        state, now, pods_rolled, secret_rotation_id=world.secret.get(keys.ROTATION_ID)
-    )
-    point(0)
-    if step.before is not None:
-        world.status.update(step.before.to_status())
-    point(1)
-    if step.action is rot.RotationAction.ROTATE:
-        rotation_id = step.after.rotation_id
-        assert rotation_id is not None
-        new = rot.generate_rotated_secret_data(world.secret, rotation_id)
-        if new != world.secret:
-            world.issued.append(rotation_id)
-        world.secret = new
-    elif step.action is rot.RotationAction.REVOKE:
-        # Revocation only ever happens once the pods run the rotated Secret.
-        assert world.pods_on == world.secret.get(keys.ROTATION_ID) or state.phase is (
-            rot.RotationPhase.FINISHING
-        )
-        previous = world.secret.get(keys.DATABASE_ROLE_PREVIOUS)
-        if previous:
-            assert world.pods_on == world.secret[keys.ROTATION_ID]
-            assert previous != world.secret[keys.DATABASE_ROLE]  # never the role in use
-            world.revoked.append(previous)
-    point(2)
-    if step.action is rot.RotationAction.REVOKE:
-        world.secret = rot.finalize_secret_data(world.secret)
-    point(3)
-    world.status.update(step.after.to_status())
-    return step
+        await settle(run)
+    run.crash_in = crash_in
+    try:
+        await rotate_if_due(run.world.agent(), now=now)
+    finally:
+        run.crash_in = None
 
 
-def test_full_cycle_without_crash() -> None:
-    world = World()
-    assert run_once(world, T0, roll=True, crash_at=None).action is rot.RotationAction.NONE
-    due = T0 + INTERVAL
-    step = run_once(world, due, roll=False, crash_at=None)
-    assert step.action is rot.RotationAction.ROTATE and world.issued == ["20260302T120000Z"]
-    assert world.secret[keys.DATABASE_ROLE] == "released_shop_acme_b"
-    run_once(world, due + timedelta(minutes=1), roll=False, crash_at=None)
-    assert world.revoked == [] and len(world.issued) == 1
-    step = run_once(world, due + timedelta(minutes=2), roll=True, crash_at=None)
-    assert step.action is rot.RotationAction.REVOKE
-    assert world.revoked == ["released_shop_acme_a"]
-    assert not set(keys.PREVIOUS_KEYS) & set(world.secret)
-    assert world.status["rotation"]["phase"] == "Idle"
-    assert world.status["lastRotation"] == "2026-03-02T12:00:00Z"
-    assert world.status["nextRotation"] == "2026-05-01T12:00:00Z"
-    assert run_once(world, due + DAY, roll=True, crash_at=None).action is rot.RotationAction.NONE
+async def test_full_rotation(monkeypatch: pytest.MonkeyPatch) -> None:
+    run = start(monkeypatch)
+    await settle(run)
+    before = run.secret()
+    assert before[keys.DATABASE_ROLE] == "released_shop_acme_a"
+    assert run.status()["nextRotation"] == "2026-03-02T00:00:00Z"
+    await tick(run, CREATED + INTERVAL - DAY, roll=False)
+    assert run.issued == []
+
+    due = CREATED + INTERVAL
+    await tick(run, due, roll=False)
+    rotated = run.secret()
+    assert run.issued == ["20260302T000000Z"]
+    assert rotated[keys.DATABASE_ROLE] == "released_shop_acme_b"
+    assert rotated[keys.REDIS_PASSWORD_PREVIOUS] == before[keys.REDIS_PASSWORD]
+    assert run.status()["rotation"]["phase"] == "Started"
+    assert run.world.condition("CredentialsRotated")["reason"] == "RotationInProgress"
+    assert run.world.condition("Ready")["status"] == "True"  # the agent keeps serving
+    annotations = run.world.kube.obj("WhatsAppAgent", NS, "acme")["metadata"]["annotations"]
+    assert "whatsapp.released.io/reconcile-requested" in annotations
+
+    await tick(run, due + timedelta(minutes=1), roll=False)  # pods not rolled yet: wait
+    assert run.revoked == [] and run.issued == ["20260302T000000Z"]
+
+    await tick(run, due + timedelta(minutes=2), roll=True)
+    assert run.revoked == ["released_shop_acme_a"]
+    final = run.secret()
+    assert not set(keys.PREVIOUS_KEYS) & set(final)
+    status = run.status()
+    assert status["rotation"]["phase"] == "Idle"
+    assert status["lastRotation"] == "2026-03-02T00:00:00Z"
+    assert status["nextRotation"] == "2026-05-01T00:00:00Z"
+    assert run.world.condition("CredentialsRotated")["reason"] == "Rotated"
 
 
-@pytest.mark.parametrize("crash_at", [0, 1, 2, 3])
-def test_crash_during_start_resumes_without_rotating_twice(crash_at: int) -> None:
-    world = World(
-        status=rot.RotationState(last_rotation=T0, next_rotation=T0 + INTERVAL).to_status()
-    )
-    due = T0 + INTERVAL
-    with pytest.raises(Crash):
-        run_once(world, due, roll=True, crash_at=crash_at)
-    # Restart a minute later: the pods may even look "rolled" (onto the old Secret).
+async def test_the_role_knows_its_password_before_pods_can_read_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The rotated database URL reaches the Secret only after PostgreSQL accepts it; a crash
+    in between leaves the Secret on the old, working role."""
+    for crash_in in range(4):
+        run = start(monkeypatch)
+        await settle(run)
+        with contextlib.suppress(Crash):
+            await tick(run, CREATED + INTERVAL, roll=False, crash_in=crash_in)
+        data = run.secret()
+        creds = DatabaseCredentials.from_url(data[keys.DATABASE_URL])
+        assert run.world.outside.roles[creds.role] == creds.password.get_secret_value()
+
+
+@pytest.mark.parametrize("crash_in", range(6))
+async def test_crash_during_start_resumes_without_rotating_twice(
+    monkeypatch: pytest.MonkeyPatch, crash_in: int
+) -> None:
+    run = start(monkeypatch)
+    await settle(run)
+    due = CREATED + INTERVAL
+    with contextlib.suppress(Crash):
+        await tick(run, due, roll=False, crash_in=crash_in)
+    # Restarted: the pods may even look "rolled" (onto the old Secret).
     for minute in range(1, 4):
-        run_once(world, due + timedelta(minutes=minute), roll=False, crash_at=None)
-    assert len(world.issued) == 1 and world.revoked == []
-    assert world.status["rotation"]["phase"] == "Started"
-    run_once(world, due + timedelta(minutes=5), roll=True, crash_at=None)
-    assert world.revoked == ["released_shop_acme_a"]
-    assert world.status["rotation"]["phase"] == "Idle"
-    assert len(world.issued) == 1
+        await tick(run, due + timedelta(minutes=minute), roll=False)
+    assert len(run.issued) == 1 and run.revoked == []
+    assert run.status()["rotation"]["phase"] == "Started"
+    await tick(run, due + timedelta(minutes=5), roll=True)
+    assert run.revoked == ["released_shop_acme_a"]
+    assert run.status()["rotation"]["phase"] == "Idle"
+    assert len(run.issued) == 1
 
 
-@pytest.mark.parametrize("crash_at", [1, 2, 3])
-def test_crash_during_finish_resumes(crash_at: int) -> None:
-    world = World(
-        status=rot.RotationState(last_rotation=T0, next_rotation=T0 + INTERVAL).to_status()
+@pytest.mark.parametrize("crash_in", range(6))
+async def test_crash_during_finish_resumes(monkeypatch: pytest.MonkeyPatch, crash_in: int) -> None:
+    run = start(monkeypatch)
+    await settle(run)
+    due = CREATED + INTERVAL
+    await tick(run, due, roll=False)
+    with contextlib.suppress(Crash):
+        await tick(run, due + timedelta(minutes=1), roll=True, crash_in=crash_in)
+    await tick(run, due + timedelta(minutes=2), roll=True)
+    await tick(run, due + timedelta(minutes=3), roll=True)
+    assert run.status()["rotation"]["phase"] == "Idle"
+    assert set(run.revoked) == {"released_shop_acme_a"}
+    assert not set(keys.PREVIOUS_KEYS) & set(run.secret())
+    assert len(run.issued) == 1
+
+
+async def test_a_failing_database_is_reported_and_retried(monkeypatch: pytest.MonkeyPatch) -> None:
+    from whatsapp_operator.errors import TemporaryError
+
+    run = start(monkeypatch)
+    await settle(run)
+    run.world.outside.database_error = TemporaryError(
+        "cannot reach PostgreSQL", reason="DatabaseUnavailable"
     )
-    due = T0 + INTERVAL
-    run_once(world, due, roll=False, crash_at=None)
-    with pytest.raises(Crash):
-        run_once(world, due + timedelta(minutes=1), roll=True, crash_at=crash_at)
-    assert world.status["rotation"]["phase"] == "Finishing"
-    step = run_once(world, due + timedelta(minutes=2), roll=False, crash_at=None)
-    assert step.action is rot.RotationAction.REVOKE
-    assert world.status["rotation"]["phase"] == "Idle"
-    assert set(world.revoked) == {"released_shop_acme_a"}
-    assert not set(keys.PREVIOUS_KEYS) & set(world.secret)
-    assert len(world.issued) == 1
+    agent = run.world.agent()
+    await rotate_if_due(agent, now=CREATED + INTERVAL)
+    assert agent.events.reasons() == ["RotationStarted", "RotationFailed"]
+    cond = run.world.condition("CredentialsRotated")
+    assert (cond["reason"], cond["message"]) == ("RotationInProgress", "cannot reach PostgreSQL")
+    assert run.secret()[keys.DATABASE_ROLE] == "released_shop_acme_a"  # nothing pods can read
+    run.world.outside.database_error = None
+    await tick(run, CREATED + INTERVAL + timedelta(minutes=1), roll=False)
+    await tick(run, CREATED + INTERVAL + timedelta(minutes=2), roll=True)
+    assert run.status()["rotation"]["phase"] == "Idle" and len(run.issued) == 1
 
 
-@settings(max_examples=200, deadline=None)
+async def test_a_blocked_or_unparsable_agent_is_not_rotated(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    run = start(monkeypatch)
+    body = run.world.kube.obj("WhatsAppAgent", NS, "acme")
+    body["status"] = {
+        "nextRotation": "2020-01-01T00:00:00Z",
+        "conditions": [{"type": "Ready", "status": "False", "reason": "SecretNotFound"}],
+    }
+    run.world.kube.put(body)
+    await rotate_if_due(run.world.agent(), now=CREATED + INTERVAL)
+    body["status"] = {"nextRotation": "2020-01-01T00:00:00Z"}
+    body["spec"] = {"phoneNumberId": 12}
+    run.world.kube.put(body)
+    await rotate_if_due(run.world.agent(), now=CREATED + INTERVAL)
+    assert run.world.kube.writes == [] and run.issued == []
+
+
+@settings(max_examples=25, deadline=None)
 @given(
     st.lists(
         st.tuples(
             st.integers(min_value=0, max_value=40 * 24 * 60),  # minutes to wait
-            st.booleans(),  # pods roll before this reconciliation
-            st.one_of(st.none(), st.integers(min_value=0, max_value=3)),  # crash point
+            st.booleans(),  # pods roll before this tick
+            st.one_of(st.none(), st.integers(min_value=0, max_value=6)),  # crash before write n
         ),
         min_size=1,
-        max_size=40,
+        max_size=12,
     )
 )
 def test_random_runs_keep_the_invariants(events: list[tuple[int, bool, int | None]]) -> None:
-    world = World()
-    now = T0
-    for minutes, roll, crash_at in events:
+    import asyncio
+
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        asyncio.run(_random_run(monkeypatch, events))
+
+
+async def _random_run(
+    monkeypatch: pytest.MonkeyPatch, events: list[tuple[int, bool, int | None]]
+) -> None:
+    run = start(monkeypatch)
+    await settle(run)
+    now = CREATED
+    for minutes, roll, crash_in in events:
         now += timedelta(minutes=minutes)
         with contextlib.suppress(Crash):
-            run_once(world, now, roll=roll, crash_at=crash_at)
-        # At most one rotation issued per interval (from the first schedule at T0).
-        assert len(world.issued) <= (now - T0) // INTERVAL
+            await tick(run, now, roll=roll, crash_in=crash_in)
+        # At most one rotation issued per interval since the agent was created.
+        assert len(run.issued) <= (now - CREATED) // INTERVAL
         # The current and the standby role alternate.
-        previous = world.secret.get(keys.DATABASE_ROLE_PREVIOUS)
+        previous = run.secret().get(keys.DATABASE_ROLE_PREVIOUS)
         if previous is not None:
-            assert previous == other_role(world.secret[keys.DATABASE_ROLE])
-    # Whatever happened, calm reconciliations finish any rotation in progress.
+            assert previous == other_role(run.secret()[keys.DATABASE_ROLE])
+    # Whatever happened, calm ticks with rolling pods finish any rotation in progress.
     for extra in range(1, 4):
-        run_once(world, now + timedelta(seconds=extra), roll=True, crash_at=None)
-    assert world.status["rotation"]["phase"] == "Idle"
-    assert not set(keys.PREVIOUS_KEYS) & set(world.secret)
+        await tick(run, now + timedelta(seconds=extra), roll=True)
+    assert run.status().get("rotation", {}).get("phase", "Idle") == "Idle"
+    assert not set(keys.PREVIOUS_KEYS) & set(run.secret())
