@@ -1,7 +1,8 @@
 """Key names of the generated ``NAME-credentials`` Secret, shared by builders and rotation.
 
-The operator generates this Secret (see ``rotation.initial_secret_data``) and rotates it (see
-``rotation``). ``builders`` maps its keys to the bot's environment:
+The operator generates this Secret (``builders.generate_credentials``; the database keys are
+added by the ``database`` part of a reconciliation) and rotates it (``rotation``).
+``builders`` maps its keys to the bot's environment:
 
 ==========================  ====================================  ===============================
 key                         what                                  bot environment variable
@@ -39,15 +40,4 @@ PREVIOUS_KEYS: tuple[str, ...] = (
     REDIS_PASSWORD_PREVIOUS,
     VERIFY_TOKEN_PREVIOUS,
     DATABASE_ROLE_PREVIOUS,
-)
-
-ALL_KEYS: tuple[str, ...] = (
-    REDIS_PASSWORD,
-    REDIS_PASSWORD_PREVIOUS,
-    VERIFY_TOKEN,
-    VERIFY_TOKEN_PREVIOUS,
-    DATABASE_URL,
-    DATABASE_ROLE,
-    DATABASE_ROLE_PREVIOUS,
-    ROTATION_ID,
 )

@@ -44,8 +44,8 @@ from .reconcile.rotate import rotate_if_due
 
 logger = logging.getLogger("whatsapp_operator")
 
-#: The validating admission handler exists only with ``RELEASED_ADMISSION_WEBHOOK`` set.
-ADMISSION_ENABLED = register_admission_handler()
+# The validating admission handler exists only with ``RELEASED_ADMISSION_WEBHOOK`` set.
+register_admission_handler()
 
 #: Where kopf keeps its progress and last-handled configuration (annotations, not status).
 KOPF_PREFIX = f"kopf.{GROUP}"

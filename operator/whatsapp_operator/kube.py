@@ -42,7 +42,6 @@ KINDS: dict[str, tuple[str, bool]] = {
     "Service": ("services", True),
     "ServiceAccount": ("serviceaccounts", True),
     "PersistentVolumeClaim": ("persistentvolumeclaims", True),
-    "Pod": ("pods", True),
     "Deployment": ("deployments", True),
     "NetworkPolicy": ("networkpolicies", True),
     "Ingress": ("ingresses", True),
@@ -304,8 +303,7 @@ class Kube:
 
     async def apply_all(self, manifests: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Apply each manifest in order (ServiceAccounts and ConfigMaps before Deployments)."""
-        fitted = [await self._fit_to_server(m) for m in manifests]
-        return [await self.apply(m) for m in fitted]
+        return [await self.apply(m) for m in manifests]
 
     async def read_secret(self, namespace: str, name: str) -> dict[str, str] | None:
         """A Secret's ``data`` (still base64-encoded), or ``None`` when it does not exist."""
@@ -389,7 +387,12 @@ class Kube:
         await self.merge_patch("v1", "Secret", namespace, name, patch)
 
     async def pdb_api_version(self, namespace: str) -> str:
-        """``policy/v1`` where the server has it (1.21+), else ``policy/v1beta1`` (asked once)."""
+        """``policy/v1`` where the server has it (1.21+), else ``policy/v1beta1`` (asked once).
+
+        Kubernetes 1.20 only has ``policy/v1beta1`` PodDisruptionBudgets, whose spec is the same
+        for what the operator sets (``minAvailable``/``maxUnavailable``, ``selector``); the
+        builders write the version this returns.
+        """
         key = "policy/v1/poddisruptionbudgets"
         if key not in self._served:
             self._served[key] = await self.serves("policy/v1", "PodDisruptionBudget", namespace)
@@ -399,19 +402,6 @@ class Kube:
         """Whether the Prometheus operator's ServiceMonitor kind is installed (asked each time:
         the CRD may come and go)."""
         return await self.serves("monitoring.coreos.com/v1", "ServiceMonitor", namespace)
-
-    async def _fit_to_server(self, manifest: dict[str, Any]) -> dict[str, Any]:
-        """The manifest in a version this server knows (PDB ``policy/v1`` needs 1.21+).
-
-        Kubernetes 1.20 only has ``policy/v1beta1`` PodDisruptionBudgets, whose spec is the same
-        for what the operator sets (``minAvailable``/``maxUnavailable``, ``selector``).
-        """
-        if manifest.get("kind") != "PodDisruptionBudget" or manifest["apiVersion"] != "policy/v1":
-            return manifest
-        namespace = str(manifest["metadata"]["namespace"])
-        if await self.pdb_api_version(namespace) == "policy/v1":
-            return manifest
-        return {**manifest, "apiVersion": "policy/v1beta1"}
 
     async def deployment_rollouts(self, namespace: str, agent: str) -> list[RolloutState]:
         """Rollout states of agent ``agent``'s four Deployments, read with one list call (a

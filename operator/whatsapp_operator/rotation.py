@@ -10,7 +10,7 @@ loses a half-done rotation::
 
     Idle ──due──▶ Started ──pods rolled──▶ Finishing ──revoked──▶ Idle (lastRotation, nextRotation)
 
-- **Idle → Started** (action ``ROTATE``): the handler first records ``Started`` with a rotation
+- **Idle → Started** (action ``ROTATE``): the driver first records ``Started`` with a rotation
   id, then computes :func:`generate_rotated_secret_data` (idempotent for a given rotation id):
   new current values, the old ones kept as ``...Previous`` keys. It gives the standby
   PostgreSQL role the new password and LOGIN (:func:`apply_rotated_credentials`) *before*
@@ -20,25 +20,15 @@ loses a half-done rotation::
 - **Started** while pods have not rolled: ``ROTATE`` again (re-applies idempotently; this is
   how a rotation interrupted by a restart resumes).
 - **Started → Finishing** once every pod runs the rotated Secret (action ``REVOKE``): the
-  handler records ``Finishing``, then :func:`revoke_previous_credentials` registers the new
+  driver records ``Finishing``, then :func:`revoke_previous_credentials` registers the new
   verify token with Meta (only now: Meta verifies the callback with the token, which the web
-  tier accepts only after rolling), revokes the previous PostgreSQL role, and the handler writes
+  tier accepts only after rolling), revokes the previous PostgreSQL role, and the driver writes
   :func:`finalize_secret_data` (previous values dropped), then records ``Idle`` with
   ``lastRotation``/``nextRotation``. ``Finishing`` after a restart simply does ``REVOKE`` again.
 
 :func:`plan_rotation_step` is pure: state, clock and "have the pods rolled" in, a
 :class:`RotationStep` out (what to record before acting, what to do, what to record after).
-The handler's loop is::
-
-    step = plan_rotation_step(state, now, pods_rolled, secret_rotation_id=data.get(ROTATION_ID))
-    if step.before: patch status with step.before.to_status()
-    if step.action is RotationAction.ROTATE:
-        new = generate_rotated_secret_data(data, step.after.rotation_id)
-        await apply_rotated_credentials(new, ...)   # always: idempotent, heals a crash
-        write new to the Secret if it differs
-    elif step.action is RotationAction.REVOKE: await revoke_previous_credentials(...), then
-        write finalize_secret_data(...)
-    patch status with step.after.to_status(); requeue after step.requeue_after
+:mod:`whatsapp_operator.reconcile.rotate` drives it, one step per timer tick.
 """
 
 from __future__ import annotations
@@ -66,39 +56,6 @@ from whatsapp_operator.credentials import (
 )
 
 DEFAULT_INTERVAL = timedelta(days=60)
-#: How often to look again while waiting for pods to roll.
-ROLLOUT_POLL = timedelta(seconds=30)
-
-__all__ = [
-    "DATABASE_ROLE",
-    "DATABASE_ROLE_PREVIOUS",
-    "DATABASE_URL",
-    "DEFAULT_INTERVAL",
-    "REDIS_PASSWORD",
-    "REDIS_PASSWORD_PREVIOUS",
-    "ROLLOUT_POLL",
-    "ROTATION_ID",
-    "VERIFY_TOKEN",
-    "VERIFY_TOKEN_PREVIOUS",
-    "MetaRegistration",
-    "RotationAction",
-    "RotationPhase",
-    "RotationState",
-    "RotationStep",
-    "apply_rotated_credentials",
-    "complete_secret_data",
-    "finalize_secret_data",
-    "format_time",
-    "generate_rotated_secret_data",
-    "generate_token",
-    "initial_secret_data",
-    "is_due",
-    "next_rotation",
-    "parse_time",
-    "plan_rotation_step",
-    "revoke_previous_credentials",
-    "rotation_id_for",
-]
 
 
 class RotationPhase(StrEnum):
@@ -233,14 +190,13 @@ UNSET = _Unset.UNSET
 
 
 class RotationStep(BaseModel):
-    """What the handler does now: record ``before`` (if any), do ``action``, record ``after``."""
+    """What the driver does now: record ``before`` (if any), do ``action``, record ``after``."""
 
     model_config = ConfigDict(frozen=True)
 
     action: RotationAction
     before: RotationState | None = None
     after: RotationState
-    requeue_after: timedelta | None = None
     message: str = ""
 
 
@@ -257,7 +213,7 @@ def plan_rotation_step(
     ``secret_rotation_id``: the Secret's ``rotationId`` (None when it has none). When given and
     not this rotation's id, the rotated Secret was never written (the operator stopped between
     recording ``Started`` and writing it), so the step is ``ROTATE`` whatever ``pods_rolled``
-    says. Handlers should always pass it; without it ``pods_rolled`` must already mean "rolled
+    says. The driver always passes it; without it ``pods_rolled`` must already mean "rolled
     onto the Secret of this rotation".
 
     Never rotates before the due time, resumes a started rotation, and revokes only after the
@@ -271,14 +227,12 @@ def plan_rotation_step(
             return RotationStep(
                 action=RotationAction.NONE,
                 after=scheduled,
-                requeue_after=state.interval,
                 message="first rotation scheduled",
             )
         if now < due:
             return RotationStep(
                 action=RotationAction.NONE,
                 after=state.model_copy(update={"next_rotation": due}),
-                requeue_after=due - now,
                 message="not due yet",
             )
         started = state.model_copy(
@@ -292,7 +246,6 @@ def plan_rotation_step(
             action=RotationAction.ROTATE,
             before=started,
             after=started,
-            requeue_after=ROLLOUT_POLL,
             message="rotation started: new credentials issued, previous ones still accepted",
         )
 
@@ -301,7 +254,6 @@ def plan_rotation_step(
         return RotationStep(
             action=RotationAction.ROTATE,
             after=state,
-            requeue_after=ROLLOUT_POLL,
             message="waiting for the pods to roll onto the new credentials",
         )
 
@@ -317,12 +269,10 @@ def plan_rotation_step(
     before = None
     if state.phase is RotationPhase.STARTED:
         before = state.model_copy(update={"phase": RotationPhase.FINISHING})
-    wait = finished.next_rotation - now if finished.next_rotation else None
     return RotationStep(
         action=RotationAction.REVOKE,
         before=before,
         after=finished,
-        requeue_after=max(wait, timedelta(seconds=1)) if wait is not None else None,
         message="pods rolled: previous credentials revoked",
     )
 
@@ -333,30 +283,6 @@ def plan_rotation_step(
 def generate_token() -> str:
     """A new random verify token / Redis password (43 URL-safe characters)."""
     return secrets.token_urlsafe(32)
-
-
-def initial_secret_data(db: database.DatabaseCredentials | None = None) -> dict[str, str]:
-    """The first ``NAME-credentials`` data: Redis password, verify token, database if any."""
-    data = {REDIS_PASSWORD: generate_token(), VERIFY_TOKEN: generate_token()}
-    if db is not None:
-        data[DATABASE_URL] = db.url
-        data[DATABASE_ROLE] = db.role
-    return data
-
-
-def complete_secret_data(
-    current: Mapping[str, str] | None, db: database.DatabaseCredentials | None = None
-) -> dict[str, str]:
-    """``current`` with any missing key generated; existing values are never changed.
-
-    With ``db`` and no ``databaseUrl`` yet, the database keys are added.
-    """
-    data = dict(current or {})
-    fresh = initial_secret_data(db)
-    for key, value in fresh.items():
-        if not data.get(key):
-            data[key] = value
-    return data
 
 
 def generate_rotated_secret_data(

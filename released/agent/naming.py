@@ -6,6 +6,7 @@ NetworkPolicies, the PodDisruptionBudget) use the immutable subset of :func:`sel
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from . import GROUP
@@ -118,11 +119,35 @@ def agent_labels(name: str) -> dict[str, str]:
     return {LABEL_NAME: APP_NAME, LABEL_INSTANCE: name}
 
 
-def agent_selector(name: str) -> str:
-    """A label selector string for every child of agent ``name`` (``kubectl get -l ...``)."""
-    return ",".join(f"{key}={value}" for key, value in agent_labels(name).items())
+_DNS1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 
 
-def redis_host(name: str) -> str:
-    """The in-namespace DNS name of agent ``name``'s Redis Service."""
-    return child_names(name).redis_service
+def _longest_service_suffix() -> int:
+    names = child_names("")
+    return max(len(n) for n in (names.web_service, names.worker_service, names.redis_service))
+
+
+#: The longest agent name: every Service named after the agent (``NAME-worker`` is the longest)
+#: must still be a DNS-1035 label of at most 63 characters.
+MAX_NAME_LENGTH = 63 - _longest_service_suffix()
+
+
+def validate_name(name: str) -> list[str]:
+    """Problems of an agent's ``metadata.name`` as the base of its children's names: the one
+    rule that the operator (``Ready=False, reason=InvalidSpec``, the admission handler) and
+    ``released provision`` apply.
+
+    The Services ``NAME-web``, ``NAME-worker`` and ``NAME-redis`` must be DNS-1035 labels (a
+    letter first, at most 63 characters); ``NAME`` is also a label value (at most 63).
+    """
+    if not _DNS1035_LABEL.match(name):
+        return [
+            f"metadata.name {name!r} cannot name the agent's Services: use lower-case letters, "
+            "digits and '-', starting with a letter (no dots)"
+        ]
+    if len(name) > MAX_NAME_LENGTH:
+        return [
+            f"metadata.name {name!r} is {len(name)} characters long; at most "
+            f"{MAX_NAME_LENGTH} fit in the names of its children (NAME-worker)"
+        ]
+    return []

@@ -8,7 +8,6 @@ operator uses, so what this prints is what the operator accepts.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +15,10 @@ import yaml
 from pydantic import ValidationError
 
 from . import GROUP, KIND, VERSION
+from .naming import validate_name
 from .spec import AgentSpec, Faq, parse_faqs_document
+from .validation import validate_spec
 
-DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,38}[a-z0-9])?$")
 PLACEHOLDER = "REPLACE_ME"
 
 
@@ -49,11 +49,9 @@ def build_manifests(
     with_secrets: bool = True,
 ) -> list[dict[str, Any]]:
     """The two Secret templates and the WhatsAppAgent, as dicts (raises ``ProvisionError``)."""
-    if not DNS_LABEL.match(name):
-        raise ProvisionError(
-            f"name {name!r}: use lowercase letters, digits and '-' "
-            "(at most 40 characters, so child names stay valid)"
-        )
+    name_problems = validate_name(name)
+    if name_problems:
+        raise ProvisionError("; ".join(name_problems))
     faq_list = _parse_faq_args(faqs)
     if faqs_file is not None:
         try:
@@ -81,9 +79,7 @@ def build_manifests(
             f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
         )
         raise ProvisionError(problems) from None
-    from .validation import validate_spec
-
-    problems_list = validate_spec(parsed)
+    problems_list = validate_spec(parsed, name=name)
     if problems_list:
         raise ProvisionError("; ".join(problems_list))
 

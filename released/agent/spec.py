@@ -23,11 +23,6 @@ from pydantic.alias_generators import to_camel
 DNS1123_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 #: A ConfigMap/Secret data key.
 DATA_KEY = r"^[-._a-zA-Z0-9]+$"
-#: A Kubernetes resource quantity (``100m``, ``256Mi``, ``1``).
-QUANTITY = (
-    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
-    r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
-)
 #: A storage size for the Redis volume.
 STORAGE = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$"
 #: A duration such as ``30s``, ``12h`` or ``60d``.

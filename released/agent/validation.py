@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from .naming import child_names
+from .naming import child_names, validate_name
 from .spec import AgentSpec, Faq, Resources, parse_duration
 
 #: ``Ready=False`` reason for a spec with problems.
@@ -26,10 +26,6 @@ REASON_INVALID_SPEC = "InvalidSpec"
 MIN_ROTATION_INTERVAL = timedelta(hours=1)
 MAX_ROTATION_INTERVAL = timedelta(days=3650)
 
-#: The longest agent name: ``NAME-redis`` must still be a 63-character DNS-1035 label.
-MAX_NAME_LENGTH = 63 - len("-redis")
-
-_DNS1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _QUALIFIED_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
 _QUANTITY = re.compile(r"^([+-]?[0-9.]+)([eE][+-]?[0-9]+|[numkMGTPE]i?|Ki)?$")
@@ -239,25 +235,6 @@ def _check_names(spec: AgentSpec, name: str) -> list[str]:
             "operator writes for this agent; keep your FAQs in a ConfigMap of another name"
         )
     return problems
-
-
-def validate_name(name: str) -> list[str]:
-    """Problems of an agent's ``metadata.name`` as the base of its children's names.
-
-    Services are named ``NAME-redis`` and ``NAME-web`` and must be DNS-1035 labels (a letter
-    first, at most 63 characters); ``NAME`` is also a label value (at most 63 characters).
-    """
-    if not _DNS1035_LABEL.match(name):
-        return [
-            f"metadata.name {name!r} cannot name the agent's Services: use lower-case letters, "
-            "digits and '-', starting with a letter (no dots)"
-        ]
-    if len(name) > MAX_NAME_LENGTH:
-        return [
-            f"metadata.name {name!r} is {len(name)} characters long; at most "
-            f"{MAX_NAME_LENGTH} fit in the names of its children (NAME-redis)"
-        ]
-    return []
 
 
 def validate_spec(spec: AgentSpec, *, name: str | None = None) -> list[str]:

@@ -275,7 +275,12 @@ async def test_rotation_actions_on_the_server(postgres_url: str) -> None:
     agent = _agent()
     creds = await db.ensure_database(postgres_url, agent)
     try:
-        data = rot.initial_secret_data(creds)
+        data = {
+            keys.REDIS_PASSWORD: "redis-0",
+            keys.VERIFY_TOKEN: "verify-0",
+            keys.DATABASE_URL: creds.url,
+            keys.DATABASE_ROLE: creds.role,
+        }
         conn = await _connect(data[keys.DATABASE_URL])
         await conn.execute("CREATE TABLE t (x int)")
         await conn.close()

@@ -180,7 +180,8 @@ async def test_rotation_registers_the_new_token(graph: str, meta: FakeMeta) -> N
     from whatsapp_operator import rotation as rot
 
     meta.configure(verify_webhooks=True)
-    data = rot.generate_rotated_secret_data(rot.initial_secret_data(), "r1")
+    initial = {keys.REDIS_PASSWORD: "redis-0", keys.VERIFY_TOKEN: "verify-0"}
+    data = rot.generate_rotated_secret_data(initial, "r1")
     web = _WebTier({data[keys.VERIFY_TOKEN], data[keys.VERIFY_TOKEN_PREVIOUS]})
     try:
         registration = rot.MetaRegistration(graph, PHONE, TOKEN, web.url)

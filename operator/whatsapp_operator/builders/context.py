@@ -173,20 +173,14 @@ def compute_redis_checksum(credentials: Mapping[str, str | bytes]) -> str:
     )
 
 
-def generate_credentials(*, database_url: str | None = None) -> dict[str, str]:
-    """Fresh values for a new ``NAME-credentials`` Secret.
-
-    ``redisPassword`` and ``verifyToken`` are URL-safe random tokens (no characters that need
-    escaping in a URL or a Redis ACL rule); ``databaseUrl`` is added when given (provisioned
-    databases).
-    """
-    values = {
+def generate_credentials() -> dict[str, str]:
+    """Fresh values for a new ``NAME-credentials`` Secret: ``redisPassword`` and
+    ``verifyToken``, URL-safe random tokens (no characters that need escaping in a URL or a
+    Redis ACL rule). The database keys are added when a database is provisioned."""
+    return {
         keys.REDIS_PASSWORD: secrets.token_urlsafe(32),
         keys.VERIFY_TOKEN: secrets.token_urlsafe(32),
     }
-    if database_url is not None:
-        values[keys.DATABASE_URL] = database_url
-    return values
 
 
 def build_credentials_secret(
@@ -198,9 +192,10 @@ def build_credentials_secret(
 ) -> dict[str, Any]:
     """The ``NAME-credentials`` Secret of agent ``name`` holding ``values``.
 
-    Values go in ``data`` (base64), not ``stringData``: with server-side apply a key dropped from
-    ``values`` (``redisPasswordPrevious`` after a rotation) is then removed from the Secret.
-    With ``owner_uid`` the Secret is owned by (and garbage-collected with) the agent.
+    Values go in ``data`` (base64). The operator creates the Secret once with them
+    (:meth:`whatsapp_operator.kube.Kube.ensure_secret` only adds keys it lacks, never changes a
+    value); rotation changes and removes keys with merge patches. With ``owner_uid`` the Secret
+    is owned by (and garbage-collected with) the agent.
     """
     meta: dict[str, Any] = {
         "name": child_names(name).credentials_secret,

@@ -36,7 +36,7 @@ from whatsapp_operator.config import OperatorSettings
 from bot.core.config import Settings
 from released.agent.naming import (
     CONFIG_CHECKSUM_ANNOTATION,
-    agent_selector,
+    agent_labels,
     child_names,
     labels,
     selector_labels,
@@ -119,9 +119,11 @@ def test_labels() -> None:
     }
     assert selector_labels("acme", "web").items() <= labels("acme", "web").items()
     assert "managed-by" not in " ".join(selector_labels("acme", "web"))
-    assert agent_selector("acme") == (
-        "app.kubernetes.io/name=released-agent,app.kubernetes.io/instance=acme"
-    )
+    assert agent_labels("acme") == {
+        "app.kubernetes.io/name": "released-agent",
+        "app.kubernetes.io/instance": "acme",
+    }
+    assert agent_labels("acme").items() <= labels("acme", "redis").items()
 
 
 # -- the set of children ---------------------------------------------------------------------
@@ -550,8 +552,6 @@ def test_generate_credentials() -> None:
     for value in first.values():
         assert len(value) >= 32
         assert value.replace("-", "").replace("_", "").isalnum()
-    with_db = generate_credentials(database_url="postgresql://r:p@pg:5432/db")
-    assert with_db[keys.DATABASE_URL] == "postgresql://r:p@pg:5432/db"
 
 
 def test_credentials_secret() -> None:

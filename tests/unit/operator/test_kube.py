@@ -84,31 +84,19 @@ async def test_apply_is_a_forced_server_side_apply_by_the_operator() -> None:
     assert json.loads(request.content) == manifest
 
 
-async def test_pdb_falls_back_to_v1beta1_where_policy_v1_is_not_served() -> None:
+async def test_pdb_version_is_asked_once() -> None:
     def handler(request: httpx2.Request) -> httpx2.Response:
-        if request.url.path.startswith("/apis/policy/v1/"):
-            return status(404, "NotFound", "the server could not find the requested resource")
-        if request.method == "GET":
-            return ok({"kind": "List", "items": [], "metadata": {}})
-        return ok(json.loads(request.content))
+        return status(404, "NotFound", "the server could not find the requested resource")
 
-    pdb = {
-        "apiVersion": "policy/v1",
-        "kind": "PodDisruptionBudget",
-        "metadata": {"name": "acme-web", "namespace": "ns"},
-        "spec": {"maxUnavailable": 1},
-    }
     kube, seen = kube_with(handler)
-    (applied,) = await kube.apply_all([pdb])
-    assert applied["apiVersion"] == "policy/v1beta1"
-    await kube.apply_all([pdb])
-    paths = [(r.method, r.url.path) for r in seen]
-    assert paths == [  # discovery once, then applies to v1beta1
-        ("GET", "/apis/policy/v1/namespaces/ns/poddisruptionbudgets"),
-        ("PATCH", "/apis/policy/v1beta1/namespaces/ns/poddisruptionbudgets/acme-web"),
-        ("PATCH", "/apis/policy/v1beta1/namespaces/ns/poddisruptionbudgets/acme-web"),
-    ]
-    assert seen[0].url.params["limit"] == "1"
+    assert await kube.pdb_api_version("ns") == "policy/v1beta1"  # Kubernetes 1.20
+    assert await kube.pdb_api_version("other") == "policy/v1beta1"
+    (request,) = seen
+    assert request.url.path == "/apis/policy/v1/namespaces/ns/poddisruptionbudgets"
+    assert request.url.params["limit"] == "1"
+
+    kube, seen = kube_with(lambda r: ok({"kind": "List", "items": [], "metadata": {}}))
+    assert await kube.pdb_api_version("ns") == "policy/v1"
 
 
 async def test_service_monitor_presence() -> None:

@@ -60,7 +60,6 @@ def test_fresh_agent_is_scheduled_not_rotated() -> None:
     assert step.action is rot.RotationAction.NONE and step.before is None
     assert step.after.next_rotation == T0 + INTERVAL
     assert step.after.phase is rot.RotationPhase.IDLE
-    assert step.requeue_after == INTERVAL
     assert not rot.is_due(step.after, T0 + INTERVAL - timedelta(seconds=1))
     assert rot.is_due(step.after, T0 + INTERVAL)
 
@@ -70,7 +69,7 @@ def test_never_rotates_before_next_rotation() -> None:
     for now in (T0, T0 + DAY, T0 + INTERVAL - timedelta(seconds=1)):
         step = rot.plan_rotation_step(state, now, pods_rolled=True)
         assert step.action is rot.RotationAction.NONE
-        assert step.requeue_after == T0 + INTERVAL - now
+        assert step.after.next_rotation == T0 + INTERVAL
     step = rot.plan_rotation_step(state, T0 + INTERVAL, pods_rolled=True)
     assert step.action is rot.RotationAction.ROTATE
     assert step.before is not None and step.before.phase is rot.RotationPhase.STARTED
@@ -100,7 +99,6 @@ def test_started_waits_for_pods_then_revokes() -> None:
     waiting = rot.plan_rotation_step(started, T0 + timedelta(minutes=5), pods_rolled=False)
     assert waiting.action is rot.RotationAction.ROTATE
     assert waiting.before is None and waiting.after == started
-    assert waiting.requeue_after == rot.ROLLOUT_POLL
 
     done = rot.plan_rotation_step(started, T0 + timedelta(minutes=10), pods_rolled=True)
     assert done.action is rot.RotationAction.REVOKE
@@ -157,21 +155,6 @@ def test_status_roundtrip_and_broken_status() -> None:
 
 
 # -- Secret data ----------------------------------------------------------------------------
-
-
-def test_initial_and_complete_secret_data() -> None:
-    data = rot.initial_secret_data()
-    assert set(data) == {keys.REDIS_PASSWORD, keys.VERIFY_TOKEN}
-    assert (
-        len(data[keys.REDIS_PASSWORD]) >= 40
-        and data[keys.REDIS_PASSWORD] != data[keys.VERIFY_TOKEN]
-    )
-    creds = DatabaseCredentials.from_url(DB_URL)
-    completed = rot.complete_secret_data(data, creds)
-    assert completed[keys.REDIS_PASSWORD] == data[keys.REDIS_PASSWORD]
-    assert completed[keys.DATABASE_URL] == DB_URL
-    assert completed[keys.DATABASE_ROLE] == "released_shop_acme_a"
-    assert rot.complete_secret_data(completed) == completed
 
 
 def test_generate_rotated_and_finalize() -> None:

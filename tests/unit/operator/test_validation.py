@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from released.agent.naming import validate_name
 from released.agent.spec import AgentSpec, Faq
 from released.agent.validation import (
     InvalidSpec,
@@ -14,7 +15,6 @@ from released.agent.validation import (
     parse_quantity,
     parse_spec,
     validate_faqs,
-    validate_name,
     validate_spec,
 )
 from tests.unit.operator.crd_helpers import agents_in_examples
@@ -210,7 +210,7 @@ def test_parse_quantity_rejects(text: str) -> None:
         ("acme.shop", "starting with a letter (no dots)"),
         ("1acme", "starting with a letter"),
         ("Acme", "lower-case"),
-        ("a" * 58, "58 characters long; at most 57"),
+        ("a" * 57, "57 characters long; at most 56"),
     ],
 )
 def test_agent_names_that_cannot_name_children(name: str, fragment: str) -> None:
@@ -220,5 +220,5 @@ def test_agent_names_that_cannot_name_children(name: str, fragment: str) -> None
 
 
 def test_agent_names_that_fit() -> None:
-    assert validate_name("a" * 57) == []
+    assert validate_name("a" * 56) == []  # a-...-worker is 63 characters
     assert validate_name("acme-shop-2") == []
