@@ -18,11 +18,17 @@ from typing import Any
 import pytest
 from whatsapp_operator.config import OperatorSettings
 from whatsapp_operator.database import DatabaseCredentials
+from whatsapp_operator.database import database_name as _database_name
+from whatsapp_operator.database import login_roles as _login_roles
 from whatsapp_operator.errors import ReleasedError
 from whatsapp_operator.knowledge import KnowledgeState
 from whatsapp_operator.reconcile.context import Agent
 
 from .fake_kube import FakeKube, RecordedEvents
+
+#: The provisioned database of agent ``shop/acme`` and its two alternating login roles.
+DB_NAME = _database_name("shop/acme")
+ROLE_A, ROLE_B = _login_roles(DB_NAME)
 
 NS = "shop"
 META_TOKEN = "EAAtesttoken1234567890"

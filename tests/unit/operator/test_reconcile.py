@@ -13,14 +13,14 @@ from whatsapp_operator.errors import PermanentError, TemporaryError
 from whatsapp_operator.reconcile.context import MAX_BACKOFF, backoff
 from whatsapp_operator.reconcile.pipeline import reconcile
 
-from .conftest import NS, OPENAI_KEY, World, agent_body, b64, unb64
+from .conftest import DB_NAME, NS, OPENAI_KEY, ROLE_A, World, agent_body, b64, unb64
 
 CHILD_KINDS = {
     "ServiceAccount": 1,
     "ConfigMap": 1,
     "PersistentVolumeClaim": 1,
     "Service": 3,
-    "NetworkPolicy": 2,
+    "NetworkPolicy": 5,
     "Deployment": 4,
     "PodDisruptionBudget": 1,
     "Ingress": 1,
@@ -292,21 +292,21 @@ async def test_provisioned_database(pg_world: World) -> None:
     pg_world.kube.put(agent_body(database=None))
     await reconcile(pg_world.agent(), retry=0)
     credentials = unb64(pg_world.kube.obj("Secret", NS, "acme-credentials")["data"])
-    assert credentials[keys.DATABASE_ROLE] == "released_shop_acme_a"
-    assert credentials[keys.DATABASE_URL].startswith("postgresql://released_shop_acme_a:pw-a@")
+    assert credentials[keys.DATABASE_ROLE] == ROLE_A
+    assert credentials[keys.DATABASE_URL].startswith(f"postgresql://{ROLE_A}:pw-a@")
     assert pg_world.status()["database"] == {
-        "name": "released_shop_acme",
-        "role": "released_shop_acme_a",
+        "name": DB_NAME,
+        "role": ROLE_A,
     }
     # The next pass re-asserts the role it finds in the Secret.
     await reconcile(pg_world.agent(), retry=0)
     (_key, current) = pg_world.outside.named("ensure_database")[-1]
-    assert current.role == "released_shop_acme_a"
+    assert current.role == ROLE_A
 
 
 async def test_database_conflict_blocks_and_waits_long(pg_world: World) -> None:
     pg_world.outside.database_error = PermanentError(
-        "database 'released_shop_acme' belongs to something else", reason="DatabaseNameConflict"
+        "the database belongs to something else", reason="DatabaseNameConflict"
     )
     pg_world.kube.put(agent_body(database=None))
     with pytest.raises(TemporaryError) as raised:

@@ -25,7 +25,7 @@ from whatsapp_operator.reconcile.parts import workloads
 from whatsapp_operator.reconcile.pipeline import reconcile
 from whatsapp_operator.reconcile.rotate import rotate_if_due
 
-from .conftest import NS, World, agent_body, make_world, unb64
+from .conftest import NS, ROLE_A, ROLE_B, World, agent_body, make_world, unb64
 from .fake_kube import RecordedEvents
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
@@ -312,7 +312,7 @@ async def test_full_rotation(monkeypatch: pytest.MonkeyPatch) -> None:
     run = start(monkeypatch)
     await settle(run)
     before = run.secret()
-    assert before[keys.DATABASE_ROLE] == "released_shop_acme_a"
+    assert before[keys.DATABASE_ROLE] == ROLE_A
     assert run.status()["nextRotation"] == "2026-03-02T00:00:00Z"
     await tick(run, CREATED + INTERVAL - DAY, roll=False)
     assert run.issued == []
@@ -321,7 +321,7 @@ async def test_full_rotation(monkeypatch: pytest.MonkeyPatch) -> None:
     await tick(run, due, roll=False)
     rotated = run.secret()
     assert run.issued == ["20260302T000000Z"]
-    assert rotated[keys.DATABASE_ROLE] == "released_shop_acme_b"
+    assert rotated[keys.DATABASE_ROLE] == ROLE_B
     assert rotated[keys.REDIS_PASSWORD_PREVIOUS] == before[keys.REDIS_PASSWORD]
     assert run.status()["rotation"]["phase"] == "Started"
     assert run.world.condition("CredentialsRotated")["reason"] == "RotationInProgress"
@@ -333,7 +333,7 @@ async def test_full_rotation(monkeypatch: pytest.MonkeyPatch) -> None:
     assert run.revoked == [] and run.issued == ["20260302T000000Z"]
 
     await tick(run, due + timedelta(minutes=2), roll=True)
-    assert run.revoked == ["released_shop_acme_a"]
+    assert run.revoked == [ROLE_A]
     final = run.secret()
     assert not set(keys.PREVIOUS_KEYS) & set(final)
     status = run.status()
@@ -373,7 +373,7 @@ async def test_crash_during_start_resumes_without_rotating_twice(
     assert len(run.issued) == 1 and run.revoked == []
     assert run.status()["rotation"]["phase"] == "Started"
     await tick(run, due + timedelta(minutes=5), roll=True)
-    assert run.revoked == ["released_shop_acme_a"]
+    assert run.revoked == [ROLE_A]
     assert run.status()["rotation"]["phase"] == "Idle"
     assert len(run.issued) == 1
 
@@ -389,7 +389,7 @@ async def test_crash_during_finish_resumes(monkeypatch: pytest.MonkeyPatch, cras
     await tick(run, due + timedelta(minutes=2), roll=True)
     await tick(run, due + timedelta(minutes=3), roll=True)
     assert run.status()["rotation"]["phase"] == "Idle"
-    assert set(run.revoked) == {"released_shop_acme_a"}
+    assert set(run.revoked) == {ROLE_A}
     assert not set(keys.PREVIOUS_KEYS) & set(run.secret())
     assert len(run.issued) == 1
 
@@ -407,7 +407,7 @@ async def test_a_failing_database_is_reported_and_retried(monkeypatch: pytest.Mo
     assert agent.events.reasons() == ["RotationStarted", "RotationFailed"]
     cond = run.world.condition("CredentialsRotated")
     assert (cond["reason"], cond["message"]) == ("RotationInProgress", "cannot reach PostgreSQL")
-    assert run.secret()[keys.DATABASE_ROLE] == "released_shop_acme_a"  # nothing pods can read
+    assert run.secret()[keys.DATABASE_ROLE] == ROLE_A  # nothing pods can read
     run.world.outside.database_error = None
     await tick(run, CREATED + INTERVAL + timedelta(minutes=1), roll=False)
     await tick(run, CREATED + INTERVAL + timedelta(minutes=2), roll=True)
