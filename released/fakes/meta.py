@@ -37,6 +37,7 @@ import json
 import re
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
 from datetime import UTC, date, datetime
 from typing import Any, ClassVar
 from urllib.parse import parse_qs
@@ -66,6 +67,8 @@ from released.fakes.webhooks import (
     new_wamid,
     status_event,
     text_message_event,
+    user_changed_number_event,
+    user_changed_user_id_event,
 )
 
 __all__ = [
@@ -1099,7 +1102,10 @@ def create_app(state: MetaState, fake: FakeMeta | None = None) -> Starlette:
                 contacts = {c.get("user_id"): c for c in value.get("contacts") or []}
                 for message in value.get("messages") or []:
                     bsuid = message.get("from_user_id")
-                    if not bsuid or message.get("type") == "system":
+                    if message.get("type") == "system":
+                        _apply_identity_change(message)
+                        continue
+                    if not bsuid:
                         continue
                     contact = contacts.get(bsuid, {})
                     if bsuid not in state.users:
@@ -1111,7 +1117,53 @@ def create_app(state: MetaState, fake: FakeMeta | None = None) -> Starlette:
                         )
                     state.last_inbound[bsuid] = now
 
+    def _apply_identity_change(message: dict[str, Any]) -> None:
+        """A delivered ``system`` message changes the user as Meta knows them (lock held)."""
+        system = message.get("system") or {}
+        kind = system.get("type")
+        if kind == "user_changed_user_id":
+            old = system.get("previous_user_id") or message.get("from_user_id")
+            new = system.get("user_id")
+            user = state.users.pop(str(old), None) if old else None
+            if new:
+                base = user or WhatsAppUser(phone=message.get("from") or None, user_id=str(new))
+                state.users[str(new)] = replace(base, user_id=str(new))
+                if old in state.last_inbound:
+                    state.last_inbound[str(new)] = state.last_inbound.pop(str(old))
+        elif kind == "user_changed_number":
+            bsuid = system.get("user_id") or message.get("from_user_id")
+            if bsuid and bsuid in state.users and system.get("wa_id"):
+                state.users[bsuid] = state.users[bsuid].with_phone(str(system["wa_id"]))
+
+    async def c_identity(request: Request) -> Response:
+        """Deliver an identity change of a known user, as Meta does, and apply it."""
+        body = await request.json()
+        phone_number_id = str(body["phone_number_id"])
+        with state.lock:
+            user = state.users.get(str(body["user_id"]))
+            record = state.phone_number(phone_number_id)
+        if user is None:
+            return JSONResponse({"detail": f"unknown user {body['user_id']}"}, 404)
+        common = {"phone_number_id": phone_number_id, "user": user,
+                  "timestamp": int(state.clock.now()),
+                  "display_phone_number": record["display_phone_number"],
+                  "waba_id": record["waba_id"]}
+        if body.get("new_phone"):
+            payload = user_changed_number_event(new_phone=str(body["new_phone"]), **common)
+        else:
+            payload = user_changed_user_id_event(new_user_id=body.get("new_user_id"), **common)
+        _note_inbound(payload)
+        url = body.get("url")
+        reason = ""
+        with state.lock:
+            if url is None:
+                url, reason = state.callback_for(phone_number_id)
+            secret = state.app_secret
+        return JSONResponse(await post_webhook(payload, url, secret, kind="system",
+                                               reason=reason))
+
     routes = [
+        Route("/_fake/identity", c_identity, methods=["POST"]),
         Route("/_fake/sent", c_sent, methods=["GET"]),
         Route("/_fake/reads", c_reads, methods=["GET"]),
         Route("/_fake/webhooks", c_webhooks, methods=["GET"]),
@@ -1339,6 +1391,26 @@ class FakeMeta(FakeServer):
         ``times`` (repeat count), ``endpoint`` (only calls whose endpoint key contains it).
         """
         self._post("/errors", {"errors": list(errors)})
+
+    def change_user_id(
+        self, phone_number_id: str, user_id: str, new_user_id: str | None = None,
+        *, url: str | None = None,
+    ) -> dict[str, Any]:
+        """The user's BSUID changes: deliver Meta's ``user_changed_user_id`` system message
+        (to ``url`` or where Meta would) and know the user by the new BSUID from now on."""
+        result: dict[str, Any] = self._post("/identity", {
+            "phone_number_id": phone_number_id, "user_id": user_id,
+            "new_user_id": new_user_id, "url": url})
+        return result
+
+    def change_number(
+        self, phone_number_id: str, user_id: str, new_phone: str, *, url: str | None = None
+    ) -> dict[str, Any]:
+        """The user moves to ``new_phone``: deliver ``user_changed_number`` and apply it."""
+        result: dict[str, Any] = self._post("/identity", {
+            "phone_number_id": phone_number_id, "user_id": user_id, "new_phone": new_phone,
+            "url": url})
+        return result
 
     def deliveries(self) -> list[dict[str, Any]]:
         """Every webhook the fake tried to deliver: ``url``, ``kind`` (message, status),

@@ -513,8 +513,16 @@ def _input_items(value: Any) -> list[dict[str, Any]]:
     return []
 
 
-def check_responses_addenda(body: dict[str, Any]) -> contracts.Problem | None:
+#: README "OpenAI": "reusable prompts (`v1/prompts`) [were shut down] on 2026-11-30".
+PROMPTS_SHUTDOWN = datetime(2026, 11, 30, tzinfo=UTC).timestamp()
+
+
+def check_responses_addenda(body: dict[str, Any], at: float) -> contracts.Problem | None:
     """The README's rules for ``POST /v1/responses`` that the document does not state."""
+    if body.get("prompt") is not None and at >= PROMPTS_SHUTDOWN:
+        return contracts.Problem(
+            "Unsupported parameter: 'prompt'. Reusable prompts were shut down on 2026-11-30; "
+            "send the instructions with the request.", "prompt", "unsupported_parameter")
     if not body.get("model"):
         # README: "reusable prompts (v1/prompts) [were shut down] on 2026-11-30": a response
         # can no longer take its model from a prompt, so the request must name one.
@@ -739,7 +747,7 @@ def create_app(state: OpenAIState, fake: FakeOpenAI | None = None) -> Starlette:
         body = await request.json()
         if not isinstance(body, dict):
             raise ValueError("the body must be a JSON object")
-        problem = check_responses_addenda(body)
+        problem = check_responses_addenda(body, state.clock.now())
         if problem is not None:
             return problem_error(problem)
         model = str(body["model"])

@@ -109,6 +109,45 @@ def test_known_user_gets_its_bsuid_in_the_send_answer(meta: FakeMeta) -> None:
     assert response.json()["contacts"][0]["user_id"] == "ES.42"
 
 
+@pytest.mark.parametrize(
+    ("extra", "detail"),
+    [
+        ({"colour": "red"}, 'Unexpected key "colour" on param "body".'),
+        ({"recipient_type": "crowd"}, "Param recipient_type must be one of {individual, group}."),
+        ({"type": "image"}, "The parameter image is required."),
+        ({"type": "text", "text": {"body": "x", "bold": True}},
+         'Unexpected key "bold" on param "text".'),
+        ({"type": "text", "text": {"body": "x" * 4097}},
+         "Param text['body'] must be at most 4096 characters long."),
+    ],
+)
+def test_schema_refusals_over_http(meta: FakeMeta, extra: dict[str, Any], detail: str) -> None:
+    body = {**text(to="34600111222"), **extra}
+    error = assert_graph_error(post(meta, f"{PN}/messages", body), 400, 100)
+    assert error["message"] == "(#100) Invalid parameter"
+    assert error["error_data"]["details"] == detail
+    assert meta.sent() == []
+
+
+def test_mark_as_read_with_typing_indicator(meta: FakeMeta) -> None:
+    read = {"messaging_product": "whatsapp", "status": "read", "message_id": "wamid.x",
+            "typing_indicator": {"type": "text"}}
+    assert post(meta, f"{PN}/messages", read).json() == {"success": True}
+    assert meta.reads()[0]["typing_indicator"] == {"type": "text"}
+    bad = {**read, "typing_indicator": {"type": "audio"}}
+    assert_graph_error(post(meta, f"{PN}/messages", bad), 400, 100)
+    assert_graph_error(post(meta, f"{PN}/messages", {**read, "status": "seen"}), 400, 100)
+    no_id = {"messaging_product": "whatsapp", "status": "read"}
+    assert_graph_error(post(meta, f"{PN}/messages", no_id), 400, 100)
+
+
+def test_webhook_configuration_must_be_an_object(meta: FakeMeta) -> None:
+    meta.set_subscribed(WABA)
+    assert_graph_error(post(meta, PN, {"webhook_configuration": "https://b.example.com/w"}),
+                       400, 100)
+    assert_graph_error(post(meta, PN, {"webhook_configuration": {"verify_token": "v"}}), 400, 100)
+
+
 # -- Graph versions -----------------------------------------------------------------------------
 
 
@@ -299,3 +338,33 @@ def test_free_text_refused_24_hours_after_the_users_last_message(meta: FakeMeta)
     template = {"messaging_product": "whatsapp", "to": "34600555444", "type": "template",
                 "template": {"name": "hello_world", "language": {"code": "en_US"}}}
     assert post(meta, f"{PN}/messages", template).status_code == 200
+
+
+def test_identity_changes_are_delivered_and_applied(meta: FakeMeta, bot: str) -> None:
+    meta.configure(status_webhooks=[])
+    try:
+        _identity_changes(meta, bot)
+    finally:
+        meta.configure(status_webhooks=["sent", "delivered"])
+
+
+def _identity_changes(meta: FakeMeta, bot: str) -> None:
+    meta.set_subscribed(WABA)
+    post(meta, PN, override(bot))
+    meta.deliver_text(PN, "hi", from_number="34600777666")
+    old = bsuid_for("34600777666")
+    meta.change_user_id(PN, old, "ES.777")
+    system = _Bot.received[-1]["entry"][0]["changes"][0]["value"]
+    assert "contacts" not in system
+    message = system["messages"][0]
+    assert message["type"] == "system"
+    assert (message["system"]["previous_user_id"], message["system"]["user_id"]) == (old, "ES.777")
+    answer = post(meta, f"{PN}/messages", text(to="34600777666")).json()
+    assert answer["contacts"][0]["user_id"] == "ES.777"
+
+    meta.change_number(PN, "ES.777", "34600000999")
+    changed = _Bot.received[-1]["entry"][0]["changes"][0]["value"]["messages"][0]["system"]
+    assert (changed["type"], changed["wa_id"], changed["user_id"]) == (
+        "user_changed_number", "34600000999", "ES.777")
+    answer = post(meta, f"{PN}/messages", text(to="34600000999")).json()
+    assert answer["contacts"][0]["user_id"] == "ES.777"

@@ -124,6 +124,17 @@ def test_conversation_with_previous_response_id_is_refused(oai: FakeOpenAI) -> N
         400, "mutually_exclusive_parameters", "conversation")
 
 
+def test_reusable_prompts_are_refused_after_their_shutdown(oai: FakeOpenAI) -> None:
+    prompt = {"id": "pmpt_123", "version": "2"}
+    oai.set_clock("2026-11-29")
+    assert respond(oai, model="gpt-6-luna", prompt=prompt).status_code == 200
+    oai.set_clock("2026-11-30")
+    assert_openai_error(respond(oai, model="gpt-6-luna", prompt=prompt), 400,
+                        "unsupported_parameter", "prompt")
+    # The Assistants API is gone too: its routes do not exist.
+    assert raw(oai, "POST", "/assistants", {"model": "gpt-6-luna"}).status_code == 404
+
+
 def test_max_output_tokens_below_16_is_refused(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as info:
         client.responses.create(model="gpt-6-luna", input="hi", max_output_tokens=15)

@@ -386,6 +386,11 @@ def check_meta_message(body: dict[str, Any], version: str) -> Problem | None:
     recipient = view.pop("recipient", None)
     if not view.get("to") and recipient is not None:
         view["to"] = recipient
+    # Meta applies type "text" when none is given; it also picks the schema (discriminator).
+    view.setdefault("type", "text")
+    kinds = _meta_message_types()
+    if view["type"] not in kinds:
+        return Problem(f"Param type must be one of {{{', '.join(kinds)}}}.", "type")
     problem = check_request("meta", MESSAGES, view)
     if problem is not None:
         return problem
@@ -399,6 +404,13 @@ def check_meta_message(body: dict[str, Any], version: str) -> Problem | None:
                 f"Param text['body'] must be at most {MAX_TEXT_BODY} characters long.",
                 "text['body']")
     return None
+
+
+@cache
+def _meta_message_types() -> tuple[str, ...]:
+    """The message types of the document's ``Message`` discriminator."""
+    schema = _resolve("meta", {"$ref": "#/components/schemas/Message"})
+    return tuple(schema["discriminator"]["mapping"])
 
 
 def _check_mark_read(body: dict[str, Any]) -> Problem | None:
