@@ -29,6 +29,7 @@ from typing import IO, Any
 import httpx
 
 from bot.core.config import DEFAULT_GRAPH_URL
+from bot.serving import uvicorn_args
 
 #: The fake Graph API is called with the version production uses.
 DEFAULT_GRAPH_VERSION = DEFAULT_GRAPH_URL.rstrip("/").rsplit("/", 1)[1]
@@ -357,17 +358,8 @@ class LocalStack:
         port = self.web_port if self.web_port and port_is_free(self.web_port) else free_port()
         self._spawn(
             "web",
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "bot.main:app",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--no-access-log",
-            ],
+            # The production command line (HTTP limits included), on a local port.
+            [sys.executable, "-m", "uvicorn", *uvicorn_args("127.0.0.1", port)],
         )
         self.urls["web"] = f"http://127.0.0.1:{port}"
         self._wait_http("web", f"{self.urls['web']}/readyz")

@@ -17,13 +17,14 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from bot.serving import uvicorn_flags
 from tests.servers import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 
-#: The web tier's uvicorn flags in production (``whatsapp_operator.builders.workloads``),
-#: host aside; every server under test gets the same ones.
-UVICORN_FLAGS = ["--proxy-headers", "--forwarded-allow-ips", "*", "--no-access-log"]
+#: The web tier's uvicorn flags in production (``bot.serving``, what the operator's web
+#: container runs), host aside; every server under test gets the same ones.
+UVICORN_FLAGS = uvicorn_flags()
 
 
 def machine() -> dict[str, Any]:

@@ -40,6 +40,7 @@ from bot.whatsapp.simulate import signed_delivery, text_message_payload
 from tests.bench._common import (
     REPO,
     bench_env,
+    cpu_seconds,
     machine,
     start_uvicorn,
     stop_process,
@@ -48,7 +49,7 @@ from tests.bench.baselines import BASELINE_QUEUE
 from tests.servers import start_redis
 
 PHONE_NUMBER_ID = "100000000000001"
-APP_SECRET = "bench-app-secret"
+APP_SECRET = "0123456789abcdef0123456789abcdef"  # shaped like a Meta app secret (32 hex)
 WRK_SCRIPT = Path(__file__).with_name("wrk_signed.lua")
 
 
@@ -146,6 +147,16 @@ def run_saturation(url: str, bodies: Path, duration: float, connections: int) ->
         "p50_ms": raw["p50_us"] / 1000, "p90_ms": raw["p90_us"] / 1000,
         "p99_ms": raw["p99_us"] / 1000, "max_ms": raw["max_us"] / 1000,
     }
+
+
+def cpu_per_request(pid: int, cpu_before: float, result: dict[str, Any]) -> float | None:
+    """CPU time the server process spent per answered request during a step, in µs.
+
+    Unlike throughput, this hardly moves when other processes share the cores, so it is the
+    figure to compare between runs on a busy machine."""
+    if not result["accepted"]:
+        return None
+    return round((cpu_seconds(pid) - cpu_before) / result["accepted"] * 1e6, 1)
 
 
 def check_queue(r: redis.Redis, target: Target, result: dict[str, Any]) -> None:
@@ -250,13 +261,17 @@ def bench(rates: list[float], duration: float, sat_duration: float, connections:
                 run_loadgen(url, bodies(400), 400, 1.0)  # warm up (imports, connections)
                 r.flushall()
                 for rate in rates:
+                    cpu = cpu_seconds(proc.pid)
                     result = run_loadgen(url, bodies(int(rate * duration)), rate, duration)
+                    result["cpu_us_per_request"] = cpu_per_request(proc.pid, cpu, result)
                     result["mode"] = f"{rate:g}/s"
                     check_queue(r, target, result)
                     rows.append(result)
                     print(target.name, json.dumps(result), flush=True)
                 sat_bodies = bodies(int(12_000 * sat_duration))
+                cpu = cpu_seconds(proc.pid)
                 result = run_saturation(url, sat_bodies, sat_duration, connections)
+                result["cpu_us_per_request"] = cpu_per_request(proc.pid, cpu, result)
                 result["mode"] = "saturation"
                 check_queue(r, target, result)
                 rows.append(result)
@@ -297,6 +312,9 @@ def ratios(report: dict[str, Any]) -> list[dict[str, Any]]:
                 b = res[base][i]
                 entry[f"rps_vs_{base}"] = round(row["accepted_per_s"] / b["accepted_per_s"], 3)
                 entry[f"p99_vs_{base}"] = round(row["p99_ms"] / b["p99_ms"], 2)
+                if row.get("cpu_us_per_request") and b.get("cpu_us_per_request"):
+                    entry[f"cpu_vs_{base}"] = round(
+                        row["cpu_us_per_request"] / b["cpu_us_per_request"], 2)
         out.append(entry)
     return out
 
@@ -304,7 +322,7 @@ def ratios(report: dict[str, Any]) -> list[dict[str, Any]]:
 def print_report(report: dict[str, Any]) -> None:
     print("\nmachine:", json.dumps(report["machine"]))
     header = f"{'server':8} {'mode':>11} {'accepted/s':>10} {'p50 ms':>8} {'p99 ms':>8} " \
-             f"{'max ms':>8} {'200s':>7} {'queued':>7} {'lost':>5} {'errors':>6}"
+             f"{'max ms':>8} {'200s':>7} {'queued':>7} {'lost':>5} {'errors':>6} {'cpu µs/req':>10}"
     print(header)
     for name, rows in report["results"].items():
         for row in rows:
@@ -314,8 +332,8 @@ def print_report(report: dict[str, Any]) -> None:
             print(f"{name:8} {row['mode']:>11} {row['accepted_per_s']:>10.0f} "
                   f"{row['p50_ms']:>8.2f} {row['p99_ms']:>8.2f} {row['max_ms']:>8.1f} "
                   f"{row['accepted']:>7} {row.get('queued', '-'):>7} {row.get('lost', '-'):>5} "
-                  f"{nerr:>6}")
-    print("\nbot vs baselines (accepted/s ratio, p99 ratio):")
+                  f"{nerr:>6} {row.get('cpu_us_per_request') or '-':>10}")
+    print("\nbot vs baselines (accepted/s ratio, p99 ratio, CPU per request ratio):")
     for entry in ratios(report):
         print("  " + json.dumps(entry))
     if report.get("profile"):

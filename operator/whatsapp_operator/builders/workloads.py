@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from bot.serving import uvicorn_args
 from released.agent.naming import (
     BEAT,
     CONFIG_CHECKSUM_ANNOTATION,
@@ -280,22 +281,13 @@ def _bot_container(agent: AgentContext, component: str, command: list[str]) -> d
 
 
 def build_web_deployment(agent: AgentContext) -> dict[str, Any]:
-    """``NAME-web``: uvicorn serving ``bot.main:app`` on port 8000 behind the Ingress."""
+    """``NAME-web``: uvicorn serving ``bot.main:app`` on port 8000 behind the Ingress, with the
+    web tier's HTTP limits (concurrency, keep-alive, header and body timeouts: ``bot.serving``)."""
     container = _bot_container(
         agent,
         WEB,
-        [
-            "uvicorn",
-            "bot.main:app",
-            "--host",
-            "0.0.0.0",  # noqa: S104 (a pod listens on its own address)
-            "--port",
-            str(WEB_PORT),
-            "--proxy-headers",
-            "--forwarded-allow-ips",
-            "*",
-            "--no-access-log",
-        ],
+        # A pod listens on its own address.
+        ["uvicorn", *uvicorn_args("0.0.0.0", WEB_PORT)],  # noqa: S104
     )
     container["ports"] = [{"name": "http", "containerPort": WEB_PORT, "protocol": "TCP"}]
     container["livenessProbe"] = {

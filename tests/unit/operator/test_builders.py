@@ -266,6 +266,11 @@ def test_commands_ports_and_probes() -> None:
     assert c["image"] == SETTINGS.bot_image
     assert c["command"][:2] == ["uvicorn", "bot.main:app"]
     assert "--proxy-headers" in c["command"]
+    # The web tier's HTTP limits (issue 10): concurrency, keep-alive, header/body timeouts.
+    flags = dict(zip(c["command"][2::2], c["command"][3::2], strict=False))
+    assert flags["--http"] == "bot.api.protocol:HttpProtocol"
+    assert int(flags["--limit-concurrency"]) > 0
+    assert int(flags["--timeout-keep-alive"]) > 60
     assert c["command"][c["command"].index("--port") + 1] == "8000"
     assert c["ports"] == [{"name": "http", "containerPort": 8000, "protocol": "TCP"}]
     assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
