@@ -273,3 +273,21 @@ def test_meta_error_text_is_redacted_before_it_is_cut() -> None:
     # Cut inside the token: before the fix its first characters were kept.
     assert error.title.endswith(" token [RE")
     assert TOKEN[:3] not in error.title
+
+
+def test_every_secret_setting_is_redacted() -> None:
+    """A secret setting added later (typed SecretStr) is redacted without anyone remembering
+    to list it: the test sets every one and finds each in the redaction list."""
+    import typing
+
+    fields = [
+        name for name, info in Settings.model_fields.items()
+        if SecretStr in typing.get_args(info.annotation) or info.annotation is SecretStr
+    ]
+    assert {"meta_app_secret", "meta_access_token", "openai_api_key"} <= set(fields)
+    values = {name: ("0123456789abcdef" * 2 if name == "meta_app_secret" else f"{name}-value-42")
+              for name in fields}
+    settings = Settings(**{name: SecretStr(v) for name, v in values.items()})
+    held = settings.secret_values()
+    for name, value in values.items():
+        assert value in held, f"{name} is not redacted"
