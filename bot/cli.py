@@ -184,6 +184,12 @@ def provision(
     ] = False,
     display_phone_number: Annotated[str | None, typer.Option(
         help="The number in E.164, for people reading the manifest.")] = None,
+    business_account_id: Annotated[str | None, typer.Option(
+        help="The WhatsApp Business Account ID (digits): the operator then checks that the "
+             "Meta app is subscribed to it and subscribes it when not.")] = None,
+    model: Annotated[str | None, typer.Option(
+        help="The OpenAI model (default: a current low-cost model with no announced "
+             "shutdown).")] = None,
     secrets: Annotated[bool, typer.Option(
         help="Include the two Secret templates (REPLACE_ME values); --no-secrets when they "
              "already exist, so applying does not overwrite them.")] = True,
@@ -214,6 +220,8 @@ def provision(
             host=host,
             register_webhook=register_webhook,
             display_phone_number=display_phone_number,
+            business_account_id=business_account_id,
+            **({"model": model} if model else {}),
             with_secrets=secrets,
         )
     except ProvisionError as exc:

@@ -19,6 +19,7 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from released.agent.policy import Policy, TierBounds
+from released.providers.meta import DEFAULT_GRAPH_URL
 
 
 class OperatorSettings(BaseSettings):
@@ -32,7 +33,7 @@ class OperatorSettings(BaseSettings):
     image_pull_policy: str = "IfNotPresent"
 
     #: Meta's Graph API and OpenAI base URLs; tests point them at the fakes.
-    graph_url: str = "https://graph.facebook.com/v25.0"
+    graph_url: str = DEFAULT_GRAPH_URL
     openai_base_url: str = "https://api.openai.com/v1"
 
     #: Admin URL of the shared PostgreSQL on which agents without ``database.secretRef`` get a

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from . import GROUP, KIND, VERSION
 from .naming import validate_name
-from .spec import AgentSpec, Faq, parse_faqs_document
+from .spec import DEFAULT_MODEL, AgentSpec, Faq, parse_faqs_document
 from .validation import validate_spec
 
 PLACEHOLDER = "REPLACE_ME"
@@ -46,6 +46,8 @@ def build_manifests(
     host: str | None = None,
     register_webhook: bool = False,
     display_phone_number: str | None = None,
+    business_account_id: str | None = None,
+    model: str = DEFAULT_MODEL,
     with_secrets: bool = True,
 ) -> list[dict[str, Any]]:
     """The two Secret templates and the WhatsAppAgent, as dicts (raises ``ProvisionError``)."""
@@ -70,6 +72,11 @@ def build_manifests(
     }
     if display_phone_number:
         spec["displayPhoneNumber"] = display_phone_number
+    if business_account_id:
+        spec["businessAccountId"] = business_account_id
+    # The model is written out, so the manifest says which one the agent uses (the CRD's
+    # default changes when OpenAI shuts models down; a stored spec keeps what it holds).
+    spec["assistant"] = {"model": model}
     if host:
         spec["ingress"] = {"host": host, "webhook": {"register": register_webhook}}
     try:

@@ -19,6 +19,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
+from released.providers import openai as _openai
+from released.providers.openai import ReasoningEffort, Verbosity
+
 #: A DNS-1123 subdomain (names of Secrets, ConfigMaps, hosts), as in the CRD.
 DNS1123_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 #: A ConfigMap/Secret data key.
@@ -28,7 +31,9 @@ STORAGE = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$"
 #: A duration such as ``30s``, ``12h`` or ``60d``.
 DURATION = r"^[0-9]+(s|m|h|d)$"
 
-DEFAULT_MODEL = "gpt-4.1-mini"
+#: The default model: a current low-cost model with no announced shutdown (one place:
+#: :data:`released.providers.openai.DEFAULT_MODEL`, which the bot's default is too).
+DEFAULT_MODEL = _openai.DEFAULT_MODEL
 DEFAULT_ROTATION_INTERVAL = "60d"
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -97,6 +102,11 @@ class Assistant(_Model):
     max_output_tokens: int = Field(default=400, ge=16, le=32000)
     rate_limit_per_second: float = Field(default=1, gt=0, le=1000)
     fallback_message: str | None = Field(default=None, min_length=1, max_length=4000)
+    #: ``reasoning.effort`` (unset: the bot's default, ``low``); reasoning tokens count
+    #: against ``max_output_tokens``. Models that do not reason are sent none.
+    reasoning_effort: ReasoningEffort | None = None
+    #: ``text.verbosity`` (unset: the bot's default, ``low``).
+    verbosity: Verbosity | None = None
 
 
 class SecretName(_Model):

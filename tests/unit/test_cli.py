@@ -47,10 +47,30 @@ def test_provision_prints_secrets_and_an_agent_the_crd_accepts(tmp_path: Path) -
                                         "openai": {"name": "acme-openai"}}
     assert [f["q"] for f in agent["spec"]["faqs"]] == ["When are you open?", "Where are you?"]
     assert agent["spec"]["ingress"]["webhook"]["register"] is True
+    # The model is written out: the default has no announced shutdown.
+    from released.providers.openai import shutdown_date
+
+    assert agent["spec"]["assistant"] == {"model": "gpt-6-luna"}
+    assert shutdown_date(agent["spec"]["assistant"]["model"]) is None
     # The schema check above has teeth: the same agent with a bad ID is refused.
     agent["spec"]["phoneNumberId"] = "+34 600"
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.Draft4Validator(SCHEMA).validate(agent)
+
+
+def test_provision_takes_the_waba_and_a_model() -> None:
+    code, out, err = provision(
+        "acme", "106540352242922", "--faq", "a=b", "--business-account-id", "102290129340398",
+        "--model", "gpt-5.4-nano",
+    )
+    assert code == 0, err
+    agent = documents(out)[-1]
+    assert agent["spec"]["businessAccountId"] == "102290129340398"
+    assert agent["spec"]["assistant"]["model"] == "gpt-5.4-nano"
+    jsonschema.Draft4Validator(SCHEMA).validate(agent)
+    code, _, err = provision("acme", "106540352242922", "--faq", "a=b",
+                             "--business-account-id", "WABA")
+    assert code == 2 and "businessAccountId" in err
 
 
 def test_an_e164_number_needs_the_phone_number_id() -> None:

@@ -150,6 +150,10 @@ def _all_bot_env(agent: AgentContext) -> list[dict[str, Any]]:
         _value("OPENAI_MAX_OUTPUT_TOKENS", assistant.max_output_tokens),
         _value("OPENAI_RATE_LIMIT_PER_SECOND", assistant.rate_limit_per_second),
     ]
+    if assistant.reasoning_effort is not None:
+        env.append(_value("OPENAI_REASONING_EFFORT", assistant.reasoning_effort))
+    if assistant.verbosity is not None:
+        env.append(_value("OPENAI_VERBOSITY", assistant.verbosity))
     if assistant.instructions is not None:
         env.append(_value("OPENAI_INSTRUCTIONS", assistant.instructions))
     if agent.vector_store_id:

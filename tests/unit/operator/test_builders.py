@@ -407,6 +407,23 @@ def test_each_tier_gets_only_the_secrets_it_uses() -> None:
         assert not [v for v in pod["volumes"] if "secret" in v]
 
 
+def test_reasoning_effort_and_verbosity_reach_the_worker(monkeypatch: pytest.MonkeyPatch) -> None:
+    body = example_body()
+    body["spec"]["assistant"].update(reasoningEffort="high", verbosity="medium")
+    ctx = AgentContext.from_resource(body, SETTINGS, config_checksum="c" * 64)
+    env = {item["name"]: item.get("value") for item in bot_env(ctx, "worker")}
+    assert (env["OPENAI_REASONING_EFFORT"], env["OPENAI_VERBOSITY"]) == ("high", "medium")
+    monkeypatch.setenv("OPENAI_REASONING_EFFORT", env["OPENAI_REASONING_EFFORT"] or "")
+    monkeypatch.setenv("OPENAI_VERBOSITY", env["OPENAI_VERBOSITY"] or "")
+    settings = Settings()
+    assert (settings.openai_reasoning_effort, settings.openai_verbosity) == ("high", "medium")
+    # Unset in the spec: not in the environment, so the bot's own default applies.
+    del body["spec"]["assistant"]["reasoningEffort"], body["spec"]["assistant"]["verbosity"]
+    ctx = AgentContext.from_resource(body, SETTINGS, config_checksum="c" * 64)
+    names = {item["name"] for item in bot_env(ctx, "worker")}
+    assert not names & {"OPENAI_REASONING_EFFORT", "OPENAI_VERBOSITY"}
+
+
 def test_env_values_parse_as_bot_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     env = bot_env(make_ctx(vector_store_id="vs_123"), "worker")
     for item in env:
@@ -416,7 +433,7 @@ def test_env_values_parse_as_bot_settings(monkeypatch: pytest.MonkeyPatch) -> No
         monkeypatch.setenv(item["name"], value.replace("$(REDIS_PASSWORD)", "pw"))
     settings = Settings()
     assert settings.phone_number_id == "106540352242922"
-    assert settings.openai_model == "gpt-4.1-mini"
+    assert settings.openai_model == "gpt-6-luna"
     assert settings.openai_max_output_tokens == 400
     assert settings.openai_rate_limit_per_second == 1.0
     assert settings.openai_vector_store_id == "vs_123"

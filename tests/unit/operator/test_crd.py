@@ -35,8 +35,14 @@ def test_version_served_stored_with_status_subresource() -> None:
 
 def test_printer_columns() -> None:
     columns = {c["name"]: c for c in version()["additionalPrinterColumns"]}
-    assert list(columns) == ["Phone", "Ready", "Reason", "Age"]
+    assert list(columns) == ["Phone", "Model", "Model-Status", "Ready", "Reason", "Age"]
     assert columns["Phone"]["jsonPath"] == ".spec.phoneNumberId"
+    # Agents that still name a deprecated model stand out in `kubectl get waa`.
+    assert columns["Model"]["jsonPath"] == ".spec.assistant.model"
+    assert (
+        columns["Model-Status"]["jsonPath"]
+        == '.status.conditions[?(@.type=="ModelAvailable")].reason'
+    )
     assert columns["Ready"]["jsonPath"] == '.status.conditions[?(@.type=="Ready")].status'
     assert columns["Reason"]["jsonPath"] == '.status.conditions[?(@.type=="Ready")].reason'
     assert columns["Age"] == {

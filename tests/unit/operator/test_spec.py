@@ -83,7 +83,8 @@ def test_resources_model_matches_the_crd() -> None:
 
 def test_minimal_spec_gets_the_crd_defaults() -> None:
     spec = AgentSpec.from_resource(MINIMAL)
-    assert spec.assistant.model == "gpt-4.1-mini"
+    assert spec.assistant.model == "gpt-6-luna"
+    assert spec.assistant.reasoning_effort is None and spec.assistant.verbosity is None
     assert spec.assistant.rate_limit_per_second == 1
     assert spec.assistant.max_output_tokens == 400
     assert spec.web.replicas == 1
