@@ -7,9 +7,10 @@ until a person fixes it. The worker that meets the error raises the flag
 (``released:meta-account:{phone_number_id}``, a Redis hash with the error's kind, code, title
 and time); from then on every worker:
 
-- **holds** each new message instead of spending a model call on an answer it cannot send: the
-  message (its task payload) goes into a sorted set ``released:meta-held:{phone_number_id}``
-  scored by the time the user sent it, and is counted ``released_messages_held_total{held}``;
+- **holds** each new message instead of spending a model call on an answer it cannot send: its
+  wamid goes into a sorted set ``released:meta-held:{phone_number_id}`` scored by the time the
+  user sent it, its task payload into ``released:meta-held-payloads:{phone_number_id}``, and it
+  is counted ``released_messages_held_total{held}``;
 - **probes** the account at most every ``META_HEALTH_PROBE_SECONDS`` (one worker at a time,
   ``GET /{phone_number_id}`` with the token; the beat task ``bot.tasks.check_meta_account``
   probes too): when the token works again the flag is cleared and the held messages are queued
@@ -33,6 +34,29 @@ from bot.whatsapp.events import InboundMessage
 from released.providers.meta import SERVICE_WINDOW_SECONDS, GraphErrorInfo
 
 FLAG_PREFIX = "released:meta-account"
+
+# KEYS: held set, payload hash. ARGV: wamid, score, payload. Adds or refreshes the entry and
+# bumps its generation.
+_HOLD = """
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+redis.call('HSET', KEYS[2], 'msg:' .. ARGV[1], ARGV[3])
+return redis.call('HINCRBY', KEYS[2], 'gen:' .. ARGV[1], 1)
+"""
+# KEYS: held set, payload hash. ARGV: wamid, generation seen. Drops the entry only when it was
+# not held again since (same generation).
+_DROP = """
+local gen = redis.call('HGET', KEYS[2], 'gen:' .. ARGV[1]) or '0'
+if gen ~= ARGV[2] then
+  return 0
+end
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[2], 'gen:' .. ARGV[1], 'msg:' .. ARGV[1])
+return 1
+"""
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 HELD_PREFIX = "released:meta-held"
 PROBE_PREFIX = "released:meta-probe"
 
@@ -59,6 +83,7 @@ class AccountHealth:
         self.redis = redis
         self.flag_key = f"{FLAG_PREFIX}:{phone_number_id}"
         self.held_key = f"{HELD_PREFIX}:{phone_number_id}"
+        self.payload_key = f"{HELD_PREFIX}-payloads:{phone_number_id}"
         self.probe_key = f"{PROBE_PREFIX}:{phone_number_id}"
 
     async def problem(self) -> AccountProblem | None:
@@ -101,36 +126,54 @@ class AccountHealth:
         return bool(await self.redis.set(self.probe_key, "1", nx=True, px=ms))
 
     async def hold(self, msg: InboundMessage) -> None:
-        """Keep ``msg`` until the account works again (idempotent per wamid)."""
-        member = msg.model_dump_json()
-        await self.redis.zadd(self.held_key, {member: msg.timestamp.timestamp()})
-        await self.redis.expire(self.held_key, SERVICE_WINDOW_SECONDS + 3600)
+        """Keep ``msg`` until the account works again (one entry per wamid; holding it again
+        bumps its generation, see :meth:`drop_held`)."""
+        await self.redis.eval(
+            _HOLD, 2, self.held_key, self.payload_key, msg.wamid,
+            str(msg.timestamp.timestamp()), msg.model_dump_json(),
+        )
+        for key in (self.held_key, self.payload_key):
+            await self.redis.expire(key, SERVICE_WINDOW_SECONDS + 3600)
 
     async def held_count(self) -> int:
         """How many messages are held."""
         return int(await self.redis.zcard(self.held_key))
 
     async def peek_held(self, limit: int = 1000) -> list[tuple[str, InboundMessage]]:
-        """Up to ``limit`` held messages, oldest first, each with its key for
-        :meth:`drop_held` (they stay held until dropped, so a crash loses none)."""
-        members = await self.redis.zrange(self.held_key, 0, limit - 1)
+        """Up to ``limit`` held messages, oldest first, each with the token :meth:`drop_held`
+        needs (they stay held until dropped, so a crash loses none)."""
+        wamids = await self.redis.zrange(self.held_key, 0, limit - 1)
         out: list[tuple[str, InboundMessage]] = []
-        for member in members:
-            text = member.decode() if isinstance(member, bytes) else member
-            out.append((text, InboundMessage.model_validate(json.loads(text))))
+        for raw in wamids:
+            wamid = _text(raw)
+            generation, payload = await self.redis.hmget(
+                self.payload_key, f"gen:{wamid}", f"msg:{wamid}"
+            )
+            if payload is None:  # held by an older version, or half-expired: nothing to send
+                await self.redis.zrem(self.held_key, wamid)
+                continue
+            token = f"{_text(generation) if generation is not None else '0'}:{wamid}"
+            out.append((token, InboundMessage.model_validate(json.loads(_text(payload)))))
         return out
 
-    async def drop_held(self, key: str) -> None:
-        """Forget a held message (it was queued again)."""
-        await self.redis.zrem(self.held_key, key)
+    async def drop_held(self, token: str) -> bool:
+        """Forget a held message that was queued again, unless it was held again since it was
+        peeked (its new task already ran into the refusal): then it stays held."""
+        generation, _, wamid = token.partition(":")
+        return bool(
+            await self.redis.eval(_DROP, 2, self.held_key, self.payload_key, wamid, generation)
+        )
 
     async def take_expired(self, now: float | None = None) -> list[InboundMessage]:
         """Remove and return the held messages older than the 24-hour window."""
         cutoff = (now if now is not None else time.time()) - SERVICE_WINDOW_SECONDS
-        members = await self.redis.zrangebyscore(self.held_key, "-inf", cutoff)
+        wamids = await self.redis.zrangebyscore(self.held_key, "-inf", cutoff)
         out: list[InboundMessage] = []
-        for member in members:
-            if await self.redis.zrem(self.held_key, member):
-                text = member.decode() if isinstance(member, bytes) else member
-                out.append(InboundMessage.model_validate(json.loads(text)))
+        for raw in wamids:
+            wamid = _text(raw)
+            payload = await self.redis.hget(self.payload_key, f"msg:{wamid}")
+            if await self.redis.zrem(self.held_key, wamid):
+                await self.redis.hdel(self.payload_key, f"gen:{wamid}", f"msg:{wamid}")
+                if payload is not None:
+                    out.append(InboundMessage.model_validate(json.loads(_text(payload))))
         return out

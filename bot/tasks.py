@@ -250,7 +250,8 @@ def _cap(settings: Settings) -> float:
     return min(RETRY_CAP_SECONDS, service.countdown_cap(settings))
 
 
-#: Marks that a ``check_meta_account`` run is scheduled, so that only one chain runs.
+#: Marks that a ``check_meta_account`` run is scheduled (until just before it runs), so that
+#: only one chain of checks runs.
 ACCOUNT_CHECK_KEY = "released:meta-account-check:{}"
 
 
@@ -359,9 +360,11 @@ def schedule_account_check(settings: Settings, countdown: float) -> bool:
     """Queue ``check_meta_account`` in ``countdown`` seconds unless one is already queued."""
 
     async def claim() -> bool:
+        # The claim lapses just before the check runs, so the check can schedule the next.
         rt = await _runtime(settings)
         key = ACCOUNT_CHECK_KEY.format(settings.phone_number_id)
-        return bool(await rt.redis.set(key, "1", nx=True, ex=int(countdown) + 120))
+        ttl_ms = max(500, int(countdown * 1000) - 500)
+        return bool(await rt.redis.set(key, "1", nx=True, px=ttl_ms))
 
     try:
         if not run_async(claim()):
@@ -409,7 +412,6 @@ def check_meta_account() -> dict[str, Any]:
 
     async def check() -> tuple[bool, int, int]:
         rt = await _runtime(settings)
-        await rt.redis.delete(ACCOUNT_CHECK_KEY.format(settings.phone_number_id))
         healthy = True
         if await rt.account.problem() is not None:
             healthy = await service.probe_account(rt)

@@ -6,115 +6,27 @@ in this thread, on the per-process event loop of ``bot.tasks`` like in a worker.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
-from pydantic import SecretStr
 
 import bot.tasks as tasks
 from bot.core.config import Settings
 from bot.storage import repository as repo
-from bot.storage.db import run_migrations, session_scope
-from bot.storage.models import Message
+from bot.storage.db import session_scope
 from released.fakes import FakeMeta, FakeOpenAI
-from released.fakes.meta import DEFAULT_ACCESS_TOKEN
-from released.fakes.openai import DEFAULT_API_KEY
+from tests.integration.worker_support import (
+    PHONE,
+    SEND,
+    USER,
+    inbound,
+    process,
+    reply_to,
+    stored,
+)
 
 pytestmark = pytest.mark.integration
-
-PHONE = "106540352242922"
-USER = "15551234567"
-FAQS = [
-    {"q": "What are your opening hours?", "a": "Monday to Friday, 9:00 to 18:00."},
-    {"q": "How long do you keep messages?", "a": "Fourteen days, then they are deleted."},
-]
-SEND = "POST /{version}/{phone_number_id}/messages"
-
-
-@pytest.fixture(scope="module")
-def meta() -> Iterator[FakeMeta]:
-    with FakeMeta() as fake:
-        yield fake
-
-
-@pytest.fixture(scope="module")
-def oai() -> Iterator[FakeOpenAI]:
-    with FakeOpenAI() as fake:
-        yield fake
-
-
-@pytest.fixture
-def settings(
-    postgres_db: str,
-    redis_url: str,
-    meta: FakeMeta,
-    oai: FakeOpenAI,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-) -> Iterator[Settings]:
-    faqs = tmp_path / "faqs.json"
-    faqs.write_text(json.dumps(FAQS), encoding="utf-8")
-    s = Settings(
-        phone_number_id=PHONE,
-        database_url=postgres_db,
-        redis_url=redis_url,
-        meta_graph_url=meta.url,
-        meta_access_token=SecretStr(DEFAULT_ACCESS_TOKEN),
-        openai_base_url=oai.url,
-        openai_api_key=SecretStr(DEFAULT_API_KEY),
-        openai_rate_limit_per_second=100,
-        user_rate_limit_per_minute=60_000,  # one user asks everything here; fairness has its test
-        faqs_path=faqs,
-        fallback_message="Thanks! A person will answer soon.",
-        max_task_retries=4,
-        openai_max_retries=2,
-    )
-    run_migrations(s)
-    meta.reset()
-    oai.reset()
-    monkeypatch.setattr(tasks, "get_settings", lambda: s)
-    yield s
-    tasks.shutdown()
-
-
-def inbound(
-    wamid: str, text: str | None = "What are your opening hours?", **kw: Any
-) -> dict[str, Any]:
-    payload: dict[str, Any] = {
-        "wamid": wamid,
-        "phone_number_id": PHONE,
-        "wa_id": USER,
-        "contact_name": "Ana",
-        "kind": "text",
-        "text": text,
-    }
-    payload.update(kw)
-    return payload
-
-
-def process(payload: dict[str, Any]) -> dict[str, Any]:
-    result: dict[str, Any] = tasks.process_message.apply(args=[payload]).get()
-    return result
-
-
-def stored(settings: Settings, wamid: str) -> Message | None:
-    async def get() -> Message | None:
-        async with session_scope(settings) as session:
-            return await repo.get_message(session, wamid)
-
-    return tasks.run_async(get())
-
-
-def reply_to(settings: Settings, wamid: str) -> Message | None:
-    async def get() -> Message | None:
-        async with session_scope(settings) as session:
-            return await repo.find_reply(session, wamid)
-
-    return tasks.run_async(get())
 
 
 def test_faq_question_is_answered_once_quoting_the_message(
