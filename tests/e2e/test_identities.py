@@ -67,8 +67,15 @@ def test_a_user_known_only_by_bsuid_is_answered(
     assert rows(
         stack, "SELECT kind, value FROM user_identities WHERE conversation_id = ?", conversation
     ) == [("user_id", user.user_id)]
-    [(status,)] = rows(stack, "SELECT status FROM messages WHERE reply_to = ?", wamid)
-    assert status in ("sent", "delivered", "read")
+    # Meta's status webhook names her by BSUID only (recipient_user_id): it reaches the reply.
+    status = wh.status_event(phone_number_id=pnid, message_id=reply["id"], user=user,
+                             status="read")
+    assert meta.deliver(status, url=f"{stack.urls['web']}/webhook")["status"] == 200
+    meta.wait_for(
+        lambda: rows(stack, "SELECT status FROM messages WHERE reply_to = ?", wamid)
+        == [("read",)],
+        timeout=20,
+    )
 
 
 def test_a_user_moving_from_phone_number_to_bsuid_keeps_one_conversation(
