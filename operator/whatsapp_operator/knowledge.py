@@ -34,7 +34,7 @@ import re
 import time
 import unicodedata
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
-from contextlib import asynccontextmanager, contextmanager, suppress
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 import openai
@@ -43,6 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic.alias_generators import to_camel
 
 from released.agent.policy import Policy
+from released.providers import openai as openai_policy
 from whatsapp_operator.errors import NotFoundError, PermanentError, TemporaryError
 
 SERVICE = "openai"
@@ -188,30 +189,32 @@ def error_code(exc: openai.APIStatusError) -> str | None:
 
 
 def _status_error(exc: openai.APIStatusError, action: str, api_key: str | None) -> Exception:
+    """Map an OpenAI error answer to a domain error; what a status and code mean is OpenAI's
+    error policy shared with the bot (:mod:`released.providers.openai`)."""
     status = exc.status_code
     code = error_code(exc)
     detail = f", code {code}" if code else ""
     message = f"OpenAI refused to {action} (HTTP {status}{detail})"
-    if status == 401:
+    kind = openai_policy.classify(status, code)
+    if kind is openai_policy.ErrorKind.AUTH:
         return PermanentError(
             f"OpenAI rejected the API key (HTTP 401) while trying to {action}; update apiKey in "
             "the Secret named by spec.secrets.openai",
             reason="OpenAIAuthFailed",
             service=SERVICE,
         )
-    if status == 403:
+    if kind is openai_policy.ErrorKind.PERMISSION:
         return PermanentError(message, reason="OpenAIPermissionDenied", service=SERVICE)
-    if status == 404:
+    if kind is openai_policy.ErrorKind.NOT_FOUND:
         return NotFoundError(message, reason="OpenAINotFound", service=SERVICE)
-    if status == 429:
-        delay = 60.0
-        retry_after = exc.response.headers.get("retry-after") if exc.response else None
-        if retry_after:
-            with suppress(ValueError):
-                delay = max(1.0, min(float(retry_after), 3600.0))
-        reason = "OpenAIQuotaExceeded" if code == "insufficient_quota" else "OpenAIRateLimited"
+    if kind in (openai_policy.ErrorKind.RATE_LIMIT, openai_policy.ErrorKind.QUOTA):
+        seconds = openai_policy.retry_after(exc.response.headers if exc.response else None)
+        delay = 60.0 if seconds is None else max(1.0, min(seconds, 3600.0))
+        reason = (
+            "OpenAIQuotaExceeded" if kind is openai_policy.ErrorKind.QUOTA else "OpenAIRateLimited"
+        )
         return TemporaryError(message, reason=reason, service=SERVICE, delay=delay)
-    if status >= 500 or status in (408, 409):
+    if kind is openai_policy.ErrorKind.TEMPORARY:
         return TemporaryError(message, reason="OpenAIUnavailable", service=SERVICE, delay=30.0)
     return PermanentError(message, reason="OpenAIRequestRejected", service=SERVICE)
 

@@ -28,20 +28,12 @@ from typing import Any
 
 import httpx
 
+from released.providers.meta import ErrorKind, parse_error
 from whatsapp_operator.errors import PermanentError, TemporaryError, redact
 
 SERVICE = "meta"
 DEFAULT_TIMEOUT = 15.0
 MAX_CALLBACK_LENGTH = 200
-
-#: Graph API error codes worth retrying: unknown/temporary errors, rate limits, throughput.
-RETRYABLE_CODES = frozenset({1, 2, 4, 17, 32, 341, 368, 613, 80007, 130429, 131000, 131016, 131056})
-#: The verification handshake against the new callback failed (web tier not ready yet?).
-CALLBACK_VERIFICATION_FAILED = 2200
-#: Access token invalid or expired.
-TOKEN_CODES = frozenset({102, 190})
-#: Permission errors: 10 and 200-299.
-PERMISSION_CODES = frozenset({3, 10, *range(200, 300)})
 
 _DIGITS = re.compile(r"^[0-9]{1,32}$")
 
@@ -56,41 +48,28 @@ def _endpoint(graph_url: str, phone_number_id: str) -> str:
     return f"{graph_url.rstrip('/')}/{phone_number_id}"
 
 
-def _retry_after(response: httpx.Response, default: float) -> float:
-    value = response.headers.get("retry-after", "")
-    try:
-        return max(1.0, min(float(value), 3600.0))
-    except ValueError:
-        return default
+def _delay(seconds: float | None, default: float) -> float:
+    return default if seconds is None else max(1.0, min(seconds, 3600.0))
 
 
 def _error_from_response(response: httpx.Response, action: str, secrets: list[str]) -> Exception:
-    """Map a Graph API error answer to a domain error (without any secret in it)."""
-    status = response.status_code
-    code: int | None = None
-    subcode: int | None = None
-    text = ""
+    """Map a Graph API error answer to a domain error (without any secret in it). What a code
+    means is Meta's error policy shared with the bot (:mod:`released.providers.meta`)."""
     try:
-        body = response.json()
+        body: Any = response.json()
     except ValueError:
         body = None
-    if isinstance(body, dict) and isinstance(body.get("error"), dict):
-        error: dict[str, Any] = body["error"]
-        code = error.get("code") if isinstance(error.get("code"), int) else None
-        subcode = (
-            error.get("error_subcode") if isinstance(error.get("error_subcode"), int) else None
-        )
-        text = str(error.get("message") or "")
-        details = (
-            (error.get("error_data") or {}) if isinstance(error.get("error_data"), dict) else {}
-        )
-        if details.get("details"):
-            text = f"{text}: {details['details']}"
-    text = redact(text[:300], secrets) or response.reason_phrase
-    where = f"HTTP {status}" + (f", code {code}" if code is not None else "")
-    where += f", subcode {subcode}" if subcode is not None else ""
+    info = parse_error(response.status_code, body, response.headers)
+    text = info.title or ""
+    if info.details:
+        text = f"{text}: {info.details}"
+    # Redacted before it is cut: a secret straddling the cut would leave a piece behind.
+    text = redact(text, secrets)[:300] or response.reason_phrase
+    where = f"HTTP {info.status}" + (f", code {info.code}" if info.code is not None else "")
+    where += f", subcode {info.subcode}" if info.subcode is not None else ""
     message = f"Meta refused to {action} ({where}): {text}"
-    if code == CALLBACK_VERIFICATION_FAILED:
+    kind = info.kind
+    if kind is ErrorKind.WEBHOOK_VERIFICATION:
         return TemporaryError(
             message + " — Meta could not verify the callback URL; is the web tier reachable "
             "at it and serving the current verify token?",
@@ -98,30 +77,42 @@ def _error_from_response(response: httpx.Response, action: str, secrets: list[st
             service=SERVICE,
             delay=60.0,
         )
-    if status == 429 or status >= 500 or (code is not None and code in RETRYABLE_CODES):
+    if kind is ErrorKind.RATE_LIMIT:
         return TemporaryError(
-            message,
-            reason="MetaRateLimited"
-            if status == 429 or code in (4, 17, 32, 613, 80007, 130429)
-            else "MetaUnavailable",
-            service=SERVICE,
-            delay=_retry_after(response, 60.0 if status == 429 else 30.0),
+            message, reason="MetaRateLimited", service=SERVICE,
+            delay=_delay(info.retry_after, 60.0),
         )
-    if status == 401 or (code is not None and code in TOKEN_CODES):
+    if kind is ErrorKind.TEMPORARY:
+        return TemporaryError(
+            message, reason="MetaUnavailable", service=SERVICE,
+            delay=_delay(info.retry_after, 30.0),
+        )
+    if kind is ErrorKind.POLICY:  # a policy block lasts hours: try again much later
+        return TemporaryError(
+            message + " — the account is blocked for a policy violation (code 368)",
+            reason="MetaPolicyBlocked",
+            service=SERVICE,
+            delay=_delay(info.retry_after, 900.0),
+        )
+    if kind is ErrorKind.TOKEN:
         return PermanentError(
             f"Meta rejected the access token while trying to {action} ({where}); update "
             "accessToken in the Secret named by spec.secrets.meta",
             reason="MetaTokenRejected",
             service=SERVICE,
         )
-    if status == 403 or (code is not None and code in PERMISSION_CODES):
+    if kind is ErrorKind.PERMISSION:
         return PermanentError(
             message + " — the token lacks a permission (whatsapp_business_management?)",
             reason="MetaPermissionDenied",
             service=SERVICE,
         )
-    if status in (408, 409):
-        return TemporaryError(message, reason="MetaUnavailable", service=SERVICE, delay=30.0)
+    if kind is ErrorKind.ACCOUNT:
+        return PermanentError(
+            message + " — the WhatsApp Business Account or the number cannot be used",
+            reason="MetaAccountRestricted",
+            service=SERVICE,
+        )
     return PermanentError(message, reason="MetaRequestInvalid", service=SERVICE)
 
 

@@ -135,6 +135,11 @@ async def test_verification_handshake(graph: str, meta: FakeMeta) -> None:
             TemporaryError,
             "MetaRateLimited",
         ),
+        # released.providers.meta decides for the operator as for the bot:
+        ("policy_block", TemporaryError, "MetaPolicyBlocked"),
+        ("access_denied", PermanentError, "MetaPermissionDenied"),
+        ({"status": 400, "code": 131031, "message": "Account locked"}, PermanentError,
+         "MetaAccountRestricted"),
     ],
 )
 async def test_error_mapping(
