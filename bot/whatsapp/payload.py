@@ -39,6 +39,7 @@ from typing import Any, Literal, get_args
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from bot.core.logging import redact
 from bot.whatsapp.events import (
     EchoMessage,
     IdentityChange,
@@ -117,9 +118,10 @@ class WebhookError(_Model):
     href: str | None = None
 
     def summary(self) -> dict[str, Any]:
+        """Code, title and details, the details redacted before they are cut short."""
         out: dict[str, Any] = {"code": self.code, "title": self.title}
         if self.error_data and self.error_data.details:
-            out["details"] = self.error_data.details[:_MAX_DETAIL_TEXT]
+            out["details"] = redact(self.error_data.details)[:_MAX_DETAIL_TEXT]
         return out
 
 
