@@ -356,7 +356,14 @@ async def probe_account(rt: Runtime) -> bool:
     return True
 
 
-async def _hold(rt: Runtime, msg: InboundMessage, problem: AccountProblem) -> MessageResult:
+async def _hold(
+    rt: Runtime, msg: InboundMessage, problem: AccountProblem, reply: Message | None = None
+) -> MessageResult:
+    """Hold ``msg`` until the account works; a stored ``reply`` is released from this task's
+    claim, so that whichever task picks the message up then sends it."""
+    if reply is not None:
+        async with session_scope(rt.settings) as session:
+            await repo.release_claim(session, reply)
     await rt.account.hold(msg)
     MESSAGES_HELD.labels(outcome="held").inc()
     log.info("message %s held: %s", msg.wamid, problem.reason())
@@ -442,7 +449,7 @@ async def handle_message(
         if problem is not None:
             if age > SERVICE_WINDOW_SECONDS:
                 return await _fail_held(settings, reply, problem)
-            return await _hold(rt, msg, problem)
+            return await _hold(rt, msg, problem, reply)
 
     return await _send(msg, reply, rt, final_attempt=final_attempt)
 
@@ -496,12 +503,8 @@ async def _send(
         if exc.account_problem:
             await _flag_account(rt, exc)
             problem = await _problem_or_none(rt)
-            if problem is not None:
-                # The stored answer is sent when the account works again, by whichever task
-                # picks the message up then.
-                async with session_scope(settings) as session:
-                    await repo.release_claim(session, reply)
-                return await _hold(rt, msg, problem)
+            if problem is not None:  # the stored answer is sent when the account works
+                return await _hold(rt, msg, problem, reply)
         await _record_failed(settings, reply, exc)
         return MessageResult(Outcome.FAILED, reply.source, error_code=exc.code)
     async with session_scope(settings) as session:

@@ -350,3 +350,41 @@ def test_a_user_over_their_rate_is_deferred_without_holding_back_others(
     assert isinstance(second, float) and 9.0 <= second <= 10.5  # the next slot, 10 s later
     assert third == service.Outcome.REPLIED  # another user is not held back
     assert len(meta.sent()) == 2 and model_calls(oai) == 2
+
+
+def test_a_retry_that_finds_the_account_refused_holds_its_stored_answer(
+    settings: Settings,
+    meta: FakeMeta,
+    oai: FakeOpenAI,
+    eager: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The first send failed transiently; meanwhile another worker found the token refused.
+    The retry holds the message with its stored answer (released from its claim), and the
+    answer is sent once the token works, by the task that picks the message up then."""
+    from bot.account import AccountHealth
+    from bot.whatsapp.client import GraphRetryableError
+    from released.providers.meta import parse_error
+
+    original = tasks.service.GraphClient.send_text
+    calls = {"n": 0}
+
+    async def flaky(self: Any, *args: Any, **kwargs: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            meta.expire_token()
+            info = parse_error(401, {"error": {"code": 190, "message": "expired"}})
+            await AccountHealth(tasks.service.connect_redis(settings.redis_url), PHONE).flag(info)
+            raise GraphRetryableError("Graph API send: timed out")
+        return await original(self, *args, **kwargs)
+
+    monkeypatch.setattr(tasks.service.GraphClient, "send_text", flaky)
+    payload = build(wh.text_message_event, text=QUESTION)
+    assert process(payload)["outcome"] == "held"
+    pending = reply_to(settings, payload["wamid"])
+    assert pending is not None and (pending.status, pending.claimed_by) == ("pending", None)
+
+    meta.set_token_state("valid")
+    assert tasks.check_meta_account.apply().get()["resumed"] == 1
+    assert meta.sent_texts() == [ANSWER]
+    assert model_calls(oai) == 1
