@@ -267,12 +267,6 @@ class TaskPublisher:
             return results
         raise AssertionError("unreachable")
 
-    async def queue_depth(self) -> int | None:
-        """Messages waiting in the queue (Redis brokers only)."""
-        if self._redis is None:
-            return None
-        return int(await self._redis.llen(self.queue))
-
     async def aclose(self) -> None:
         """Close what this publisher opened."""
         if self._owns_redis and self._redis is not None:

@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
-from collections.abc import Iterable, MutableMapping
+from collections.abc import Iterable
 from typing import Any, TextIO
 
 import structlog
@@ -256,10 +256,3 @@ def configure_logging(settings: Settings, *, stream: TextIO | None = None) -> No
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=False,
     )
-
-
-def scrub_mapping(data: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    """Redact a mapping in place (for error reports built outside logging)."""
-    for key, value in list(data.items()):
-        data[key] = redactor.redact_value(value)
-    return data

@@ -90,7 +90,6 @@ WEBHOOK_OUTCOMES = (
     "verify_failed",
     "error",
 )
-TASK_OUTCOMES = ("success", "retry", "failure")
 #: ``released_graph_errors_total`` series that alerts watch, present from the start:
 #: (kind, code) of a refused token, missing permissions, a policy block, a closed window.
 GRAPH_ERROR_SERIES = (

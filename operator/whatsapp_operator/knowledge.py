@@ -44,6 +44,7 @@ from pydantic.alias_generators import to_camel
 
 from released.agent.policy import Policy
 from released.providers import openai as openai_policy
+from whatsapp_operator.egress import guarded_client
 from whatsapp_operator.errors import NotFoundError, PermanentError, TemporaryError
 
 SERVICE = "openai"
@@ -73,8 +74,6 @@ class OpenAIParams(BaseModel):
         """A new ``AsyncOpenAI`` client for these parameters (close it when done)."""
         http_client = None
         if self.policy is not None:
-            from whatsapp_operator.egress import guarded_client
-
             http_client = guarded_client(self.policy, timeout=self.timeout)
         return AsyncOpenAI(
             api_key=self.api_key.get_secret_value(),
