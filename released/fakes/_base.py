@@ -519,12 +519,27 @@ class BaseState:
         self.calls: dict[str, int] = {}
         self.request_log: list[dict[str, Any]] = []
         self.errors: list[dict[str, Any]] = []
+        self.rate_window: list[float] = []
 
     def reset_recordings(self) -> None:
         with self.lock:
             self.calls.clear()
             self.request_log.clear()
             self.errors.clear()
+            self.rate_window.clear()
+
+    def over_rate(self, limit: int | None, window: float) -> float | None:
+        """Count one request against ``limit`` per ``window`` seconds of the clock; return
+        the seconds until one more would fit when over it (the request is then not counted)."""
+        if not limit:
+            return None
+        now = self.clock.now()
+        with self.lock:
+            self.rate_window = [t for t in self.rate_window if now - t < window]
+            if len(self.rate_window) >= limit:
+                return max(0.001, window - (now - self.rate_window[0]))
+            self.rate_window.append(now)
+        return None
 
     def count(self, endpoint: str, entry: dict[str, Any]) -> None:
         with self.lock:

@@ -338,6 +338,7 @@ class MetaState(BaseState):
         self.status_webhooks = list(status_webhooks)
         self.status_delay = status_delay
         self.service_window_hours = service_window_hours
+        self.messages_per_second: int | None = None
         self.sent: list[dict[str, Any]] = []
         self.reads: list[dict[str, Any]] = []
         self.phone_overrides: dict[str, dict[str, Any]] = {}
@@ -378,6 +379,7 @@ class MetaState(BaseState):
                 "status_webhooks": list(self.status_webhooks),
                 "status_delay": self.status_delay,
                 "service_window_hours": self.service_window_hours,
+                "messages_per_second": self.messages_per_second,
             }
 
     # -- phone numbers, WABAs and users (call with the lock held) -------------------------------
@@ -647,6 +649,12 @@ def create_app(state: MetaState, fake: FakeMeta | None = None) -> Starlette:
         problem = contracts.check_meta_message(body, version)
         if problem is not None:
             return invalid_parameter(str(problem))
+        if body.get("status") != "read":
+            with state.lock:
+                mps = state.messages_per_second
+            if state.over_rate(mps, 1.0) is not None:
+                # README "Error codes that matter": 130429, the number's throughput is reached.
+                return error_from_spec({"kind": "rate_limit"})
         if body.get("status") == "read":
             record = {
                 "phone_number_id": phone_number_id,

@@ -328,6 +328,7 @@ class OpenAIState(BaseState):
         self.conversations: dict[str, dict[str, Any]] = {}
         self.conversation_items: dict[str, list[dict[str, Any]]] = {}
         self.replies: list[str] = []
+        self.requests_per_minute: int | None = None
 
     def reset(self) -> None:
         with self.lock:
@@ -353,6 +354,7 @@ class OpenAIState(BaseState):
                 "default_answer": self.default_answer,
                 "indexing_seconds": self.indexing_seconds,
                 "reasoning_tokens": dict(self.reasoning_tokens),
+                "requests_per_minute": self.requests_per_minute,
             }
 
     def now(self) -> int:
@@ -631,6 +633,14 @@ def create_app(state: OpenAIState, fake: FakeOpenAI | None = None) -> Starlette:
                 "https://platform.openai.com/account/api-keys.",
                 code="invalid_api_key",
             )
+        with state.lock:
+            rpm = state.requests_per_minute
+        wait = state.over_rate(rpm, 60.0)
+        if wait is not None:
+            # OpenAI's per-minute request limit: 429 with Retry-After until a slot frees up.
+            return error_from_spec({"kind": "rate_limit", "retry_after": math.ceil(wait),
+                                    "headers": {"x-ratelimit-limit-requests": str(rpm)}},
+                                   request)
         spec = state.take_error(endpoint)
         if spec is not None:
             kind = str(spec.get("kind", "server_error"))

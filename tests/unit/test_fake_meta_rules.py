@@ -368,3 +368,16 @@ def _identity_changes(meta: FakeMeta, bot: str) -> None:
         "user_changed_number", "34600000999", "ES.777")
     answer = post(meta, f"{PN}/messages", text(to="34600000999")).json()
     assert answer["contacts"][0]["user_id"] == "ES.777"
+
+
+def test_throughput_limit(meta: FakeMeta) -> None:
+    meta.set_clock("2026-12-20T10:00:00Z", freeze=True)
+    meta.configure(messages_per_second=2)
+    try:
+        assert post(meta, f"{PN}/messages", text(to="1")).status_code == 200
+        assert post(meta, f"{PN}/messages", text(to="1")).status_code == 200
+        assert_graph_error(post(meta, f"{PN}/messages", text(to="1")), 429, 130429)
+        meta.advance_clock(1)
+        assert post(meta, f"{PN}/messages", text(to="1")).status_code == 200
+    finally:
+        meta.configure(messages_per_second=None)

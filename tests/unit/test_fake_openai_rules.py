@@ -284,3 +284,20 @@ def test_files_and_vector_stores_refuse_bad_requests(oai: FakeOpenAI) -> None:
                         "limit")
     assert_openai_error(raw(oai, "GET", "/vector_stores/vs_missing"), 404, None,
                         "vector_store_id")
+
+
+def test_requests_per_minute_limit(oai: FakeOpenAI, client: openai.OpenAI) -> None:
+    oai.set_clock("2026-12-20T10:00:00Z", freeze=True)
+    oai.configure(requests_per_minute=2)
+    try:
+        client.models.retrieve("gpt-6-luna")
+        oai.advance_clock(20)
+        client.models.retrieve("gpt-6-luna")
+        limited = raw(oai, "GET", "/models/gpt-6-luna")
+        assert limited.status_code == 429
+        assert limited.json()["error"]["code"] == "rate_limit_exceeded"
+        assert limited.headers["retry-after"] == "40"
+        oai.advance_clock(40)
+        assert raw(oai, "GET", "/models/gpt-6-luna").status_code == 200
+    finally:
+        oai.configure(requests_per_minute=None)
