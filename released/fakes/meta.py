@@ -814,7 +814,6 @@ def create_app(state: MetaState, fake: FakeMeta | None = None) -> Starlette:
                     f"phone number {phone_number_id}. Subscribe it with POST "
                     f"/{waba_id}/subscribed_apps before setting a webhook override."
                 ),
-                error_subcode=2494102,
                 user_title="App not subscribed",
                 user_msg="Subscribe your app to the WhatsApp Business Account first.",
             )
