@@ -12,9 +12,13 @@ Layers, each importing only from the ones below it:
 - ``admission``    the validating admission handler (optional).
 - ``kube``         the Kubernetes API through lightkube (server-side apply, Secrets, rollouts).
 - ``builders``     pure ``build_*`` functions: spec in, Kubernetes manifests (dicts) out.
-- ``knowledge``    the agent's OpenAI knowledge (Files API + vector store), ``meta_webhook``
-                   Meta's callback URL override, ``database`` PostgreSQL provisioning: the
-                   modules that talk to the outside world.
+- ``knowledge``    the agent's OpenAI knowledge (Files API + vector store), ``models`` whether
+                   OpenAI still serves the agent's model, ``meta_webhook`` Meta's callback URL
+                   override, ``meta_account`` the app's WABA subscription and the phone number
+                   read with the agent's token, ``database`` PostgreSQL provisioning: the
+                   modules that talk to the outside world, over ``openai_api`` and ``graph``
+                   (timeouts, ``retrying``'s retries, and the providers' error policies from
+                   ``released.providers``).
 - ``rotation``     the credential-rotation schedule and state machine (pure, plus the two
                    actions outside the cluster).
 - ``status``       conditions and Events; ``metrics`` the operator's Prometheus metrics.

@@ -54,6 +54,12 @@ class OperatorSettings(BaseSettings):
     namespaces: str = ""
     #: Seconds between the per-agent timer runs (workloads, rotation).
     timer_interval: float = Field(default=60.0, gt=0)
+    #: Seconds between two checks of an agent's outside world (model, Meta token, WABA
+    #: subscription, vector store): ``reconcile.checks``, run by the timer when due.
+    check_interval: float = Field(default=600.0, gt=0)
+    #: The platform's Meta app ID: the WABA subscription check then looks for this app among
+    #: the WABA's subscribed apps (unset: any subscribed app counts).
+    meta_app_id: str | None = Field(default=None, pattern=r"^[0-9]{1,32}$")
 
     #: The validating admission webhook (see :mod:`whatsapp_operator.admission`): off unless
     #: ``1``/``server``; where it listens, the host name the API server calls, certificate

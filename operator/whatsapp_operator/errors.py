@@ -41,14 +41,29 @@ class ReleasedError(Exception):
     """Base of the operator's domain errors.
 
     ``reason`` is a CamelCase word for a condition's ``reason`` (``OpenAIUnavailable``);
-    ``service`` names the outside system (``openai``, ``meta``, ``postgres``).
+    ``service`` names the outside system (``openai``, ``meta``, ``postgres``). For an error
+    the provider answered, ``kind`` is the provider's verdict (``released.providers``'
+    ``ErrorKind`` value: ``token``, ``permission``, ``policy``, ``not_found``, ...) and
+    ``code`` / ``subcode`` its error code, so callers decide on them and not on the words.
     """
 
-    def __init__(self, message: str, *, reason: str = "Error", service: str = "") -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str = "Error",
+        service: str = "",
+        kind: str | None = None,
+        code: int | str | None = None,
+        subcode: int | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.reason = reason
         self.service = service
+        self.kind = kind
+        self.code = code
+        self.subcode = subcode
 
     def __str__(self) -> str:
         return self.message
@@ -57,25 +72,64 @@ class ReleasedError(Exception):
 class TemporaryError(ReleasedError):
     """Retry later: rate limits, 5xx answers, timeouts, refused connections.
 
-    ``delay`` is the suggested wait in seconds (from ``Retry-After`` when the service sent one).
+    ``delay`` is the suggested wait in seconds before the next pass (from ``Retry-After`` when
+    the service sent one). ``transient`` says the same request may succeed within seconds
+    (no answer, 5xx, a rate limit): :mod:`whatsapp_operator.retrying` then retries it at once,
+    waiting at least ``retry_after`` (the server's ``Retry-After``, when it sent one).
     """
 
     def __init__(
-        self, message: str, *, reason: str = "Unavailable", service: str = "", delay: float = 30.0
+        self,
+        message: str,
+        *,
+        reason: str = "Unavailable",
+        service: str = "",
+        delay: float = 30.0,
+        transient: bool = False,
+        retry_after: float | None = None,
+        kind: str | None = None,
+        code: int | str | None = None,
+        subcode: int | None = None,
     ) -> None:
-        super().__init__(message, reason=reason, service=service)
+        super().__init__(
+            message, reason=reason, service=service, kind=kind, code=code, subcode=subcode
+        )
         self.delay = delay
+        self.transient = transient
+        self.retry_after = retry_after
 
 
 class PermanentError(ReleasedError):
     """Retrying will not help until a person changes something (a key, a manifest, a grant)."""
 
-    def __init__(self, message: str, *, reason: str = "Failed", service: str = "") -> None:
-        super().__init__(message, reason=reason, service=service)
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str = "Failed",
+        service: str = "",
+        kind: str | None = None,
+        code: int | str | None = None,
+        subcode: int | None = None,
+    ) -> None:
+        super().__init__(
+            message, reason=reason, service=service, kind=kind, code=code, subcode=subcode
+        )
 
 
 class NotFoundError(PermanentError):
     """The outside object does not exist (callers that tolerate 404 catch this one)."""
 
-    def __init__(self, message: str, *, reason: str = "NotFound", service: str = "") -> None:
-        super().__init__(message, reason=reason, service=service)
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str = "NotFound",
+        service: str = "",
+        kind: str | None = "not_found",
+        code: int | str | None = None,
+        subcode: int | None = None,
+    ) -> None:
+        super().__init__(
+            message, reason=reason, service=service, kind=kind, code=code, subcode=subcode
+        )

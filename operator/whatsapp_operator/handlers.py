@@ -11,7 +11,8 @@ whatsapp_operator``, which also sets up JSON logs and the liveness endpoint). Th
                            ``referenced_secret``/``referenced_configmap`` re-reconcile exactly
                            the agents whose inputs changed (:mod:`.reconcile.references`).
 - ``workloads_changed``    Deployment events of agents' children: refresh ``WorkloadsReady``.
-- ``periodic``             a timer per agent: refresh ``WorkloadsReady`` and rotate credentials.
+- ``periodic``             a timer per agent: refresh ``WorkloadsReady``, check the outside
+                           world when due (:mod:`.reconcile.checks`), rotate credentials.
 - ``validate-agent``       the validating admission handler (see :mod:`.admission`).
 
 A domain :class:`~whatsapp_operator.errors.TemporaryError` becomes ``kopf.TemporaryError`` with
@@ -34,6 +35,7 @@ from . import status as st
 from .admission import configure_admission, register_admission_handler
 from .config import get_operator_settings
 from .errors import TemporaryError
+from .reconcile import checks
 from .reconcile.cleanup import cleanup as cleanup_agent
 from .reconcile.context import Agent, backoff
 from .reconcile.inputs import referenced_names
@@ -122,7 +124,9 @@ async def reconcile_agent(body: kopf.Body, retry: int, **_: Any) -> None:
 @kopf.on.delete(GROUP, VERSION, PLURAL, id="cleanup")
 async def cleanup(body: kopf.Body, retry: int, **_: Any) -> None:
     """delete: remove what lives outside the cluster, then let the finalizer go."""
-    await _retry_with_kopf(cleanup_agent(_agent(body), retry))
+    agent = _agent(body)
+    await _retry_with_kopf(cleanup_agent(agent, retry))
+    checks.forget(agent.uid)
 
 
 @kopf.index(GROUP, VERSION, PLURAL, id="agent_refs")
@@ -204,11 +208,18 @@ async def workloads_changed(namespace: str | None, labels: Mapping[str, str], **
 
 @kopf.timer(GROUP, VERSION, PLURAL, id="periodic", interval=TIMER_INTERVAL, idle=TIMER_IDLE)
 async def periodic(body: kopf.Body, namespace: str | None, name: str, **_: Any) -> None:
-    """Refresh ``WorkloadsReady`` from the Deployments; rotate credentials when due."""
+    """Refresh ``WorkloadsReady`` from the Deployments; check the outside world (model, Meta
+    account, WABA subscription, vector store) when due; rotate credentials when due."""
     if body["metadata"].get("deletionTimestamp") or not namespace:
         return
     try:
         await workloads.refresh(kube.shared(), namespace, name, st.KopfEvents)
     except (kube.KubeError, TemporaryError) as exc:
         logger.warning("could not refresh workloads of %s/%s: %s", namespace, name, exc)
-    await _retry_with_kopf(rotate_if_due(_agent(body)))
+    agent = _agent(body)
+    if checks.due(agent.uid, agent.settings.check_interval):
+        try:
+            await checks.check_outside(agent)
+        except (kube.KubeError, TemporaryError) as exc:
+            logger.warning("could not check %s/%s: %s", namespace, name, exc)
+    await _retry_with_kopf(rotate_if_due(agent))

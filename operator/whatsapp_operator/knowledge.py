@@ -14,15 +14,11 @@ agent. This module keeps that store in step with ``spec.faqs``, with the officia
   attached file by its ``faq_hash`` attribute and resumes waiting instead of uploading again.
 - :func:`delete_knowledge` deletes the store and its files, tolerating 404s.
 
-Errors: 429, 5xx, timeouts and refused connections raise
-:class:`~whatsapp_operator.errors.TemporaryError` (after the SDK's own two retries); 401, 403,
-400 and other client errors raise :class:`~whatsapp_operator.errors.PermanentError` with a
-message that names what to fix. A message carries the HTTP status and OpenAI's error code (a
-short token such as ``insufficient_quota``), never text from a response body: the server may be
-the tenant's (``baseUrl``), and its answer must not be read back through the agent's status.
+- :func:`check_knowledge` reads whether the recorded store and file still exist (the periodic
+  check); what is missing is rebuilt by :func:`ensure_knowledge`.
 
-A tenant's ``baseUrl`` is called through :func:`whatsapp_operator.egress.guarded_client`
-(``OpenAIParams.policy``), which connects only to addresses the platform's policy allows.
+Calls, retries, timeouts and errors are :mod:`whatsapp_operator.openai_api`'s (OpenAI's error
+policy from :mod:`released.providers.openai`; messages never carry text from a response body).
 """
 
 from __future__ import annotations
@@ -30,24 +26,37 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import re
 import time
 import unicodedata
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import Mapping, Sequence
+from contextlib import suppress
+from enum import StrEnum
 from typing import Any
 
-import openai
 from openai import AsyncOpenAI
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
-from released.agent.policy import Policy
-from released.providers import openai as openai_policy
-from whatsapp_operator.egress import guarded_client
 from whatsapp_operator.errors import NotFoundError, PermanentError, TemporaryError
+from whatsapp_operator.openai_api import (
+    ERROR_CODE,
+    SERVICE,
+    OpenAIParams,
+    Session,
+    error_code,
+    session,
+)
 
-SERVICE = "openai"
+__all__ = [
+    "KnowledgeCheck",
+    "KnowledgeState",
+    "OpenAIParams",
+    "check_knowledge",
+    "delete_knowledge",
+    "ensure_knowledge",
+    "error_code",
+    "faq_hash",
+]
 #: Bumped when the file format changes, so every agent's file is rebuilt once.
 FORMAT_VERSION = "released-faqs-v1"
 AGENT_METADATA_KEY = "released_agent"
@@ -56,32 +65,6 @@ HASH_ATTRIBUTE = "faq_hash"
 MAX_STORES_SCANNED = 1000
 
 FAQInput = Sequence[tuple[str, str]] | Sequence[Mapping[str, Any]]
-
-
-class OpenAIParams(BaseModel):
-    """How to reach OpenAI (or an OpenAI-compatible server) for one agent."""
-
-    model_config = ConfigDict(frozen=True)
-
-    api_key: SecretStr
-    base_url: str = "https://api.openai.com/v1"
-    timeout: float = 30.0
-    max_retries: int = 2
-    #: Set when ``base_url`` is the tenant's: connections go only where the policy allows.
-    policy: Policy | None = None
-
-    def client(self) -> AsyncOpenAI:
-        """A new ``AsyncOpenAI`` client for these parameters (close it when done)."""
-        http_client = None
-        if self.policy is not None:
-            http_client = guarded_client(self.policy, timeout=self.timeout)
-        return AsyncOpenAI(
-            api_key=self.api_key.get_secret_value(),
-            base_url=self.base_url,
-            timeout=self.timeout,
-            max_retries=self.max_retries,
-            http_client=http_client,
-        )
 
 
 class KnowledgeState(BaseModel):
@@ -151,107 +134,25 @@ def store_name(agent_key: str) -> str:
     return f"released:{agent_key}"
 
 
-# -- errors ---------------------------------------------------------------------------------
-
-
-@contextmanager
-def _mapped(action: str, api_key: str | None) -> Iterator[None]:
-    """Translate the SDK's exceptions into domain errors (without the API key)."""
-    try:
-        yield
-    except openai.APITimeoutError:
-        raise TemporaryError(
-            f"OpenAI did not answer in time while trying to {action}",
-            reason="OpenAIUnavailable",
-            service=SERVICE,
-            delay=30.0,
-        ) from None
-    except openai.APIConnectionError:
-        raise TemporaryError(
-            f"cannot reach OpenAI to {action}",
-            reason="OpenAIUnavailable",
-            service=SERVICE,
-            delay=30.0,
-        ) from None
-    except openai.APIStatusError as exc:
-        raise _status_error(exc, action, api_key) from None
-
-
-#: What an error code from a response may look like to be shown: a short token, nothing more.
-_ERROR_CODE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
-
-
-def error_code(exc: openai.APIStatusError) -> str | None:
-    """OpenAI's error code of ``exc`` (``insufficient_quota``) when it is a plain short token."""
-    code = getattr(exc, "code", None)
-    return code if isinstance(code, str) and _ERROR_CODE.match(code) else None
-
-
-def _status_error(exc: openai.APIStatusError, action: str, api_key: str | None) -> Exception:
-    """Map an OpenAI error answer to a domain error; what a status and code mean is OpenAI's
-    error policy shared with the bot (:mod:`released.providers.openai`)."""
-    status = exc.status_code
-    code = error_code(exc)
-    detail = f", code {code}" if code else ""
-    message = f"OpenAI refused to {action} (HTTP {status}{detail})"
-    kind = openai_policy.classify(status, code)
-    if kind is openai_policy.ErrorKind.AUTH:
-        return PermanentError(
-            f"OpenAI rejected the API key (HTTP 401) while trying to {action}; update apiKey in "
-            "the Secret named by spec.secrets.openai",
-            reason="OpenAIAuthFailed",
-            service=SERVICE,
-        )
-    if kind is openai_policy.ErrorKind.PERMISSION:
-        return PermanentError(message, reason="OpenAIPermissionDenied", service=SERVICE)
-    if kind is openai_policy.ErrorKind.NOT_FOUND:
-        return NotFoundError(message, reason="OpenAINotFound", service=SERVICE)
-    if kind in (openai_policy.ErrorKind.RATE_LIMIT, openai_policy.ErrorKind.QUOTA):
-        seconds = openai_policy.retry_after(exc.response.headers if exc.response else None)
-        delay = 60.0 if seconds is None else max(1.0, min(seconds, 3600.0))
-        reason = (
-            "OpenAIQuotaExceeded" if kind is openai_policy.ErrorKind.QUOTA else "OpenAIRateLimited"
-        )
-        return TemporaryError(message, reason=reason, service=SERVICE, delay=delay)
-    if kind is openai_policy.ErrorKind.TEMPORARY:
-        return TemporaryError(message, reason="OpenAIUnavailable", service=SERVICE, delay=30.0)
-    return PermanentError(message, reason="OpenAIRequestRejected", service=SERVICE)
-
-
-@asynccontextmanager
-async def _client(client_or_params: AsyncOpenAI | OpenAIParams) -> AsyncIterator[AsyncOpenAI]:
-    if isinstance(client_or_params, AsyncOpenAI):
-        yield client_or_params
-        return
-    client = client_or_params.client()
-    try:
-        yield client
-    finally:
-        await client.close()
-
-
-def _key_of(client: AsyncOpenAI) -> str | None:
-    key = client.api_key
-    return key if isinstance(key, str) else None
-
-
 # -- OpenAI calls ---------------------------------------------------------------------------
 
 
-async def _retrieve_store(client: AsyncOpenAI, store_id: str) -> str | None:
+async def _retrieve_store(s: Session, store_id: str) -> str | None:
     try:
-        with _mapped("read the vector store", _key_of(client)):
-            store = await client.vector_stores.retrieve(store_id)
+        store = await s.call(
+            "read the vector store", lambda: s.client.vector_stores.retrieve(store_id)
+        )
     except NotFoundError:
         return None
     return None if getattr(store, "status", None) == "expired" else store.id
 
 
-async def _find_store(client: AsyncOpenAI, agent_key: str) -> str | None:
+async def _find_store(s: Session, agent_key: str) -> str | None:
     name = store_name(agent_key)
-    scanned = 0
-    with _mapped("list vector stores", _key_of(client)):
-        async for store in client.vector_stores.list(limit=100, order="desc"):
+
+    async def scan() -> str | None:
+        scanned = 0
+        async for store in s.client.vector_stores.list(limit=100, order="desc"):
             scanned += 1
             metadata = store.metadata or {}
             if (
@@ -262,49 +163,49 @@ async def _find_store(client: AsyncOpenAI, agent_key: str) -> str | None:
                 return store.id
             if scanned >= MAX_STORES_SCANNED:
                 break
-    return None
+        return None
+
+    return await s.call("list vector stores", scan)
 
 
-async def _store_files(client: AsyncOpenAI, store_id: str) -> list[Any]:
-    files: list[Any] = []
-    with _mapped("list the vector store's files", _key_of(client)):
-        async for item in client.vector_stores.files.list(store_id, limit=100):
-            files.append(item)
-    return files
+async def _store_files(s: Session, store_id: str) -> list[Any]:
+    async def collect() -> list[Any]:
+        return [item async for item in s.client.vector_stores.files.list(store_id, limit=100)]
+
+    return await s.call("list the vector store's files", collect)
 
 
-async def _delete_file(client: AsyncOpenAI, file_id: str) -> None:
-    try:
-        with _mapped("delete a file", _key_of(client)):
-            await client.files.delete(file_id)
-    except NotFoundError:
-        pass
+async def _delete_file(s: Session, file_id: str) -> None:
+    with suppress(NotFoundError):
+        await s.call("delete a file", lambda: s.client.files.delete(file_id))
 
 
-async def _detach(client: AsyncOpenAI, store_id: str, file_id: str) -> None:
-    try:
-        with _mapped("detach a file from the vector store", _key_of(client)):
-            await client.vector_stores.files.delete(file_id, vector_store_id=store_id)
-    except NotFoundError:
-        pass
+async def _detach(s: Session, store_id: str, file_id: str) -> None:
+    with suppress(NotFoundError):
+        await s.call(
+            "detach a file from the vector store",
+            lambda: s.client.vector_stores.files.delete(file_id, vector_store_id=store_id),
+        )
 
 
 async def _wait_completed(
-    client: AsyncOpenAI, store_id: str, file_id: str, wait_timeout: float, poll_interval: float
+    s: Session, store_id: str, file_id: str, wait_timeout: float, poll_interval: float
 ) -> None:
     deadline = time.monotonic() + wait_timeout
     while True:
-        with _mapped("check the file's indexing", _key_of(client)):
-            item = await client.vector_stores.files.retrieve(file_id, vector_store_id=store_id)
+        item = await s.call(
+            "check the file's indexing",
+            lambda: s.client.vector_stores.files.retrieve(file_id, vector_store_id=store_id),
+        )
         status = getattr(item, "status", "completed")
         if status == "completed":
             return
         if status in ("failed", "cancelled"):
             error = getattr(item, "last_error", None)
             code = getattr(error, "code", None)
-            shown = code if isinstance(code, str) and _ERROR_CODE.match(code) else status
-            await _detach(client, store_id, file_id)
-            await _delete_file(client, file_id)
+            shown = code if isinstance(code, str) and ERROR_CODE.match(code) else status
+            await _detach(s, store_id, file_id)
+            await _delete_file(s, file_id)
             raise TemporaryError(
                 f"OpenAI could not index the FAQ file ({shown})",
                 reason="KnowledgeIndexingFailed",
@@ -341,21 +242,24 @@ async def ensure_knowledge(
         raise PermanentError("the agent has no FAQs", reason="NoFAQs", service=SERVICE)
     if current is not None and current.faq_hash == digest and current.file_id and not verify:
         return current
-    async with _client(client_or_params) as client:
-        key = _key_of(client)
+    async with session(client_or_params) as s:
+        client = s.client
         store_id: str | None = None
         if current is not None:
-            store_id = await _retrieve_store(client, current.vector_store_id)
+            store_id = await _retrieve_store(s, current.vector_store_id)
         if store_id is None:
-            store_id = await _find_store(client, agent_key)
+            store_id = await _find_store(s, agent_key)
         if store_id is None:
-            with _mapped("create the vector store", key):
-                store = await client.vector_stores.create(
+            store = await s.call(
+                "create the vector store",
+                lambda: client.vector_stores.create(
                     name=store_name(agent_key),
                     metadata={AGENT_METADATA_KEY: agent_key[:512], HASH_ATTRIBUTE: digest},
-                )
+                ),
+            )
             store_id = store.id
-        attached = await _store_files(client, store_id)
+        new_store: str = store_id
+        attached = await _store_files(s, new_store)
 
         # A file for these FAQs may already be there: unchanged FAQs being verified, or an
         # earlier call that ran out of time while OpenAI indexed it.
@@ -369,44 +273,90 @@ async def ensure_knowledge(
                 file_id = item.id
                 break
         if file_id is None:
-            with _mapped("upload the FAQ file", key):
-                uploaded = await client.files.create(
+            uploaded = await s.call(
+                "upload the FAQ file",
+                lambda: client.files.create(
                     file=(f"faqs-{digest[:12]}.json", faq_file_content(faqs), "application/json"),
                     purpose="assistants",
-                )
+                ),
+            )
             file_id = uploaded.id
+            new_file: str = file_id
             try:
-                with _mapped("attach the FAQ file to the vector store", key):
-                    await client.vector_stores.files.create(
-                        store_id,
-                        file_id=file_id,
+                await s.call(
+                    "attach the FAQ file to the vector store",
+                    lambda: client.vector_stores.files.create(
+                        new_store,
+                        file_id=new_file,
                         attributes={HASH_ATTRIBUTE: digest, AGENT_METADATA_KEY: agent_key[:512]},
-                    )
+                    ),
+                )
             except (TemporaryError, PermanentError):
-                await _delete_file(client, file_id)
+                await _delete_file(s, new_file)
                 raise
-        await _wait_completed(client, store_id, file_id, wait_timeout, poll_interval)
+        await _wait_completed(s, new_store, file_id, wait_timeout, poll_interval)
 
         # Only the new file stays: detach and delete every other one, the previous included.
         stale = {item.id for item in attached if item.id != file_id}
         for old in sorted(stale):
-            await _detach(client, store_id, old)
-            await _delete_file(client, old)
+            await _detach(s, new_store, old)
+            await _delete_file(s, old)
         previous = current.file_id if current is not None else None
         if previous and previous != file_id and previous not in stale:
-            await _detach(client, store_id, previous)
-            await _delete_file(client, previous)
+            await _detach(s, new_store, previous)
+            await _delete_file(s, previous)
         unchanged = current is not None and (current.vector_store_id, current.faq_hash) == (
-            store_id,
+            new_store,
             digest,
         )
         if not unchanged:
-            with _mapped("label the vector store", key):
-                await client.vector_stores.update(
-                    store_id,
+            await s.call(
+                "label the vector store",
+                lambda: client.vector_stores.update(
+                    new_store,
                     metadata={AGENT_METADATA_KEY: agent_key[:512], HASH_ATTRIBUTE: digest},
-                )
-    return KnowledgeState(vector_store_id=store_id, file_id=file_id, faq_hash=digest)
+                ),
+            )
+    return KnowledgeState(vector_store_id=new_store, file_id=file_id, faq_hash=digest)
+
+
+class KnowledgeCheck(StrEnum):
+    """What :func:`check_knowledge` found at OpenAI."""
+
+    #: The store exists and holds the recorded file, indexed.
+    OK = "ok"
+    #: The store was deleted (or expired): a new one must be made and filled.
+    STORE_MISSING = "store_missing"
+    #: The store exists but the recorded file is gone from it (or failed): upload again.
+    FILE_MISSING = "file_missing"
+
+
+async def check_knowledge(
+    client_or_params: AsyncOpenAI | OpenAIParams, state: KnowledgeState
+) -> KnowledgeCheck:
+    """Whether the store and file recorded in ``status.knowledge`` still exist (two reads).
+
+    The periodic check calls this; what it finds missing is rebuilt by
+    :func:`ensure_knowledge` (the store is looked up, or created, again).
+    """
+    async with session(client_or_params) as s:
+        if await _retrieve_store(s, state.vector_store_id) is None:
+            return KnowledgeCheck.STORE_MISSING
+        if not state.file_id:
+            return KnowledgeCheck.FILE_MISSING
+        file_id = state.file_id
+        try:
+            item = await s.call(
+                "read the FAQ file of the vector store",
+                lambda: s.client.vector_stores.files.retrieve(
+                    file_id, vector_store_id=state.vector_store_id
+                ),
+            )
+        except NotFoundError:
+            return KnowledgeCheck.FILE_MISSING
+        if getattr(item, "status", "completed") in ("failed", "cancelled"):
+            return KnowledgeCheck.FILE_MISSING
+    return KnowledgeCheck.OK
 
 
 async def delete_knowledge(
@@ -419,23 +369,23 @@ async def delete_knowledge(
 
     Without ``state`` (status lost) the store is looked up by name when ``agent_key`` is given.
     """
-    async with _client(client_or_params) as client:
+    async with session(client_or_params) as s:
         store_id: str | None = state.vector_store_id if state is not None else None
         if store_id is None and agent_key is not None:
-            store_id = await _find_store(client, agent_key)
+            store_id = await _find_store(s, agent_key)
         file_ids: set[str] = set()
         if state is not None and state.file_id:
             file_ids.add(state.file_id)
         if store_id is not None:
             try:
-                file_ids.update(item.id for item in await _store_files(client, store_id))
+                file_ids.update(item.id for item in await _store_files(s, store_id))
             except NotFoundError:
                 store_id = None
         if store_id is not None:
-            try:
-                with _mapped("delete the vector store", _key_of(client)):
-                    await client.vector_stores.delete(store_id)
-            except NotFoundError:
-                pass
+            doomed: str = store_id
+            with suppress(NotFoundError):
+                await s.call(
+                    "delete the vector store", lambda: s.client.vector_stores.delete(doomed)
+                )
         for file_id in sorted(file_ids):
-            await _delete_file(client, file_id)
+            await _delete_file(s, file_id)

@@ -8,7 +8,13 @@ Conditions follow the Kubernetes convention: ``type``, ``status`` (``True``/``Fa
 - ``KnowledgeReady``     the OpenAI vector store holds the current FAQs;
 - ``WebhookRegistered``  Meta's callback override is set (``True``/``NotRequested`` when the
                          spec does not ask for it);
-- ``CredentialsRotated`` the operator-owned credentials are within their rotation interval.
+- ``CredentialsRotated`` the operator-owned credentials are within their rotation interval;
+- ``ModelAvailable``     OpenAI serves ``spec.assistant.model`` (``True`` with reason
+                         ``ShutdownAnnounced`` ahead of an announced shutdown);
+- ``MetaAccountHealthy`` Meta accepts the agent's token for its phone number (no token,
+                         permission or policy problem);
+- ``WabaSubscribed``     the Meta app is subscribed to ``spec.businessAccountId`` (``Unknown``,
+                         not blocking, without one).
 
 A spec that cannot be reconciled at all (``InvalidSpec``, ``DatabaseNotConfigured``) sets
 ``Ready=False`` with that reason directly. Nothing here ever holds a secret: every message goes
@@ -31,13 +37,27 @@ WORKLOADS_READY = "WorkloadsReady"
 KNOWLEDGE_READY = "KnowledgeReady"
 WEBHOOK_REGISTERED = "WebhookRegistered"
 CREDENTIALS_ROTATED = "CredentialsRotated"
+MODEL_AVAILABLE = "ModelAvailable"
+META_ACCOUNT_HEALTHY = "MetaAccountHealthy"
+WABA_SUBSCRIBED = "WabaSubscribed"
 
-#: The parts that ``Ready`` summarises, in the order their reasons win.
-PARTS: tuple[str, ...] = (WORKLOADS_READY, KNOWLEDGE_READY, WEBHOOK_REGISTERED, CREDENTIALS_ROTATED)
+#: The parts that ``Ready`` summarises, in the order their reasons win: a refused Meta token
+#: explains a failed webhook registration, so the account comes before the webhook.
+PARTS: tuple[str, ...] = (
+    WORKLOADS_READY,
+    KNOWLEDGE_READY,
+    MODEL_AVAILABLE,
+    META_ACCOUNT_HEALTHY,
+    WABA_SUBSCRIBED,
+    WEBHOOK_REGISTERED,
+    CREDENTIALS_ROTATED,
+)
 CONDITION_TYPES: tuple[str, ...] = (READY, *PARTS)
 
-#: ``False`` reasons of a part that still leave the agent serving (so ``Ready`` stays ``True``).
-NON_BLOCKING_REASONS: frozenset[str] = frozenset({"RotationInProgress"})
+#: Reasons of a part that is not ``True`` yet leaves the agent serving (``Ready`` stays
+#: ``True``): a rotation under way; a subscription the operator cannot check without
+#: ``spec.businessAccountId``.
+NON_BLOCKING_REASONS: frozenset[str] = frozenset({"RotationInProgress", "BusinessAccountIdNotSet"})
 
 MAX_MESSAGE = 1000
 
@@ -126,12 +146,14 @@ def summarize(
             return Condition.unknown(READY, "Reconciling", f"{part} not yet known")
         if cond.get("status") == "True":
             continue
-        if cond.get("status") == "False" and cond.get("reason") in NON_BLOCKING_REASONS:
+        if cond.get("reason") in NON_BLOCKING_REASONS:
             continue
         status = "False" if cond.get("status") == "False" else "Unknown"
         reason = str(cond.get("reason") or "NotReady")
         return Condition(READY, status, reason, f"{part}: {cond.get('message') or reason}")
-    return Condition.true(READY, "Ready", "The agent's workloads, knowledge and webhook are ready")
+    return Condition.true(
+        READY, "Ready", "the workloads, knowledge, model, Meta account and webhook are ready"
+    )
 
 
 def apply_conditions(

@@ -140,6 +140,23 @@ async def test_verify_rebuilds_a_missing_store(fake: FakeOpenAI, params: kn.Open
     assert len(fake.requests("POST /v1/files")) == uploads
 
 
+async def test_check_tells_a_deleted_store_from_a_lost_file(
+    fake: FakeOpenAI, params: kn.OpenAIParams
+) -> None:
+    state = await kn.ensure_knowledge(params, AGENT, FAQS, None)
+    before = len(fake.requests())
+    assert await kn.check_knowledge(params, state) is kn.KnowledgeCheck.OK
+    assert len(fake.requests()) == before + 2  # two reads, nothing written
+    async with params.client() as client:
+        await client.vector_stores.files.delete(
+            state.file_id or "", vector_store_id=state.vector_store_id
+        )
+    assert await kn.check_knowledge(params, state) is kn.KnowledgeCheck.FILE_MISSING
+    async with params.client() as client:
+        await client.vector_stores.delete(state.vector_store_id)
+    assert await kn.check_knowledge(params, state) is kn.KnowledgeCheck.STORE_MISSING
+
+
 async def test_resumes_an_update_that_ran_out_of_time(
     fake: FakeOpenAI, params: kn.OpenAIParams
 ) -> None:
@@ -164,12 +181,31 @@ async def test_resumes_an_update_that_ran_out_of_time(
 
 
 async def test_server_errors_are_retryable(fake: FakeOpenAI, params: kn.OpenAIParams) -> None:
-    # The SDK retries twice itself; three 500s in a row reach us.
+    # The operator's retry policy (3 tries, the SDK's own retries off): three 500s reach us.
     fake.script_errors(["server_error", "server_error", "server_error"])
     with pytest.raises(TemporaryError) as excinfo:
         await kn.ensure_knowledge(params, AGENT, FAQS, None)
     assert excinfo.value.reason == "OpenAIUnavailable"
     assert DEFAULT_API_KEY not in str(excinfo.value)
+    assert len(fake.requests()) == 3
+
+
+async def test_a_passing_server_error_is_retried(fake: FakeOpenAI, params: kn.OpenAIParams) -> None:
+    fake.script_errors(["bad_gateway"])
+    state = await kn.ensure_knowledge(params, AGENT, FAQS, None)
+    assert _store(fake, state.vector_store_id) is not None
+    refused = [r for r in fake.requests() if r.get("error")]
+    assert len(refused) == 1
+
+
+async def test_quota_is_not_retried(fake: FakeOpenAI, params: kn.OpenAIParams) -> None:
+    # No backoff buys credit: one try, and the reason says what is wrong.
+    fake.script_errors([{"kind": "quota", "times": 3}])
+    with pytest.raises(TemporaryError) as excinfo:
+        await kn.ensure_knowledge(params, AGENT, FAQS, None)
+    assert excinfo.value.reason == "OpenAIQuotaExceeded"
+    assert "out of credit" in str(excinfo.value)
+    assert len(fake.requests()) == 1
 
 
 async def test_rate_limit_is_retryable(fake: FakeOpenAI, params: kn.OpenAIParams) -> None:

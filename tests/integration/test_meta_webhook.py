@@ -16,6 +16,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from whatsapp_operator import meta_webhook as mw
 from whatsapp_operator.errors import PermanentError, TemporaryError
+from whatsapp_operator.retrying import NO_RETRIES, RetryPolicy
 
 from released.fakes.meta import FakeMeta
 from tests.servers import free_port
@@ -145,12 +146,50 @@ async def test_verification_handshake(graph: str, meta: FakeMeta) -> None:
 async def test_error_mapping(
     graph: str, meta: FakeMeta, error: Any, kind: type[Exception], reason: str
 ) -> None:
+    """Meta's verdict (released.providers.meta) decides; one answer, no retry."""
     meta.script_errors([error])
     with pytest.raises(kind) as excinfo:
-        await mw.register_callback(graph, PHONE, TOKEN, CALLBACK, VERIFY)
+        await mw.register_callback(graph, PHONE, TOKEN, CALLBACK, VERIFY, retry=NO_RETRIES)
     assert getattr(excinfo.value, "reason", None) == reason
     assert TOKEN not in str(excinfo.value) and VERIFY not in str(excinfo.value)
     assert meta.webhook_override(PHONE) is None
+
+
+FAST = RetryPolicy(attempts=3, initial=0.01, max_backoff=0.05)
+
+
+@pytest.mark.parametrize("error", ["server_error", "unavailable", "rate_limit"])
+async def test_a_passing_failure_is_retried_at_once(graph: str, meta: FakeMeta, error: str) -> None:
+    meta.script_errors([error])
+    await mw.register_callback(graph, PHONE, TOKEN, CALLBACK, VERIFY, retry=FAST)
+    assert meta.webhook_override(PHONE) == CALLBACK
+    assert len([r for r in meta.requests() if r["method"] == "POST"]) == 2
+
+
+async def test_a_lasting_failure_gives_up_after_the_policy(graph: str, meta: FakeMeta) -> None:
+    meta.script_errors([{"kind": "server_error", "times": 5}])
+    with pytest.raises(TemporaryError) as excinfo:
+        await mw.register_callback(graph, PHONE, TOKEN, CALLBACK, VERIFY, retry=FAST)
+    assert excinfo.value.reason == "MetaUnavailable"
+    assert len(meta.requests()) == 3
+
+
+async def test_refusals_and_long_waits_are_not_retried_inline(graph: str, meta: FakeMeta) -> None:
+    # A refused token, a policy block (lasts hours), a rate limit asking for minutes: one try
+    # each; the pass is retried later with the delay.
+    meta.script_errors(
+        [
+            "auth",
+            "policy_block",
+            {"kind": "rate_limit", "headers": {"Retry-After": "120"}},
+        ]
+    )
+    for expected in ("MetaTokenRejected", "MetaPolicyBlocked", "MetaRateLimited"):
+        with pytest.raises((TemporaryError, PermanentError)) as excinfo:
+            await mw.register_callback(graph, PHONE, TOKEN, CALLBACK, VERIFY, retry=FAST)
+        assert excinfo.value.reason == expected
+    assert isinstance(excinfo.value, TemporaryError) and excinfo.value.delay == 120
+    assert len(meta.requests()) == 3
 
 
 async def test_wrong_token_is_permanent_and_not_leaked(graph: str) -> None:

@@ -2,7 +2,8 @@
 
 Modules, each importing only from those listed before it (and from the layers below the
 package: ``kube``, ``status``, ``builders``, the outside-world modules ``knowledge``,
-``meta_webhook``, ``database``, and ``rotation``'s state machine):
+``meta_webhook``, ``meta_account``, ``models``, ``database``, and ``rotation``'s state
+machine):
 
 - ``context``        :class:`~.context.Agent` (the agent, the API, the settings, its Events),
                      :class:`~.context.Outcome` (what a pass found), the retry backoff.
@@ -10,8 +11,11 @@ package: ``kube``, ``status``, ``builders``, the outside-world modules ``knowled
 - ``status_writer``  the status write (optimistic locking) and ``Ready=False`` for a blocker.
 - ``references``     re-reconciling agents whose Secrets/ConfigMaps changed, or on request.
 - ``parts``          the parts of a pass, in order: credentials, database (prerequisites),
-                     knowledge, children, workloads, webhook (one condition each).
+                     knowledge, model, children, workloads, meta_account, waba, webhook (one
+                     condition each), and the periodic checks.
 - ``rotate``         one step of credential rotation per timer tick.
+- ``checks``         the periodic check of the outside world (model, Meta account, WABA
+                     subscription, vector store) between passes.
 - ``pipeline``       one pass: inputs, prerequisites, parts, one status write.
 - ``cleanup``        deleting an agent: what lives outside the cluster.
 

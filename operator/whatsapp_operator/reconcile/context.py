@@ -89,5 +89,9 @@ class Outcome:
     def fail(self, type_: str, exc: ReleasedError) -> None:
         """Condition ``type_`` is ``False`` with the error's reason; the pass will retry."""
         self.set(st.Condition.false(type_, exc.reason or "Error", exc.message))
+        self.retry_later(exc)
+
+    def retry_later(self, exc: ReleasedError) -> None:
+        """The pass will retry because of ``exc`` (a temporary error wins over others)."""
         if self.retry is None or isinstance(exc, TemporaryError):
             self.retry = exc

@@ -25,8 +25,8 @@ from released.agent.validation import InvalidSpec, parse_spec, validate_faqs
 
 from ..builders import secret_fingerprint
 from ..config import OperatorSettings
-from ..knowledge import OpenAIParams
 from ..kube import Kube
+from ..openai_api import OpenAIParams
 from .context import Agent
 
 #: Keys that the user's Secrets must hold (``spec.secrets.meta`` and ``spec.secrets.openai``).

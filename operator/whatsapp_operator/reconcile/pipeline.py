@@ -2,8 +2,8 @@
 
 1. :func:`~.inputs.gather` the inputs (spec, preconditions, FAQs, the user's Secrets), once;
 2. the :data:`~.parts.PREREQUISITES` (credentials Secret, provisioned database);
-3. the :data:`~.parts.PARTS` (knowledge, children, workloads, webhook), each recording its
-   condition;
+3. the :data:`~.parts.PARTS` (knowledge, model, children, workloads, Meta account, WABA
+   subscription, webhook), each recording its condition;
 4. one status write: the parts' conditions and fields, ``CredentialsRotated`` and
    ``nextRotation`` from the rotation state, ``observedGeneration``, ``Ready``.
 
@@ -22,6 +22,7 @@ from released.agent.validation import InvalidSpec
 from .. import metrics
 from .. import status as st
 from ..errors import PermanentError, TemporaryError
+from .checks import mark_checked
 from .context import MAX_BACKOFF, Agent, backoff
 from .inputs import MissingInput, gather
 from .parts import PARTS, PREREQUISITES, Pass
@@ -56,6 +57,8 @@ async def reconcile(agent: Agent, retry: int) -> None:
 
     for part in PARTS:
         await part(p)
+    # The pass looked at the model and at Meta: the periodic check waits a full interval.
+    mark_checked(agent.uid)
 
     outcome, spec = p.outcome, p.inputs.spec
 

@@ -21,7 +21,8 @@ from whatsapp_operator.database import DatabaseCredentials
 from whatsapp_operator.database import database_name as _database_name
 from whatsapp_operator.database import login_roles as _login_roles
 from whatsapp_operator.errors import ReleasedError
-from whatsapp_operator.knowledge import KnowledgeState
+from whatsapp_operator.knowledge import KnowledgeCheck, KnowledgeState
+from whatsapp_operator.meta_account import PhoneNumber, SubscribedApp
 from whatsapp_operator.reconcile.context import Agent
 
 from .fake_kube import FakeKube, RecordedEvents
@@ -82,6 +83,25 @@ class Outside:
     database_error: ReleasedError | None = None
     #: role -> password the fake PostgreSQL knows
     roles: dict[str, str] = field(default_factory=dict)
+    #: models OpenAI serves (``GET /v1/models/{id}``), and the error it answers with instead
+    models: set[str] = field(default_factory=lambda: {"gpt-6-luna", "gpt-4.1-mini"})
+    model_error: ReleasedError | None = None
+    #: what reading the phone number with the agent's token answers
+    phone: PhoneNumber = field(
+        default_factory=lambda: PhoneNumber(
+            id="1234567890", display_phone_number="+1 555-010-0000", verified_name="Acme",
+            quality_rating="GREEN",
+        )
+    )
+    account_error: ReleasedError | None = None
+    #: WABA id -> apps subscribed to it; errors of reading and of subscribing
+    wabas: dict[str, list[SubscribedApp]] = field(default_factory=dict)
+    waba_error: ReleasedError | None = None
+    subscribe_error: ReleasedError | None = None
+    #: the app that the agent's token belongs to (what subscribing adds)
+    app_id: str = "1"
+    #: the vector store check's answer
+    knowledge_check: KnowledgeCheck = KnowledgeCheck.OK
 
     def named(self, what: str) -> list[Any]:
         return [args for name, args in self.calls if name == what]
@@ -140,6 +160,9 @@ def _patch_outside(monkeypatch: pytest.MonkeyPatch, outside: Outside) -> None:
     from whatsapp_operator.reconcile import cleanup
     from whatsapp_operator.reconcile.parts import database as db_part
     from whatsapp_operator.reconcile.parts import knowledge as knowledge_part
+    from whatsapp_operator.reconcile.parts import meta_account as account_part
+    from whatsapp_operator.reconcile.parts import model as model_part
+    from whatsapp_operator.reconcile.parts import waba as waba_part
     from whatsapp_operator.reconcile.parts import webhook as webhook_part
 
     async def ensure_knowledge(params: Any, key: str, faqs: Any, current: Any) -> KnowledgeState:
@@ -194,6 +217,41 @@ def _patch_outside(monkeypatch: pytest.MonkeyPatch, outside: Outside) -> None:
             raise outside.database_error
         return True
 
+    async def model_exists(params: Any, model: str) -> bool:
+        outside.calls.append(("model_exists", model))
+        if outside.model_error is not None:
+            raise outside.model_error
+        return model in outside.models
+
+    async def read_phone_number(graph_url: str, pnid: str, token: str) -> PhoneNumber:
+        outside.calls.append(("read_phone_number", (pnid, token)))
+        if outside.account_error is not None:
+            raise outside.account_error
+        return outside.phone
+
+    async def subscribed_apps(graph_url: str, waba: str, token: str) -> list[SubscribedApp]:
+        outside.calls.append(("subscribed_apps", waba))
+        if outside.waba_error is not None:
+            raise outside.waba_error
+        return list(outside.wabas.get(waba, []))
+
+    async def subscribe_app(graph_url: str, waba: str, token: str) -> None:
+        outside.calls.append(("subscribe_app", waba))
+        if outside.subscribe_error is not None:
+            raise outside.subscribe_error
+        outside.wabas.setdefault(waba, []).append(SubscribedApp(app_id=outside.app_id))
+
+    async def check_knowledge(params: Any, state: KnowledgeState) -> KnowledgeCheck:
+        outside.calls.append(("check_knowledge", state))
+        if outside.knowledge_error is not None:
+            raise outside.knowledge_error
+        return outside.knowledge_check
+
+    monkeypatch.setattr(model_part, "model_exists", model_exists)
+    monkeypatch.setattr(account_part, "read_phone_number", read_phone_number)
+    monkeypatch.setattr(waba_part, "subscribed_apps", subscribed_apps)
+    monkeypatch.setattr(waba_part, "subscribe_app", subscribe_app)
+    monkeypatch.setattr(knowledge_part, "check_knowledge", check_knowledge)
     monkeypatch.setattr(knowledge_part, "ensure_knowledge", ensure_knowledge)
     monkeypatch.setattr(cleanup, "delete_knowledge", delete_knowledge)
     monkeypatch.setattr(webhook_part, "register_callback", register_callback)

@@ -18,7 +18,8 @@ import pytest
 from pydantic import SecretStr
 from whatsapp_operator import egress
 from whatsapp_operator.errors import PermanentError, TemporaryError
-from whatsapp_operator.knowledge import OpenAIParams, _status_error, ensure_knowledge
+from whatsapp_operator.knowledge import ensure_knowledge
+from whatsapp_operator.openai_api import OpenAIParams, domain_error
 
 from released.agent.policy import Policy
 
@@ -185,7 +186,7 @@ def test_status_errors_carry_status_and_code_only(
     response = httpx2.Response(status, request=request, json={"error": {"message": CANARY}})
     body: dict[str, Any] = {"message": CANARY, "code": code}
     error = openai.APIStatusError(f"Error code: {status} - {CANARY}", response=response, body=body)
-    mapped = _status_error(error, "upload the FAQ file", "sk-tenant")
+    mapped = domain_error(error, "upload the FAQ file")
     message = str(mapped)
     assert CANARY not in message and f"HTTP {status}" in message
     if shown:

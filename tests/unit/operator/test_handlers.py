@@ -152,13 +152,25 @@ async def test_the_timer_refreshes_and_rotates(
     async def rotate(agent: Agent) -> None:
         calls.append(f"rotate {agent.name}")
 
+    async def check_outside(agent: Agent) -> None:
+        calls.append(f"check {agent.name}")
+        handlers.checks.mark_checked(agent.uid)
+
     monkeypatch.setattr(handlers.workloads, "refresh", refresh)
     monkeypatch.setattr(handlers, "rotate_if_due", rotate)
+    monkeypatch.setattr(handlers.checks, "check_outside", check_outside)
     body = agent_body()
+    body["metadata"]["uid"] = "uid-timer"
+    handlers.checks.forget("uid-timer")
+    await handlers.periodic(body=body, namespace=NS, name="acme")
+    # The outside world is checked once per check interval, not on every tick.
     await handlers.periodic(body=body, namespace=NS, name="acme")
     body["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
     await handlers.periodic(body=body, namespace=NS, name="acme")
-    assert calls == ["refresh", "rotate acme"]
+    assert calls == [
+        "refresh", "check acme", "rotate acme", "refresh", "rotate acme"
+    ]
+    handlers.checks.forget("uid-timer")
 
 
 async def test_startup_settings(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -9,6 +9,7 @@ what it found in ``p.outcome`` (a condition, status fields) or on ``p`` for the 
   ``Ready=False``.
 - :data:`PARTS` each own a condition and never block the others: a failure sets their condition
   to ``False`` and makes the pass retry (``p.outcome.fail``).
+- :data:`CHECKS` run on the per-agent timer, between passes.
 
 A new part is a module here, an entry in one of the tuples and, when it owns a condition, that
 condition's type in :data:`whatsapp_operator.status.PARTS` (which ``Ready`` summarises).
@@ -16,14 +17,45 @@ condition's type in :data:`whatsapp_operator.status.PARTS` (which ``Ready`` summ
 
 from __future__ import annotations
 
-from . import children, credentials, database, knowledge, webhook, workloads
+from . import (
+    children,
+    credentials,
+    database,
+    knowledge,
+    meta_account,
+    model,
+    waba,
+    webhook,
+    workloads,
+)
 from .base import Part, Pass
 
 #: Before anything is applied: the generated Secret, then the provisioned database.
 PREREQUISITES: tuple[Part, ...] = (credentials.ensure, database.ensure)
 
-#: Knowledge first (the pods get the vector store's id), then the children, then their
-#: rollout, then the webhook (Meta verifies it against the running web tier).
-PARTS: tuple[Part, ...] = (knowledge.ensure, children.ensure, workloads.ensure, webhook.ensure)
+#: Knowledge first (the pods get the vector store's id), the model, then the children, then
+#: their rollout, then Meta: the account (the token works), the app's subscription to the
+#: WABA, and last the webhook (Meta verifies it against the running web tier, and refuses it
+#: while the app is not subscribed).
+PARTS: tuple[Part, ...] = (
+    knowledge.ensure,
+    model.ensure,
+    children.ensure,
+    workloads.ensure,
+    meta_account.ensure,
+    waba.ensure,
+    webhook.ensure,
+)
 
-__all__ = ["PARTS", "PREREQUISITES", "Part", "Pass"]
+#: The periodic check of the outside world (:mod:`whatsapp_operator.reconcile.checks`): the
+#: vector store still there, the model still served, the token still accepted, the app still
+#: subscribed; what needs a rebuild is left to a full pass.
+CHECKS: tuple[Part, ...] = (
+    knowledge.verify,
+    model.ensure,
+    meta_account.ensure,
+    waba.ensure,
+    webhook.gate,
+)
+
+__all__ = ["CHECKS", "PARTS", "PREREQUISITES", "Part", "Pass"]
