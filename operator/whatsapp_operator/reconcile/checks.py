@@ -41,10 +41,12 @@ def mark_checked(uid: str, now: float | None = None) -> None:
 
 
 def due(uid: str, interval: float, now: float | None = None) -> bool:
-    """Whether the agent's last check is ``interval`` seconds old (or it has none)."""
-    last = _last_checked.get(uid)
+    """Whether the agent's last check is ``interval`` seconds old. An agent not seen before
+    is due one interval from now: its first pass (create, or resume when the operator starts)
+    checks the same things."""
     now = time.monotonic() if now is None else now
-    return last is None or now - last >= interval
+    last = _last_checked.setdefault(uid, now)
+    return now - last >= interval
 
 
 def forget(uid: str) -> None:
@@ -59,6 +61,8 @@ async def check_outside(agent: Agent) -> Pass | None:
     """
     if agent.deleting or st.ready_reason(agent.status) in BLOCKER_REASONS:
         return None
+    if agent.status.get("observedGeneration") != agent.generation:
+        return None  # a pass is due (or running): it checks the same
     try:
         inputs = await gather(agent)
     except (InvalidSpec, MissingInput):

@@ -32,6 +32,8 @@ from .status_writer import merged_status, update_status, write_blocked
 
 async def reconcile(agent: Agent, retry: int) -> None:
     """Drive one agent to its spec (``retry``: how many times kopf has retried this pass)."""
+    # The pass looks at the model and at Meta: the periodic check waits a full interval.
+    mark_checked(agent.uid)
     try:
         p = Pass(agent=agent, inputs=await gather(agent))
         for prerequisite in PREREQUISITES:
@@ -57,8 +59,6 @@ async def reconcile(agent: Agent, retry: int) -> None:
 
     for part in PARTS:
         await part(p)
-    # The pass looked at the model and at Meta: the periodic check waits a full interval.
-    mark_checked(agent.uid)
 
     outcome, spec = p.outcome, p.inputs.spec
 

@@ -191,6 +191,9 @@ def test_agent_gets_children_and_becomes_ready(
         "KnowledgeReady": "True",
         "WebhookRegistered": "True",
         "CredentialsRotated": "True",
+        "ModelAvailable": "True",
+        "MetaAccountHealthy": "True",
+        "WabaSubscribed": "Unknown",  # no businessAccountId: not checked, not blocking
     }
     assert len(store_for(fake_openai, namespace, "acme")) == 1
     assert fake_meta.webhook_override(number) == "https://acme.bots.example.com/webhook"
@@ -467,7 +470,7 @@ def test_knowledge_failure_is_reported_and_retried(
     namespace: str,
     fake_openai: FakeOpenAI,
 ) -> None:
-    # More 429s than the SDK's own retries: the reconciliation fails once, then succeeds.
+    # As many 429s as the operator's retry policy tries: the pass fails once, then succeeds.
     fake_openai.script_errors([{"kind": "rate_limit", "retry_after": 1, "times": 3}])
     create_agent(custom, namespace, agent_manifest("kn", phoneNumberId=phone()))
 

@@ -161,7 +161,7 @@ async def test_the_timer_refreshes_and_rotates(
     monkeypatch.setattr(handlers.checks, "check_outside", check_outside)
     body = agent_body()
     body["metadata"]["uid"] = "uid-timer"
-    handlers.checks.forget("uid-timer")
+    handlers.checks.mark_checked("uid-timer", now=0.0)  # checked long ago
     await handlers.periodic(body=body, namespace=NS, name="acme")
     # The outside world is checked once per check interval, not on every tick.
     await handlers.periodic(body=body, namespace=NS, name="acme")

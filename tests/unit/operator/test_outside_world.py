@@ -298,11 +298,23 @@ async def test_not_requested_webhook_is_not_true_while_unsubscribed(world: World
 
 async def test_due_counts_from_the_last_check() -> None:
     checks.forget("u")
-    assert checks.due("u", 600, now=1000.0)
-    checks.mark_checked("u", now=1000.0)
-    assert not checks.due("u", 600, now=1599.0)
+    assert not checks.due("u", 600, now=1000.0)  # new: its first pass checks the same
     assert checks.due("u", 600, now=1600.0)
+    checks.mark_checked("u", now=2000.0)
+    assert not checks.due("u", 600, now=2599.0)
+    assert checks.due("u", 600, now=2600.0)
     checks.forget("u")
+
+
+async def test_an_agent_whose_pass_is_pending_is_not_checked(world: World) -> None:
+    await ready_agent(world)
+    body = world.kube.obj("WhatsAppAgent", NS, "acme")
+    assert body is not None
+    body["metadata"]["generation"] = 2  # the spec changed: a pass is on its way
+    world.kube.put(body)
+    calls = len(world.outside.calls)
+    assert await checks.check_outside(world.agent()) is None
+    assert len(world.outside.calls) == calls
 
 
 async def test_a_pass_counts_as_a_check(world: World) -> None:
