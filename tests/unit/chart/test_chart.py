@@ -369,6 +369,22 @@ def test_deployment_non_default(custom_objects: list[dict[str, Any]]) -> None:
     assert deployment["spec"]["template"]["metadata"]["labels"]["tier"] == "control"
 
 
+def test_outside_checks_settings_reach_the_operator(helm: str) -> None:
+    from whatsapp_operator.config import OperatorSettings
+
+    env = env_of(container(render(helm)))
+    assert float(env["RELEASED_CHECK_INTERVAL"]["value"]) == (
+        OperatorSettings.model_fields["check_interval"].default
+    )
+    assert "RELEASED_META_APP_ID" not in env  # unset: any subscribed app counts
+    env = env_of(container(render(helm, "operator.checkInterval=120", "operator.metaAppId=1234")))
+    settings = OperatorSettings(
+        check_interval=env["RELEASED_CHECK_INTERVAL"]["value"],
+        meta_app_id=env["RELEASED_META_APP_ID"]["value"],
+    )
+    assert (settings.check_interval, settings.meta_app_id) == (120.0, "1234")
+
+
 def test_watched_namespaces(helm: str) -> None:
     values = ("operator.namespaces={clients-*,demo}",)
     env = env_of(container(render(helm, *values)))
@@ -719,6 +735,9 @@ EXPECTED_ALERTS = {
     "ReleasedWebhookBadSignatures",
     "ReleasedQueueDepthHigh",
     "ReleasedOpenAIErrors",
+    "ReleasedModelCallsFailing",
+    "ReleasedMetaAccessRefused",
+    "ReleasedReplyWindowClosed",
 }
 
 
@@ -783,15 +802,19 @@ def test_alerts_use_metrics_the_code_exports(custom_objects: list[dict[str, Any]
         for metric, selector in METRIC_SELECTOR.findall(rule["expr"]):
             used.add(metric)
             assert metric in exported, f"{name}: {metric} is not exported by the code"
-            for label, _op, value in LABEL_MATCHER.findall(selector or ""):
-                # The label values alerts match on are ones the code sets.
-                assert f'"{value}"' in source, f"{name}: {metric}{{{label}={value!r}}} never set"
+            for label, op, value in LABEL_MATCHER.findall(selector or ""):
+                # The label values alerts match on are ones the code sets (each alternative
+                # of a regular expression such as 401|403).
+                for each in value.split("|") if op in ("=~", "!~") else [value]:
+                    assert f'"{each}"' in source, f"{name}: {metric}{{{label}={each!r}}} never set"
     assert {
         "released_operator_reconciles_total",
         "released_operator_agents",
         "released_webhook_requests_total",
         "released_queue_depth",
         "released_openai_requests_total",
+        "released_graph_requests_total",
+        "released_graph_errors_total",
     } <= used
 
 
@@ -832,6 +855,68 @@ def _alert(name: str, at: str, **labels: str) -> dict[str, Any]:
     }
 
 
+def _model_call_cases(bot: dict[str, str]) -> list[dict[str, Any]]:
+    """ReleasedModelCallsFailing is a ratio over an hour with at least one call, so a quiet
+    agent whose every call fails fires as surely as a busy one; a quiet agent with one success,
+    or no calls at all, stays quiet."""
+
+    def calls(outcomes: dict[str, str]) -> list[dict[str, str]]:
+        every = ("success", "server_error", "client_error", "rate_limited")
+        return [
+            {
+                "series": "released_openai_requests_total{"
+                + ",".join(f'{k}="{v}"' for k, v in {**bot, "outcome": outcome}.items())
+                + "}",
+                "values": outcomes.get(outcome, "0x120"),
+            }
+            for outcome in every
+        ]
+
+    firing = [{"exp_labels": {"severity": "warning", **bot}}]
+    return [
+        {  # one call in two hours, and it failed (a shut-down model): fires for the hour
+            "interval": "1m",
+            "input_series": calls({"client_error": "0x30 1x90"}),
+            "alert_rule_test": [
+                {"eval_time": "25m", "alertname": "ReleasedModelCallsFailing", "exp_alerts": []},
+                {"eval_time": "40m", "alertname": "ReleasedModelCallsFailing",
+                 "exp_alerts": firing},
+                {"eval_time": "100m", "alertname": "ReleasedModelCallsFailing",
+                 "exp_alerts": []},  # the hour passed without a call
+            ],
+        },
+        {  # a busy agent whose every call fails
+            "interval": "1m",
+            "input_series": calls({"server_error": "0+30x120", "rate_limited": "0+5x120"}),
+            "alert_rule_test": [
+                {"eval_time": "60m", "alertname": "ReleasedModelCallsFailing",
+                 "exp_alerts": firing},
+            ],
+        },
+        {  # quiet and fine: one success; busy with a few failures; nothing at all
+            "interval": "1m",
+            "input_series": calls({"success": "0x30 1x90"}),
+            "alert_rule_test": [
+                {"eval_time": "40m", "alertname": "ReleasedModelCallsFailing", "exp_alerts": []},
+            ],
+        },
+        {
+            "interval": "1m",
+            "input_series": calls({"success": "0+20x120", "server_error": "0+3x120"}),
+            "alert_rule_test": [
+                {"eval_time": "60m", "alertname": "ReleasedModelCallsFailing", "exp_alerts": []},
+            ],
+        },
+        {
+            "interval": "1m",
+            "input_series": calls({}),
+            "alert_rule_test": [
+                {"eval_time": "60m", "alertname": "ReleasedModelCallsFailing", "exp_alerts": []},
+            ],
+        },
+    ]
+
+
 def test_alerts_fire_on_sample_series(custom_objects: list[dict[str, Any]], tmp_path: Path) -> None:
     """promtool unit tests: each alert fires on the series that should trigger it, after its
     `for`, and stays quiet on healthy series (annotations are left out: they are prose)."""
@@ -861,8 +946,15 @@ def test_alerts_fire_on_sample_series(custom_objects: list[dict[str, Any]], tmp_
             series("released_queue_depth", "500x30", **bot),
             series("released_openai_requests_total", "0+60x30", outcome="rate_limited", **bot),
             series("released_openai_requests_total", "0+60x30", outcome="success", **bot),
+            series("released_graph_requests_total", "0+2x30", endpoint="send", status="401", **bot),
+            series(
+                "released_graph_errors_total", "0+1x30", endpoint="send", kind="reengagement",
+                code="131047", **bot,
+            ),
         ],
         "alert_rule_test": [
+            _alert("ReleasedMetaAccessRefused", "5m", severity="warning", **bot),
+            _alert("ReleasedReplyWindowClosed", "5m", severity="warning", **bot),
             _alert("ReleasedOperatorDown", "10m", severity="critical", job=job, namespace=ns),
             _alert("ReleasedReconcileErrors", "25m", severity="warning", namespace=ns),
             _alert("ReleasedAgentNotReady", "10m"),  # not yet: 15 minutes
@@ -890,6 +982,12 @@ def test_alerts_fire_on_sample_series(custom_objects: list[dict[str, Any]], tmp_
             series("released_queue_depth", "3x30", **bot),
             series("released_openai_requests_total", "0x30", outcome="rate_limited", **bot),
             series("released_openai_requests_total", "0+60x30", outcome="success", **bot),
+            series("released_graph_requests_total", "0x30", endpoint="send", status="401", **bot),
+            series("released_graph_requests_total", "0+5x30", endpoint="send", status="200", **bot),
+            series(
+                "released_graph_errors_total", "0x30", endpoint="send", kind="reengagement",
+                code="131047", **bot,
+            ),
         ],
         "alert_rule_test": [_alert(name, "25m") for name in sorted(EXPECTED_ALERTS)],
     }
@@ -907,7 +1005,7 @@ def test_alerts_fire_on_sample_series(custom_objects: list[dict[str, Any]], tmp_
             {
                 "rule_files": ["rules.yaml"],
                 "evaluation_interval": "1m",
-                "tests": [firing, quiet, missing],
+                "tests": [firing, quiet, missing, *_model_call_cases(bot)],
             }
         )
     )
