@@ -9,12 +9,14 @@ whose per-user bucket is out of the way shows the flood in front of the victim.
 
 Printed (fault drills summary): the victim's answer time alone and behind the flood, on both
 stacks, and their ratio. Asserted: every message answered exactly once; with the per-user
-bucket, at most ``USER_RATE_LIMIT_BURST`` of the flooder's model answers come before the
-victim's (an order, not a time).
+bucket, the flooder's model answers that come before the victim's are at most their burst plus
+what their own rate allowed while the victim waited (an order, not a time); without it, the
+whole flood comes first.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterator
 
@@ -115,6 +117,10 @@ def test_a_flooding_user_does_not_hold_back_the_others(
 ) -> None:
     fair = _run(stack, f"flood x{FLOOD}: per-user bucket", 8000)
     unfair = _run(unfair_stack, f"flood x{FLOOD}: no per-user bucket", 8100)
-    assert fair["ahead"] <= BURST
-    # Without it the flood is answered first (the reason the per-user bucket exists).
-    assert unfair["ahead"] > BURST
+    # With the bucket, the flooder's model answers ahead of the victim are their burst plus
+    # what their own rate allowed while the victim waited (on a quiet machine: the burst).
+    rate = float(STACK_ENV["USER_RATE_LIMIT_PER_MINUTE"]) / 60.0
+    assert fair["ahead"] <= BURST + math.ceil(fair["behind_flood"] * rate) + 1
+    # Without it the whole flood is answered first (all but what the two worker processes
+    # run beside the victim): the reason the per-user bucket exists.
+    assert unfair["ahead"] >= FLOOD - 2
