@@ -14,8 +14,10 @@ attempt. Guarantees:
   database (one outbound row per inbound wamid) before it is sent, and a reply already sent (or
   failed for good) is never sent again, so a redelivered task or a duplicate webhook sends
   nothing. A retry after a failed send re-sends the stored text without asking the model again.
-  The one window left is a crash between Meta accepting the message and the database recording
-  it: the retry then sends again (at least once beats never).
+  Two runs of one task at once (Redis redelivers a task whose worker is still running it once
+  the visibility timeout passes) hold the same claim: a short Redis lock per message lets one
+  of them send. The one window left is a crash between Meta accepting the message and the
+  database recording it: the retry then sends again (at least once beats never).
 - **A sensible reply for every kind** (``bot.replies.plan_reply``, ``docs/messages.md``): text
   goes to the model, other kinds get a fixed reply or none. Messages older than Meta's 7-day
   redelivery window are not answered again (nor stored); older than WhatsApp's 24-hour
@@ -36,10 +38,12 @@ attempt. Guarantees:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import logging
 import time
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -480,7 +484,51 @@ async def _compose(
     )
 
 
+#: Compare-and-delete: release the sending lock only when it is still ours.
+_UNLOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
 async def _send(
+    msg: InboundMessage, reply: Message, rt: Runtime, *, final_attempt: bool
+) -> MessageResult:
+    """Send the stored reply, one sender at a time.
+
+    Two runs of one task can overlap: Redis hands an unacknowledged task to another worker
+    once ``CELERY_VISIBILITY_TIMEOUT`` passes, also while a starved worker still runs it, and
+    both runs hold the same claim. A short Redis lock per message makes the second run stand
+    back (its copy ends as a duplicate); a sender that dies leaves the lock to expire, and its
+    own redelivered task sends.
+    """
+    settings = rt.settings
+    key = f"released:sending:{settings.phone_number_id}:{msg.wamid}"
+    token = uuid.uuid4().hex
+    ttl_ms = int((settings.graph_timeout_seconds + 10.0) * 1000)
+    try:
+        locked: bool | None = bool(await rt.redis.set(key, token, nx=True, px=ttl_ms))
+    except RedisError as exc:  # the lock must not silence the bot
+        log.warning("send lock unavailable, sending without it: %s", exc)
+        locked = None
+    if locked is False:
+        log.info("reply to %s is being sent by another run of its task", msg.wamid)
+        return MessageResult(Outcome.DUPLICATE, reply.source, reply.wamid)
+    try:
+        async with session_scope(settings) as session:
+            current = await repo.find_reply(session, msg.wamid)
+        if current is not None and current.status in repo.FINAL_REPLY_STATUSES:
+            return MessageResult(Outcome.DUPLICATE, current.source, current.wamid)
+        return await _send_now(msg, reply, rt, final_attempt=final_attempt)
+    finally:
+        if locked:
+            with contextlib.suppress(RedisError):  # else it expires
+                await rt.redis.eval(_UNLOCK, 1, key, token)
+
+
+async def _send_now(
     msg: InboundMessage, reply: Message, rt: Runtime, *, final_attempt: bool
 ) -> MessageResult:
     settings = rt.settings

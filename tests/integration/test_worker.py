@@ -296,5 +296,51 @@ def test_pending_reply_is_resent_only_by_its_own_task(settings: Settings, meta: 
     assert result["outcome"] == "replied" and len(meta.sent()) == 1
 
 
+def test_two_runs_of_one_task_send_its_reply_once(settings: Settings, meta: FakeMeta) -> None:
+    """Redis hands an unacknowledged task to a second worker once the visibility timeout
+    passes, also while a starved worker still runs it: both runs hold the same claim. The
+    send lock lets one of them send."""
+    import asyncio
+
+    from bot import service
+    from bot.whatsapp.events import InboundMessage
+
+    msg = InboundMessage.model_validate(inbound("wamid.TWICE"))
+    tasks.run_async(_store_pending(settings, msg, "task-T"))
+    meta.set_latency(0.5)  # the sends overlap
+
+    async def both() -> list[service.MessageResult]:
+        first = service.create_runtime(settings)
+        second = service.create_runtime(settings)
+        try:
+            return list(
+                await asyncio.gather(
+                    service.handle_message(msg, first, claim_id="task-T"),
+                    service.handle_message(msg, second, claim_id="task-T"),
+                )
+            )
+        finally:
+            await first.aclose()
+            await second.aclose()
+
+    try:
+        results = tasks.run_async(both())
+    finally:
+        meta.set_latency(0.0)
+    assert sorted(r.outcome.value for r in results) == ["duplicate", "replied"]
+    assert len(meta.sent()) == 1
+    # Later runs see it sent.
+    again = tasks.process_message.apply(args=[inbound("wamid.TWICE")], task_id="task-T").get()
+    assert again["outcome"] == "duplicate" and len(meta.sent()) == 1
+
+
+async def _store_pending(settings: Settings, msg: Any, claim: str) -> None:
+    async with session_scope(settings) as session:
+        record = await repo.record_inbound(session, msg)
+        await repo.record_outbound_pending(
+            session, record.conversation.id or 0, msg.wamid, "Stored answer", claimed_by=claim
+        )
+
+
 async def _no_record(*_: Any) -> None:
     return None
