@@ -88,13 +88,15 @@ log "operator (helm upgrade --install)"
   --set image.repository="${image%:*}" --set image.tag="${image##*:}" \
   --set image.pullPolicy=IfNotPresent \
   --set postgres.adminSecret.name=shared-postgres --set postgres.adminSecret.key=url \
+  --set 'tenancy.ingress.hostSuffixes={localtest.me}' \
   --wait --timeout 5m
 kubectl wait --for condition=established --timeout=60s crd/whatsappagents.whatsapp.released.io
 
 log "sample agent acme in namespace $agent_namespace"
 kubectl create namespace "$agent_namespace" --dry-run=client -o yaml | kubectl apply -f -
 # `released provision` prints the agent and Secret templates with placeholder credentials: the
-# bot starts, and Meta and OpenAI calls fail until real ones are put into the Secrets.
+# agent shows Ready=False, reason InvalidMetaSecret, and nothing is built until real ones are
+# put into the Secrets (a placeholder app secret would let anyone sign webhooks).
 hack/provision_client.sh acme 106540352242922 --namespace "$agent_namespace" \
   --host acme.localtest.me \
   --faq "When are you open?=Monday to Friday, 9:00 to 18:00." \

@@ -205,7 +205,7 @@ def check_ingress(spec: AgentSpec, policy: Policy, namespace: str) -> list[str]:
         else:
             problems.append(
                 f"spec.ingress.host {ingress.host!r}: the platform allows no hosts yet; ask the "
-                "platform team to set ingress.hostSuffixes in the operator's Helm values"
+                "platform team to set tenancy.ingress.hostSuffixes in the operator's Helm values"
             )
     if ingress.class_name and ingress.class_name not in policy.ingress_classes:
         if policy.ingress_classes:
@@ -428,7 +428,7 @@ def check_openai_base_url(url: str, policy: Policy, *, default_url: str) -> list
             return [f"{field} is not an allowed base URL ({allowed}): use one of them"]
         return [
             f"{field} is set but the platform allows no other base URL than its own: remove "
-            "the key, or ask the platform team to add yours to openai.allowedBaseUrls"
+            "the key, or ask the platform team to add yours to tenancy.openai.allowedBaseUrls"
         ]
     try:
         ipaddress.ip_address(host)

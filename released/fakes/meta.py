@@ -88,7 +88,8 @@ __all__ = [
 #: The version the fake's ``url`` carries (and the bot's and operator's default).
 DEFAULT_VERSION = "v25.0"
 DEFAULT_ACCESS_TOKEN = "test-meta-token"
-DEFAULT_APP_SECRET = "test-app-secret"
+#: Shaped like Meta's (32 hexadecimal characters): the bot and the operator refuse anything else.
+DEFAULT_APP_SECRET = "7e57a0905ec7e7000000000000000abc"
 DEFAULT_APP_ID = "1000000000"
 #: The app-level callback of the fake's Meta app; ``.invalid`` never resolves, so nothing is
 #: delivered there unless a test configures a real one (``application_callback_url``).

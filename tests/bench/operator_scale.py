@@ -226,6 +226,7 @@ def run_operator(cluster: Cluster, n: int, timeout: float, idle: float,
         "RELEASED_OPENAI_BASE_URL": oai.url,
         "RELEASED_LOG_FORMAT": "json",
         "RELEASED_NAMESPACES": ns,
+        "RELEASED_INGRESS_HOST_SUFFIXES": '["bots.example.com"]',
     })
     if memory_probe is not None:
         env["BENCH_TRACEMALLOC_OUT"] = str(memory_probe)

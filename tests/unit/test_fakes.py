@@ -15,6 +15,7 @@ import openai
 import pytest
 
 from released.fakes import FakeMeta, FakeOpenAI, sign
+from released.fakes.meta import DEFAULT_APP_SECRET
 from released.fakes.openai import best_faq, parse_faq_file, parse_faq_text
 from released.fakes.webhooks import bsuid_for
 
@@ -311,7 +312,7 @@ def test_meta_delivers_signed_webhook(meta: FakeMeta, bot: str) -> None:
     result = meta.deliver_text("42", "What are your hours?", from_number="34600111222")
     assert result["status"] == 200
     headers, raw = _Bot.received[0]
-    assert headers["X-Hub-Signature-256"] == sign(raw, "test-app-secret")
+    assert headers["X-Hub-Signature-256"] == sign(raw, DEFAULT_APP_SECRET)
     payload = json.loads(raw)
     value = payload["entry"][0]["changes"][0]["value"]
     assert value["metadata"]["phone_number_id"] == "42"

@@ -14,10 +14,46 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from released.agent.naming import child_names
+
 from .context import AGENT_API_VERSION
 
 #: ``Ready=False`` reason when an object of a child's name belongs to someone else.
 REASON_CONFLICT = "Conflict"
+
+
+def child_refs(
+    name: str, *, pdb_api_version: str = "policy/v1", service_monitor: bool = False
+) -> list[tuple[str, str, str]]:
+    """``(apiVersion, kind, name)`` of every object the operator may create, change or delete
+    for agent ``name``: the children :func:`~whatsapp_operator.builders.build_children` builds,
+    the ones it prunes, and ``NAME-credentials``."""
+    names = child_names(name)
+    refs = [
+        ("v1", "ServiceAccount", names.service_account),
+        ("v1", "ConfigMap", names.faqs_configmap),
+        ("v1", "Secret", names.credentials_secret),
+        ("v1", "PersistentVolumeClaim", names.redis_pvc),
+        ("v1", "Service", names.web_service),
+        ("v1", "Service", names.worker_service),
+        ("v1", "Service", names.redis_service),
+        *(
+            ("networking.k8s.io/v1", "NetworkPolicy", policy)
+            for policy in (
+                names.web_network_policy,
+                names.worker_network_policy,
+                names.beat_network_policy,
+                names.redis_network_policy,
+                names.egress_network_policy,
+            )
+        ),
+        *(("apps/v1", "Deployment", deployment) for deployment in names.deployments),
+        (pdb_api_version, "PodDisruptionBudget", names.web_pdb),
+        ("networking.k8s.io/v1", "Ingress", names.ingress),
+    ]
+    if service_monitor:
+        refs.append(("monitoring.coreos.com/v1", "ServiceMonitor", names.service_monitor))
+    return refs
 
 
 def controlled_by(obj: Mapping[str, Any], uid: str) -> bool:

@@ -1,8 +1,10 @@
 """The inputs of one reconciliation, gathered once per pass before anything is written.
 
 :func:`gather` parses and checks the spec, runs the :data:`PRECONDITIONS` (what the platform's
-settings must allow before an agent can be reconciled at all), resolves the FAQs (inline or from
-the referenced ConfigMap) and reads each Secret the bot pods use exactly once. Whatever is
+settings must allow before an agent can be reconciled at all) and the tenancy checks of
+:mod:`.tenancy` (the platform's policy, the Meta Secret, the OpenAI ``baseUrl``, the ownership of
+same-named objects), resolves the FAQs (inline or from the referenced ConfigMap) and reads each
+Secret the bot pods use exactly once. Whatever is
 missing or wrong raises :class:`~released.agent.validation.InvalidSpec` (a person must change the
 manifest) or :class:`MissingInput` (a referenced object does not exist yet), and the pass
 reports it as ``Ready=False`` without touching anything.
@@ -27,6 +29,7 @@ from ..builders import secret_fingerprint
 from ..config import OperatorSettings
 from ..kube import Kube
 from ..openai_api import OpenAIParams
+from . import tenancy
 from .context import Agent
 
 #: Keys that the user's Secrets must hold (``spec.secrets.meta`` and ``spec.secrets.openai``).
@@ -35,8 +38,11 @@ OPENAI_KEYS = ("apiKey",)
 
 #: ``Ready=False`` reasons under which the parts are not meaningful: the timer neither refreshes
 #: ``WorkloadsReady`` nor rotates credentials while one of them stands.
-BLOCKER_REASONS = frozenset(
-    {"InvalidSpec", "DatabaseNotConfigured", "SecretNotFound", "FaqsNotFound", "InvalidFaqs"}
+BLOCKER_REASONS = (
+    frozenset(
+        {"InvalidSpec", "DatabaseNotConfigured", "SecretNotFound", "FaqsNotFound", "InvalidFaqs"}
+    )
+    | tenancy.REASONS
 )
 
 
@@ -110,11 +116,17 @@ class Inputs:
 
     def openai_params(self, settings: OperatorSettings) -> OpenAIParams:
         """How the operator reaches OpenAI for this agent (the Secret's ``baseUrl`` or the
-        operator's ``openai_base_url``)."""
+        operator's ``openai_base_url``). A tenant's ``baseUrl`` is called through the
+        policy-guarded client (:mod:`whatsapp_operator.egress`)."""
         api_key = self.value(self.spec.secrets.openai.name, "apiKey") or ""
-        return OpenAIParams(
-            api_key=SecretStr(api_key), base_url=self.openai_base_url or settings.openai_base_url
-        )
+        tenant_url = self.openai_base_url
+        if tenant_url is not None and tenant_url.rstrip("/") != settings.openai_base_url.rstrip(
+            "/"
+        ):
+            return OpenAIParams(
+                api_key=SecretStr(api_key), base_url=tenant_url, policy=settings.policy
+            )
+        return OpenAIParams(api_key=SecretStr(api_key), base_url=settings.openai_base_url)
 
     def fingerprints(self) -> dict[str, str]:
         """Secret name -> :func:`~whatsapp_operator.builders.secret_fingerprint` of its data."""
@@ -122,15 +134,21 @@ class Inputs:
 
 
 async def gather(agent: Agent) -> Inputs:
-    """Parse and check the spec, run the preconditions, read the FAQs and the Secrets."""
+    """Parse and check the spec, run the preconditions and the tenancy checks, read the FAQs
+    and the Secrets."""
     spec = parse_spec(agent.body.get("spec") or {}, name=agent.name)
     for precondition in PRECONDITIONS:
         problem = precondition(spec, agent.settings)
         if problem is not None:
             raise problem
+    tenancy.check_policy(agent, spec)
     faqs = await resolve_faqs(agent.kube, agent.namespace, spec)
     secrets = await read_user_secrets(agent.kube, agent.namespace, spec)
-    return Inputs(spec=spec, faqs=tuple(faqs), secrets=secrets)
+    inputs = Inputs(spec=spec, faqs=tuple(faqs), secrets=secrets)
+    await tenancy.check_meta_secret(agent, inputs)
+    await tenancy.check_openai_base_url(agent, inputs)
+    await tenancy.check_ownership(agent)
+    return inputs
 
 
 async def resolve_faqs(kube: Kube, namespace: str, spec: AgentSpec) -> list[Faq]:

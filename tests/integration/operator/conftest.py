@@ -225,6 +225,8 @@ def operator_env(
             "RELEASED_CLEANUP_MAX_ATTEMPTS": "3",
             # The session's operator watches the tests' op-* namespaces (a glob pattern).
             "RELEASED_NAMESPACES": "op-*",
+            # The platform's policy: agents may use hosts under bots.example.com.
+            "RELEASED_INGRESS_HOST_SUFFIXES": '["bots.example.com"]',
             # The per-agent timer (workloads, rotation) every 2 s instead of 60 s.
             "RELEASED_TIMER_INTERVAL": "2",
             "RELEASED_WATCH_SERVER_TIMEOUT": "60",

@@ -34,6 +34,7 @@ ROLE_A, ROLE_B = _login_roles(DB_NAME)
 NS = "shop"
 META_TOKEN = "EAAtesttoken1234567890"
 OPENAI_KEY = "sk-test-key-1234"
+APP_SECRET = "0123456789abcdef0123456789abcdef"
 
 
 def b64(text: str) -> str:
@@ -102,6 +103,8 @@ class Outside:
     app_id: str = "1"
     #: the vector store check's answer
     knowledge_check: KnowledgeCheck = KnowledgeCheck.OK
+    #: agent key -> the connection limit the last ensure_database asked for
+    connection_limits: dict[str, int | None] = field(default_factory=dict)
 
     def named(self, what: str) -> list[Any]:
         return [args for name, args in self.calls if name == what]
@@ -147,11 +150,13 @@ class World:
 
 def make_world(monkeypatch: pytest.MonkeyPatch, **settings: Any) -> World:
     kube = FakeKube()
-    kube.put(secret("meta", {"accessToken": META_TOKEN, "appSecret": "app-secret"}))
+    kube.put(secret("meta", {"accessToken": META_TOKEN, "appSecret": APP_SECRET}))
     kube.put(secret("openai", {"apiKey": OPENAI_KEY}))
     kube.put(secret("db", {"url": "postgresql://bot:pw@postgres.example:5432/bot"}))
     outside = Outside()
     _patch_outside(monkeypatch, outside)
+    # The platform lets agents use hosts under bots.example.com (the tests' hosts).
+    settings.setdefault("ingress_host_suffixes", ["bots.example.com"])
     return World(kube=kube, settings=OperatorSettings(**settings), outside=outside)
 
 
@@ -187,9 +192,15 @@ def _patch_outside(monkeypatch: pytest.MonkeyPatch, outside: Outside) -> None:
             raise outside.meta_error
 
     async def ensure_database(
-        admin_url: str, key: str, *, host_for_pods: str | None, current: Any
+        admin_url: str,
+        key: str,
+        *,
+        host_for_pods: str | None,
+        current: Any,
+        connections: int | None = None,
     ) -> DatabaseCredentials:
         outside.calls.append(("ensure_database", (key, current)))
+        outside.connection_limits[key] = connections
         if outside.database_error is not None:
             raise outside.database_error
         db = current or DatabaseCredentials(

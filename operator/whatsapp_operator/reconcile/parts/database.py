@@ -4,7 +4,8 @@ Only for agents without ``spec.database.secretRef`` (the precondition
 :func:`~whatsapp_operator.reconcile.inputs.database_configured` makes sure the operator then
 has a shared server). The first pass provisions the database and writes its URL and role into
 ``NAME-credentials``; every later pass re-asserts them on the server (which heals a restored
-server). A prerequisite: its errors block the agent.
+server) with a connection limit derived from the agent's replicas and concurrency. A
+prerequisite: its errors block the agent.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 from released.agent.naming import child_names
 
 from ... import credentials as keys
-from ...database import DatabaseCredentials, database_name, ensure_database
+from ...database import DatabaseCredentials, connection_limit, ensure_database
 from .base import Pass
 
 
@@ -29,11 +30,15 @@ async def ensure(p: Pass) -> None:
             current = DatabaseCredentials.from_url(p.credentials[keys.DATABASE_URL])
         except ValueError:
             current = None
+    spec = p.inputs.spec
     db = await ensure_database(
         admin_url.get_secret_value(),
         agent.key,
         host_for_pods=agent.settings.postgres_host_for_pods,
         current=current,
+        connections=connection_limit(
+            spec.web.replicas, spec.worker.replicas, spec.worker.concurrency
+        ),
     )
     wanted = {keys.DATABASE_URL: db.url, keys.DATABASE_ROLE: db.role}
     if any(p.credentials.get(k) != v for k, v in wanted.items()):
@@ -41,4 +46,4 @@ async def ensure(p: Pass) -> None:
             agent.namespace, child_names(agent.name).credentials_secret, wanted
         )
         p.credentials.update(wanted)
-    p.outcome.fields["database"] = {"name": database_name(agent.key), "role": db.role}
+    p.outcome.fields["database"] = {"name": db.database, "role": db.role}
