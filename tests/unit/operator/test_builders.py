@@ -303,7 +303,7 @@ def test_redis_deployment() -> None:
     assert "--appendonly yes" in REDIS_START_SCRIPT
     # Only named commands (tests/integration/test_redis_acl.py proves they suffice).
     assert "+@all" not in REDIS_START_SCRIPT and " -@all +" in REDIS_START_SCRIPT
-    for dangerous in ("config", "flushall", "keys", "module", "debug", "eval ", "acl"):
+    for dangerous in ("config", "flushall", "keys", "module", "debug", "monitor", "acl"):
         assert f"+{dangerous}" not in REDIS_START_SCRIPT
     assert c["command"] == ["sh", "-c", REDIS_START_SCRIPT]
     env = {e["name"]: e for e in c["env"]}
@@ -771,3 +771,26 @@ def test_ingress_gets_the_platforms_default_class_when_the_spec_names_none() -> 
     body["spec"]["ingress"].pop("className")
     ingress = build_ingress(AgentContext.from_resource(body, SETTINGS))
     assert ingress is not None and "ingressClassName" not in ingress["spec"]
+
+
+def test_the_redis_acl_names_every_command_the_bot_sends() -> None:
+    """A new Redis call in bot/ must be granted (and proven by tests/integration/
+    test_redis_acl.py), or the bot's pods are refused it in production."""
+    import re
+    from pathlib import Path
+
+    import redis.asyncio
+    from whatsapp_operator.builders.workloads import REDIS_ACL_COMMANDS
+
+    methods = {"delete": "del", "script_load": "script|load", "script_exists": "script|exists"}
+    receivers = r"(?:redis|self\.redis|self\._redis|pipe|pipeline|rt\.redis|broker_redis|client)"
+    source = "\n".join(p.read_text() for p in Path("bot").rglob("*.py"))
+    called = {
+        methods.get(name, name)
+        for name in re.findall(rf"\b{receivers}\.(\w+)\(", source)
+        if hasattr(redis.asyncio.Redis, name)
+        and name not in {"pipeline", "register_script", "aclose", "close", "from_url", "execute"}
+    }
+    called |= {c.lower() for c in re.findall(r"redis\.p?call\('([A-Za-z]+)'", source)}
+    assert called, "found no Redis call in bot/: the pattern is out of date"
+    assert called - set(REDIS_ACL_COMMANDS) == set()
