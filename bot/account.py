@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,17 +36,20 @@ from released.providers.meta import SERVICE_WINDOW_SECONDS, GraphErrorInfo
 
 FLAG_PREFIX = "released:meta-account"
 
-# KEYS: held set, payload hash. ARGV: wamid, score, payload. Adds or refreshes the entry and
-# bumps its generation.
+# Only commands the agent's Redis user is granted (whatsapp_operator.builders.workloads
+# REDIS_ACL_COMMANDS): scripts run by EVALSHA, no HGETALL/ZCARD/HINCRBY.
+
+# KEYS: held set, payload hash. ARGV: wamid, score, payload, generation. Adds or refreshes the
+# entry under a new generation.
 _HOLD = """
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
-redis.call('HSET', KEYS[2], 'msg:' .. ARGV[1], ARGV[3])
-return redis.call('HINCRBY', KEYS[2], 'gen:' .. ARGV[1], 1)
+redis.call('HSET', KEYS[2], 'msg:' .. ARGV[1], ARGV[3], 'gen:' .. ARGV[1], ARGV[4])
+return 1
 """
 # KEYS: held set, payload hash. ARGV: wamid, generation seen. Drops the entry only when it was
 # not held again since (same generation).
 _DROP = """
-local gen = redis.call('HGET', KEYS[2], 'gen:' .. ARGV[1]) or '0'
+local gen = redis.call('HGET', KEYS[2], 'gen:' .. ARGV[1]) or '-'
 if gen ~= ARGV[2] then
   return 0
 end
@@ -85,36 +89,36 @@ class AccountHealth:
         self.held_key = f"{HELD_PREFIX}:{phone_number_id}"
         self.payload_key = f"{HELD_PREFIX}-payloads:{phone_number_id}"
         self.probe_key = f"{PROBE_PREFIX}:{phone_number_id}"
+        self._hold = redis.register_script(_HOLD)
+        self._drop = redis.register_script(_DROP)
 
     async def problem(self) -> AccountProblem | None:
         """The current problem, ``None`` while the account works."""
-        raw = await self.redis.hgetall(self.flag_key)
-        if not raw:
+        kind, code, title, since = (
+            None if v is None else _text(v)
+            for v in await self.redis.hmget(self.flag_key, "kind", "code", "title", "since")
+        )
+        if kind is None:
             return None
-        data = {
-            (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
-            for k, v in raw.items()
-        }
-        code = data.get("code", "")
         return AccountProblem(
-            kind=data.get("kind", "unknown"),
-            code=int(code) if code.isdigit() else None,
-            title=data.get("title") or None,
-            since=float(data.get("since", "0") or 0),
+            kind=kind,
+            code=int(code) if code and code.isdigit() else None,
+            title=title or None,
+            since=float(since or 0),
         )
 
     async def flag(self, info: GraphErrorInfo) -> bool:
         """Raise the flag for ``info``; ``True`` when it was not raised before."""
-        fresh = await self.redis.hsetnx(self.flag_key, "since", repr(time.time()))
-        await self.redis.hset(
-            self.flag_key,
-            mapping={
-                "kind": info.kind.value,
-                "code": "" if info.code is None else str(info.code),
-                "title": (info.title or "")[:300],
-            },
-        )
-        return bool(fresh)
+        fresh = await self.redis.hget(self.flag_key, "since") is None
+        mapping = {
+            "kind": info.kind.value,
+            "code": "" if info.code is None else str(info.code),
+            "title": (info.title or "")[:300],
+        }
+        if fresh:
+            mapping["since"] = repr(time.time())
+        await self.redis.hset(self.flag_key, mapping=mapping)
+        return fresh
 
     async def clear(self) -> bool:
         """Lower the flag; ``True`` when it was raised."""
@@ -128,16 +132,21 @@ class AccountHealth:
     async def hold(self, msg: InboundMessage) -> None:
         """Keep ``msg`` until the account works again (one entry per wamid; holding it again
         bumps its generation, see :meth:`drop_held`)."""
-        await self.redis.eval(
-            _HOLD, 2, self.held_key, self.payload_key, msg.wamid,
-            str(msg.timestamp.timestamp()), msg.model_dump_json(),
+        await self._hold(
+            keys=[self.held_key, self.payload_key],
+            args=[msg.wamid, str(msg.timestamp.timestamp()), msg.model_dump_json(),
+                  uuid.uuid4().hex],
         )
         for key in (self.held_key, self.payload_key):
             await self.redis.expire(key, SERVICE_WINDOW_SECONDS + 3600)
 
+    async def any_held(self) -> bool:
+        """Whether any message is held."""
+        return bool(await self.redis.zrange(self.held_key, 0, 0))
+
     async def held_count(self) -> int:
         """How many messages are held."""
-        return int(await self.redis.zcard(self.held_key))
+        return len(await self.redis.zrange(self.held_key, 0, -1))
 
     async def peek_held(self, limit: int = 1000) -> list[tuple[str, InboundMessage]]:
         """Up to ``limit`` held messages, oldest first, each with the token :meth:`drop_held`
@@ -152,7 +161,7 @@ class AccountHealth:
             if payload is None:  # held by an older version, or half-expired: nothing to send
                 await self.redis.zrem(self.held_key, wamid)
                 continue
-            token = f"{_text(generation) if generation is not None else '0'}:{wamid}"
+            token = f"{_text(generation) if generation is not None else '-'}:{wamid}"
             out.append((token, InboundMessage.model_validate(json.loads(_text(payload)))))
         return out
 
@@ -161,7 +170,7 @@ class AccountHealth:
         peeked (its new task already ran into the refusal): then it stays held."""
         generation, _, wamid = token.partition(":")
         return bool(
-            await self.redis.eval(_DROP, 2, self.held_key, self.payload_key, wamid, generation)
+            await self._drop(keys=[self.held_key, self.payload_key], args=[wamid, generation])
         )
 
     async def take_expired(self, now: float | None = None) -> list[InboundMessage]:

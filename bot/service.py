@@ -525,7 +525,7 @@ async def _send(
     finally:
         if locked:
             with contextlib.suppress(RedisError):  # else it expires
-                await rt.redis.eval(_UNLOCK, 1, key, token)
+                await rt.redis.register_script(_UNLOCK)(keys=[key], args=[token])
 
 
 async def _send_now(

@@ -382,7 +382,7 @@ def _resume_held(settings: Settings) -> int:
 
     async def held() -> list[tuple[str, InboundMessage]]:
         rt = await _runtime(settings)
-        if await rt.account.held_count() == 0:
+        if not await rt.account.any_held():
             return []
         await service.expire_held(rt)
         return await rt.account.peek_held()

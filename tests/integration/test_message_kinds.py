@@ -388,3 +388,59 @@ def test_a_retry_that_finds_the_account_refused_holds_its_stored_answer(
     assert tasks.check_meta_account.apply().get()["resumed"] == 1
     assert meta.sent_texts() == [ANSWER]
     assert model_calls(oai) == 1
+
+
+def test_the_workers_redis_commands_are_all_granted_to_the_agents_user(
+    settings: Settings,
+    meta: FakeMeta,
+    oai: FakeOpenAI,
+    eager: None,
+    redis_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Held messages, the account probe, the per-user bucket, the 429 pause and the send lock
+    run with only the commands the operator grants the agent's Redis user
+    (``REDIS_ACL_PERMISSIONS``): a refused command would silently switch them off."""
+    import secrets
+    from urllib.parse import urlsplit
+
+    import redis
+    from whatsapp_operator.builders.workloads import REDIS_ACL_PERMISSIONS
+
+    from bot.llm.ratelimit import openai_bucket
+
+    admin = redis.Redis.from_url(redis_url)
+    user, password = f"bot-{secrets.token_hex(4)}", secrets.token_urlsafe(16)
+    admin.execute_command("ACL", "SETUSER", user, "on", f">{password}",
+                          *REDIS_ACL_PERMISSIONS.split())
+    parts = urlsplit(redis_url)
+    restricted = settings.model_copy(
+        update={"redis_url": f"redis://{user}:{password}@{parts.hostname}:{parts.port}/0",
+                "user_rate_limit_per_minute": 6.0}
+    )
+    monkeypatch.setattr(tasks, "get_settings", lambda: restricted)
+    admin.execute_command("ACL", "LOG", "RESET")
+    try:
+        meta.expire_token()
+        held = build(wh.text_message_event, text=QUESTION)
+        assert process(held)["outcome"] == "held"
+        meta.set_token_state("valid")
+        assert tasks.check_meta_account.apply().get()["resumed"] == 1
+        assert process(build(wh.text_message_event, text=QUESTION))["outcome"] == "replied"
+
+        async def pause() -> float:
+            rt = service.create_runtime(restricted)
+            try:
+                return await openai_bucket(restricted, rt.redis).penalize(0.1)
+            finally:
+                await rt.aclose()
+
+        assert tasks.run_async(pause()) > 0
+        assert len(meta.sent()) == 2
+        refused = [e for e in admin.acl_log(count=100) if e.get("username") == user
+                   and str(e.get("object")) not in {"client", "client|setinfo"}]
+        assert refused == []
+    finally:
+        tasks.shutdown()
+        admin.execute_command("ACL", "DELUSER", user)
+        admin.close()
