@@ -5,8 +5,8 @@
 # Commands (tests/unit/test_dockerfile.py checks that each answers --help):
 #   operator: released-operator
 #   web:      uvicorn bot.main:app --host 0.0.0.0 --port 8000
-#   worker:   celery -A bot.tasks worker
-#   beat:     celery -A bot.tasks beat
+#   worker:   celery -A bot.tasks worker --pool=threads
+#   purge:    released purge
 #   cli:      released
 #
 # Build:  docker build -t ghcr.io/released/released:0.1.0 .

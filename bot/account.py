@@ -12,10 +12,10 @@ and time); from then on every worker:
   user sent it, its task payload into ``released:meta-held-payloads:{phone_number_id}``, and it
   is counted ``released_messages_held_total{held}``;
 - **probes** the account at most every ``META_HEALTH_PROBE_SECONDS`` (one worker at a time,
-  ``GET /{phone_number_id}`` with the token; the beat task ``bot.tasks.check_meta_account``
-  probes too): when the token works again the flag is cleared and the held messages are queued
-  again (``resumed``), those still inside WhatsApp's 24-hour customer-service window being
-  answered as usual;
+  ``GET /{phone_number_id}`` with the token; the task ``bot.tasks.check_meta_account``, which
+  the workers queue every 5 minutes, probes too): when the token works again the flag is
+  cleared and the held messages are queued again (``resumed``), those still inside WhatsApp's
+  24-hour customer-service window being answered as usual;
 - records a held message whose window closed meanwhile as a **failed** reply with the reason
   (``expired``), so nothing is lost silently.
 

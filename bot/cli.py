@@ -6,11 +6,14 @@
 - ``released say TEXT``   talk to the running bot as a WhatsApp user: signs and posts a webhook,
                           prints what the Graph API was asked to send back.
 - ``released migrate``    apply the database migrations to ``DATABASE_URL``.
+- ``released purge``      delete what is older than ``RETENTION_DAYS`` (the agent's retention
+                          CronJob runs it hourly; it exits when done).
 - ``released provision``  print (or apply) a complete WhatsAppAgent with its Secret templates.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -47,13 +50,13 @@ def run(
         ),
     ] = None,
 ) -> None:
-    """Run the bot here: web tier, Celery worker and beat, Redis, SQLite."""
+    """Run the bot here: web tier, Celery worker, Redis, SQLite; the retention purge hourly."""
     from bot.devstack import LocalStack, StackError
 
     use_fakes = (not _real_credentials()) if fakes is None else fakes
     stack = LocalStack(workdir=workdir, web_port=port, use_fakes=use_fakes)
     typer.echo(
-        "Starting Redis, the web tier, a Celery worker and beat"
+        "Starting Redis, the web tier and a Celery worker"
         + (" and local fakes of Meta and OpenAI" if use_fakes else "")
         + " ..."
     )
@@ -161,6 +164,27 @@ def migrate() -> None:
 
     run_migrations(get_settings())
     typer.echo("database is at the latest revision")
+
+
+@app.command()
+def purge(
+    days: Annotated[int | None, typer.Option(
+        min=1, help="Delete what is older than this many days (default: RETENTION_DAYS).")] = None,
+) -> None:
+    """Delete messages older than RETENTION_DAYS from DATABASE_URL, then exit."""
+    import asyncio
+
+    from bot.core.config import get_settings
+    from bot.core.logging import configure_logging
+    from bot.retention import purge_once
+
+    settings = get_settings()
+    configure_logging(settings)
+    try:
+        asyncio.run(purge_once(settings, days))
+    except Exception as exc:  # the Job fails and is retried; the log says why, no secrets
+        logging.getLogger("bot.retention").error("purge failed: %s", exc)
+        raise typer.Exit(1) from None
 
 
 @app.command()

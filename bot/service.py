@@ -648,8 +648,3 @@ async def record_status(update: StatusUpdate, settings: Settings) -> repo.Status
         log.warning("message %s failed: %s %s", update.wamid, update.error_code, update.error_title)
     return outcome
 
-
-async def purge_old_messages(settings: Settings, days: int | None = None) -> int:
-    """Delete messages older than ``RETENTION_DAYS`` (or ``days``); return how many."""
-    async with session_scope(settings) as session:
-        return await repo.purge_older_than(session, days or settings.retention_days)

@@ -1,4 +1,4 @@
-"""The Celery application and the worker's tasks: ``celery -A bot.tasks worker`` / ``beat``.
+"""The Celery application and the worker's tasks: ``celery -A bot.tasks worker``.
 
 Tasks (published by name by the web tier, see ``bot.queue``; one JSON argument each):
 
@@ -9,44 +9,51 @@ Tasks (published by name by the web tier, see ``bot.queue``; one JSON argument e
 - ``bot.tasks.record_status(payload)``: a ``StatusUpdate``; store it on the sent message.
 - ``bot.tasks.process_echo(payload)``: an ``EchoMessage`` (the business wrote from the WhatsApp
   Business app); store it in the user's history.
-- ``bot.tasks.purge_old_messages()``: delete messages older than ``RETENTION_DAYS`` (beat runs
-  it hourly).
 - ``bot.tasks.check_meta_account()``: while Meta refuses the agent's account, probe it; when it
   works again queue the held messages again; record those whose 24-hour window closed as
   failed (``bot.account``). It schedules itself every ``META_HEALTH_PROBE_SECONDS`` while
-  something is held, and beat runs it every 5 minutes as a safety net.
+  something is held, and every worker queues it every 5 minutes as a safety net (one run per
+  period for all the agent's workers).
+
+The retention purge is not a task: ``released purge`` runs it (a Kubernetes CronJob, so no
+process waits between runs and it runs while the agent is suspended).
 
 Reliability: tasks are acknowledged late and rejected when their worker dies
-(``task_acks_late``, ``task_reject_on_worker_lost``), one message is prefetched at a time, and
-Redis redelivers a task not acknowledged within ``CELERY_VISIBILITY_TIMEOUT``. Transient
-failures of either API (429, 5xx, timeouts) are retried with exponential backoff and full
+(``task_acks_late``, ``task_reject_on_worker_lost``), a worker prefetches no more tasks than it
+has slots, and Redis redelivers a task not acknowledged within ``CELERY_VISIBILITY_TIMEOUT``.
+Transient failures of either API (429, 5xx, timeouts) are retried with exponential backoff and full
 jitter, honoring ``Retry-After``, up to ``MAX_TASK_RETRIES``; the model gets
 ``OPENAI_MAX_RETRIES`` of them, after which the bot answers from the FAQs. The last attempt
 never raises a retry: it answers with a fallback or records the send as failed.
 
-Async code: the tasks are sync functions that run the async service on one event loop per
-worker process (per thread, for the threads pool), created in ``worker_process_init`` or on
-first use. The database engine, HTTP clients and Redis client are built inside that loop and
-never shared with another one; ``worker_process_shutdown`` closes them.
+Concurrency: the worker runs Celery's ``threads`` pool (``--concurrency`` tasks at once in one
+process; the work is waiting on OpenAI, Meta, Redis and the database). The tasks are sync
+functions that run the async service on the process's one event loop, in a thread of its own
+(``bot.loop``); the database engine, HTTP clients and Redis client are built on that loop, shared
+by every task and never by another loop, and closed at worker shutdown. A task's coroutine is
+cancelled after ``TASK_TIMEOUT_FRACTION`` of ``CELERY_VISIBILITY_TIMEOUT`` (Redis would deliver
+it again then anyway), so a hung call cannot hold a slot forever.
+
+Liveness: with ``WORKER_HEARTBEAT_FILE`` set, the consumer touches that file every
+``HEARTBEAT_SECONDS`` through the event loop, so a fresh file proves that both the consumer and
+the loop are alive (the pod's probes check its age).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import os
 import random
 import threading
 from collections.abc import Coroutine
+from pathlib import Path
 from typing import Any, TypeVar
 
-from celery import Celery, Task
-from celery.schedules import crontab
+from celery import Celery, Task, bootsteps
 from celery.signals import (
     setup_logging,
     worker_init,
-    worker_process_init,
     worker_process_shutdown,
+    worker_shutdown,
 )
 from prometheus_client import start_http_server
 from pydantic import ValidationError
@@ -54,6 +61,7 @@ from pydantic import ValidationError
 from bot import service
 from bot.core.config import WORKER_SECRETS, MissingSecretsError, Settings, get_settings
 from bot.core.metrics import MESSAGES_HELD, TASKS, metrics_registry
+from bot.loop import LoopThread
 from bot.storage.db import dispose_engines
 from bot.storage.repository import StatusOutcome
 from bot.whatsapp.events import EchoMessage, InboundMessage, StatusUpdate
@@ -68,6 +76,12 @@ RETRY_CAP_SECONDS = 300.0
 #: A status may arrive before the worker that sent the message has stored its wamid.
 STATUS_UNKNOWN_RETRIES = 3
 STATUS_UNKNOWN_DELAY = 5.0
+#: A task's coroutine is cancelled after this share of ``CELERY_VISIBILITY_TIMEOUT``.
+TASK_TIMEOUT_FRACTION = 0.8
+#: How often the consumer refreshes ``WORKER_HEARTBEAT_FILE``; the probes allow 60 s.
+HEARTBEAT_SECONDS = 10.0
+#: How often each worker queues ``check_meta_account`` (at most once per period per agent).
+ACCOUNT_SWEEP_SECONDS = 300.0
 
 
 def make_celery(settings: Settings | None = None) -> Celery:
@@ -84,6 +98,8 @@ def make_celery(settings: Settings | None = None) -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
+        # Tasks wait on I/O: threads in one process, sharing one event loop (module doc).
+        worker_pool="threads",
         broker_transport_options={
             "visibility_timeout": settings.celery_visibility_timeout,
             # A worker killed mid-task (SIGKILL, OOM, node loss) leaves its task unacknowledged;
@@ -96,16 +112,6 @@ def make_celery(settings: Settings | None = None) -> Celery:
         worker_hijack_root_logger=False,
         timezone="UTC",
         enable_utc=True,
-        beat_schedule={
-            "purge-old-messages": {
-                "task": "bot.tasks.purge_old_messages",
-                "schedule": crontab(minute="17"),  # hourly, off the top of the hour
-            },
-            "check-meta-account": {
-                "task": "bot.tasks.check_meta_account",
-                "schedule": crontab(minute="*/5"),
-            },
-        },
     )
     return celery_app
 
@@ -123,45 +129,49 @@ def _setup_logging(**_: Any) -> None:
 
 # -- one event loop (and one set of clients) per worker process -----------------------------
 
-
-class _LoopState(threading.local):
-    loop: asyncio.AbstractEventLoop | None = None
-    pid: int = 0
-    runtime: service.Runtime | None = None
-
-
-_state = _LoopState()
+#: The process's event loop (``bot.loop``); every task's async code runs on it.
+_io = LoopThread()
+#: The clients of that loop; read and written on the loop's thread only.
+_rt: service.Runtime | None = None
 
 
-def _loop() -> asyncio.AbstractEventLoop:
-    if _state.loop is None or _state.loop.is_closed() or _state.pid != os.getpid():
-        # New process (fork) or first use: whatever the parent had belongs to its loop.
-        _state.loop = asyncio.new_event_loop()
-        _state.pid = os.getpid()
-        _state.runtime = None
-    return _state.loop
+def run_async(coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+    """Run ``coro`` to completion on this worker process's event loop (from a task's thread).
 
-
-def run_async(coro: Coroutine[Any, Any, T]) -> T:
-    """Run ``coro`` to completion on this worker process's event loop."""
-    return _loop().run_until_complete(coro)
+    The coroutine is cancelled (``TimeoutError``) after ``timeout`` seconds, by default
+    ``TASK_TIMEOUT_FRACTION`` of ``CELERY_VISIBILITY_TIMEOUT``.
+    """
+    if timeout is None:
+        timeout = get_settings().celery_visibility_timeout * TASK_TIMEOUT_FRACTION
+    return _io.run(coro, timeout)
 
 
 async def _runtime(settings: Settings) -> service.Runtime:
-    rt = _state.runtime
+    global _rt
+    rt = _rt
     if rt is not None and rt.settings is settings:
         return rt
     if rt is not None:  # settings changed (tests): rebuild the clients
         await rt.aclose()
-    _state.runtime = service.create_runtime(settings)
-    return _state.runtime
+    _rt = service.create_runtime(settings)
+    return _rt
 
 
 async def _close_runtime() -> None:
-    rt, _state.runtime = _state.runtime, None
+    global _rt
+    rt, _rt = _rt, None
     if rt is not None:
         await rt.aclose()
     await dispose_engines()
+
+
+def shutdown() -> None:
+    """Close this process's clients, engine and event loop (a later task starts them again)."""
+    global _rt
+    if not _io.started:
+        _rt = None  # inherited through a fork: those clients belong to the parent's loop
+        return
+    _io.stop(_close_runtime)
 
 
 def _is_ours(worker: Any) -> bool:
@@ -202,29 +212,77 @@ def _serve_worker_metrics(sender: Any = None, **_: Any) -> None:
         log.info("worker metrics on port %s", settings.worker_metrics_port)
 
 
-@worker_process_init.connect  # type: ignore[untyped-decorator]
-def _init_worker_process(**_: Any) -> None:
-    _state.loop = None
-    _loop()
-
-
 @worker_process_shutdown.connect  # type: ignore[untyped-decorator]
 def _shutdown_worker_process(**_: Any) -> None:
+    """A prefork child ends (when someone runs the worker with ``--pool=prefork``)."""
     shutdown()
 
 
-def shutdown() -> None:
-    """Close this process's clients, engine and event loop."""
-    loop = _state.loop
-    if loop is None or loop.is_closed() or _state.pid != os.getpid():
-        return
+@worker_shutdown.connect  # type: ignore[untyped-decorator]
+def _shutdown_worker(sender: Any = None, **_: Any) -> None:
+    """The worker ends (threads or solo pool: the tasks ran in this process)."""
+    if _is_ours(sender):
+        shutdown()
+
+
+def _touch(path: Path) -> None:
     try:
-        loop.run_until_complete(_close_runtime())
-    except Exception:  # shutting down: nothing left to do about it
-        log.debug("error while closing the worker's clients", exc_info=True)
-    finally:
-        loop.close()
-        _state.loop = None
+        path.touch()
+    except OSError as exc:  # the probe will say so; the worker keeps answering
+        log.warning("cannot refresh the heartbeat file %s: %s", path, exc.strerror)
+
+
+class Heartbeat(bootsteps.StartStopStep):  # type: ignore[misc]
+    """Refresh ``WORKER_HEARTBEAT_FILE`` every ``HEARTBEAT_SECONDS`` from the consumer's timer,
+    through the event loop: the file stays fresh only while both run (the module doc)."""
+
+    requires = {"celery.worker.consumer.tasks:Tasks"}
+
+    def __init__(self, parent: Any, **kwargs: Any) -> None:
+        super().__init__(parent, **kwargs)
+        self.tref: Any = None
+
+    def start(self, parent: Any) -> None:
+        path = get_settings().worker_heartbeat_file
+        if path is None:
+            return
+        path = Path(path)
+        _touch(path)
+
+        def beat() -> None:
+            _io.call_soon(lambda: _touch(path))
+
+        self.tref = parent.timer.call_repeatedly(HEARTBEAT_SECONDS, beat, priority=10)
+
+    def stop(self, parent: Any) -> None:
+        if self.tref is not None:
+            self.tref.cancel()
+            self.tref = None
+
+
+class AccountSweep(bootsteps.StartStopStep):  # type: ignore[misc]
+    """Queue ``check_meta_account`` every ``ACCOUNT_SWEEP_SECONDS`` (Celery beat's job before):
+    the safety net of the checks that schedule themselves while messages are held."""
+
+    requires = {"celery.worker.consumer.tasks:Tasks"}
+
+    def __init__(self, parent: Any, **kwargs: Any) -> None:
+        super().__init__(parent, **kwargs)
+        self.tref: Any = None
+
+    def start(self, parent: Any) -> None:
+        def sweep() -> None:  # off the consumer's thread: it talks to Redis
+            threading.Thread(target=sweep_account, name="account-sweep", daemon=True).start()
+
+        self.tref = parent.timer.call_repeatedly(ACCOUNT_SWEEP_SECONDS, sweep, priority=10)
+
+    def stop(self, parent: Any) -> None:
+        if self.tref is not None:
+            self.tref.cancel()
+            self.tref = None
+
+
+app.steps["consumer"].update({Heartbeat, AccountSweep})
 
 
 # -- retry policy ---------------------------------------------------------------------------
@@ -253,6 +311,8 @@ def _cap(settings: Settings) -> float:
 #: Marks that a ``check_meta_account`` run is scheduled (until just before it runs), so that
 #: only one chain of checks runs.
 ACCOUNT_CHECK_KEY = "released:meta-account-check:{}"
+#: Marks that a worker queued the periodic safety-net check of this period.
+ACCOUNT_SWEEP_KEY = "released:meta-account-sweep:{}"
 
 
 # -- tasks ----------------------------------------------------------------------------------
@@ -271,6 +331,8 @@ def process_message(
         log.error("dropping an invalid message payload: %s", exc.errors(include_input=False))
         return {"outcome": "invalid"}
     retries = int(self.request.retries or 0)
+    # Read here: Celery's request is the task thread's, and the coroutine runs on the loop's.
+    task_id = self.request.id
     final = retries >= settings.max_task_retries
     model_fallback = final or retries >= settings.openai_max_retries
 
@@ -281,7 +343,7 @@ def process_message(
             rt,
             model_fallback=model_fallback,
             final_attempt=final,
-            claim_id=self.request.id,
+            claim_id=task_id,
             # A message takes one turn of its sender's bucket, on its first run.
             user_slot=user_slot or retries > 0,
         )
@@ -294,7 +356,7 @@ def process_message(
             args=[payload],
             kwargs={"user_slot": True},
             countdown=min(exc.seconds, _cap(settings)),
-            task_id=self.request.id,
+            task_id=task_id,
             retries=retries,
         )
         TASKS.labels(task="process_message", outcome="deferred").inc()
@@ -370,8 +432,29 @@ def schedule_account_check(settings: Settings, countdown: float) -> bool:
         if not run_async(claim()):
             return False
         check_meta_account.apply_async(countdown=min(countdown, _cap(settings)))
-    except Exception as exc:  # beat's run every 5 minutes still comes
+    except Exception as exc:  # the sweep every 5 minutes still comes
         log.warning("cannot schedule the Meta account check: %r", exc)
+        return False
+    return True
+
+
+def sweep_account() -> bool:
+    """The periodic safety net: queue ``check_meta_account`` unless another worker of the
+    agent did so this period (``AccountSweep`` calls it every ``ACCOUNT_SWEEP_SECONDS``)."""
+    settings = get_settings()
+
+    async def claim() -> bool:
+        rt = await _runtime(settings)
+        key = ACCOUNT_SWEEP_KEY.format(settings.phone_number_id)
+        ttl_ms = int(ACCOUNT_SWEEP_SECONDS * 1000) - 5000
+        return bool(await rt.redis.set(key, "1", nx=True, px=ttl_ms))
+
+    try:
+        if not run_async(claim(), timeout=60.0):
+            return False
+        check_meta_account.apply_async()
+    except Exception as exc:  # the next period tries again
+        log.warning("cannot queue the periodic Meta account check: %r", exc)
         return False
     return True
 
@@ -455,18 +538,3 @@ def record_status(self: Task, payload: dict[str, Any]) -> str:
         raise self.retry(countdown=STATUS_UNKNOWN_DELAY * (retries + 1))
     TASKS.labels(task="record_status", outcome="success").inc()
     return outcome.value
-
-
-@app.task(name="bot.tasks.purge_old_messages", shared=False)  # type: ignore[untyped-decorator]
-def purge_old_messages() -> int:
-    """Delete messages older than ``RETENTION_DAYS``; return how many."""
-    settings = get_settings()
-    try:
-        deleted = run_async(service.purge_old_messages(settings))
-    except Exception:
-        TASKS.labels(task="purge_old_messages", outcome="failure").inc()
-        raise
-    TASKS.labels(task="purge_old_messages", outcome="success").inc()
-    if deleted:
-        log.info("purged %d messages older than %d days", deleted, settings.retention_days)
-    return deleted

@@ -55,7 +55,7 @@ class MissingSecretsError(RuntimeError):
 
 
 class Settings(BaseSettings):
-    """Environment variables of the web tier, the worker and beat (see DESIGN.md)."""
+    """Environment variables of the web tier, the worker and the purge (see DESIGN.md)."""
 
     # hide_input_in_errors: a refused secret is never printed in the error that refuses it.
     model_config = SettingsConfigDict(
@@ -135,6 +135,9 @@ class Settings(BaseSettings):
     #: 0 turns it off. The web tier serves its own on its HTTP port.
     worker_metrics_port: int = Field(default=9808, ge=0, le=65535)
     worker_metrics_host: str = "0.0.0.0"  # noqa: S104 - a pod's port, reached by Prometheus
+    #: A file the worker touches every 10 s while its consumer and event loop run (its
+    #: liveness and readiness probes check the age); unset: no heartbeat.
+    worker_heartbeat_file: Path | None = None
 
     log_format: Literal["console", "json"] = "console"
     log_level: str = "INFO"

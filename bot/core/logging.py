@@ -1,4 +1,4 @@
-"""Structured logging for the web tier, the worker and beat, with secrets redacted.
+"""Structured logging for the web tier, the worker and the purge, with secrets redacted.
 
 :func:`configure_logging` sets up structlog and the standard library together: structlog's
 loggers and every stdlib logger (uvicorn, celery, httpx, sqlalchemy...) go through one root

@@ -26,7 +26,7 @@ tests/integration/test_database.py on a real PostgreSQL):
   admin role), so agents' roles cannot connect there either; an admin that may not do this gets
   ``DatabaseServerNotHardened`` with the two statements a superuser must run once;
 - a ``CONNECTION LIMIT`` on the database and on both login roles, derived from the agent's
-  replicas and concurrency (:func:`connection_limit`).
+  replicas (:func:`connection_limit`).
 
 Safety: DDL cannot take bind parameters, so every identifier is checked by a strict sanitizer
 (``[a-z_][a-z0-9_]*``, at most 63 characters) and double-quoted. Passwords never travel in SQL
@@ -158,18 +158,19 @@ def legacy_database_name(agent_key: str) -> str:
     return f"{prefix}_{digest}"
 
 
-def connection_limit(web_replicas: int, worker_replicas: int, worker_concurrency: int) -> int:
+def connection_limit(web_replicas: int, worker_replicas: int) -> int:
     """The most connections an agent's pods may hold at once, rolling updates included.
 
     Every bot process has its own pool of :data:`BOT_POOL_CONNECTIONS`: one uvicorn process
-    per web pod, a parent and ``concurrency`` children per worker pod, one beat. While a
-    Deployment rolls, one extra pod runs beside the others (``maxSurge: 1``). Computed from the
-    spec's replicas even while the agent is suspended, so resuming needs no change.
+    per web pod, one process per worker pod (its ``concurrency`` tasks run in threads that
+    share the process's pool), one purge run at a time. While a Deployment rolls, one extra pod
+    runs beside the others (``maxSurge: 1``). Computed from the spec's replicas even while the
+    agent is suspended, so resuming needs no change.
     """
     web = web_replicas + 1 if web_replicas else 0
-    worker = (worker_replicas + 1 if worker_replicas else 0) * (worker_concurrency + 1)
-    beat = 1
-    return (web + worker + beat) * BOT_POOL_CONNECTIONS + CONNECTION_HEADROOM
+    worker = worker_replicas + 1 if worker_replicas else 0
+    purge = 1
+    return (web + worker + purge) * BOT_POOL_CONNECTIONS + CONNECTION_HEADROOM
 
 
 def owner_role(database: str) -> str:

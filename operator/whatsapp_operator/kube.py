@@ -43,6 +43,7 @@ KINDS: dict[str, tuple[str, bool]] = {
     "ServiceAccount": ("serviceaccounts", True),
     "PersistentVolumeClaim": ("persistentvolumeclaims", True),
     "Deployment": ("deployments", True),
+    "CronJob": ("cronjobs", True),
     "NetworkPolicy": ("networkpolicies", True),
     "Ingress": ("ingresses", True),
     "PodDisruptionBudget": ("poddisruptionbudgets", True),
@@ -398,13 +399,24 @@ class Kube:
             self._served[key] = await self.serves("policy/v1", "PodDisruptionBudget", namespace)
         return "policy/v1" if self._served[key] else "policy/v1beta1"
 
+    async def cronjob_api_version(self, namespace: str) -> str:
+        """``batch/v1`` where the server has it (1.21+), else ``batch/v1beta1`` (asked once).
+
+        Kubernetes 1.20 serves CronJobs as ``batch/v1beta1`` only (and 1.25 no longer does);
+        the spec is the same for what the operator sets.
+        """
+        key = "batch/v1/cronjobs"
+        if key not in self._served:
+            self._served[key] = await self.serves("batch/v1", "CronJob", namespace)
+        return "batch/v1" if self._served[key] else "batch/v1beta1"
+
     async def servicemonitor_crd_exists(self, namespace: str) -> bool:
         """Whether the Prometheus operator's ServiceMonitor kind is installed (asked each time:
         the CRD may come and go)."""
         return await self.serves("monitoring.coreos.com/v1", "ServiceMonitor", namespace)
 
     async def deployment_rollouts(self, namespace: str, agent: str) -> list[RolloutState]:
-        """Rollout states of agent ``agent``'s four Deployments, read with one list call (a
+        """Rollout states of agent ``agent``'s three Deployments, read with one list call (a
         missing one counts as not rolled out)."""
         names = child_names(agent).deployments
         found = {

@@ -78,6 +78,8 @@ NAMESPACED_RULES: list[Rule] = [
     },
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
     {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": _CHILD_VERBS},
+    # The retention purge (its Jobs and pods are the CronJob controller's: no rights needed).
+    {"apiGroups": ["batch"], "resources": ["cronjobs"], "verbs": _CHILD_VERBS},
     {
         "apiGroups": ["networking.k8s.io"],
         "resources": ["ingresses", "networkpolicies"],

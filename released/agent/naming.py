@@ -28,12 +28,13 @@ CONFIG_CHECKSUM_ANNOTATION = f"{GROUP}/config-checksum"
 # Components (``app.kubernetes.io/component``).
 WEB = "web"
 WORKER = "worker"
-BEAT = "beat"
+#: The retention purge: a CronJob whose pods run ``released purge`` and exit.
+PURGE = "purge"
 REDIS = "redis"
 #: Component of the objects that belong to the agent as a whole (ConfigMap, Secret, SA, ...).
 AGENT = "agent"
-#: Components of the pods that run the bot (and may reach Redis).
-BOT_COMPONENTS: tuple[str, ...] = (WEB, WORKER, BEAT)
+#: Components of the long-running pods that run the bot (they reach Redis, Meta and OpenAI).
+BOT_COMPONENTS: tuple[str, ...] = (WEB, WORKER)
 
 
 @dataclass(frozen=True)
@@ -42,8 +43,8 @@ class ChildNames:
 
     web_deployment: str
     worker_deployment: str
-    beat_deployment: str
     redis_deployment: str
+    purge_cronjob: str
     redis_pvc: str
     web_service: str
     worker_service: str
@@ -54,21 +55,20 @@ class ChildNames:
     service_account: str
     web_network_policy: str
     worker_network_policy: str
-    beat_network_policy: str
+    purge_network_policy: str
     redis_network_policy: str
     egress_network_policy: str
     web_pdb: str
     service_monitor: str
 
+    #: What earlier versions created and this one no longer does (the Celery beat Deployment
+    #: and its NetworkPolicy, replaced by the purge CronJob): removed when the agent owns them.
+    retired_beat: str
+
     @property
     def deployments(self) -> tuple[str, ...]:
-        """The four Deployments, web first."""
-        return (
-            self.web_deployment,
-            self.worker_deployment,
-            self.beat_deployment,
-            self.redis_deployment,
-        )
+        """The three Deployments, web first."""
+        return (self.web_deployment, self.worker_deployment, self.redis_deployment)
 
 
 def child_names(name: str) -> ChildNames:
@@ -76,8 +76,8 @@ def child_names(name: str) -> ChildNames:
     return ChildNames(
         web_deployment=f"{name}-web",
         worker_deployment=f"{name}-worker",
-        beat_deployment=f"{name}-beat",
         redis_deployment=f"{name}-redis",
+        purge_cronjob=f"{name}-purge",
         redis_pvc=f"{name}-redis",
         web_service=f"{name}-web",
         worker_service=f"{name}-worker",
@@ -88,11 +88,12 @@ def child_names(name: str) -> ChildNames:
         service_account=name,
         web_network_policy=f"{name}-web",
         worker_network_policy=f"{name}-worker",
-        beat_network_policy=f"{name}-beat",
+        purge_network_policy=f"{name}-purge",
         redis_network_policy=f"{name}-redis",
         egress_network_policy=f"{name}-egress",
         web_pdb=f"{name}-web",
         service_monitor=f"{name}-web",
+        retired_beat=f"{name}-beat",
     )
 
 
@@ -122,14 +123,19 @@ def agent_labels(name: str) -> dict[str, str]:
 _DNS1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 
 
-def _longest_service_suffix() -> int:
+#: A CronJob's name is at most 52 characters: its Jobs' names add an 11-character suffix.
+MAX_CRONJOB_NAME = 52
+
+
+def _max_name_length() -> int:
     names = child_names("")
-    return max(len(n) for n in (names.web_service, names.worker_service, names.redis_service))
+    services = (names.web_service, names.worker_service, names.redis_service)
+    return min(63 - max(len(n) for n in services), MAX_CRONJOB_NAME - len(names.purge_cronjob))
 
 
-#: The longest agent name: every Service named after the agent (``NAME-worker`` is the longest)
-#: must still be a DNS-1035 label of at most 63 characters.
-MAX_NAME_LENGTH = 63 - _longest_service_suffix()
+#: The longest agent name: every Service named after the agent must still be a DNS-1035 label
+#: of at most 63 characters, and the CronJob ``NAME-purge`` at most 52 (the tighter bound).
+MAX_NAME_LENGTH = _max_name_length()
 
 
 def validate_name(name: str) -> list[str]:
@@ -138,7 +144,8 @@ def validate_name(name: str) -> list[str]:
     ``released provision`` apply.
 
     The Services ``NAME-web``, ``NAME-worker`` and ``NAME-redis`` must be DNS-1035 labels (a
-    letter first, at most 63 characters); ``NAME`` is also a label value (at most 63).
+    letter first, at most 63 characters), the CronJob ``NAME-purge`` at most 52 characters;
+    ``NAME`` is also a label value (at most 63).
     """
     if not _DNS1035_LABEL.match(name):
         return [
@@ -148,6 +155,7 @@ def validate_name(name: str) -> list[str]:
     if len(name) > MAX_NAME_LENGTH:
         return [
             f"metadata.name {name!r} is {len(name)} characters long; at most "
-            f"{MAX_NAME_LENGTH} fit in the names of its children (NAME-worker)"
+            f"{MAX_NAME_LENGTH} fit in the names of its children (the CronJob NAME-purge: "
+            f"{MAX_CRONJOB_NAME})"
         ]
     return []

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .naming import BEAT, REDIS, WEB, WORKER
+from .naming import PURGE, REDIS, WEB, WORKER
 from .spec import AgentSpec, Resources
 
 #: Container resources when the spec gives none (``spec.*.resources`` replaces them whole).
@@ -20,11 +20,11 @@ from .spec import AgentSpec, Resources
 DEFAULT_RESOURCES: dict[str, dict[str, dict[str, str]]] = {
     WEB: {"requests": {"cpu": "50m", "memory": "128Mi"}, "limits": {"memory": "256Mi"}},
     WORKER: {"requests": {"cpu": "50m", "memory": "320Mi"}, "limits": {"memory": "512Mi"}},
-    BEAT: {"requests": {"cpu": "10m", "memory": "128Mi"}, "limits": {"memory": "256Mi"}},
+    PURGE: {"requests": {"cpu": "10m", "memory": "128Mi"}, "limits": {"memory": "256Mi"}},
     REDIS: {"requests": {"cpu": "25m", "memory": "32Mi"}, "limits": {"memory": "128Mi"}},
 }
 
-#: The tiers whose resources a spec may set (beat always runs with its defaults).
+#: The tiers whose resources a spec may set (the purge always runs with its defaults).
 TENANT_TIERS: tuple[str, ...] = (WEB, WORKER, REDIS)
 
 

@@ -1,7 +1,7 @@
 """End-to-end benchmark: ``python -m tests.bench.e2e [--quick] [--db sqlite|postgres]``.
 
 Real processes (``bot.devstack.LocalStack``): Redis, uvicorn serving ``bot.main:app``, a Celery
-worker (prefork, ``--concurrency``), the local fakes of Meta's Graph API and OpenAI (answering
+worker (threads pool, ``--concurrency`` tasks at once in one process), the local fakes of Meta's Graph API and OpenAI (answering
 at once: no latency configured), and the database (PostgreSQL from Debian's packages by
 default, as in production; ``--db sqlite`` for the stack's default).
 ``OPENAI_RATE_LIMIT_PER_SECOND`` is set high (``--rate-limit``) because the default of 1 per
@@ -46,13 +46,12 @@ QUESTION = "What is Released?"
 
 
 @contextmanager
-def stack(workdir: Path, concurrency: int, rate_limit: float, db: str,
-          with_beat: bool = False) -> Iterator[LocalStack]:
+def stack(workdir: Path, concurrency: int, rate_limit: float, db: str) -> Iterator[LocalStack]:
     pg = start_postgres() if db == "postgres" else None
     extra = {"OPENAI_RATE_LIMIT_PER_SECOND": str(rate_limit), "LOG_FORMAT": "json"}
     if pg is not None:
         extra["DATABASE_URL"] = pg.url
-    local = LocalStack(workdir=workdir, web_port=0, with_beat=with_beat,
+    local = LocalStack(workdir=workdir, web_port=0, with_purge=False,
                        worker_concurrency=concurrency, extra_env=extra)
     try:
         local.start()
@@ -146,7 +145,7 @@ def measure(local: LocalStack, meta: FakeMeta, count: int, rate: float, users: i
 
 
 def _py_spy(pid: int, seconds: int, out: Path) -> subprocess.Popen[bytes] | None:
-    """py-spy on the worker and its prefork children, as collapsed stacks."""
+    """py-spy on the worker (and its children, if any), as collapsed stacks."""
     spy = shutil.which("py-spy")
     if spy is None:
         return None
@@ -190,7 +189,7 @@ def bench(rate: float, seconds: float, burst: int, concurrency: int, rate_limit:
 
 def print_report(report: dict[str, Any]) -> None:
     print("\nmachine:", json.dumps(report["machine"]))
-    print(f"worker prefork concurrency {report['worker_concurrency']}, "
+    print(f"worker concurrency {report['worker_concurrency']}, "
           f"OPENAI_RATE_LIMIT_PER_SECOND={report['rate_limit_per_s']:g}, db {report['db']}")
     print(f"{'phase':22} {'msgs':>5} {'answered':>8} {'dupes':>5} {'p50 ms':>8} {'p95 ms':>8} "
           f"{'p99 ms':>8} {'max ms':>8} {'drain s':>7} {'ans/s':>6} {'cpu web':>7} "
@@ -207,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=20.0)
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--burst", type=int, default=1000)
-    parser.add_argument("--concurrency", type=int, default=4, help="prefork worker processes")
+    parser.add_argument("--concurrency", type=int, default=4, help="the worker's slots")
     parser.add_argument("--rate-limit", type=float, default=10_000.0)
     parser.add_argument("--users", type=int, default=200, help="distinct senders")
     parser.add_argument("--db", choices=("postgres", "sqlite"), default="postgres")

@@ -4,7 +4,7 @@ Each drill module gets its own stack (module scope), configured by module attrib
 
 - ``STACK_ENV``: environment on top of :data:`DRILL_ENV` (short timeouts so that a drill takes
   seconds, not the production minutes);
-- ``WORKER_CONCURRENCY``: prefork processes of the worker (default 2, one per core here).
+- ``WORKER_CONCURRENCY``: tasks the worker runs at once (threads pool; default 2).
 
 A drill sends messages the way Meta does (signed, retried with the same body and wamid while
 the web tier does not answer 200), then counts, from what the fake Graph API received, how many
@@ -79,7 +79,7 @@ def stack(
     local = LocalStack(
         workdir=tmp_path_factory.mktemp("drill"),
         web_port=0,
-        with_beat=False,
+        with_purge=False,
         worker_concurrency=int(getattr(request.module, "WORKER_CONCURRENCY", 2)),
         extra_env=env,
     )

@@ -49,7 +49,7 @@ def unfair_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStac
     local = LocalStack(
         workdir=tmp_path_factory.mktemp("drill-unfair"),
         web_port=0,
-        with_beat=False,
+        with_purge=False,
         worker_concurrency=2,
         extra_env={**DRILL_ENV, **UNFAIR_ENV},
     )

@@ -1,7 +1,8 @@
 """Drill: ``kill -9`` of the Celery worker while it is inside tasks.
 
-Ten messages are in flight, the model takes 2 s per answer, and the whole worker (its main
-process and its prefork children) is SIGKILLed while both children are waiting for the model.
+Ten messages are in flight, the model takes 2 s per answer, and the whole worker (one process
+running two tasks at once in its threads pool) is SIGKILLed while both tasks are waiting for
+the model.
 Tasks are acknowledged late, so the ones it held stay unacknowledged in Redis and are handed out
 again after ``CELERY_VISIBILITY_TIMEOUT`` (6 s here); the ones still queued wait for the new
 worker. Every message must be answered exactly once.
@@ -35,7 +36,7 @@ def test_worker_killed_mid_task_answers_everything_once(
         tally.add(wamid, answer)
         webhook.deliver(payload)
 
-    # Both prefork children are inside a task, waiting for the model.
+    # Both of the worker's slots are inside a task, waiting for the model.
     wait_until(
         lambda: openai_fake.calls().get("POST /v1/responses", 0) >= 2,
         timeout=30,

@@ -17,7 +17,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     local = LocalStack(
         workdir=workdir,
         web_port=0,
-        with_beat=False,
+        with_purge=False,
         worker_concurrency=2,
         # A crashed worker's unacknowledged task is handed out again after this many seconds.
         extra_env={"CELERY_VISIBILITY_TIMEOUT": "6", "LOG_FORMAT": "json"},

@@ -1,8 +1,8 @@
 """End to end: a signed webhook in, the grounded answer out through the Graph API, once.
 
-Real processes: uvicorn serving ``bot.main:app``, a Celery worker (prefork), Redis from Debian's
-package, SQLite, and the local fakes of Meta and OpenAI reached through ``META_GRAPH_URL`` and
-``OPENAI_BASE_URL``.
+Real processes: uvicorn serving ``bot.main:app``, a Celery worker (threads pool), Redis from
+Debian's package, SQLite, and the local fakes of Meta and OpenAI reached through
+``META_GRAPH_URL`` and ``OPENAI_BASE_URL``.
 """
 
 from __future__ import annotations

@@ -82,12 +82,12 @@ def test_legacy_database_name_plain_and_sanitized() -> None:
     assert len(db.legacy_database_name(key)) <= db.MAX_DATABASE_NAME
 
 
-def test_connection_limit_follows_replicas_and_concurrency() -> None:
-    # web 1 (+1 while rolling), worker 1 (+1) x (2 children + parent), beat 1; 10 each; +3.
-    assert db.connection_limit(1, 1, 2) == (2 + 2 * 3 + 1) * 10 + 3
-    assert db.connection_limit(3, 2, 4) == (4 + 3 * 5 + 1) * 10 + 3
-    assert db.connection_limit(0, 0, 2) == 1 * 10 + 3
-    assert db.connection_limit(1, 2, 2) > db.connection_limit(1, 1, 2)
+def test_connection_limit_follows_replicas() -> None:
+    # web 1 (+1 while rolling), worker 1 (+1; its tasks share one pool), purge 1; 10 each; +3.
+    assert db.connection_limit(1, 1) == (2 + 2 + 1) * 10 + 3
+    assert db.connection_limit(3, 2) == (4 + 3 + 1) * 10 + 3
+    assert db.connection_limit(0, 0) == 1 * 10 + 3
+    assert db.connection_limit(1, 2) > db.connection_limit(1, 1)
 
 
 def test_pool_size_matches_the_bot() -> None:

@@ -2,7 +2,7 @@
 
 The Redis container's own start script (``REDIS_START_SCRIPT``, paths moved to a temporary
 directory, port to a free one) runs Debian's ``redis-server``; the bot runs against it as real
-processes (``LocalStack``: uvicorn, a prefork Celery worker, beat, the fakes), authenticated as
+processes (``LocalStack``: uvicorn, a Celery worker, the fakes), authenticated as
 the pods are. Proven here:
 
 - the bot answers a signed webhook, a worker killed mid-task loses nothing (kombu's restore of
@@ -87,7 +87,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AclStack]:
     local = AclStack(
         workdir=tmp_path_factory.mktemp("acl-stack"),
         web_port=0,
-        with_beat=True,
+        with_purge=False,  # the purge needs only the database
         worker_concurrency=2,
         extra_env={"CELERY_VISIBILITY_TIMEOUT": "6", "LOG_FORMAT": "json"},
     )
@@ -150,7 +150,7 @@ def test_the_bot_works_with_only_the_commands_it_is_granted(stack: AclStack) -> 
 
     refused = denials(stack)
     assert refused == [], f"the ACL refused commands the bot needs: {refused}"
-    for name in ("web", "worker", "beat"):
+    for name in ("web", "worker"):
         assert "NOPERM" not in stack.log_text(name), stack.log_text(name)[-3000:]
 
 

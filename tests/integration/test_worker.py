@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 import bot.tasks as tasks
+from bot import retention
 from bot.core.config import Settings
 from bot.storage import repository as repo
 from bot.storage.db import session_scope
@@ -214,11 +215,11 @@ def test_purge_deletes_only_old_messages(settings: Settings) -> None:
             session.add(msg)
 
     tasks.run_async(age())
-    assert tasks.purge_old_messages.apply().get() == 1
+    assert tasks.run_async(retention.purge(settings)) == 1
     assert stored(settings, "wamid.P-old") is None
     assert stored(settings, "wamid.P-new") is not None
     assert reply_to(settings, "wamid.P-old") is not None  # its reply is recent
-    assert tasks.purge_old_messages.apply().get() == 0
+    assert tasks.run_async(retention.purge(settings)) == 0
 
 
 def test_retry_countdown_backs_off_with_jitter_and_honors_retry_after() -> None:
@@ -239,13 +240,17 @@ def test_celery_app_configuration() -> None:
     options = conf.broker_transport_options
     assert options["visibility_timeout"] == Settings().celery_visibility_timeout
     assert options["unacked_restore_throttle"] == 1
-    schedule = conf.beat_schedule["purge-old-messages"]
-    assert schedule["task"] == "bot.tasks.purge_old_messages"
+    # Several tasks at once in one process; nothing scheduled by Celery (the purge is a
+    # CronJob running `released purge`, the account check a worker's own timer).
+    assert conf.worker_pool == "threads"
+    assert not conf.beat_schedule
     assert set(tasks.app.tasks) >= {
         "bot.tasks.process_message",
         "bot.tasks.record_status",
-        "bot.tasks.purge_old_messages",
+        "bot.tasks.process_echo",
+        "bot.tasks.check_meta_account",
     }
+    assert "bot.tasks.purge_old_messages" not in tasks.app.tasks
 
 
 def test_two_workers_racing_on_one_message_send_once(settings: Settings, meta: FakeMeta) -> None:

@@ -92,7 +92,7 @@ def test_an_e164_number_needs_the_phone_number_id() -> None:
         (["Demo_1", "1065403", "--faq", "a=b"], "lower-case"),
         # The operator's rule for agent names (released.agent.naming.validate_name):
         (["1demo", "1065403", "--faq", "a=b"], "starting with a letter"),
-        (["d" * 57, "1065403", "--faq", "a=b"], "at most 56"),
+        (["d" * 47, "1065403", "--faq", "a=b"], "at most 46"),
         (["demo", "1065403"], "at least one FAQ"),
         (["demo", "1065403", "--faq", "no equals sign"], "question=answer"),
         (["demo", "1065403", "--faq", "Hours?=9", "--faq", "hours? =10"], "duplicates"),

@@ -20,7 +20,7 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO_ROOT / "Dockerfile"
 DOCKERIGNORE = REPO_ROOT / ".dockerignore"
-ROLES = ("operator", "web", "worker", "beat", "cli")
+ROLES = ("operator", "web", "worker", "purge", "cli")
 BUILD_TOOLS = ("build-essential", "gcc", "g++", "clang", "make ", "python3-dev", "libpq-dev")
 
 
@@ -239,8 +239,8 @@ def test_documented_commands() -> None:
     assert commands == {
         "operator": "released-operator",
         "web": "uvicorn bot.main:app --host 0.0.0.0 --port 8000",
-        "worker": "celery -A bot.tasks worker",
-        "beat": "celery -A bot.tasks beat",
+        "worker": "celery -A bot.tasks worker --pool=threads",
+        "purge": "released purge",
         "cli": "released",
     }
 
@@ -269,16 +269,22 @@ def test_released_operator_help() -> None:
     assert "usage" in proc.stdout.lower()
 
 
-@pytest.mark.parametrize("role", ["worker", "beat"])
-def test_celery_commands(role: str) -> None:
-    command = documented_commands()[role].split()
-    assert command[:3] == ["celery", "-A", "bot.tasks"]
+def test_worker_command() -> None:
+    command = documented_commands()["worker"].split()
+    assert command[:4] == ["celery", "-A", "bot.tasks", "worker"]
     proc = run(script("celery"), *command[1:], "--help")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "Usage" in proc.stdout
     # -A really loads the app: a wrong module fails the same command.
-    proc = run(script("celery"), "-A", "bot.no_such_tasks", command[-1], "--help")
+    proc = run(script("celery"), "-A", "bot.no_such_tasks", "worker", "--help")
     assert proc.returncode != 0
+
+
+def test_purge_command() -> None:
+    command = documented_commands()["purge"].split()
+    proc = run(script(command[0]), *command[1:], "--help")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "RETENTION_DAYS" in proc.stdout
 
 
 def test_web_command() -> None:

@@ -6,7 +6,7 @@ server-side apply. :func:`build_children` returns every child that should exist;
 :func:`absent_children` names the optional ones that should not (to delete them).
 
 - ``context``    ``AgentContext``, owner references, checksums, generated credentials.
-- ``workloads``  the four Deployments and the bot's environment.
+- ``workloads``  the three Deployments, the purge CronJob and the bot's environment.
 - ``objects``    ServiceAccount, ConfigMap, PVC, Services, Ingress, five NetworkPolicies, PDB,
                  ServiceMonitor.
 """
@@ -31,10 +31,10 @@ from .context import (
     secret_fingerprint,
 )
 from .objects import (
-    build_beat_network_policy,
     build_egress_network_policy,
     build_faqs_configmap,
     build_ingress,
+    build_purge_network_policy,
     build_redis_network_policy,
     build_redis_pvc,
     build_redis_service,
@@ -52,7 +52,7 @@ from .workloads import (
     REDIS_PORT,
     WEB_PORT,
     bot_env,
-    build_beat_deployment,
+    build_purge_cronjob,
     build_redis_deployment,
     build_web_deployment,
     build_worker_deployment,
@@ -69,13 +69,13 @@ __all__ = [
     "AgentContext",
     "absent_children",
     "bot_env",
-    "build_beat_deployment",
-    "build_beat_network_policy",
     "build_children",
     "build_credentials_secret",
     "build_egress_network_policy",
     "build_faqs_configmap",
     "build_ingress",
+    "build_purge_cronjob",
+    "build_purge_network_policy",
     "build_redis_deployment",
     "build_redis_network_policy",
     "build_redis_pvc",
@@ -116,12 +116,12 @@ def build_children(agent: AgentContext) -> list[dict[str, Any]]:
         build_redis_network_policy(agent),
         build_web_network_policy(agent),
         build_worker_network_policy(agent),
-        build_beat_network_policy(agent),
+        build_purge_network_policy(agent),
         build_egress_network_policy(agent),
         build_redis_deployment(agent),
         build_web_deployment(agent),
         build_worker_deployment(agent),
-        build_beat_deployment(agent),
+        build_purge_cronjob(agent),
         build_web_pdb(agent),
         build_ingress(agent),
         build_service_monitor(agent),
@@ -130,12 +130,26 @@ def build_children(agent: AgentContext) -> list[dict[str, Any]]:
 
 
 def absent_children(agent: AgentContext) -> list[dict[str, str]]:
-    """Optional children that must not exist now (``apiVersion``, ``kind``, ``name``,
-    ``namespace``): the Ingress without ``ingress.host``, the ServiceMonitor without its CRD
-    (deleting that one fails harmlessly with 404 when the CRD is gone too).
+    """Children that must not exist now (``apiVersion``, ``kind``, ``name``, ``namespace``): the
+    Ingress without ``ingress.host``, the ServiceMonitor without its CRD (deleting that one
+    fails harmlessly with 404 when the CRD is gone too), and what earlier versions made and this
+    one replaced (the Celery beat Deployment and its NetworkPolicy, ``NAME-beat``): those carry
+    ``"controlledOnly": "true"``, to be deleted only when the agent is their controller.
     """
     names = child_names(agent.name)
-    absent: list[dict[str, str]] = []
+    absent: list[dict[str, str]] = [
+        {
+            "apiVersion": api_version,
+            "kind": kind,
+            "name": names.retired_beat,
+            "namespace": agent.namespace,
+            "controlledOnly": "true",
+        }
+        for api_version, kind in (
+            ("apps/v1", "Deployment"),
+            ("networking.k8s.io/v1", "NetworkPolicy"),
+        )
+    ]
     if build_ingress(agent) is None:
         absent.append(
             {

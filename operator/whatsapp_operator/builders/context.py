@@ -29,12 +29,13 @@ class AgentContext:
     """One agent as the builders see it: identity, spec, settings and resolved inputs.
 
     ``faqs`` are the resolved FAQs (``spec.faqs``, or the ones read from ``spec.faqsFrom``);
-    ``None`` means ``spec.faqs``. ``config_checksum`` goes on the web, worker and beat pod
+    ``None`` means ``spec.faqs``. ``config_checksum`` goes on the web and worker pod
     templates, ``redis_checksum`` on Redis's (see :func:`compute_checksum` and
     :func:`compute_redis_checksum`); a change rolls those pods. ``openai_base_url`` is the
     ``baseUrl`` key of the agent's OpenAI Secret when it has one (``None``: the operator's
     ``openai_base_url`` setting). ``pdb_api_version`` is ``policy/v1`` from Kubernetes 1.21 on;
-    pass ``policy/v1beta1`` on 1.20.
+    pass ``policy/v1beta1`` on 1.20; so is ``cronjob_api_version`` (``batch/v1`` from 1.21,
+    ``batch/v1beta1`` on 1.20).
     """
 
     name: str
@@ -49,6 +50,7 @@ class AgentContext:
     openai_base_url: str | None = None
     has_service_monitor_crd: bool = False
     pdb_api_version: str = "policy/v1"
+    cronjob_api_version: str = "batch/v1"
 
     @property
     def resolved_faqs(self) -> tuple[Faq, ...]:
@@ -59,7 +61,7 @@ class AgentContext:
 
     @property
     def suspended(self) -> bool:
-        """``spec.suspend``: every Deployment at zero replicas."""
+        """``spec.suspend``: every Deployment at zero replicas (the purge still runs)."""
         return self.spec.suspend
 
     @classmethod

@@ -1,10 +1,11 @@
 """The agent's other children: ServiceAccount, ConfigMap, PVC, Services, Ingress, policies.
 
 NetworkPolicies (enforced where the cluster's network plugin does): the web tier admits only
-the ingress controller's and the monitoring namespaces, the workers only monitoring, beat
-nothing; Redis admits only the agent's own bot pods and reaches nothing; the bot pods reach
-DNS, their Redis, PostgreSQL and HTTPS on the internet without private ranges (Meta, OpenAI),
-plus what the platform adds (``extra_egress``). The peers come from the operator's settings.
+the ingress controller's and the monitoring namespaces, the workers only monitoring, the purge
+nothing; Redis admits only the agent's own web and worker pods and reaches nothing; those pods
+reach DNS, their Redis, PostgreSQL and HTTPS on the internet without private ranges (Meta,
+OpenAI), plus what the platform adds (``extra_egress``); the purge's pods reach DNS and
+PostgreSQL only. The peers come from the operator's settings.
 """
 
 from __future__ import annotations
@@ -15,11 +16,11 @@ from typing import Any
 from released.agent.naming import (
     AGENT,
     APP_NAME,
-    BEAT,
     BOT_COMPONENTS,
     LABEL_COMPONENT,
     LABEL_INSTANCE,
     LABEL_NAME,
+    PURGE,
     REDIS,
     WEB,
     WORKER,
@@ -149,7 +150,7 @@ NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
 
 
 def _bot_pods(agent: AgentContext) -> dict[str, Any]:
-    """A selector of this agent's web, worker and beat pods."""
+    """A selector of this agent's web and worker pods."""
     return {
         "matchLabels": {LABEL_NAME: APP_NAME, LABEL_INSTANCE: agent.name},
         "matchExpressions": [
@@ -193,8 +194,8 @@ def _network_policy(
 
 
 def build_redis_network_policy(agent: AgentContext) -> dict[str, Any]:
-    """``NAME-redis``: only this agent's web, worker and beat pods reach Redis, on 6379;
-    Redis itself reaches nothing."""
+    """``NAME-redis``: only this agent's web and worker pods reach Redis, on 6379; Redis
+    itself reaches nothing."""
     rule = {"from": [{"podSelector": _bot_pods(agent)}],
             "ports": [{"protocol": "TCP", "port": REDIS_PORT}]}  # fmt: skip
     return _network_policy(
@@ -234,14 +235,15 @@ def build_worker_network_policy(agent: AgentContext) -> dict[str, Any]:
     )
 
 
-def build_beat_network_policy(agent: AgentContext) -> dict[str, Any]:
-    """``NAME-beat``: beat serves nothing; no connection reaches it."""
+def build_purge_network_policy(agent: AgentContext) -> dict[str, Any]:
+    """``NAME-purge``: the purge's pods serve nothing and reach only DNS and PostgreSQL."""
     return _network_policy(
         agent,
-        child_names(agent.name).beat_network_policy,
-        BEAT,
-        {"matchLabels": selector_labels(agent.name, BEAT)},
+        child_names(agent.name).purge_network_policy,
+        PURGE,
+        {"matchLabels": selector_labels(agent.name, PURGE)},
         ingress=[],
+        egress=[_dns_egress(agent), _database_egress(agent)],
     )
 
 
@@ -263,28 +265,43 @@ def _https_peers(cidrs: list[str], excluded: list[str]) -> list[dict[str, Any]]:
     return peers
 
 
-def build_egress_network_policy(agent: AgentContext) -> dict[str, Any]:
-    """``NAME-egress``: where web, worker and beat may connect — DNS, their own Redis,
-    PostgreSQL, HTTPS outside the private ranges (Meta, OpenAI) and the platform's extras."""
-    settings = agent.settings
+def _dns_egress(agent: AgentContext) -> dict[str, Any]:
     dns: dict[str, Any] = {"ports": [{"protocol": "UDP", "port": 53},
                                      {"protocol": "TCP", "port": 53}]}  # fmt: skip
-    if settings.dns_egress_to:
-        dns["to"] = [dict(peer) for peer in settings.dns_egress_to]
-    redis = {
-        "to": [{"podSelector": {"matchLabels": selector_labels(agent.name, REDIS)}}],
-        "ports": [{"protocol": "TCP", "port": REDIS_PORT}],
-    }
+    if agent.settings.dns_egress_to:
+        dns["to"] = [dict(peer) for peer in agent.settings.dns_egress_to]
+    return dns
+
+
+def _database_egress(agent: AgentContext) -> dict[str, Any]:
+    settings = agent.settings
     database: dict[str, Any] = {
         "ports": [{"protocol": "TCP", "port": port} for port in settings.database_egress_ports]
     }
     if settings.database_egress_to:
         database["to"] = [dict(peer) for peer in settings.database_egress_to]
+    return database
+
+
+def build_egress_network_policy(agent: AgentContext) -> dict[str, Any]:
+    """``NAME-egress``: where web and worker may connect — DNS, their own Redis, PostgreSQL,
+    HTTPS outside the private ranges (Meta, OpenAI) and the platform's extras."""
+    settings = agent.settings
+    redis = {
+        "to": [{"podSelector": {"matchLabels": selector_labels(agent.name, REDIS)}}],
+        "ports": [{"protocol": "TCP", "port": REDIS_PORT}],
+    }
     https = {
         "to": _https_peers(settings.https_egress_cidrs, settings.https_egress_except),
         "ports": [{"protocol": "TCP", "port": 443}],
     }
-    rules = [dns, redis, database, https, *(dict(rule) for rule in settings.extra_egress)]
+    rules = [
+        _dns_egress(agent),
+        redis,
+        _database_egress(agent),
+        https,
+        *(dict(rule) for rule in settings.extra_egress),
+    ]
     return _network_policy(
         agent,
         child_names(agent.name).egress_network_policy,

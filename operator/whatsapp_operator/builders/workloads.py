@@ -1,18 +1,22 @@
-"""The agent's Deployments (web, worker, beat, Redis): pod templates, environment, probes.
+"""The agent's workloads: Deployments (web, worker, Redis) and the purge CronJob.
 
-Web, worker and beat run the bot image with the environment of :func:`bot_env`, whose names are
+Web, worker and purge run the bot image with the environment of :func:`bot_env`, whose names are
 fields of ``bot.core.config.Settings`` (a unit test keeps them so); Redis runs the operator's
-Redis image with append-only persistence on the ``NAME-redis`` PersistentVolumeClaim.
+Redis image with append-only persistence on the ``NAME-redis`` PersistentVolumeClaim. The worker
+runs Celery's threads pool (one process, ``concurrency`` tasks at once) and proves it is alive
+with a heartbeat file its probes check; the purge is a CronJob whose pods run ``released purge``
+and exit, so nothing waits between runs, and which keeps running while the agent is suspended.
 """
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 from bot.serving import uvicorn_args
 from released.agent.naming import (
-    BEAT,
     CONFIG_CHECKSUM_ANNOTATION,
+    PURGE,
     REDIS,
     WEB,
     WORKER,
@@ -39,7 +43,22 @@ FAQS_DIR = "/etc/released/faqs"
 FAQS_FILE = "faqs.json"
 FAQS_PATH = f"{FAQS_DIR}/{FAQS_FILE}"
 REDIS_ACL_DIR = "/run/redis"
-BEAT_SCHEDULE = "/tmp/celerybeat-schedule"  # noqa: S108 (an emptyDir, not the image's /tmp)
+#: The worker's heartbeat (``WORKER_HEARTBEAT_FILE``), refreshed every 10 s, in its emptyDir.
+WORKER_HEARTBEAT_FILE = "/tmp/worker-heartbeat"  # noqa: S108
+#: The heartbeat's largest age (seconds) that its probes accept.
+WORKER_HEARTBEAT_MAX_AGE = 60
+#: The worker's liveness and readiness check: is the heartbeat younger than the largest age?
+WORKER_PROBE_SCRIPT = (
+    f"test $(( $(date +%s) - $(stat -c %Y {WORKER_HEARTBEAT_FILE}) ))"
+    f" -lt {WORKER_HEARTBEAT_MAX_AGE}"
+)
+#: The purge's run time limit, and how many times a failed run is tried again.
+PURGE_DEADLINE_SECONDS = 600
+PURGE_BACKOFF_LIMIT = 2
+#: The variables the purge reads (``released purge``): the database and the retention only.
+PURGE_ENV: frozenset[str] = frozenset(
+    {"PHONE_NUMBER_ID", "DATABASE_URL", "RETENTION_DAYS", "LOG_FORMAT"}
+)
 
 #: Variables set on bot containers that are not ``Settings`` fields (used in ``$(...)``).
 NON_SETTING_ENV: frozenset[str] = frozenset({"REDIS_PASSWORD", "PROMETHEUS_MULTIPROC_DIR"})
@@ -108,8 +127,8 @@ def redis_url(agent: AgentContext, db: int = 0) -> str:
 
 #: The secret environment variables each tier gets, and no other: the internet-facing web tier
 #: checks signatures and the handshake but never sends as the business nor calls OpenAI; the
-#: worker answers (Graph API token, OpenAI key) but never sees the app secret; beat only
-#: schedules. Every tier reaches its Redis and the database.
+#: worker answers (Graph API token, OpenAI key) but never sees the app secret; the purge only
+#: deletes from the database. Web and worker reach their Redis and the database.
 TIER_SECRETS: dict[str, frozenset[str]] = {
     WEB: frozenset(
         {
@@ -121,15 +140,19 @@ TIER_SECRETS: dict[str, frozenset[str]] = {
         }
     ),
     WORKER: frozenset({"META_ACCESS_TOKEN", "OPENAI_API_KEY", "DATABASE_URL", "REDIS_PASSWORD"}),
-    BEAT: frozenset({"DATABASE_URL", "REDIS_PASSWORD"}),
+    PURGE: frozenset({"DATABASE_URL"}),
 }
 
 
 def bot_env(agent: AgentContext, component: str) -> list[dict[str, Any]]:
-    """The environment of ``component`` (web, worker or beat): ``Settings`` names, and by
-    reference only the secrets of :data:`TIER_SECRETS` for that tier."""
+    """The environment of ``component`` (web, worker or purge): ``Settings`` names, and by
+    reference only the secrets of :data:`TIER_SECRETS` for that tier (the purge gets only
+    :data:`PURGE_ENV`)."""
     allowed = TIER_SECRETS[component]
-    return [i for i in _all_bot_env(agent) if "valueFrom" not in i or i["name"] in allowed]
+    env = [i for i in _all_bot_env(agent) if "valueFrom" not in i or i["name"] in allowed]
+    if component == PURGE:
+        env = [i for i in env if i["name"] in PURGE_ENV]
+    return env
 
 
 def _all_bot_env(agent: AgentContext) -> list[dict[str, Any]]:
@@ -321,7 +344,9 @@ def build_web_deployment(agent: AgentContext) -> dict[str, Any]:
 
 
 def build_worker_deployment(agent: AgentContext) -> dict[str, Any]:
-    """``NAME-worker``: Celery workers that answer messages (tasks are acknowledged late)."""
+    """``NAME-worker``: Celery workers that answer messages (tasks are acknowledged late), each
+    one process running ``concurrency`` tasks at once (threads pool), alive while its heartbeat
+    file is fresh."""
     worker = agent.spec.worker
     container = _bot_container(
         agent,
@@ -331,6 +356,7 @@ def build_worker_deployment(agent: AgentContext) -> dict[str, Any]:
             "-A",
             "bot.tasks",
             "worker",
+            "--pool=threads",
             f"--concurrency={worker.concurrency}",
             "--loglevel=INFO",
         ],
@@ -338,10 +364,19 @@ def build_worker_deployment(agent: AgentContext) -> dict[str, Any]:
     container["env"] += [
         {"name": "WORKER_METRICS_PORT", "value": str(WORKER_METRICS_PORT)},
         {"name": "PROMETHEUS_MULTIPROC_DIR", "value": WORKER_METRICS_DIR},
+        {"name": "WORKER_HEARTBEAT_FILE", "value": WORKER_HEARTBEAT_FILE},
     ]
     container["ports"] = [
         {"name": "metrics", "containerPort": WORKER_METRICS_PORT, "protocol": "TCP"}
     ]
+    probe = {"exec": {"command": ["sh", "-c", WORKER_PROBE_SCRIPT]}, "timeoutSeconds": 5}
+    container["livenessProbe"] = {
+        **probe,
+        "initialDelaySeconds": 30,
+        "periodSeconds": 30,
+        "failureThreshold": 3,
+    }
+    container["readinessProbe"] = {**probe, "periodSeconds": 10, "failureThreshold": 3}
     template = _pod_template(
         agent,
         WORKER,
@@ -356,26 +391,51 @@ def build_worker_deployment(agent: AgentContext) -> dict[str, Any]:
     return _deployment(agent, names.worker_deployment, WORKER, worker.replicas, template, strategy)
 
 
-def build_beat_deployment(agent: AgentContext) -> dict[str, Any]:
-    """``NAME-beat``: the Celery scheduler; exactly one replica, never two at once."""
-    container = _bot_container(
+def purge_schedule(agent: AgentContext) -> str:
+    """Hourly, at a minute of the hour that depends on the agent (so that a thousand agents do
+    not all purge the shared PostgreSQL at the same minute)."""
+    digest = hashlib.sha256(f"{agent.namespace}/{agent.name}".encode()).digest()
+    return f"{int.from_bytes(digest[:4], 'big') % 60} * * * *"
+
+
+def build_purge_cronjob(agent: AgentContext) -> dict[str, Any]:
+    """``NAME-purge``: ``released purge`` every hour, one run at a time, bounded in time and
+    retries; never suspended, so retention holds while the agent is (its Deployments at zero).
+    Its pods get only the database's Secret and exit when done: nothing waits between runs."""
+    container = _bot_container(agent, PURGE, ["released", "purge"])
+    container["volumeMounts"] = [{"name": "tmp", "mountPath": "/tmp"}]  # noqa: S108
+    pod = _pod_template(
         agent,
-        BEAT,
-        [
-            "celery",
-            "-A",
-            "bot.tasks",
-            "beat",
-            "--schedule",
-            BEAT_SCHEDULE,
-            "--loglevel=INFO",
-        ],
+        PURGE,
+        [container],
+        [{"name": "tmp", "emptyDir": {}}],
+        uid=BOT_UID,
+        checksum=agent.config_checksum,
     )
-    template = _pod_template(
-        agent, BEAT, [container], _bot_volumes(agent), uid=BOT_UID, checksum=agent.config_checksum
-    )
+    pod["spec"]["restartPolicy"] = "Never"
     names = child_names(agent.name)
-    return _deployment(agent, names.beat_deployment, BEAT, 1, template, {"type": "Recreate"})
+    return {
+        "apiVersion": agent.cronjob_api_version,
+        "kind": "CronJob",
+        "metadata": object_meta(agent, names.purge_cronjob, PURGE),
+        "spec": {
+            "schedule": purge_schedule(agent),
+            "concurrencyPolicy": "Forbid",
+            # A run missed by more than this (controller down) waits for the next hour.
+            "startingDeadlineSeconds": 1800,
+            "suspend": False,
+            "successfulJobsHistoryLimit": 1,
+            "failedJobsHistoryLimit": 2,
+            "jobTemplate": {
+                "metadata": {"labels": labels(agent.name, PURGE)},
+                "spec": {
+                    "backoffLimit": PURGE_BACKOFF_LIMIT,
+                    "activeDeadlineSeconds": PURGE_DEADLINE_SECONDS,
+                    "template": pod,
+                },
+            },
+        },
+    }
 
 
 def build_redis_deployment(agent: AgentContext) -> dict[str, Any]:

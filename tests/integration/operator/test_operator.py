@@ -39,7 +39,7 @@ LABELS = (
     "app.kubernetes.io/component",
     "app.kubernetes.io/managed-by",
 )
-DEPLOYMENTS = ("web", "worker", "beat", "redis")
+DEPLOYMENTS = ("web", "worker", "redis")
 
 
 def phone() -> str:
@@ -148,14 +148,22 @@ def test_agent_gets_children_and_becomes_ready(
         net.read_namespaced_ingress("acme", namespace),
         *(
             net.read_namespaced_network_policy(f"acme-{p}", namespace)
-            for p in ("web", "worker", "beat", "redis", "egress")
+            for p in ("web", "worker", "purge", "redis", "egress")
         ),
     ]
     pdb = custom.get_namespaced_custom_object(
         "policy", "v1beta1", namespace, "poddisruptionbudgets", "acme-web"
     )
+    # The retention purge: a CronJob (batch/v1beta1 on Kubernetes 1.20), no process between runs.
+    purge = custom.get_namespaced_custom_object(
+        "batch", "v1beta1", namespace, "cronjobs", "acme-purge"
+    )
+    assert purge["spec"]["concurrencyPolicy"] == "Forbid"
+    purge_pod = purge["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    assert purge_pod["containers"][0]["command"] == ["released", "purge"]
+    assert purge_pod["securityContext"]["runAsNonRoot"] is True
     serialize = client.ApiClient().sanitize_for_serialization
-    objects: list[dict[str, Any]] = [serialize(c) for c in children] + [pdb]
+    objects: list[dict[str, Any]] = [serialize(c) for c in children] + [pdb, purge]
     for obj in objects:
         meta = obj["metadata"]
         labels = meta.get("labels") or {}
@@ -388,6 +396,11 @@ def test_suspend_scales_to_zero(
         return cond if cond and cond["reason"] == "Suspended" else None
 
     assert wait_for("Ready=False reason=Suspended", suspended)["status"] == "False"
+    # Retention still runs while the agent is suspended.
+    purge = custom.get_namespaced_custom_object(
+        "batch", "v1beta1", namespace, "cronjobs", "nap-purge"
+    )
+    assert purge["spec"]["suspend"] is False
 
 
 def test_rotation_when_due_rotates_and_revokes(

@@ -46,7 +46,11 @@ class FakeKube(Kube):
         super().__init__()
         self.objects: dict[Key, dict[str, Any]] = {}
         self.not_served = (
-            {("policy/v1", "PodDisruptionBudget"), ("monitoring.coreos.com/v1", "ServiceMonitor")}
+            {
+                ("policy/v1", "PodDisruptionBudget"),
+                ("batch/v1", "CronJob"),
+                ("monitoring.coreos.com/v1", "ServiceMonitor"),
+            }
             if not_served is None
             else not_served
         )

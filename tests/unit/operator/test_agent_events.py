@@ -74,8 +74,12 @@ async def test_suspended_agent(world: World) -> None:
     world.kube.put(agent_body(suspend=True))
     await reconcile(world.agent(), retry=0)
     assert world.condition("WorkloadsReady")["reason"] == "Suspended"
-    for name in ("acme-web", "acme-worker", "acme-beat", "acme-redis"):
+    for name in ("acme-web", "acme-worker", "acme-redis"):
         assert world.kube.obj("Deployment", NS, name)["spec"]["replicas"] == 0
+    # Retention holds while suspended: the purge keeps its schedule.
+    purge = world.kube.obj("CronJob", NS, "acme-purge")
+    assert purge["apiVersion"] == "batch/v1beta1"  # what Kubernetes 1.20 serves
+    assert purge["spec"]["suspend"] is False
 
 
 # -- references -----------------------------------------------------------------------------

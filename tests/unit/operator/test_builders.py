@@ -20,6 +20,7 @@ from whatsapp_operator.builders import (
     build_children,
     build_credentials_secret,
     build_ingress,
+    build_purge_cronjob,
     build_redis_deployment,
     build_service_monitor,
     build_web_pdb,
@@ -30,7 +31,12 @@ from whatsapp_operator.builders import (
     owner_reference,
     secret_fingerprint,
 )
-from whatsapp_operator.builders.workloads import REDIS_START_SCRIPT
+from whatsapp_operator.builders.workloads import (
+    REDIS_START_SCRIPT,
+    WORKER_HEARTBEAT_FILE,
+    WORKER_PROBE_SCRIPT,
+    purge_schedule,
+)
 from whatsapp_operator.config import OperatorSettings
 
 from bot.core.config import Settings
@@ -82,10 +88,28 @@ def deployments(objs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [o for o in objs if o["kind"] == "Deployment"]
 
 
-def container(deployment: dict[str, Any]) -> dict[str, Any]:
-    (c,) = deployment["spec"]["template"]["spec"]["containers"]
+def pod_spec(workload: dict[str, Any]) -> dict[str, Any]:
+    """The pod spec of a Deployment or a CronJob."""
+    spec = workload["spec"]
+    if workload["kind"] == "CronJob":
+        spec = spec["jobTemplate"]["spec"]
+    result: dict[str, Any] = spec["template"]["spec"]
+    return result
+
+
+def container(workload: dict[str, Any]) -> dict[str, Any]:
+    (c,) = pod_spec(workload)["containers"]
     result: dict[str, Any] = c
     return result
+
+
+def bot_workloads(objs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The workloads that run the bot image: web, worker and the purge CronJob."""
+    return [
+        o
+        for o in objs
+        if o["kind"] in ("Deployment", "CronJob") and o["metadata"]["name"] != "acme-redis"
+    ]
 
 
 def env_of(deployment: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -97,7 +121,8 @@ def env_of(deployment: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def test_child_names() -> None:
     names = child_names("acme")
-    assert names.deployments == ("acme-web", "acme-worker", "acme-beat", "acme-redis")
+    assert names.deployments == ("acme-web", "acme-worker", "acme-redis")
+    assert names.purge_cronjob == "acme-purge"
     assert (names.web_service, names.redis_service, names.ingress) == (
         "acme-web",
         "acme-redis",
@@ -140,19 +165,35 @@ def test_every_child_is_built() -> None:
         ("Service", "acme-redis"),
         ("NetworkPolicy", "acme-web"),
         ("NetworkPolicy", "acme-worker"),
-        ("NetworkPolicy", "acme-beat"),
+        ("NetworkPolicy", "acme-purge"),
         ("NetworkPolicy", "acme-redis"),
         ("NetworkPolicy", "acme-egress"),
         ("Deployment", "acme-web"),
         ("Deployment", "acme-worker"),
-        ("Deployment", "acme-beat"),
         ("Deployment", "acme-redis"),
+        ("CronJob", "acme-purge"),
         ("PodDisruptionBudget", "acme-web"),
         ("Ingress", "acme"),
         ("ServiceMonitor", "acme-web"),
     }
     assert len(objs) == 18
-    assert absent_children(make_ctx(has_service_monitor_crd=True)) == []
+    # What earlier versions built (Celery beat) goes, but only when the agent controls it.
+    assert absent_children(make_ctx(has_service_monitor_crd=True)) == [
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "name": "acme-beat",
+            "namespace": "shop",
+            "controlledOnly": "true",
+        },
+        {
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "NetworkPolicy",
+            "name": "acme-beat",
+            "namespace": "shop",
+            "controlledOnly": "true",
+        },
+    ]
 
 
 def test_optional_children() -> None:
@@ -165,6 +206,8 @@ def test_optional_children() -> None:
     kinds = {o["kind"] for o in build_children(no_ingress)}
     assert not kinds & {"Ingress", "ServiceMonitor"}
     assert [(a["kind"], a["name"]) for a in absent_children(no_ingress)] == [
+        ("Deployment", "acme-beat"),
+        ("NetworkPolicy", "acme-beat"),
         ("Ingress", "acme"),
         ("ServiceMonitor", "acme-web"),
     ]
@@ -213,12 +256,39 @@ def test_pdb_api_version_for_1_20() -> None:
     assert build_web_pdb(make_ctx())["apiVersion"] == "policy/v1"
 
 
+def test_purge_cronjob() -> None:
+    cronjob = build_purge_cronjob(make_ctx())
+    assert cronjob["apiVersion"] == "batch/v1"
+    spec = cronjob["spec"]
+    # One run at a time, hourly, bounded in time and retries; history kept short.
+    assert spec["concurrencyPolicy"] == "Forbid"
+    minute, *rest = spec["schedule"].split()
+    assert rest == ["*", "*", "*", "*"] and 0 <= int(minute) < 60
+    job = spec["jobTemplate"]["spec"]
+    assert job["activeDeadlineSeconds"] == 600 and job["backoffLimit"] == 2
+    assert job["template"]["spec"]["restartPolicy"] == "Never"
+    assert spec["successfulJobsHistoryLimit"] == 1 and spec["failedJobsHistoryLimit"] == 2
+    assert job["template"]["metadata"]["labels"] == labels("acme", "purge")
+    # Kubernetes 1.20 serves CronJobs as batch/v1beta1 only.
+    old = build_purge_cronjob(make_ctx(cronjob_api_version="batch/v1beta1"))
+    assert old["apiVersion"] == "batch/v1beta1" and old["spec"] == spec
+
+
+def test_purge_minutes_are_spread_over_the_hour() -> None:
+    """A thousand agents do not all purge the shared PostgreSQL at the same minute."""
+    minutes = {
+        purge_schedule(replace(make_ctx(), name=f"agent-{i}")).split()[0] for i in range(200)
+    }
+    assert len(minutes) > 40
+    assert purge_schedule(make_ctx()) == purge_schedule(make_ctx())  # stable per agent
+
+
 # -- pods ------------------------------------------------------------------------------------
 
 
 def test_pod_security() -> None:
-    for dep in deployments(build_children(make_ctx())):
-        pod = dep["spec"]["template"]["spec"]
+    for dep in [*deployments(build_children(make_ctx())), build_purge_cronjob(make_ctx())]:
+        pod = pod_spec(dep)
         assert pod["serviceAccountName"] == "acme"
         assert pod["automountServiceAccountToken"] is False
         sc = pod["securityContext"]
@@ -239,9 +309,10 @@ def test_pod_security() -> None:
         assert "emptyDir" in volumes[mounts["/tmp"]]
         assert c["resources"]["requests"]["memory"]
         assert c["resources"]["limits"]["memory"]
-        assert dep["spec"]["selector"]["matchLabels"].items() <= (
-            dep["spec"]["template"]["metadata"]["labels"].items()
-        )
+        if dep["kind"] == "Deployment":
+            assert dep["spec"]["selector"]["matchLabels"].items() <= (
+                dep["spec"]["template"]["metadata"]["labels"].items()
+            )
 
 
 def test_default_and_custom_resources() -> None:
@@ -283,14 +354,22 @@ def test_commands_ports_and_probes() -> None:
         "-A",
         "bot.tasks",
         "worker",
+        "--pool=threads",
         "--concurrency=4",
         "--loglevel=INFO",
     ]
-    beat = objs[("Deployment", "acme-beat")]
-    assert container(beat)["command"][:4] == ["celery", "-A", "bot.tasks", "beat"]
-    assert "/tmp/celerybeat-schedule" in container(beat)["command"]
-    assert beat["spec"]["replicas"] == 1
-    assert beat["spec"]["strategy"] == {"type": "Recreate"}
+    # The worker proves it is alive with a heartbeat file its consumer and loop refresh.
+    env = {e["name"]: e.get("value") for e in worker["env"]}
+    assert env["WORKER_HEARTBEAT_FILE"] == WORKER_HEARTBEAT_FILE == "/tmp/worker-heartbeat"
+    for probe in (worker["livenessProbe"], worker["readinessProbe"]):
+        assert probe["exec"]["command"] == ["sh", "-c", WORKER_PROBE_SCRIPT]
+    assert worker["livenessProbe"]["failureThreshold"] * worker["livenessProbe"][
+        "periodSeconds"
+    ] >= 60
+
+    purge = container(objs[("CronJob", "acme-purge")])
+    assert purge["command"] == ["released", "purge"]
+    assert "livenessProbe" not in purge and "ports" not in purge
 
 
 def test_redis_deployment() -> None:
@@ -328,8 +407,10 @@ def test_suspend_scales_every_deployment_to_zero() -> None:
     suspended = replace(ctx, spec=ctx.spec.model_copy(update={"suspend": True}))
     assert all(d["spec"]["replicas"] > 0 for d in deployments(build_children(ctx)))
     deps = deployments(build_children(suspended))
-    assert len(deps) == 4
+    assert len(deps) == 3
     assert all(d["spec"]["replicas"] == 0 for d in deps)
+    # Retention runs while the agent is suspended: the purge is not.
+    assert build_purge_cronjob(suspended)["spec"]["suspend"] is False
     assert "maxUnavailable" in build_web_pdb(suspended)["spec"]
 
 
@@ -350,9 +431,7 @@ def test_env_names_are_bot_settings() -> None:
     fields = {name.upper() for name in Settings.model_fields}
     objs = build_children(make_ctx(vector_store_id="vs_123"))
     every: set[str] = set()
-    for dep in deployments(objs):
-        if dep["metadata"]["name"] == "acme-redis":
-            continue
+    for dep in bot_workloads(objs):
         names = [e["name"] for e in container(dep)["env"]]
         assert len(names) == len(set(names))
         unknown = set(names) - fields - NON_SETTING_ENV
@@ -382,8 +461,10 @@ def test_each_tier_gets_only_the_secrets_it_uses() -> None:
     """The internet-facing web tier cannot send as the business or spend the OpenAI key."""
     objs = by_kind_name(build_children(make_ctx()))
 
+    workloads = {o["metadata"]["name"]: o for o in bot_workloads(list(objs.values()))}
+
     def secrets(name: str) -> set[str]:
-        env = container(objs[("Deployment", name)])["env"]
+        env = container(workloads[name])["env"]
         return {e["name"] for e in env if "valueFrom" in e}
 
     assert secrets("acme-web") == {
@@ -399,12 +480,19 @@ def test_each_tier_gets_only_the_secrets_it_uses() -> None:
         "DATABASE_URL",
         "REDIS_PASSWORD",
     }
-    assert secrets("acme-beat") == {"DATABASE_URL", "REDIS_PASSWORD"}
+    # The purge deletes from the database: nothing else.
+    assert secrets("acme-purge") == {"DATABASE_URL"}
+    assert {e["name"] for e in container(workloads["acme-purge"])["env"]} == {
+        "PHONE_NUMBER_ID",
+        "DATABASE_URL",
+        "RETENTION_DAYS",
+        "LOG_FORMAT",
+    }
     # Nothing reaches a tier another way: no envFrom, no Secret volumes.
-    for name in ("acme-web", "acme-worker", "acme-beat"):
-        pod = objs[("Deployment", name)]["spec"]["template"]["spec"]
-        assert "envFrom" not in container(objs[("Deployment", name)])
-        assert not [v for v in pod["volumes"] if "secret" in v]
+    assert set(workloads) == {"acme-web", "acme-worker", "acme-purge"}
+    for name, workload in workloads.items():
+        assert "envFrom" not in container(workload), name
+        assert not [v for v in pod_spec(workload)["volumes"] if "secret" in v]
 
 
 def test_reasoning_effort_and_verbosity_reach_the_worker(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -551,7 +639,7 @@ def test_pod_templates_change_with_faqs_not_with_replicas() -> None:
     assert templates(replace(ctx, spec=scaled)) == before
     edited = replace(ctx, faqs=(*faqs[:-1], Faq(q=faqs[-1].q, a="A new answer.")))
     after = templates(edited)
-    for name in ("acme-web", "acme-worker", "acme-beat"):
+    for name in ("acme-web", "acme-worker"):
         assert after[name] != before[name]
     assert after["acme-redis"] == before["acme-redis"]
 
@@ -625,7 +713,7 @@ def test_network_policies_admit_only_what_each_tier_serves() -> None:
     (peer,) = rule["from"]
     assert peer["podSelector"]["matchLabels"]["app.kubernetes.io/instance"] == "acme"
     (expr,) = peer["podSelector"]["matchExpressions"]
-    assert expr["values"] == ["web", "worker", "beat"]
+    assert expr["values"] == ["web", "worker"]  # not the purge: it needs only the database
     assert redis["policyTypes"] == ["Ingress", "Egress"] and redis["egress"] == []
 
     web = objs[("NetworkPolicy", "acme-web")]["spec"]
@@ -639,8 +727,12 @@ def test_network_policies_admit_only_what_each_tier_serves() -> None:
     (rule,) = worker["ingress"]
     assert rule["ports"] == [{"protocol": "TCP", "port": 9808}]
     assert _admitted_namespaces(rule) == ["monitoring"]
-    beat = objs[("NetworkPolicy", "acme-beat")]["spec"]
-    assert beat["ingress"] == [] and beat["policyTypes"] == ["Ingress"]
+    purge = objs[("NetworkPolicy", "acme-purge")]["spec"]
+    assert purge["podSelector"]["matchLabels"] == selector_labels("acme", "purge")
+    assert purge["ingress"] == [] and purge["policyTypes"] == ["Ingress", "Egress"]
+    dns, database = purge["egress"]  # DNS and PostgreSQL; no Redis, no internet
+    assert {p["port"] for p in dns["ports"]} == {53}
+    assert database["ports"] == [{"protocol": "TCP", "port": 5432}]
 
 
 def test_web_admits_the_namespaces_the_platform_names() -> None:
@@ -661,7 +753,7 @@ def test_bot_pods_egress_is_dns_redis_database_and_public_https() -> None:
     egress = objs[("NetworkPolicy", "acme-egress")]["spec"]
     assert egress["policyTypes"] == ["Egress"]
     (expr,) = egress["podSelector"]["matchExpressions"]
-    assert expr["values"] == ["web", "worker", "beat"]
+    assert expr["values"] == ["web", "worker"]
     dns, redis, database, https = egress["egress"]
     assert {p["port"] for p in dns["ports"]} == {53} and "to" not in dns
     assert redis["to"] == [{"podSelector": {"matchLabels": selector_labels("acme", "redis")}}]

@@ -21,7 +21,8 @@ CHILD_KINDS = {
     "PersistentVolumeClaim": 1,
     "Service": 3,
     "NetworkPolicy": 5,
-    "Deployment": 4,
+    "Deployment": 3,
+    "CronJob": 1,
     "PodDisruptionBudget": 1,
     "Ingress": 1,
 }
@@ -193,7 +194,32 @@ async def test_knowledge_failure_is_reported_and_the_rest_goes_on(world: World) 
     knowledge = world.condition("KnowledgeReady")
     assert (knowledge["status"], knowledge["reason"]) == ("False", "OpenAIRateLimited")
     assert world.condition("Ready")["reason"] == "RolloutInProgress"  # the parts' order wins
-    assert children(world)["Deployment"] == 4
+    assert children(world)["Deployment"] == 3
+
+
+async def test_the_beat_of_earlier_versions_goes_but_a_foreign_one_stays(world: World) -> None:
+    """Upgrading from the Celery beat Deployment to the purge CronJob removes what the agent
+    made (``NAME-beat``), never an object of that name that someone else made."""
+    agent = world.kube.put(agent_body())
+    owned = {
+        "ownerReferences": [
+            {
+                "apiVersion": "whatsapp.released.io/v1alpha1",
+                "kind": "WhatsAppAgent",
+                "name": "acme",
+                "uid": agent["metadata"]["uid"],
+                "controller": True,
+            }
+        ]
+    }
+    world.kube.put({"apiVersion": "apps/v1", "kind": "Deployment",
+                    "metadata": {"name": "acme-beat", "namespace": NS, **owned}})
+    world.kube.put({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+                    "metadata": {"name": "acme-beat", "namespace": NS}})  # someone else's
+    await reconcile(world.agent(), retry=0)
+    assert world.kube.obj("Deployment", NS, "acme-beat") is None
+    assert world.kube.obj("NetworkPolicy", NS, "acme-beat") is not None
+    assert world.kube.obj("CronJob", NS, "acme-purge") is not None
 
 
 async def test_permanent_knowledge_error_is_retried_after_a_minute(world: World) -> None:

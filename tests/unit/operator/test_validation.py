@@ -210,7 +210,7 @@ def test_parse_quantity_rejects(text: str) -> None:
         ("acme.shop", "starting with a letter (no dots)"),
         ("1acme", "starting with a letter"),
         ("Acme", "lower-case"),
-        ("a" * 57, "57 characters long; at most 56"),
+        ("a" * 47, "47 characters long; at most 46"),
     ],
 )
 def test_agent_names_that_cannot_name_children(name: str, fragment: str) -> None:
@@ -220,5 +220,5 @@ def test_agent_names_that_cannot_name_children(name: str, fragment: str) -> None
 
 
 def test_agent_names_that_fit() -> None:
-    assert validate_name("a" * 56) == []  # a-...-worker is 63 characters
+    assert validate_name("a" * 46) == []  # a-...-purge is 52 characters, a CronJob's most
     assert validate_name("acme-shop-2") == []

@@ -1,4 +1,5 @@
-"""Part ``children``: build every child, apply them (server-side apply), prune the unwanted.
+"""Part ``children``: build every child, apply them (server-side apply), prune the unwanted
+(what this version no longer builds only when the agent is its controller).
 
 The pods' configuration checksum (``status.configChecksum``) covers the FAQs and the
 fingerprints of every Secret the pods read, so a change to any of them rolls the pods.
@@ -9,8 +10,15 @@ from __future__ import annotations
 from released.agent.naming import child_names
 
 from ... import builders
-from ...kube import KubeError
+from ...builders.ownership import controlled_by
+from ...kube import Kube, KubeError
 from .base import Pass
+
+
+async def _controlled(kube: Kube, ctx: builders.AgentContext, ref: dict[str, str]) -> bool:
+    """Whether the object ``ref`` names exists with the agent as its controller."""
+    obj = await kube.get(ref["apiVersion"], ref["kind"], ref["namespace"], ref["name"])
+    return obj is not None and controlled_by(obj, ctx.uid)
 
 
 async def ensure(p: Pass) -> None:
@@ -29,12 +37,15 @@ async def ensure(p: Pass) -> None:
         openai_base_url=inputs.openai_base_url,
         has_service_monitor_crd=await kube.servicemonitor_crd_exists(agent.namespace),
         pdb_api_version=await kube.pdb_api_version(agent.namespace),
+        cronjob_api_version=await kube.cronjob_api_version(agent.namespace),
         vector_store_id=p.vector_store_id,
     )
     await kube.apply_all(builders.build_children(ctx))
     removed = []
     for gone in builders.absent_children(ctx):
         try:
+            if gone.get("controlledOnly") and not await _controlled(kube, ctx, gone):
+                continue  # someone else's object of that name: never touched
             if await kube.delete(gone["apiVersion"], gone["kind"], gone["namespace"], gone["name"]):
                 removed.append(f"{gone['kind']}/{gone['name']}")
         except KubeError as exc:
