@@ -27,7 +27,7 @@ class OperatorSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="RELEASED_", extra="ignore")
 
-    #: The image that runs web, worker and beat (the chart sets it to its own appVersion).
+    #: The image that runs web, worker and purge (the chart sets it to its own appVersion).
     bot_image: str = "ghcr.io/released/released:0.1.0"
     redis_image: str = "redis:7.4-alpine"
     image_pull_policy: str = "IfNotPresent"

@@ -209,7 +209,7 @@ def plan_rotation_step(
 ) -> RotationStep:
     """The next rotation step (pure).
 
-    ``pods_rolled``: every web/worker/beat/redis pod runs with the current Secret's checksum.
+    ``pods_rolled``: every web/worker/redis pod runs with the current Secret's checksum.
     ``secret_rotation_id``: the Secret's ``rotationId`` (None when it has none). When given and
     not this rotation's id, the rotated Secret was never written (the operator stopped between
     recording ``Started`` and writing it), so the step is ``ROTATE`` whatever ``pods_rolled``

@@ -15,7 +15,7 @@ from .naming import PURGE, REDIS, WEB, WORKER
 from .spec import AgentSpec, Resources
 
 #: Container resources when the spec gives none (``spec.*.resources`` replaces them whole).
-#: Defaults grounded in tests/bench (footprint): web 81 MiB PSS, beat 100 MiB, Redis 7 MiB; the
+#: Defaults grounded in tests/bench (footprint): web 81 MiB PSS, Redis 7 MiB; the
 #: worker is sized by :func:`worker_default_resources` (its memory grows with concurrency).
 DEFAULT_RESOURCES: dict[str, dict[str, dict[str, str]]] = {
     WEB: {"requests": {"cpu": "50m", "memory": "128Mi"}, "limits": {"memory": "256Mi"}},

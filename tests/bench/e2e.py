@@ -1,9 +1,10 @@
 """End-to-end benchmark: ``python -m tests.bench.e2e [--quick] [--db sqlite|postgres]``.
 
 Real processes (``bot.devstack.LocalStack``): Redis, uvicorn serving ``bot.main:app``, a Celery
-worker (threads pool, ``--concurrency`` tasks at once in one process), the local fakes of Meta's Graph API and OpenAI (answering
-at once: no latency configured), and the database (PostgreSQL from Debian's packages by
-default, as in production; ``--db sqlite`` for the stack's default).
+worker (threads pool, ``--concurrency`` tasks at once in one process), the local fakes of
+Meta's Graph API and OpenAI (answering at once: no latency configured), and the database
+(PostgreSQL from Debian's packages by default, as in production; ``--db sqlite`` for the
+stack's default).
 ``OPENAI_RATE_LIMIT_PER_SECOND`` is set high (``--rate-limit``) because the default of 1 per
 second per agent would be the only thing measured.
 

@@ -186,7 +186,8 @@ def print_report(report: dict[str, Any]) -> None:
     print(f"db {report['db']}, worker threads pool, concurrency {report['worker_concurrency']}, "
           f"traffic {json.dumps(report['traffic'])}")
     print(f"{'part':7} {'procs':>5} {'threads':>7} {'idle RSS':>9} {'idle PSS':>9} "
-          f"{'after RSS':>9} {'after PSS':>9} {'default req/limit':>18} {'suggested req/limit':>20}")
+          f"{'after RSS':>9} {'after PSS':>9} {'default req/limit':>18} "
+          f"{'suggested req/limit':>20}")
     for name in PARTS:
         idle, after = report["idle"].get(name), report["after_traffic"].get(name)
         if idle is None or after is None:

@@ -23,7 +23,11 @@ REASON_CONFLICT = "Conflict"
 
 
 def child_refs(
-    name: str, *, pdb_api_version: str = "policy/v1", service_monitor: bool = False
+    name: str,
+    *,
+    pdb_api_version: str = "policy/v1",
+    cronjob_api_version: str = "batch/v1",
+    service_monitor: bool = False,
 ) -> list[tuple[str, str, str]]:
     """``(apiVersion, kind, name)`` of every object the operator may create, change or delete
     for agent ``name``: the children :func:`~whatsapp_operator.builders.build_children` builds,
@@ -42,12 +46,13 @@ def child_refs(
             for policy in (
                 names.web_network_policy,
                 names.worker_network_policy,
-                names.beat_network_policy,
+                names.purge_network_policy,
                 names.redis_network_policy,
                 names.egress_network_policy,
             )
         ),
         *(("apps/v1", "Deployment", deployment) for deployment in names.deployments),
+        (cronjob_api_version, "CronJob", names.purge_cronjob),
         (pdb_api_version, "PodDisruptionBudget", names.web_pdb),
         ("networking.k8s.io/v1", "Ingress", names.ingress),
     ]

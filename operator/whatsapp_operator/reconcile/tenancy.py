@@ -89,6 +89,7 @@ async def check_ownership(agent: Agent) -> None:
     refs = child_refs(
         agent.name,
         pdb_api_version=await kube.pdb_api_version(agent.namespace),
+        cronjob_api_version=await kube.cronjob_api_version(agent.namespace),
         service_monitor=await kube.servicemonitor_crd_exists(agent.namespace),
     )
     existing = []

@@ -69,7 +69,11 @@ def test_child_refs_cover_every_child_the_builders_make() -> None:
     assert built <= refs
     assert refs - built == set()
     assert example_body()["metadata"]["name"] == "acme"
-    # Without the CRD the ServiceMonitor is not looked at; on 1.20 the PDB is policy/v1beta1.
-    plain = child_refs("acme", pdb_api_version="policy/v1beta1")
+    # Without the CRD the ServiceMonitor is not looked at; on 1.20 the PDB is policy/v1beta1
+    # and the CronJob batch/v1beta1.
+    plain = child_refs(
+        "acme", pdb_api_version="policy/v1beta1", cronjob_api_version="batch/v1beta1"
+    )
     assert ("policy/v1beta1", "PodDisruptionBudget", "acme-web") in plain
+    assert ("batch/v1beta1", "CronJob", "acme-purge") in plain
     assert not any(kind == "ServiceMonitor" for _, kind, _ in plain)

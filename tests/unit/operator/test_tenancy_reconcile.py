@@ -153,11 +153,11 @@ async def test_an_object_of_another_agent_of_the_same_name_is_foreign(world: Wor
     assert "ConfigMap/acme-faqs" in await blocked(world, "Conflict")
 
 
-async def test_the_database_gets_a_connection_limit_from_replicas_and_concurrency(
+async def test_the_database_gets_a_connection_limit_from_replicas(
     pg_world: World,
 ) -> None:
     pg_world.kube.put(
         agent_body(database=None, web={"replicas": 2}, worker={"replicas": 3, "concurrency": 4})
     )
     await reconcile(pg_world.agent(), retry=0)
-    assert pg_world.outside.connection_limits["shop/acme"] == connection_limit(2, 3, 4)
+    assert pg_world.outside.connection_limits["shop/acme"] == connection_limit(2, 3)

@@ -36,9 +36,7 @@ async def ensure(p: Pass) -> None:
         agent.key,
         host_for_pods=agent.settings.postgres_host_for_pods,
         current=current,
-        connections=connection_limit(
-            spec.web.replicas, spec.worker.replicas, spec.worker.concurrency
-        ),
+        connections=connection_limit(spec.web.replicas, spec.worker.replicas),
     )
     wanted = {keys.DATABASE_URL: db.url, keys.DATABASE_ROLE: db.role}
     if any(p.credentials.get(k) != v for k, v in wanted.items()):
