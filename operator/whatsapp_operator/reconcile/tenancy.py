@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING
 
 from released.agent.policy import (
@@ -92,11 +93,10 @@ async def check_ownership(agent: Agent) -> None:
         cronjob_api_version=await kube.cronjob_api_version(agent.namespace),
         service_monitor=await kube.servicemonitor_crd_exists(agent.namespace),
     )
-    existing = []
-    for api_version, kind, name in refs:
-        obj = await kube.get(api_version, kind, agent.namespace, name)
-        if obj is not None:
-            existing.append({**obj, "kind": kind})
+    found = await asyncio.gather(
+        *(kube.get(api_version, kind, agent.namespace, name) for api_version, kind, name in refs)
+    )
+    existing = [{**obj, "kind": kind} for obj, (_, kind, _) in zip(found, refs, strict=True) if obj]
     foreign = foreign_children(existing, agent.uid)
     if foreign:
         raise InvalidSpec([conflict_message(foreign, agent.name)], reason=REASON_CONFLICT)
