@@ -51,10 +51,6 @@ FALLBACK_DESCRIPTIONS: dict[str, str] = {
     "spec.retention": "How long messages are kept (the bot's RETENTION_DAYS).",
     "spec.rotation": "Rotation of the operator-owned credentials in the NAME-credentials Secret.",
     "status.observedGeneration": "The metadata.generation the operator last reconciled.",
-    "status.conditions": "Ready (the summary) and the parts WorkloadsReady, KnowledgeReady, "
-    "WebhookRegistered, CredentialsRotated.",
-    "status.conditions[].type": "Ready, WorkloadsReady, KnowledgeReady, WebhookRegistered or "
-    "CredentialsRotated.",
     "status.conditions[].status": "True, False or Unknown.",
     "status.conditions[].reason": "CamelCase reason, e.g. InvalidSpec, SecretNotFound, "
     "RolloutInProgress, CleanupFailed.",

@@ -470,6 +470,19 @@ def test_readme_keeps_the_first_screen() -> None:
     assert text.index("## Contents") > text.index("bash hack/test.sh")
 
 
+def test_every_condition_is_named_in_the_crd_and_explained_in_operations() -> None:
+    from whatsapp_operator import status
+
+    crd = yaml.safe_load((ROOT / "crds" / "whatsappagent.yaml").read_text())
+    schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    conditions = schema["properties"]["status"]["properties"]["conditions"]
+    described = conditions["items"]["properties"]["type"]["description"]
+    operations = OPERATIONS_DOC.read_text(encoding="utf-8")
+    for type_ in status.CONDITION_TYPES:
+        assert type_ in described and type_ in conditions["description"], type_
+        assert f"`{type_}`" in operations, type_
+
+
 def test_operations_doc_uses_the_real_names() -> None:
     import whatsapp_operator
     from whatsapp_operator import credentials

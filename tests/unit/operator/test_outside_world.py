@@ -293,6 +293,46 @@ async def test_not_requested_webhook_is_not_true_while_unsubscribed(world: World
     assert (webhook["status"], webhook["reason"]) == ("False", "WabaNotSubscribed")
 
 
+async def test_a_subscription_that_cannot_be_read_says_what_to_check(world: World) -> None:
+    world.outside.waba_error = PermanentError(
+        "Meta refused to read (HTTP 400, code 100)", reason="MetaRequestInvalid", code=100
+    )
+    await ready_agent(world, businessAccountId=WABA)
+    cond = world.condition("WabaSubscribed")
+    assert (cond["status"], cond["reason"]) == ("False", "MetaRequestInvalid")
+    assert "check spec.businessAccountId" in cond["message"]
+    assert world.outside.named("subscribe_app") == []
+
+
+async def test_meta_not_answering_about_the_subscription(world: World) -> None:
+    world.outside.waba_error = TemporaryError("no answer", reason="MetaUnavailable")
+    world.kube.put(agent_body(businessAccountId=WABA))
+    with pytest.raises(TemporaryError):  # retried
+        await reconcile(world.agent(), retry=0)
+    assert world.condition("WabaSubscribed")["status"] == "Unknown"  # never checked yet
+    world.outside.waba_error = None
+    with contextlib.suppress(TemporaryError):
+        await reconcile(world.agent(), retry=0)
+    assert world.condition("WabaSubscribed")["status"] == "True"
+    world.outside.subscribe_error = TemporaryError("rate", reason="MetaRateLimited")
+    world.outside.wabas[WABA] = []
+    with pytest.raises(TemporaryError):
+        await reconcile(world.agent(), retry=0)
+    cond = world.condition("WabaSubscribed")
+    assert (cond["status"], cond["reason"]) == ("False", "NotSubscribed")
+    assert "retried" in cond["message"]
+
+
+async def test_a_refused_token_skips_the_subscription_check(world: World) -> None:
+    world.outside.account_error = token_error(463)
+    await ready_agent(world, businessAccountId=WABA, ingress=REGISTER)
+    assert world.outside.named("subscribed_apps") == []
+    assert world.condition("WabaSubscribed")["reason"] == "WaitingForMetaAccount"
+    assert world.condition("WebhookRegistered")["reason"] == "WaitingForMetaAccount"
+    assert world.outside.named("register_callback") == []
+    assert world.condition("Ready")["reason"] == "TokenExpired"
+
+
 # -- the periodic check ------------------------------------------------------------------------
 
 
@@ -361,6 +401,17 @@ async def test_a_lost_faq_file_is_uploaded_again(world: World) -> None:
     (_params, _key, _faqs, current) = world.outside.named("ensure_knowledge")[calls]
     assert current.vector_store_id == "vs_1" and not current.file_id  # same store, new file
     assert world.condition("KnowledgeReady")["status"] == "True"
+
+
+async def test_openai_not_answering_the_store_check_changes_nothing(world: World) -> None:
+    await ready_agent(world)
+    world.outside.knowledge_error = TemporaryError("no answer", reason="OpenAIUnavailable")
+    await checks.check_outside(world.agent())
+    assert world.condition("KnowledgeReady")["status"] == "True"
+    assert not reconcile_requested(world)
+    world.outside.knowledge_error = PermanentError("bad key", reason="OpenAIAuthFailed")
+    await checks.check_outside(world.agent())
+    assert world.condition("KnowledgeReady")["reason"] == "OpenAIAuthFailed"
 
 
 async def test_an_intact_agent_is_checked_without_a_status_write(world: World) -> None:
