@@ -9,8 +9,9 @@ and time); from then on every worker:
 
 - **holds** each new message instead of spending a model call on an answer it cannot send: its
   wamid goes into a sorted set ``released:meta-held:{phone_number_id}`` scored by the time the
-  user sent it, its task payload into ``released:meta-held-payloads:{phone_number_id}``, and it
-  is counted ``released_messages_held_total{held}``;
+  user sent it, the message without its text into ``released:meta-held-payloads:{phone_number_id}``
+  (the text stays in the database's inbox, where the resumed task finds it), and it is counted
+  ``released_messages_held_total{held}``;
 - **probes** the account at most every ``META_HEALTH_PROBE_SECONDS`` (one worker at a time,
   ``GET /{phone_number_id}`` with the token; the task ``bot.tasks.check_meta_account``, which
   the workers queue every 5 minutes, probes too): when the token works again the flag is
@@ -19,8 +20,8 @@ and time); from then on every worker:
 - records a held message whose window closed meanwhile as a **failed** reply with the reason
   (``expired``), so nothing is lost silently.
 
-Held payloads carry the message text, so they live no longer than the 24-hour window (the key
-expires a day after the last write, and expired entries are removed when they are recorded).
+Held entries live no longer than the 24-hour window (the key expires a day after the last
+write, and expired entries are removed when they are recorded); they hold no message text.
 """
 
 from __future__ import annotations
@@ -131,11 +132,12 @@ class AccountHealth:
 
     async def hold(self, msg: InboundMessage) -> None:
         """Keep ``msg`` until the account works again (one entry per wamid; holding it again
-        bumps its generation, see :meth:`drop_held`)."""
+        bumps its generation, see :meth:`drop_held`). Its text is not kept here: the resumed
+        task reads the message from the database's inbox."""
         await self._hold(
             keys=[self.held_key, self.payload_key],
-            args=[msg.wamid, str(msg.timestamp.timestamp()), msg.model_dump_json(),
-                  uuid.uuid4().hex],
+            args=[msg.wamid, str(msg.timestamp.timestamp()),
+                  msg.model_dump_json(exclude={"text"}), uuid.uuid4().hex],
         )
         for key in (self.held_key, self.payload_key):
             await self.redis.expire(key, SERVICE_WINDOW_SECONDS + 3600)

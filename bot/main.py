@@ -2,9 +2,13 @@
 
 :func:`create_app` builds the app for a :class:`~bot.core.config.Settings` (from the
 environment by default) and configures logging. Connections are opened only by the lifespan:
-an async Redis client (de-duplication, readiness) and a task publisher for the Celery broker
-(sharing that client when ``CELERY_BROKER_URL`` is unset or equal to ``REDIS_URL``); both are
-closed, and the database engines disposed, at shutdown.
+an async Redis client (de-duplication, readiness), a task publisher for the Celery broker
+(sharing that client when ``CELERY_BROKER_URL`` is unset or equal to ``REDIS_URL``) and the
+database writer of the request path (``bot.storage.ingest``: the inbox, the quarantine and the
+readiness check, through the driver alone); all are closed at shutdown.
+
+The web tier loads only what it serves: not Celery (``bot.queue`` writes the envelope itself),
+not the OpenAI client, not SQLAlchemy or the ORM models (tests/unit/test_web_imports.py).
 
 ``app`` is built on first access (a module ``__getattr__``), so importing this module reads no
 environment and connects nowhere; ``uvicorn bot.main:app`` and ``from bot.main import app`` work
@@ -30,7 +34,7 @@ from bot.core.config import WEB_SECRETS, Settings, get_settings
 from bot.core.logging import configure_logging
 from bot.core.redis import connect_redis
 from bot.queue import TaskPublisher
-from bot.storage.db import dispose_engines
+from bot.storage.ingest import IngestStore
 
 _REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})
 
@@ -55,8 +59,10 @@ def create_app(settings: Settings | None = None, *, setup_logging: bool = True) 
         elif urlsplit(settings.broker_url).scheme in _REDIS_SCHEMES:
             broker_redis = connect_redis(settings.broker_url)
         publisher = TaskPublisher(settings.broker_url, redis=broker_redis)
+        ingest = IngestStore(settings.database_url)
         app.state.redis = redis
         app.state.publisher = publisher
+        app.state.ingest = ingest
         try:
             yield
         finally:
@@ -64,7 +70,7 @@ def create_app(settings: Settings | None = None, *, setup_logging: bool = True) 
             if broker_redis is not None and broker_redis is not redis:
                 await broker_redis.aclose()
             await redis.aclose()
-            await dispose_engines()
+            await ingest.aclose()
 
     app = FastAPI(
         title="Released WhatsApp bot",

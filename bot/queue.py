@@ -1,12 +1,13 @@
 """Publishing the worker's Celery tasks from the async web tier, without blocking its loop.
 
 The web tier never imports ``bot.tasks`` (the worker's Celery app and its dependencies). It
-publishes three tasks by name, each with one positional argument, the event as JSON:
+publishes three tasks by name, each with one positional argument as JSON:
 
-- ``bot.tasks.process_message(InboundMessage.model_dump(mode="json"))``
-- ``bot.tasks.record_status(StatusUpdate.model_dump(mode="json"))``
-- ``bot.tasks.process_echo(EchoMessage.model_dump(mode="json"))``: a message the business sent
-  from the WhatsApp Business app (``smb_message_echoes``), de-duplicated by wamid like messages.
+- ``bot.tasks.process_message({"inbox": wamid})`` (``InboxRef``): the message itself was stored
+  in the database's inbox first (``bot.storage.ingest``), so its text never reaches Redis;
+- ``bot.tasks.record_status(StatusUpdate.model_dump(mode="json"))``;
+- ``bot.tasks.process_echo({"inbox": wamid})``: a message the business sent from the WhatsApp
+  Business app (``smb_message_echoes``), stored and de-duplicated by wamid like messages.
 
 How: for a Redis broker (``redis://``, ``rediss://``, ``unix://``; the normal case) the message
 is written with the async Redis client exactly as Celery's ``send_task`` and kombu's Redis
@@ -27,7 +28,7 @@ twice.
 
 For any other broker URL (amqp, sentinel...) :class:`TaskPublisher` falls back to a minimal
 producer-only ``Celery("released")`` app and ``send_task`` in a worker thread
-(``anyio.to_thread``).
+(``anyio.to_thread``); Celery is imported only then.
 """
 
 from __future__ import annotations
@@ -41,17 +42,19 @@ import socket
 import uuid
 import weakref
 from functools import cached_property, partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import anyio.to_thread
-from celery import Celery
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
 from bot.core.redis import connect_redis
 from bot.dedup import DEDUP_TTL_SECONDS, dedup_key, first_seen, release
-from bot.whatsapp.events import EchoMessage, InboundMessage, StatusUpdate
+from bot.whatsapp.events import EchoMessage, InboundMessage, InboxRef, StatusUpdate
+
+if TYPE_CHECKING:  # imported on first use only: the web tier with a Redis broker never needs it
+    from celery import Celery
 
 #: Celery's default queue, which ``celery -A bot.tasks worker`` consumes.
 CELERY_QUEUE = "celery"
@@ -169,6 +172,8 @@ class TaskPublisher:
 
     @cached_property
     def _celery(self) -> Celery:
+        from celery import Celery
+
         return Celery("released", broker=self.broker_url, set_as_current=False)
 
     async def send_task(
@@ -291,12 +296,18 @@ def default_publisher() -> TaskPublisher:
     return publisher
 
 
+def inbox_ref(wamid: str) -> dict[str, str]:
+    """The argument of a message's or an echo's task: the wamid of its inbox row."""
+    return InboxRef(inbox=wamid).model_dump()
+
+
 async def enqueue_message(msg: InboundMessage, publisher: TaskPublisher | None = None) -> str:
-    """Queue ``bot.tasks.process_message`` for ``msg``; returns the Celery task id."""
+    """Queue ``bot.tasks.process_message`` for ``msg``, stored in the inbox already; returns
+    the Celery task id."""
     publisher = publisher or default_publisher()
     return await publisher.send_task(
         PROCESS_MESSAGE_TASK,
-        [msg.model_dump(mode="json")],
+        [inbox_ref(msg.wamid)],
         argsrepr=f"(<InboundMessage {msg.wamid} kind={msg.kind}>,)",
     )
 
@@ -308,7 +319,8 @@ async def enqueue_message_once(
     dedup_redis: Redis | None = None,
     ttl_seconds: int = DEDUP_TTL_SECONDS,
 ) -> str | None:
-    """Queue ``bot.tasks.process_message`` for ``msg`` unless its wamid was already seen.
+    """Queue ``bot.tasks.process_message`` for ``msg`` (stored in the inbox already) unless its
+    wamid was already seen.
 
     Returns the task id, or ``None`` for a redelivery (see :mod:`bot.dedup`). When the
     de-duplication Redis is the broker's own client (the default deployment: one Redis, and
@@ -317,7 +329,7 @@ async def enqueue_message_once(
     claimed first and the claim released again if publishing fails.
     """
     return await _enqueue_once(
-        PROCESS_MESSAGE_TASK, msg.phone_number_id, msg.wamid, [msg.model_dump(mode="json")],
+        PROCESS_MESSAGE_TASK, msg.phone_number_id, msg.wamid, [inbox_ref(msg.wamid)],
         f"(<InboundMessage {msg.wamid} kind={msg.kind}>,)",
         publisher, dedup_redis, ttl_seconds,
     )
@@ -333,7 +345,7 @@ async def enqueue_echo_once(
     """Queue ``bot.tasks.process_echo`` for ``echo`` unless its wamid was already seen (as
     :func:`enqueue_message_once`)."""
     return await _enqueue_once(
-        PROCESS_ECHO_TASK, echo.phone_number_id, echo.wamid, [echo.model_dump(mode="json")],
+        PROCESS_ECHO_TASK, echo.phone_number_id, echo.wamid, [inbox_ref(echo.wamid)],
         f"(<EchoMessage {echo.wamid} kind={echo.kind}>,)",
         publisher, dedup_redis, ttl_seconds,
     )

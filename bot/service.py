@@ -65,6 +65,7 @@ from bot.llm.client import Answer, ModelError, Turn, answer, fallback_answer, ma
 from bot.llm.faqs import FAQ, FAQError, faqs_for
 from bot.llm.ratelimit import RateLimitTimeout, TokenBucket, openai_bucket, user_bucket
 from bot.replies import Plan, plan_reply, text_only_reply
+from bot.storage import inbox
 from bot.storage import repository as repo
 from bot.storage.db import session_scope
 from bot.storage.models import Direction, Message, MessageStatus
@@ -618,6 +619,7 @@ async def expire_held(rt: Runtime, now: float | None = None) -> int:
                     session, reply, reason.code,
                     "not answered within the 24-hour window: " + reason.reason(),
                 )
+            await inbox.discard(session, [msg.wamid])  # its task will not run again
         MESSAGES_HELD.labels(outcome="expired").inc()
         MESSAGES_UNANSWERED.labels(reason="account_unhealthy").inc()
         log.warning("held message %s expired: %s", msg.wamid, reason.reason())

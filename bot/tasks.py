@@ -2,13 +2,16 @@
 
 Tasks (published by name by the web tier, see ``bot.queue``; one JSON argument each):
 
-- ``bot.tasks.process_message(payload, user_slot=False)``: an ``InboundMessage``; answer it
-  (``bot.service``). A sender over their per-user rate gets a reserved slot and the task is
-  published again for that moment (same id, same retry count, ``user_slot=True``): it holds
-  no worker while it waits and spends none of its retries.
+- ``bot.tasks.process_message(payload, user_slot=False)``: an ``InboxRef`` (the wamid of the
+  message the web tier stored in the database's inbox, so that no text travels through Redis;
+  a whole ``InboundMessage`` is accepted too); answer it (``bot.service``). The inbox row is
+  deleted once the message is answered, not to be answered or failed for good. A sender over
+  their per-user rate gets a reserved slot and the task is published again for that moment
+  (same id, same retry count, ``user_slot=True``): it holds no worker while it waits and spends
+  none of its retries.
 - ``bot.tasks.record_status(payload)``: a ``StatusUpdate``; store it on the sent message.
-- ``bot.tasks.process_echo(payload)``: an ``EchoMessage`` (the business wrote from the WhatsApp
-  Business app); store it in the user's history.
+- ``bot.tasks.process_echo(payload)``: an ``InboxRef`` of an ``EchoMessage`` (the business
+  wrote from the WhatsApp Business app); store it in the user's history.
 - ``bot.tasks.check_meta_account()``: while Meta refuses the agent's account, probe it; when it
   works again queue the held messages again; record those whose 24-hour window closed as
   failed (``bot.account``). It schedules itself every ``META_HEALTH_PROBE_SECONDS`` while
@@ -62,9 +65,12 @@ from bot import service
 from bot.core.config import WORKER_SECRETS, MissingSecretsError, Settings, get_settings
 from bot.core.metrics import MESSAGES_HELD, TASKS, metrics_registry
 from bot.loop import LoopThread
-from bot.storage.db import dispose_engines
+from bot.queue import inbox_ref
+from bot.storage import inbox
+from bot.storage import repository as repo
+from bot.storage.db import dispose_engines, session_scope
 from bot.storage.repository import StatusOutcome
-from bot.whatsapp.events import EchoMessage, InboundMessage, StatusUpdate
+from bot.whatsapp.events import EchoMessage, InboundMessage, InboxRef, StatusUpdate
 
 log = logging.getLogger(__name__)
 
@@ -315,6 +321,49 @@ ACCOUNT_CHECK_KEY = "released:meta-account-check:{}"
 ACCOUNT_SWEEP_KEY = "released:meta-account-sweep:{}"
 
 
+# -- the inbox --------------------------------------------------------------------------------
+
+
+def _ref(payload: Any) -> str | None:
+    """The inbox wamid of a task's argument; ``None`` for a whole event (earlier versions)."""
+    if isinstance(payload, dict) and "inbox" in payload:
+        return InboxRef.model_validate(payload).inbox
+    return None
+
+
+async def _stored(
+    settings: Settings, ref: str | None, given: InboundMessage | EchoMessage | None
+) -> InboundMessage | EchoMessage | None:
+    """The task's event: read from the inbox, or (a whole event, from an earlier version)
+    stored there first, so that its next runs carry only the wamid."""
+    async with session_scope(settings) as session:
+        if given is not None:
+            await inbox.keep(session, given)
+            return given
+        assert ref is not None
+        return await inbox.load(session, ref)
+
+
+async def _done_with(
+    settings: Settings, msg: InboundMessage, result: service.MessageResult
+) -> None:
+    """Delete ``msg``'s inbox row once nothing will run for it again: answered, not to be
+    answered, failed for good, or a duplicate of a reply already final (a duplicate of one
+    being sent leaves the row to the task sending it). A revoke erases the row of the message
+    it deletes, as ``bot.service`` erases its text."""
+    finished = result.outcome in (
+        service.Outcome.REPLIED, service.Outcome.NOT_ANSWERED, service.Outcome.FAILED
+    )
+    async with session_scope(settings) as session:
+        if result.outcome == service.Outcome.DUPLICATE:
+            reply = await repo.find_reply(session, msg.wamid)
+            finished = reply is not None and reply.status in repo.FINAL_REPLY_STATUSES
+        gone = [msg.wamid] if finished else []
+        if msg.kind == "revoke" and msg.original_wamid:
+            gone.append(msg.original_wamid)
+        await inbox.discard(session, gone)
+
+
 # -- tasks ----------------------------------------------------------------------------------
 
 
@@ -325,20 +374,26 @@ def process_message(
     """Answer one inbound message (see ``bot.service.handle_message``)."""
     settings = get_settings()
     try:
-        msg = InboundMessage.model_validate(payload)
+        ref = _ref(payload)
+        given = None if ref is not None else InboundMessage.model_validate(payload)
     except ValidationError as exc:
         TASKS.labels(task="process_message", outcome="failure").inc()
         log.error("dropping an invalid message payload: %s", exc.errors(include_input=False))
         return {"outcome": "invalid"}
+    wamid = ref if ref is not None else given.wamid if given is not None else ""
+    later = [inbox_ref(wamid)]  # what a retry or a deferred run carries: no text
     retries = int(self.request.retries or 0)
     # Read here: Celery's request is the task thread's, and the coroutine runs on the loop's.
     task_id = self.request.id
     final = retries >= settings.max_task_retries
     model_fallback = final or retries >= settings.openai_max_retries
 
-    async def run() -> service.MessageResult:
+    async def run() -> service.MessageResult | None:
         rt = await _runtime(settings)
-        return await service.handle_message(
+        msg = await _stored(settings, ref, given)
+        if not isinstance(msg, InboundMessage):
+            return None
+        result = await service.handle_message(
             msg,
             rt,
             model_fallback=model_fallback,
@@ -347,27 +402,29 @@ def process_message(
             # A message takes one turn of its sender's bucket, on its first run.
             user_slot=user_slot or retries > 0,
         )
+        await _done_with(settings, msg, result)
+        return result
 
     try:
         result = run_async(run())
     except service.Deferred as exc:
         # The same task (id, retry count) again when the user's reserved slot comes.
         self.apply_async(
-            args=[payload],
+            args=later,
             kwargs={"user_slot": True},
             countdown=min(exc.seconds, _cap(settings)),
             task_id=task_id,
             retries=retries,
         )
         TASKS.labels(task="process_message", outcome="deferred").inc()
-        log.info("message %s: %s", msg.wamid, exc)
+        log.info("message %s: %s", wamid, exc)
         return {"outcome": "deferred", "seconds": exc.seconds}
     except service.RetryLater as exc:
         countdown = retry_countdown(retries, exc.retry_after, cap=_cap(settings))
         TASKS.labels(task="process_message", outcome="retry").inc()
-        log.warning("message %s: %s; retry %d in %.1fs", msg.wamid, exc, retries + 1, countdown)
+        log.warning("message %s: %s; retry %d in %.1fs", wamid, exc, retries + 1, countdown)
         raise self.retry(
-            exc=exc, countdown=countdown, max_retries=settings.max_task_retries
+            args=later, exc=exc, countdown=countdown, max_retries=settings.max_task_retries
         ) from exc
     except Exception as exc:
         # Database or Redis unreachable, a bug...: retry while attempts remain.
@@ -376,10 +433,14 @@ def process_message(
             raise
         countdown = retry_countdown(retries, cap=_cap(settings))
         TASKS.labels(task="process_message", outcome="retry").inc()
-        log.warning("message %s: %r; retry %d in %.1fs", msg.wamid, exc, retries + 1, countdown)
+        log.warning("message %s: %r; retry %d in %.1fs", wamid, exc, retries + 1, countdown)
         raise self.retry(
-            exc=exc, countdown=countdown, max_retries=settings.max_task_retries
+            args=later, exc=exc, countdown=countdown, max_retries=settings.max_task_retries
         ) from exc
+    if result is None:  # its inbox row is gone: handled already, purged, or deleted by the user
+        TASKS.labels(task="process_message", outcome="success").inc()
+        log.info("message %s: nothing stored for it any more; nothing to do", wamid)
+        return {"outcome": "gone"}
     outcome = "failure" if result.outcome == service.Outcome.FAILED else "success"
     TASKS.labels(task="process_message", outcome=outcome).inc()
     if result.outcome == service.Outcome.HELD:
@@ -400,21 +461,37 @@ def process_echo(self: Task, payload: dict[str, Any]) -> str:
     """Store an echo (a message the business sent itself) in the user's conversation."""
     settings = get_settings()
     try:
-        echo = EchoMessage.model_validate(payload)
+        ref = _ref(payload)
+        given = None if ref is not None else EchoMessage.model_validate(payload)
     except ValidationError as exc:
         TASKS.labels(task="process_echo", outcome="failure").inc()
         log.error("dropping an invalid echo payload: %s", exc.errors(include_input=False))
         return "invalid"
     retries = int(self.request.retries or 0)
+
+    async def run() -> bool | None:
+        echo = await _stored(settings, ref, given)
+        if not isinstance(echo, EchoMessage):
+            return None
+        stored = await service.record_echo(echo, settings)
+        async with session_scope(settings) as session:
+            await inbox.discard(session, [echo.wamid])
+        return stored
+
     try:
-        stored = run_async(service.record_echo(echo, settings))
+        stored = run_async(run())
     except Exception as exc:
         if retries >= settings.max_task_retries:
             TASKS.labels(task="process_echo", outcome="failure").inc()
             raise
         TASKS.labels(task="process_echo", outcome="retry").inc()
-        raise self.retry(exc=exc, countdown=retry_countdown(retries, cap=_cap(settings))) from exc
+        wamid = ref if ref is not None else given.wamid if given is not None else ""
+        raise self.retry(
+            args=[inbox_ref(wamid)], exc=exc, countdown=retry_countdown(retries, cap=_cap(settings))
+        ) from exc
     TASKS.labels(task="process_echo", outcome="success").inc()
+    if stored is None:
+        return "gone"
     return "stored" if stored else "duplicate"
 
 
@@ -477,7 +554,8 @@ def _resume_held(settings: Settings) -> int:
     try:
         waiting = run_async(held())
         for key, msg in waiting:
-            process_message.apply_async(args=[msg.model_dump(mode="json")])
+            # The message waits in the inbox (its text never in Redis).
+            process_message.apply_async(args=[inbox_ref(msg.wamid)])
             run_async(drop(key))
             MESSAGES_HELD.labels(outcome="resumed").inc()
     except Exception as exc:  # they stay held: the next success or check tries again

@@ -1,8 +1,9 @@
 """FastAPI dependencies of the web tier, as ``Annotated`` aliases for route signatures.
 
 The application's lifespan (:func:`bot.main.create_app`) puts the settings, the async Redis
-client and the task publisher on ``app.state``; these dependencies hand them to routes, and
-tests replace them with ``app.dependency_overrides``. They are ``async def`` on purpose: FastAPI
+client, the task publisher and the database writer (``bot.storage.ingest``) on ``app.state``;
+these dependencies hand them to routes, and tests replace them with
+``app.dependency_overrides``. They are ``async def`` on purpose: FastAPI
 runs a plain ``def`` dependency in its thread pool, three thread hops per webhook.
 """
 
@@ -13,11 +14,10 @@ from typing import Annotated, cast
 
 from fastapi import Depends, Request
 from redis.asyncio import Redis
-from sqlalchemy import text
 
 from bot.core.config import Settings
 from bot.queue import TaskPublisher
-from bot.storage.db import get_engine
+from bot.storage.ingest import IngestStore
 
 #: A readiness probe of the database: returns when it answers, raises otherwise.
 DatabaseCheck = Callable[[], Awaitable[None]]
@@ -43,14 +43,10 @@ RedisDep = Annotated[Redis, Depends(get_redis)]
 PublisherDep = Annotated[TaskPublisher, Depends(get_publisher)]
 
 
-def get_database_check(settings: SettingsDep) -> DatabaseCheck:
-    """A probe that runs ``SELECT 1`` on the async engine for ``settings.database_url``."""
-
-    async def check() -> None:
-        async with get_engine(settings).connect() as connection:
-            await connection.execute(text("SELECT 1"))
-
-    return check
+async def get_database_check(request: Request) -> DatabaseCheck:
+    """A probe that runs ``SELECT 1`` on the application's database connection."""
+    ingest = cast(IngestStore, request.app.state.ingest)
+    return ingest.ping
 
 
 DatabaseCheckDep = Annotated[DatabaseCheck, Depends(get_database_check)]

@@ -22,13 +22,16 @@
 4. Changes for another phone number id are acknowledged and ignored, with a log line; changes
    whose ``field`` is neither ``messages`` nor ``smb_message_echoes`` (calls, account and
    template updates) are counted and ignored.
-5. Each message and echo is de-duplicated by wamid in Redis (``bot.dedup``) and, when new,
-   queued as ``bot.tasks.process_message`` / ``bot.tasks.process_echo`` (one atomic Lua step
-   when the broker is the same Redis, see ``bot.queue``); each status is queued as
+5. Messages and echoes are stored in the database's inbox (``bot.storage.ingest``, one statement
+   for the deliveries of the moment), so that the queue carries only their wamid and no message
+   text ever reaches Redis. Each is then de-duplicated by wamid in Redis (``bot.dedup``) and,
+   when new, queued as ``bot.tasks.process_message`` / ``bot.tasks.process_echo`` (one atomic
+   Lua step when the broker is the same Redis, see ``bot.queue``); the inbox row of a
+   redelivery of a message already handled is deleted again. Each status is queued as
    ``bot.tasks.record_status``.
 6. ``200 {"status": "ok"}``. If Redis, the broker or the database fails, 503: Meta redelivers
-   later; no wamid stays claimed for a message that was not queued, and quarantined elements
-   are stored once however often the delivery comes.
+   later; no wamid stays claimed for a message that was not queued, and inbox rows and
+   quarantined elements are stored once however often the delivery comes.
 
 Timeouts for slow headers and bodies are the HTTP server's (``bot.serving``).
 
@@ -57,7 +60,7 @@ from bot.core.metrics import (
     WEBHOOK_REQUESTS,
 )
 from bot.queue import TaskPublisher, enqueue_echo_once, enqueue_message_once, enqueue_status
-from bot.storage.quarantine import store_quarantined
+from bot.storage.ingest import ECHO, MESSAGE, IngestStore, event_json
 from bot.whatsapp.payload import WHATSAPP_OBJECT, Delivery, PayloadError, parse_delivery
 from bot.whatsapp.signature import SIGNATURE_HEADER, verify
 
@@ -189,14 +192,21 @@ async def receive(request: Request) -> Response:
         WEBHOOK_LATENCY.observe(time.perf_counter() - started)
         return refused.response
     try:
-        return await _receive(request, bytes(body), settings, state.redis, state.publisher)
+        return await _receive(
+            request, bytes(body), settings, state.redis, state.publisher, state.ingest
+        )
     finally:
         BUDGET.give_back(len(body))
         WEBHOOK_LATENCY.observe(time.perf_counter() - started)
 
 
 async def _receive(
-    request: Request, body: bytes, settings: Settings, redis: Redis, publisher: TaskPublisher
+    request: Request,
+    body: bytes,
+    settings: Settings,
+    redis: Redis,
+    publisher: TaskPublisher,
+    ingest: IngestStore,
 ) -> Response:
     header = request.headers.get(SIGNATURE_HEADER)
     app_secret = settings.meta_app_secret
@@ -229,6 +239,15 @@ async def _receive(
             WEBHOOK_CHANGES_IGNORED.labels(field=name).inc()
         log.info("webhook.changes_ignored", fields=sorted(set(delivery.other_fields)))
 
+    # The text goes to the database; the queue gets the wamid (module doc, step 5).
+    rows = [(m.wamid, MESSAGE, event_json(m)) for m in delivery.messages]
+    rows += [(e.wamid, ECHO, event_json(e)) for e in delivery.echoes]
+    try:
+        stored = await ingest.put_inbox(rows)
+    except Exception as exc:
+        return _unavailable("store_inbox", exc)
+    handled: list[str] = []  # stored now for a message handled before: delete again
+
     queued = duplicates = 0
     for msg in delivery.messages:
         try:
@@ -237,6 +256,8 @@ async def _receive(
             return _unavailable("enqueue_message", exc)
         if task_id is None:
             duplicates += 1
+            if msg.wamid in stored:
+                handled.append(msg.wamid)
             log.info("webhook.duplicate", wamid=msg.wamid)
             continue
         queued += 1
@@ -252,6 +273,8 @@ async def _receive(
             return _unavailable("enqueue_echo", exc)
         if task_id is None:
             duplicates += 1
+            if echo.wamid in stored:
+                handled.append(echo.wamid)
             continue
         queued += 1
         log.debug("webhook.echo_queued", wamid=echo.wamid, kind=echo.kind, task_id=task_id)
@@ -264,9 +287,15 @@ async def _receive(
         queued += 1
         log.debug("webhook.status_queued", wamid=status.wamid, status=status.status)
 
+    if handled:
+        try:
+            await ingest.drop_inbox(handled)
+        except Exception as exc:  # the retention purge deletes them anyway
+            log.warning("webhook.inbox_not_cleaned", count=len(handled), error=type(exc).__name__)
+
     if delivery.quarantined:
         try:
-            await _quarantine(settings, delivery)
+            await _quarantine(ingest, delivery)
         except Exception as exc:
             return _unavailable("store_quarantined", exc)
 
@@ -279,9 +308,9 @@ async def _receive(
     return JSONResponse({"status": "ok"})
 
 
-async def _quarantine(settings: Settings, delivery: Delivery) -> None:
+async def _quarantine(ingest: IngestStore, delivery: Delivery) -> None:
     """Store the quarantined elements (once each), count them and log one line about them."""
-    stored = await store_quarantined(settings, delivery.quarantined)
+    stored = await ingest.put_quarantined(delivery.quarantined)
     for item in delivery.quarantined:
         WEBHOOK_QUARANTINED.labels(element=item.element, cause=item.cause).inc()
     log.warning(

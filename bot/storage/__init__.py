@@ -1,15 +1,6 @@
-"""Storage: SQLModel tables, the async engine and sessions, the repository, migrations."""
+"""Storage: SQLModel tables (``models``), the async engine and sessions and the migrations
+(``db``), what the worker asks of the database (``repository``, ``inbox``), and what the web
+tier writes on its request path without SQLAlchemy (``ingest``).
 
-from bot.storage.db import get_engine, run_migrations, run_migrations_async, session_scope
-from bot.storage.models import Conversation, Direction, Message, MessageStatus
-
-__all__ = [
-    "Conversation",
-    "Direction",
-    "Message",
-    "MessageStatus",
-    "get_engine",
-    "run_migrations",
-    "run_migrations_async",
-    "session_scope",
-]
+Nothing is imported here, so that the web tier loads only ``ingest`` and its driver.
+"""

@@ -1,5 +1,7 @@
 """SQLModel tables: one ``Conversation`` per (agent phone number, WhatsApp user), the user's
-identities (``UserIdentity``: phone number, BSUID, parent BSUID), and the ``Message``s.
+identities (``UserIdentity``: phone number, BSUID, parent BSUID), the ``Message``s, the
+webhook elements kept aside (``QuarantinedEvent``) and the ``InboxEvent``s the worker has not
+finished with.
 
 A user is one person whether Meta names them by phone number, business-scoped user ID (BSUID)
 or parent BSUID: each name is a row of ``user_identities`` pointing at the one conversation,
@@ -208,6 +210,24 @@ class QuarantinedEvent(SQLModel, table=True):
     wamid: str | None = Field(default=None, sa_column=Column(String(256), nullable=True))
     reason: str = Field(sa_column=Column(String(512), nullable=False))
     raw: str = Field(sa_column=Column(Text, nullable=False))
+    created_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False)
+    )
+
+
+class InboxEvent(SQLModel, table=True):
+    """A message or echo the web tier received, waiting for its task (``bot.storage.inbox``):
+    the Celery queue carries only its wamid, so no message text reaches Redis. ``event`` is
+    ``message`` or ``echo``, ``payload`` the event's JSON (``bot.whatsapp.events``). Deleted
+    when the task is done, else with the messages after ``RETENTION_DAYS``. The web tier writes
+    it without SQLAlchemy (``bot.storage.ingest``)."""
+
+    __tablename__ = "inbox"
+    __table_args__ = (Index("ix_inbox_created_at", "created_at"),)
+
+    wamid: str = Field(sa_column=Column(String(256), primary_key=True))
+    event: str = Field(sa_column=Column(String(16), nullable=False))
+    payload: str = Field(sa_column=Column(Text, nullable=False))
     created_at: datetime = Field(
         default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False)
     )

@@ -31,6 +31,7 @@ from bot.storage.models import (
     Conversation,
     Direction,
     IdentityKind,
+    InboxEvent,
     Message,
     MessageStatus,
     QuarantinedEvent,
@@ -575,12 +576,14 @@ async def _apply_status(session: AsyncSession, update_: StatusUpdate) -> StatusO
 
 
 async def purge_older_than(session: AsyncSession, days: int, *, now: datetime | None = None) -> int:
-    """Delete messages (and quarantined webhook elements) created more than ``days`` days ago,
-    then conversations left empty and idle as long; return the number of messages deleted."""
+    """Delete messages (and quarantined webhook elements, and inbox rows whose task never
+    finished) created more than ``days`` days ago, then conversations left empty and idle as
+    long; return the number of messages deleted."""
     cutoff = _utc(now or utcnow()) - timedelta(days=days)
     await session.execute(
         delete(QuarantinedEvent).where(col(QuarantinedEvent.created_at) < cutoff)
     )
+    await session.execute(delete(InboxEvent).where(col(InboxEvent.created_at) < cutoff))
     result = await session.execute(delete(Message).where(col(Message.created_at) < cutoff))
     deleted = int(getattr(result, "rowcount", 0) or 0)
     has_messages = exists().where(col(Message.conversation_id) == col(Conversation.id))

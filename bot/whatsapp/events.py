@@ -3,7 +3,10 @@
 Meta's webhook payload (``bot.whatsapp.payload``) is deep and varied; the web tier turns it into
 these flat, JSON-serializable events, one per message, status or echo. They are the only
 contract between the web tier and the Celery tasks (``model_dump(mode="json")`` in,
-``model_validate`` out), so either side can change its internals freely:
+``model_validate`` out), so either side can change its internals freely. Messages and echoes
+carry text, so they travel through the database's inbox (``bot.storage.ingest``, then
+``bot.storage.inbox``) and the task gets an :class:`InboxRef`: nothing a user wrote is ever
+written to Redis (its queue, its append-only file, its snapshots). Statuses go as they are.
 
 - :class:`InboundMessage` -> ``bot.tasks.process_message``: what a WhatsApp user sent (field
   ``messages``), including edits, deletions (revoke), the welcome request, group messages and
@@ -113,6 +116,12 @@ class InboundMessage(BaseModel):
     def address(self) -> str:
         """Where a reply goes: the phone number when Meta shared one, else the BSUID."""
         return self.wa_id or self.user_id or ""
+
+
+class InboxRef(BaseModel):
+    """What the queue carries for a message or an echo: the wamid of its inbox row."""
+
+    inbox: str = Field(min_length=1, max_length=256)
 
 
 class StatusUpdate(BaseModel):

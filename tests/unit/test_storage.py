@@ -3,6 +3,7 @@ statuses, history and purge."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -86,7 +87,7 @@ async def test_migrations_are_idempotent(settings: Settings) -> None:
     run_migrations(settings)
     async with session_scope(settings) as session:
         version = (await session.execute(text("SELECT version_num FROM alembic_version"))).scalar()
-    assert version == "0003_user_identities"
+    assert version == "0004_inbox"
 
 
 async def test_record_inbound_is_idempotent(settings: Settings) -> None:
@@ -288,22 +289,62 @@ async def test_an_echo_joins_the_users_history_once(settings: Settings) -> None:
 
 
 async def test_quarantined_elements_are_stored_once_and_purged(settings: Settings) -> None:
-    from datetime import UTC, datetime, timedelta
-
-    from bot.storage.quarantine import record_quarantined
+    from bot.storage.ingest import IngestStore
     from bot.whatsapp.payload import Quarantined
 
     item = Quarantined(element="message", path="entry[0].changes[0].value.messages[1]",
                        reason="id: Field required", phone_number_id=PHONE, field="messages",
                        raw='{"type": "text", "text": {"body": "lone \\ud800 surrogate"}}')
+    web = IngestStore(settings.database_url)  # what the web tier writes with, without SQLAlchemy
+    try:
+        assert await web.put_quarantined([item, item]) == 1
+        assert await web.put_quarantined([item]) == 0
+    finally:
+        await web.aclose()
     async with session_scope(settings) as session:
-        assert await record_quarantined(session, [item, item]) == 1
-        assert await record_quarantined(session, [item]) == 0
+        await repo.purge_older_than(session, 14)
+        kept = (await session.execute(text("SELECT count(*) FROM quarantined_events"))).scalar()
+    assert kept == 1  # recent: kept
     later = datetime.now(UTC) + timedelta(days=15)
     async with session_scope(settings) as session:
         await repo.purge_older_than(session, 14, now=later)
         rows = (await session.execute(text("SELECT count(*) FROM quarantined_events"))).scalar()
     assert rows == 0
+
+
+async def test_the_inbox_from_the_web_tier_to_the_worker_and_the_purge(settings: Settings) -> None:
+    """What the web tier stores (driver only) the worker reads (SQLAlchemy) and deletes; what no
+    task finished goes with the purge; timestamps compare the same way on both databases."""
+    from bot.storage import inbox
+    from bot.storage.ingest import ECHO, MESSAGE, IngestStore, event_json
+    from bot.whatsapp.events import EchoMessage
+
+    msg = inbound("wamid.in-1", "a question with a lone \ud800 surrogate")
+    echo = EchoMessage(wamid="wamid.echo-1", phone_number_id=PHONE, wa_id="34600000001",
+                       kind="text", text="a person answers")
+    web = IngestStore(settings.database_url)
+    try:
+        rows = [("wamid.in-1", MESSAGE, event_json(msg)), ("wamid.echo-1", ECHO, event_json(echo))]
+        first, again = await asyncio.gather(web.put_inbox(rows), web.put_inbox(rows[:1]))
+        assert (first, again) == ({"wamid.in-1", "wamid.echo-1"}, set())  # one batch, once
+        assert await web.put_inbox(rows) == set()  # a redelivery stores nothing
+        await web.put_inbox([("wamid.dup", MESSAGE, event_json(inbound("wamid.dup")))])
+        await web.drop_inbox(["wamid.dup"])
+        await web.ping()
+    finally:
+        await web.aclose()
+
+    async with session_scope(settings) as session:
+        loaded = await inbox.load(session, "wamid.in-1")
+        assert loaded == msg  # as it came, lone surrogate included
+        assert await inbox.load(session, "wamid.echo-1") == echo
+        assert await inbox.load(session, "wamid.dup") is None
+        assert await inbox.discard(session, ["wamid.in-1"]) == 1
+        assert await inbox.load(session, "wamid.in-1") is None
+        await repo.purge_older_than(session, 14)
+        assert await inbox.load(session, "wamid.echo-1") is not None  # recent: kept
+        await repo.purge_older_than(session, 14, now=datetime.now(UTC) + timedelta(days=15))
+        assert await inbox.load(session, "wamid.echo-1") is None
 
 
 # -- one person, one conversation ---------------------------------------------------------------

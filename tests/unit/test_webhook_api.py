@@ -44,6 +44,7 @@ from bot.queue import (
     enqueue_message_once,
     enqueue_status,
 )
+from bot.storage import inbox
 from bot.storage.db import run_migrations, session_scope
 from bot.whatsapp.events import EchoMessage, InboundMessage, StatusUpdate
 from bot.whatsapp.signature import sign
@@ -140,6 +141,21 @@ def queued(raw: sync_redis.Redis) -> list[tuple[str, Any]]:
         assert kwargs == {}
         assert len(args) == 1
         out.append((envelope["headers"]["task"], args[0]))
+    return out
+
+
+async def queued_events(raw: sync_redis.Redis, settings: Settings) -> list[tuple[str, Any]]:
+    """(task name, event) of every queued task, oldest first. A message's or an echo's task
+    carries only the wamid of its inbox row (no text crosses Redis): the event is read there."""
+    out = []
+    for task, arg in queued(raw):
+        if task in (PROCESS_MESSAGE_TASK, PROCESS_ECHO_TASK):
+            assert arg == {"inbox": arg["inbox"]}, arg
+            async with session_scope(settings) as session:
+                event = await inbox.load(session, arg["inbox"])
+            assert event is not None, arg
+            arg = event.model_dump(mode="json")
+        out.append((task, arg))
     return out
 
 
@@ -283,7 +299,7 @@ async def test_one_odd_element_never_refuses_the_others(
     with structlog.testing.capture_logs() as logs:
         response = await post(client, body)
     assert response.status_code == 200
-    tasks = queued(raw)
+    tasks = await queued_events(raw, settings)
     assert [(t, a["wamid"]) for t, a in tasks] == [
         (PROCESS_MESSAGE_TASK, "wamid.notype"),
         (PROCESS_MESSAGE_TASK, "wamid.good"),
@@ -328,7 +344,7 @@ async def test_a_payload_cannot_enqueue_thousands_of_tasks(
     assert rows[0]["wamid"] == "wamid.flood50"
 
 
-async def test_quarantine_store_failure_is_503_and_the_redelivery_completes(
+async def test_database_failure_is_503_and_the_redelivery_completes(
     test_redis_url: str, tmp_path: Path, raw: sync_redis.Redis
 ) -> None:
     settings = make_settings(test_redis_url, tmp_path)  # no migrations: no table yet
@@ -337,11 +353,14 @@ async def test_quarantine_store_failure_is_503_and_the_redelivery_completes(
     value["messages"].append({"type": "text"})
     body = json.dumps(data).encode()
     async for client in open_client(create_app(settings, setup_logging=False)):
+        # A message's text goes to the database before its task is queued: nothing is queued
+        # (and no wamid claimed) while the database cannot take it; Meta redelivers.
         assert (await post(client, body)).status_code == 503
-        assert len(queued(raw)) == 1  # the good message did not wait
+        assert len(queued(raw)) == 0
         run_migrations(settings)
         assert (await post(client, body)).status_code == 200
-    assert len(queued(raw)) == 1  # Meta's redelivery queued nothing twice
+        assert (await post(client, body)).status_code == 200
+    assert len(queued(raw)) == 1  # Meta's redeliveries queued nothing twice
     assert len(await quarantined_rows(settings)) == 1
 
 
@@ -359,12 +378,12 @@ async def test_calls_and_template_updates_are_not_statuses(
 
 
 async def test_message_echoes_reach_the_worker_as_echoes(
-    client: httpx.AsyncClient, raw: sync_redis.Redis
+    client: httpx.AsyncClient, settings: Settings, raw: sync_redis.Redis
 ) -> None:
     body = sample("echo")
     assert (await post(client, body)).status_code == 200
     assert (await post(client, body)).status_code == 200  # redelivered: de-duplicated
-    [(task, arg)] = queued(raw)
+    [(task, arg)] = await queued_events(raw, settings)
     assert task == PROCESS_ECHO_TASK
     echo = EchoMessage.model_validate(arg)
     assert (echo.wa_id, echo.kind) == ("16505551234", "text")
@@ -432,6 +451,7 @@ async def test_bodies_beyond_the_process_budget_get_503(
 ) -> None:
     from bot.api.webhook import BUDGET
     settings = make_settings(test_redis_url, tmp_path, webhook_body_budget_bytes=3_000_000)
+    run_migrations(settings)
     async for client in open_client(create_app(settings, setup_logging=False)):
         BUDGET.held = 2_999_900  # other deliveries being read at this moment
         try:
@@ -449,13 +469,13 @@ async def test_bodies_beyond_the_process_budget_get_503(
 
 
 async def test_text_message_is_queued_once(
-    client: httpx.AsyncClient, raw: sync_redis.Redis
+    client: httpx.AsyncClient, settings: Settings, raw: sync_redis.Redis
 ) -> None:
     body = sample("text")
     first = await post(client, body)
     assert first.status_code == 200
     assert first.json() == {"status": "ok"}
-    [(task, arg)] = queued(raw)
+    [(task, arg)] = await queued_events(raw, settings)
     assert task == PROCESS_MESSAGE_TASK
     msg = InboundMessage.model_validate(arg)
     assert msg.kind == "text"
@@ -500,7 +520,9 @@ async def test_non_whatsapp_object_is_acknowledged(
     assert raw.llen(CELERY_QUEUE) == 0
 
 
-async def test_every_sample_is_accepted(client: httpx.AsyncClient, raw: sync_redis.Redis) -> None:
+async def test_every_sample_is_accepted(
+    client: httpx.AsyncClient, settings: Settings, raw: sync_redis.Redis
+) -> None:
     expected: dict[str, str] = {}
     for path in sorted(PAYLOADS.glob("*.json")):
         response = await post(client, path.read_bytes())
@@ -515,14 +537,15 @@ async def test_every_sample_is_accepted(client: httpx.AsyncClient, raw: sync_red
             expected[s["id"] + s["status"]] = RECORD_STATUS_TASK
         for e in value.get("message_echoes", []):
             expected[e["id"]] = PROCESS_ECHO_TASK
+    events = await queued_events(raw, settings)
     got = {
         (arg["wamid"] + arg["status"] if task == RECORD_STATUS_TASK else arg["wamid"]): task
-        for task, arg in queued(raw)
+        for task, arg in events
     }
     assert got == expected
     kinds = {
         InboundMessage.model_validate(arg).kind
-        for task, arg in queued(raw)
+        for task, arg in events
         if task == PROCESS_MESSAGE_TASK
     }
     assert {"text", "button", "interactive", "image", "location", "unsupported", "edit",
@@ -698,7 +721,7 @@ async def test_enqueue_once_is_atomic_on_a_shared_redis(
         await publisher.aclose()
     assert first is not None and again is None
     [(task, arg)] = queued(raw)
-    assert (task, arg["wamid"]) == (PROCESS_MESSAGE_TASK, "wamid.once")
+    assert (task, arg) == (PROCESS_MESSAGE_TASK, {"inbox": "wamid.once"})
     assert raw.ttl(dedup_key(PN, "wamid.once")) > DEDUP_TTL_SECONDS - 60
 
 
@@ -771,7 +794,7 @@ def test_kombu_decodes_the_message(test_redis_url: str) -> None:
         message = queue.get(timeout=5)
         args, _kwargs, _embed = message.decode()
         assert message.headers["task"] == PROCESS_MESSAGE_TASK
-        assert args[0]["wamid"] == "wamid.k"
+        assert args[0] == {"inbox": "wamid.k"}  # the text stays in the database
         message.ack()
         queue.close()
 
@@ -810,7 +833,7 @@ def test_a_real_celery_worker_runs_the_tasks(test_redis_url: str) -> None:
         assert done.wait(20)
     app.close()
     by_kind = dict(received)
-    assert InboundMessage.model_validate(by_kind["message"]) == msg
+    assert by_kind["message"] == {"inbox": msg.wamid}
     assert StatusUpdate.model_validate(by_kind["status"]) == status
 
 
@@ -846,6 +869,7 @@ APP_SECRET_FOR_UVICORN = "fedcba9876543210fedcba9876543210"
 
 
 def test_import_connects_nowhere_and_uvicorn_serves(tmp_path: Path, test_redis_url: str) -> None:
+    run_migrations(make_settings(test_redis_url, tmp_path))
     env = {
         **os.environ,
         "REDIS_URL": test_redis_url,
@@ -888,6 +912,7 @@ def test_import_connects_nowhere_and_uvicorn_serves(tmp_path: Path, test_redis_u
         assert httpx.get(f"http://127.0.0.1:{port}/nowhere").status_code == 404
         queued = sync_redis.Redis.from_url(test_redis_url).lrange(CELERY_QUEUE, 0, -1)
         assert any(b"wamid.FAST" in base64.b64decode(json.loads(q)["body"]) for q in queued)
+        assert not any(b"hola" in base64.b64decode(json.loads(q)["body"]) for q in queued)
     finally:
         proc.terminate()
         output = proc.communicate(timeout=10)[0].decode()
