@@ -50,6 +50,10 @@ class OperatorSettings(BaseSettings):
     watch_server_timeout: int = 300
     watch_client_timeout: int = 330
 
+    #: How many reconciliation passes may run at once (the others wait their turn): bounds
+    #: memory and the load on the API server when many agents appear, or at start.
+    concurrent_reconciles: int = Field(default=10, ge=1)
+
     #: Comma-separated namespaces or glob patterns (``clients-*``) to watch; empty: all.
     namespaces: str = ""
     #: Seconds between the per-agent timer runs (workloads, rotation).

@@ -7,16 +7,22 @@ whatsapp_operator``, which also sets up JSON logs and the liveness endpoint). Th
 - ``reconcile``            create/update/resume of an agent: :func:`.reconcile.pipeline.reconcile`.
 - ``cleanup``              delete of an agent (finalizer ``whatsapp.released.io/cleanup``):
                            :func:`.reconcile.cleanup.cleanup`.
-- ``agent_refs``           a kopf index: which agents reference which Secret/ConfigMap, so that
-                           ``referenced_secret``/``referenced_configmap`` re-reconcile exactly
-                           the agents whose inputs changed (:mod:`.reconcile.references`).
-- ``workloads_changed``    Deployment events of agents' children: refresh ``WorkloadsReady``.
-- ``periodic``             a timer per agent: refresh ``WorkloadsReady``, check the outside
-                           world when due (:mod:`.reconcile.checks`), rotate credentials.
+- ``agent_refs``           a kopf index: which agents reference which Secret/ConfigMap. The
+                           referenced objects are labelled and watched per namespace with that
+                           label as the selector (:mod:`.watching`); a change re-reconciles
+                           exactly the agents whose inputs changed (:mod:`.reconcile.references`).
+- ``workloads_changed``    events of agents' Deployments (selected by the API server with the
+                           ``app.kubernetes.io/managed-by`` label): refresh ``WorkloadsReady``.
+- ``periodic``             a timer per agent: refresh ``WorkloadsReady`` while a rollout is
+                           under way, check the outside world when due
+                           (:mod:`.reconcile.checks`), rotate credentials.
 - ``validate-agent``       the validating admission handler (see :mod:`.admission`).
 
 A domain :class:`~whatsapp_operator.errors.TemporaryError` becomes ``kopf.TemporaryError`` with
-its delay; a Kubernetes API error is retried with backoff.
+its delay; a Kubernetes API error is retried with backoff. At most
+``RELEASED_CONCURRENT_RECONCILES`` passes run at once (the others wait their turn), which bounds
+the operator's memory and the load it puts on the API server when many agents appear at once
+(or when it starts with many agents).
 """
 
 from __future__ import annotations
@@ -41,8 +47,9 @@ from .reconcile.context import Agent, backoff
 from .reconcile.inputs import referenced_names
 from .reconcile.parts import workloads
 from .reconcile.pipeline import reconcile
-from .reconcile.references import touch_referencing
+from .reconcile.references import release, touch_referencing
 from .reconcile.rotate import rotate_if_due
+from .watching import ReferenceWatches
 
 logger = logging.getLogger("whatsapp_operator")
 
@@ -59,10 +66,65 @@ TIMER_IDLE = min(15.0, TIMER_INTERVAL / 2)
 WORKLOAD_EVENTS_SETTLE = 0.5
 
 
+#: Label selectors the API server applies to kopf's watches: only the operator's children.
+WATCH_SELECTORS = {("apps", "deployments"): f"{naming.LABEL_MANAGED_BY}={naming.MANAGED_BY}"}
+
+
+class _State:
+    """What the handlers share, set up at start: the referenced objects' watches, the
+    ``agent_refs`` index and the limit on concurrent passes."""
+
+    watches: ReferenceWatches | None = None
+    refs: kopf.Index[Any, Any] | None = None
+    passes: asyncio.Semaphore | None = None
+
+
+_state = _State()
+
+
 def _agent(body: Mapping[str, Any]) -> Agent:
     return Agent(
-        body=body, kube=kube.shared(), settings=get_operator_settings(), events=st.KopfEvents(body)
+        body=body,
+        kube=kube.shared(),
+        settings=get_operator_settings(),
+        events=st.KopfEvents(body),
+        watches=_state.watches,
     )
+
+
+def _referenced(namespace: str, ignoring: str | None = None) -> set[tuple[str, str]]:
+    """``(kind, name)`` of what the agents of ``namespace`` (but ``ignoring``) reference."""
+    found: set[tuple[str, str]] = set()
+    if _state.refs is None:
+        return found
+    key: tuple[str, str, str]
+    agents: kopf.Store[Any]
+    for key, agents in _state.refs.items():
+        kind, ns, name = key
+        if ns == namespace and any(str(agent) != ignoring for agent in agents):
+            found.add((kind, name))
+    return found
+
+
+async def _release(namespace: str, ignoring: str | None = None) -> None:
+    """Unlabel what the namespace's agents no longer reference (after a spec change or a
+    deletion); errors are logged, nothing else depends on it."""
+    if _state.watches is None:
+        return
+    try:
+        await release(
+            kube.shared(), _state.watches, namespace, lambda: _referenced(namespace, ignoring)
+        )
+    except kube.KubeError as exc:
+        logger.warning("could not release the references of %s: %s", namespace, exc)
+
+
+async def _on_reference_change(kind: str, namespace: str, name: str) -> None:
+    """A labelled Secret/ConfigMap changed: re-reconcile the agents that reference it."""
+    agents: list[str] = []
+    if _state.refs is not None:
+        agents = [str(agent) for agent in _state.refs.get((kind, namespace, name), [])]
+    await touch_referencing(kube.shared(), namespace, agents)
 
 
 async def _retry_with_kopf(work: Awaitable[None]) -> None:
@@ -74,9 +136,17 @@ async def _retry_with_kopf(work: Awaitable[None]) -> None:
 
 
 @kopf.on.startup()
-async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
-    """kopf settings from :class:`~whatsapp_operator.config.OperatorSettings`; metrics."""
+async def configure(settings: kopf.OperatorSettings, **kwargs: Any) -> None:
+    """kopf settings from :class:`~whatsapp_operator.config.OperatorSettings`; the watches of
+    referenced objects (with the ``agent_refs`` index, which kopf fills from here on); metrics."""
     ours = get_operator_settings()
+    for resource, selector in WATCH_SELECTORS.items():
+        settings.watching.label_selectors[resource] = selector
+    _state.refs = kwargs["agent_refs"]
+    _state.watches = ReferenceWatches(
+        kube.shared(), _on_reference_change, server_timeout=ours.watch_server_timeout
+    )
+    _state.passes = asyncio.Semaphore(ours.concurrent_reconciles)
     settings.watching.server_timeout = ours.watch_server_timeout
     settings.watching.client_timeout = ours.watch_client_timeout
     settings.watching.connect_timeout = 30
@@ -99,15 +169,28 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
 
 @kopf.on.cleanup()
 async def close_client(**_: Any) -> None:
-    """Close the Kubernetes client's connections when the operator stops."""
+    """Stop the watches and close the Kubernetes client's connections when the operator stops."""
+    if _state.watches is not None:
+        await _state.watches.close()
     await kube.shared().close()
 
 
 @kopf.on.resume(GROUP, VERSION, PLURAL, id="reconcile")
 @kopf.on.create(GROUP, VERSION, PLURAL, id="reconcile")
 @kopf.on.update(GROUP, VERSION, PLURAL, id="reconcile")
-async def reconcile_agent(body: kopf.Body, retry: int, **_: Any) -> None:
-    """create/update/resume: one reconciliation pass (timed and counted)."""
+async def reconcile_agent(body: kopf.Body, retry: int, reason: str | None = None, **_: Any) -> None:
+    """create/update/resume: one reconciliation pass (timed and counted; at most
+    ``concurrent_reconciles`` at once). After an update, what the agent no longer references
+    is unlabelled."""
+    if _state.passes is None:  # not started by kopf (tests)
+        _state.passes = asyncio.Semaphore(get_operator_settings().concurrent_reconciles)
+    async with _state.passes:
+        await _reconcile(body, retry)
+    if reason == "update":
+        await _release(str(body["metadata"]["namespace"]))
+
+
+async def _reconcile(body: kopf.Body, retry: int) -> None:
     with metrics.reconcile_timer():
         try:
             await _retry_with_kopf(reconcile(_agent(body), retry))
@@ -127,6 +210,7 @@ async def cleanup(body: kopf.Body, retry: int, **_: Any) -> None:
     agent = _agent(body)
     await _retry_with_kopf(cleanup_agent(agent, retry))
     checks.forget(agent.uid)
+    await _release(agent.namespace, ignoring=agent.name)
 
 
 @kopf.index(GROUP, VERSION, PLURAL, id="agent_refs")
@@ -135,46 +219,6 @@ def agent_refs(
 ) -> dict[tuple[str, str, str], str]:
     """``(kind, namespace, name) -> agent`` for every Secret/ConfigMap an agent references."""
     return {(kind, namespace or "", ref): name for kind, ref in referenced_names(spec)}
-
-
-def _is_referenced(
-    type: str, resource: kopf.Resource, namespace: str | None, name: str, **kwargs: Any
-) -> bool:
-    """Only events of Secrets/ConfigMaps that some agent references reach the handlers."""
-    kind = "Secret" if resource.plural == "secrets" else "ConfigMap"
-    return bool(type) and (kind, namespace or "", name) in kwargs["agent_refs"]
-
-
-async def _touch_referencing(
-    kind: str, namespace: str, name: str, index: kopf.Index[Any, Any]
-) -> None:
-    await touch_referencing(kube.shared(), namespace, index.get((kind, namespace, name), []))
-
-
-@kopf.on.event("", "v1", "secrets", id="referenced-secret", when=_is_referenced)
-async def referenced_secret(
-    type: str,  # kopf's name; None (falsy) for the initial listing
-    namespace: str | None,
-    name: str,
-    **kwargs: Any,
-) -> None:
-    """A Secret changed: re-reconcile the agents that reference it."""
-    if not type or not namespace:  # the initial listing: resume handlers cover it
-        return
-    await _touch_referencing("Secret", namespace, name, kwargs["agent_refs"])
-
-
-@kopf.on.event("", "v1", "configmaps", id="referenced-configmap", when=_is_referenced)
-async def referenced_configmap(
-    type: str,  # kopf's name; None (falsy) for the initial listing
-    namespace: str | None,
-    name: str,
-    **kwargs: Any,
-) -> None:
-    """A ConfigMap changed: re-reconcile the agents that take their FAQs from it."""
-    if not type or not namespace:
-        return
-    await _touch_referencing("ConfigMap", namespace, name, kwargs["agent_refs"])
 
 
 _refresh_pending: set[tuple[str, str]] = set()
@@ -187,10 +231,16 @@ _refresh_pending: set[tuple[str, str]] = set()
     id="workloads",
     labels={naming.LABEL_MANAGED_BY: naming.MANAGED_BY, naming.LABEL_NAME: naming.APP_NAME},
 )
-async def workloads_changed(namespace: str | None, labels: Mapping[str, str], **_: Any) -> None:
-    """A Deployment of an agent changed: refresh the agent's ``WorkloadsReady`` (coalesced)."""
+async def workloads_changed(
+    type: str | None,  # kopf's name; None for the initial listing
+    namespace: str | None,
+    labels: Mapping[str, str],
+    **_: Any,
+) -> None:
+    """A Deployment of an agent changed: refresh the agent's ``WorkloadsReady`` (coalesced).
+    The initial listing is left alone: the resume passes read the Deployments anyway."""
     agent = labels.get(naming.LABEL_INSTANCE)
-    if not agent or not namespace:
+    if not type or not agent or not namespace:
         return
     key = (namespace, agent)
     if key in _refresh_pending:
@@ -208,14 +258,18 @@ async def workloads_changed(namespace: str | None, labels: Mapping[str, str], **
 
 @kopf.timer(GROUP, VERSION, PLURAL, id="periodic", interval=TIMER_INTERVAL, idle=TIMER_IDLE)
 async def periodic(body: kopf.Body, namespace: str | None, name: str, **_: Any) -> None:
-    """Refresh ``WorkloadsReady`` from the Deployments; check the outside world (model, Meta
-    account, WABA subscription, vector store) when due; rotate credentials when due."""
+    """Refresh ``WorkloadsReady`` from the Deployments while it is not ``True`` (a rollout
+    under way; Deployment events refresh it too); check the outside world (model, Meta account,
+    WABA subscription, vector store) when due; rotate credentials when due. An agent with
+    nothing due costs no request."""
     if body["metadata"].get("deletionTimestamp") or not namespace:
         return
-    try:
-        await workloads.refresh(kube.shared(), namespace, name, st.KopfEvents)
-    except (kube.KubeError, TemporaryError) as exc:
-        logger.warning("could not refresh workloads of %s/%s: %s", namespace, name, exc)
+    settled = st.get_condition(body.get("status"), st.WORKLOADS_READY)
+    if settled is None or settled.get("status") != "True":
+        try:
+            await workloads.refresh(kube.shared(), namespace, name, st.KopfEvents)
+        except (kube.KubeError, TemporaryError) as exc:
+            logger.warning("could not refresh workloads of %s/%s: %s", namespace, name, exc)
     agent = _agent(body)
     if checks.due(agent.uid, agent.settings.check_interval):
         try:

@@ -19,7 +19,7 @@ it rotates) and kubeconfig files (``$KUBECONFIG``) alike.
 from __future__ import annotations
 
 import base64
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -161,6 +161,7 @@ class Kube:
 
     def __init__(self, client: AsyncClient | None = None) -> None:
         self._client = client
+        self._watch_client: AsyncClient | None = None
         #: ``api_version/plural`` -> served (discovery answers that do not change at run time).
         self._served: dict[str, bool] = {}
 
@@ -173,10 +174,21 @@ class Kube:
             )
         return self._client
 
+    @property
+    def watch_client(self) -> AsyncClient:
+        """A second client for long-lived watches, over HTTP/2: the watches of many namespaces
+        share one connection instead of each holding one of :attr:`client`'s."""
+        if self._watch_client is None:
+            self._watch_client = AsyncClient(
+                field_manager=FIELD_MANAGER, timeout=httpx2.Timeout(REQUEST_TIMEOUT), http2=True
+            )
+        return self._watch_client
+
     async def close(self) -> None:
-        if self._client is not None:
-            await self._client.close()
-            self._client = None
+        for client in (self._client, self._watch_client):
+            if client is not None:
+                await client.close()
+        self._client = self._watch_client = None
 
     # -- primitives: the only methods that talk to the API server ---------------------------
 
@@ -218,6 +230,32 @@ class Kube:
         except (ApiError, httpx2.HTTPError) as exc:
             raise _kube_error(exc) from None
         return found
+
+    async def watch(
+        self,
+        api_version: str,
+        kind: str,
+        namespace: str,
+        *,
+        labels: Mapping[str, str],
+        server_timeout: int = 300,
+    ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+        """``(type, object)`` of the objects of one kind in ``namespace`` that carry ``labels``
+        (selected by the API server): first an ``ADDED`` for each existing one, then every
+        change. Reconnects after ``server_timeout`` seconds where it left off; any error
+        (a lost connection, ``410 Gone``) ends it as a :class:`KubeError`, and the caller
+        starts again (from a fresh listing)."""
+        stream = self.watch_client.watch(
+            _resource(api_version, kind),
+            namespace=namespace,
+            labels=dict(labels),
+            server_timeout=server_timeout,
+        )
+        try:
+            async for event, obj in stream:
+                yield str(event), _as_dict(obj)
+        except (ApiError, httpx2.HTTPError) as exc:
+            raise _kube_error(exc) from None
 
     async def create(self, manifest: Mapping[str, Any]) -> dict[str, Any]:
         """Create ``manifest`` (409 when it exists)."""

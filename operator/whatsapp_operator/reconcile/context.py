@@ -18,9 +18,13 @@ from .. import status as st
 from ..config import OperatorSettings
 from ..errors import ReleasedError, TemporaryError
 from ..kube import Kube
+from ..watching import ReferenceWatches
 
 #: The longest wait between two retries of a pass (seconds).
 MAX_BACKOFF = 300.0
+#: The longest wait before a pass that missed a referenced Secret or ConfigMap looks again
+#: (an object that does not exist yet carries no label, so no watch sees it appear).
+MISSING_INPUT_MAX_DELAY = 30.0
 
 
 def backoff(retry: int, base: float = 5.0) -> float:
@@ -41,6 +45,9 @@ class Agent:
     kube: Kube
     settings: OperatorSettings
     events: st.Events
+    #: The label-selected watches of referenced Secrets and ConfigMaps (``None`` in tests that
+    #: do not look at them): a pass starts its namespace's and notes what it read.
+    watches: ReferenceWatches | None = None
 
     @property
     def namespace(self) -> str:

@@ -4,7 +4,10 @@
 settings must allow before an agent can be reconciled at all) and the tenancy checks of
 :mod:`.tenancy` (the platform's policy, the Meta Secret, the OpenAI ``baseUrl``, the ownership of
 same-named objects), resolves the FAQs (inline or from the referenced ConfigMap) and reads each
-Secret the bot pods use exactly once. Whatever is
+Secret the bot pods use exactly once. What it reads of the tenant's objects it labels for the
+label-selected watches (:func:`read_referenced`, :mod:`whatsapp_operator.watching`); what it
+finds of the children (their applied-hash annotations) lets the children part skip what is
+already as wanted. Whatever is
 missing or wrong raises :class:`~released.agent.validation.InvalidSpec` (a person must change the
 manifest) or :class:`MissingInput` (a referenced object does not exist yet), and the pass
 reports it as ``Ready=False`` without touching anything.
@@ -15,9 +18,10 @@ agents when those objects change.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import SecretStr
@@ -29,6 +33,7 @@ from ..builders import secret_fingerprint
 from ..config import OperatorSettings
 from ..kube import Kube
 from ..openai_api import OpenAIParams
+from ..watching import REFERENCED_LABEL, REFERENCED_VALUE, is_labelled
 from . import tenancy
 from .context import Agent
 
@@ -100,6 +105,11 @@ class Inputs:
     faqs: tuple[Faq, ...]
     #: Secret name -> ``data`` (base64, as read) of each user Secret the bot pods use.
     secrets: Mapping[str, Mapping[str, str]]
+    #: ``(kind, name)`` -> the applied-hash annotation of each child that exists (``""`` when
+    #: it has none), as the ownership check found them; absent children are not in it.
+    children: Mapping[tuple[str, str], str] = field(default_factory=dict)
+    #: Whether the ServiceMonitor kind is served (asked once per pass).
+    service_monitor: bool = False
 
     def value(self, secret: str, key: str) -> str | None:
         """A decoded value of one of :attr:`secrets`."""
@@ -142,25 +152,55 @@ async def gather(agent: Agent) -> Inputs:
         if problem is not None:
             raise problem
     tenancy.check_policy(agent, spec)
-    faqs = await resolve_faqs(agent.kube, agent.namespace, spec)
-    secrets = await read_user_secrets(agent.kube, agent.namespace, spec)
+    if agent.watches is not None:
+        agent.watches.start(agent.namespace)
+    faqs = await resolve_faqs(agent, spec)
+    secrets = await read_user_secrets(agent, spec)
     inputs = Inputs(spec=spec, faqs=tuple(faqs), secrets=secrets)
     await tenancy.check_meta_secret(agent, inputs)
     await tenancy.check_openai_base_url(agent, inputs)
-    await tenancy.check_ownership(agent)
-    return inputs
+    service_monitor = await agent.kube.servicemonitor_crd_exists(agent.namespace)
+    children = await tenancy.check_ownership(agent, service_monitor=service_monitor)
+    return Inputs(
+        spec=spec,
+        faqs=inputs.faqs,
+        secrets=secrets,
+        children=children,
+        service_monitor=service_monitor,
+    )
 
 
-async def resolve_faqs(kube: Kube, namespace: str, spec: AgentSpec) -> list[Faq]:
+async def read_referenced(agent: Agent, kind: str, name: str) -> dict[str, Any] | None:
+    """A Secret or ConfigMap the agent references, labelled :data:`REFERENCED_LABEL` (once:
+    an object that has the label is not written) and noted for the watch of its namespace;
+    ``None`` when it does not exist."""
+    kube, namespace = agent.kube, agent.namespace
+    obj = await kube.get("v1", kind, namespace, name)
+    if obj is None:
+        return None
+    if not is_labelled(obj):
+        patch = {"metadata": {"labels": {REFERENCED_LABEL: REFERENCED_VALUE}}}
+        obj = await kube.merge_patch("v1", kind, namespace, name, patch)
+    if agent.watches is not None:
+        agent.watches.note(kind, namespace, obj)
+    return obj
+
+
+def _data(obj: Mapping[str, Any]) -> dict[str, str]:
+    return {str(k): str(v) for k, v in (obj.get("data") or {}).items()}
+
+
+async def resolve_faqs(agent: Agent, spec: AgentSpec) -> list[Faq]:
     """The agent's FAQs: inline, or parsed from the referenced ConfigMap key."""
     if spec.faqs:
         return list(spec.faqs)
     if spec.faqs_from is None:
         raise InvalidSpec(["no FAQs: set spec.faqs or spec.faqsFrom"])
     ref = spec.faqs_from.config_map_key_ref
-    data = await kube.read_configmap(namespace, ref.name)
-    if data is None:
+    obj = await read_referenced(agent, "ConfigMap", ref.name)
+    if obj is None:
         raise MissingInput("FaqsNotFound", f"ConfigMap {ref.name!r} (spec.faqsFrom) does not exist")
+    data = _data(obj)
     if ref.key not in data:
         raise MissingInput("FaqsNotFound", f"ConfigMap {ref.name!r} has no key {ref.key!r}")
     try:
@@ -175,24 +215,22 @@ async def resolve_faqs(kube: Kube, namespace: str, spec: AgentSpec) -> list[Faq]
     return faqs
 
 
-async def read_user_secrets(
-    kube: Kube, namespace: str, spec: AgentSpec
-) -> dict[str, dict[str, str]]:
-    """The Meta, OpenAI and (with ``database.secretRef``) database Secrets, each read once;
-    a missing Secret or required key raises :class:`MissingInput`."""
+async def read_user_secrets(agent: Agent, spec: AgentSpec) -> dict[str, dict[str, str]]:
+    """The Meta, OpenAI and (with ``database.secretRef``) database Secrets, each read once
+    (together); a missing Secret or required key raises :class:`MissingInput`."""
     names = [spec.secrets.meta.name, spec.secrets.openai.name]
     if spec.database_secret_ref is not None:
         names.append(spec.database_secret_ref.name)
+    names = list(dict.fromkeys(names))
+    found = await asyncio.gather(*(read_referenced(agent, "Secret", name) for name in names))
     secrets: dict[str, dict[str, str]] = {}
-    for name in names:
-        if name in secrets:
-            continue
-        data = await kube.read_secret(namespace, name)
-        if data is None:
+    for name, obj in zip(names, found, strict=True):
+        if obj is None:
             raise MissingInput(
-                "SecretNotFound", f"Secret {name!r} does not exist in namespace {namespace!r}"
+                "SecretNotFound",
+                f"Secret {name!r} does not exist in namespace {agent.namespace!r}",
             )
-        secrets[name] = data
+        secrets[name] = _data(obj)
     required: list[tuple[str, str]] = []
     if spec.database_secret_ref is not None:
         required.append((spec.database_secret_ref.name, spec.database_secret_ref.key))

@@ -23,7 +23,7 @@ from .. import metrics
 from .. import status as st
 from ..errors import PermanentError, TemporaryError
 from .checks import mark_checked
-from .context import MAX_BACKOFF, Agent, backoff
+from .context import MAX_BACKOFF, MISSING_INPUT_MAX_DELAY, Agent, backoff
 from .inputs import MissingInput, gather
 from .parts import PARTS, PREREQUISITES, Pass
 from .rotate import rotation_fields
@@ -45,9 +45,11 @@ async def reconcile(agent: Agent, retry: int) -> None:
     except MissingInput as exc:
         await write_blocked(agent, exc.reason, exc.message)
         metrics.count_reconcile("retry")
-        # Retried with backoff (5 s, 10 s, ...): while this creation/update is pending, kopf
-        # holds back the update that the Secret/ConfigMap watchers cause when it appears.
-        raise TemporaryError(exc.message, delay=backoff(retry)) from None
+        # Retried with backoff (5 s, 10 s, ... at most 30 s): an object that does not exist yet
+        # carries no label, so no watch reports it when it appears (see watching.py).
+        raise TemporaryError(
+            exc.message, delay=min(backoff(retry), MISSING_INPUT_MAX_DELAY)
+        ) from None
     except PermanentError as exc:  # the database: a conflict a person must resolve
         await write_blocked(agent, exc.reason, exc.message)
         metrics.count_reconcile("error")

@@ -31,6 +31,7 @@ from released.agent.policy import check_policy as policy_problems
 from released.agent.spec import AgentSpec
 from released.agent.validation import InvalidSpec
 
+from ..applying import applied_hash
 from ..builders.ownership import (
     REASON_CONFLICT,
     child_refs,
@@ -84,14 +85,18 @@ async def check_openai_base_url(agent: Agent, inputs: Inputs) -> None:
         raise InvalidSpec(problems, reason=REASON_OPENAI_URL)
 
 
-async def check_ownership(agent: Agent) -> None:
-    """Every existing object of a child's name is this agent's, or nothing is done."""
+async def check_ownership(agent: Agent, *, service_monitor: bool) -> dict[tuple[str, str], str]:
+    """Every existing object of a child's name is this agent's, or nothing is done.
+
+    Returns ``(kind, name)`` -> the :data:`~whatsapp_operator.applying.APPLIED_HASH` annotation
+    (``""`` without one) of each child that exists: what the children part compares with.
+    """
     kube = agent.kube
     refs = child_refs(
         agent.name,
         pdb_api_version=await kube.pdb_api_version(agent.namespace),
         cronjob_api_version=await kube.cronjob_api_version(agent.namespace),
-        service_monitor=await kube.servicemonitor_crd_exists(agent.namespace),
+        service_monitor=service_monitor,
     )
     found = await asyncio.gather(
         *(kube.get(api_version, kind, agent.namespace, name) for api_version, kind, name in refs)
@@ -100,3 +105,4 @@ async def check_ownership(agent: Agent) -> None:
     foreign = foreign_children(existing, agent.uid)
     if foreign:
         raise InvalidSpec([conflict_message(foreign, agent.name)], reason=REASON_CONFLICT)
+    return {(str(obj["kind"]), str(obj["metadata"]["name"])): applied_hash(obj) for obj in existing}

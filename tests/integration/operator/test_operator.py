@@ -11,12 +11,14 @@ import contextlib
 import json
 import random
 import subprocess
+import time
 from typing import Any
 
 import httpx
 import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
+from kubernetes.dynamic import DynamicClient
 
 from released.fakes import FakeMeta, FakeOpenAI
 from tests.integration.operator.conftest import (
@@ -40,6 +42,21 @@ LABELS = (
     "app.kubernetes.io/managed-by",
 )
 DEPLOYMENTS = ("web", "worker", "redis")
+REFERENCED_LABEL = f"{GROUP}/referenced"
+#: What a restart must not write: the agents, every kind of child, the referenced Secrets.
+RESTART_KINDS = (
+    ("whatsapp.released.io/v1alpha1", "WhatsAppAgent"),
+    ("v1", "Secret"),
+    ("v1", "ConfigMap"),
+    ("v1", "Service"),
+    ("v1", "ServiceAccount"),
+    ("v1", "PersistentVolumeClaim"),
+    ("apps/v1", "Deployment"),
+    ("batch/v1beta1", "CronJob"),
+    ("networking.k8s.io/v1", "NetworkPolicy"),
+    ("networking.k8s.io/v1", "Ingress"),
+    ("policy/v1beta1", "PodDisruptionBudget"),
+)
 
 
 def phone() -> str:
@@ -270,18 +287,82 @@ def test_referenced_secret_change_rolls_pods(
     apps: client.AppsV1Api,
     namespace: str,
 ) -> None:
+    """The operator watches only what agents reference, by a label it puts on it (selected
+    by the API server), and a change there still rolls the pods."""
+    core.create_namespaced_secret(
+        namespace, {"metadata": {"name": "unrelated"}, "data": {"k": _b64("v")}}
+    )
     create_agent(custom, namespace, agent_manifest("sec", phoneNumberId=phone()))
     wait_ready(custom, namespace, "sec", operator)
+
+    def labelled(name: str) -> bool:
+        labels = core.read_namespaced_secret(name, namespace).metadata.labels or {}
+        return labels.get(REFERENCED_LABEL) == "true"
+
+    assert labelled("meta") and labelled("openai")
+    assert not labelled("unrelated")
+    selected = core.list_namespaced_secret(namespace, label_selector=REFERENCED_LABEL).items
+    assert {s.metadata.name for s in selected} == {"meta", "openai", "db"}
+
     old = template_checksum(apps, namespace, "sec-worker")
     core.patch_namespaced_secret(
-        "openai",
-        namespace,
-        {"data": {"apiKey": base64.b64encode(b"sk-rotated-by-a-person").decode()}},
+        "openai", namespace, {"data": {"apiKey": _b64("sk-rotated-by-a-person")}}
     )
     wait_for(
         "the worker template to roll after the OpenAI Secret changed",
         lambda: template_checksum(apps, namespace, "sec-worker") not in ("", old),
     )
+    # Deleting the agent takes the label off what no agent references any more.
+    custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "sec")
+    wait_for("the labels to go", lambda: not labelled("openai") and not labelled("meta"))
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def test_a_restarted_operator_writes_nothing_to_unchanged_agents(
+    operator: OperatorProcess,
+    custom: client.CustomObjectsApi,
+    core: client.CoreV1Api,
+    apps: client.AppsV1Api,
+    namespace: str,
+) -> None:
+    """Resuming after a restart reads every agent and writes none of them, nor a child."""
+    for name in ("calm-a", "calm-b"):
+        create_agent(custom, namespace, agent_manifest(name, phoneNumberId=phone()))
+    for name in ("calm-a", "calm-b"):
+        wait_ready(custom, namespace, name, operator)
+    dyn = DynamicClient(custom.api_client)
+
+    def versions() -> dict[str, str]:
+        found = {}
+        for api_version, kind in RESTART_KINDS:
+            items = dyn.resources.get(api_version=api_version, kind=kind).get(namespace=namespace)
+            for item in items.items:
+                found[f"{kind}/{item.metadata.name}"] = item.metadata.resourceVersion
+        return found
+
+    def successes() -> float:
+        text = httpx.get(f"http://127.0.0.1:{operator.metrics_port}/metrics", timeout=5).text
+        for line in text.splitlines():
+            if line.startswith('released_operator_reconciles_total{outcome="success"}'):
+                return float(line.split()[-1])
+        return 0.0
+
+    def settled() -> dict[str, str] | None:
+        first = versions()
+        time.sleep(3)
+        return first if versions() == first else None
+
+    before = wait_for("the agents to settle", settled, 60)
+    operator.stop()
+    operator.start()
+    wait_for("both resume passes", lambda: successes() >= 2, timeout=60)
+    after = versions()
+    changed = sorted(k for k in before if after.get(k) != before[k])
+    assert changed == [], f"written on restart: {changed}\n{operator.log_tail()}"
+    assert len(before) > 20  # both agents and their children were compared
 
 
 def test_duplicate_questions_are_invalid_spec_and_touch_nothing(

@@ -10,15 +10,17 @@ else), 404 for missing objects and for kinds the server does not serve, 409 on c
 ``before_write(verb, obj_key)`` runs before every write and may raise (a crash, a conflict);
 ``after_write(verb, obj_key)`` runs after every successful write (to check an invariant).
 ``writes`` records every write as ``(verb, kind, name)``; ``reads`` counts ``get`` calls per
-``(kind, name)``.
+``(kind, name)``. ``watch`` selects by labels as the API server does (an object that stops
+matching is ``DELETED`` for the watch); ``watches`` records each watch request.
 """
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import itertools
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 from whatsapp_operator.kube import Kube, KubeError
@@ -60,6 +62,9 @@ class FakeKube(Kube):
         self.after_write: Callable[[str, Key], None] | None = None
         self._versions = itertools.count(1)
         self._uids = itertools.count(1)
+        #: ``(kind, namespace, labels)`` of every watch request.
+        self.watches: list[tuple[str, str, dict[str, str]]] = []
+        self._watchers: list[tuple[str, str, dict[str, str], asyncio.Queue[Any]]] = []
 
     # -- test helpers -----------------------------------------------------------------------
 
@@ -71,8 +76,23 @@ class FakeKube(Kube):
         meta.setdefault("generation", 1)
         meta.setdefault("creationTimestamp", "2026-01-01T00:00:00Z")
         meta["resourceVersion"] = str(next(self._versions))
-        self.objects[(stored["kind"], meta.get("namespace", ""), meta["name"])] = stored
+        key = (stored["kind"], meta.get("namespace", ""), meta["name"])
+        old = self.objects.get(key)
+        self.objects[key] = stored
+        self._notify(key, old, stored)
         return copy.deepcopy(stored)
+
+    def _notify(self, key: Key, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
+        """Tell the watches what changed, as the API server would with their selectors."""
+        for kind, namespace, labels, queue in self._watchers:
+            if (kind, namespace) != key[:2]:
+                continue
+            was = old is not None and _matches(old, labels)
+            now = new is not None and _matches(new, labels)
+            if now:
+                queue.put_nowait(("MODIFIED" if was else "ADDED", copy.deepcopy(new)))
+            elif was:
+                queue.put_nowait(("DELETED", copy.deepcopy(old)))
 
     def obj(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         found = self.objects.get((kind, namespace, name))
@@ -109,7 +129,9 @@ class FakeKube(Kube):
         meta["resourceVersion"] = str(next(self._versions))
         if spec_changed:
             meta["generation"] = int(meta.get("generation", 1)) + 1
+        old = self.objects.get(key)
         self.objects[key] = obj
+        self._notify(key, old, obj)
         return copy.deepcopy(obj)
 
     async def get(
@@ -196,7 +218,36 @@ class FakeKube(Kube):
         self._check_served(api_version, kind)
         key = (kind, namespace or "", name)
         self._write("delete", key)
-        return bool(self._done("delete", key, self.objects.pop(key, None) is not None))
+        old = self.objects.pop(key, None)
+        self._notify(key, old, None)
+        return bool(self._done("delete", key, old is not None))
+
+    async def watch(
+        self,
+        api_version: str,
+        kind: str,
+        namespace: str,
+        *,
+        labels: Mapping[str, str],
+        server_timeout: int = 300,
+    ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+        self._check_served(api_version, kind)
+        self.watches.append((kind, namespace, dict(labels)))
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        watcher = (kind, namespace, dict(labels), queue)
+        for obj in await self.list_objects(api_version, kind, namespace, labels=labels):
+            queue.put_nowait(("ADDED", obj))
+        self._watchers.append(watcher)
+        try:
+            while True:
+                yield await queue.get()
+        finally:
+            self._watchers.remove(watcher)
+
+
+def _matches(obj: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
+    have = (obj.get("metadata") or {}).get("labels") or {}
+    return all(have.get(k) == v for k, v in labels.items())
 
 
 class RecordedEvents:

@@ -98,28 +98,39 @@ async def test_cleanup_retry_becomes_kopfs(monkeypatch: pytest.MonkeyPatch) -> N
     assert raised.value.delay == 5.0
 
 
-def test_index_and_filter_of_references() -> None:
+def test_the_index_of_references() -> None:
     spec = agent_body(faqsFrom={"configMapKeyRef": {"name": "faq", "key": "f"}}, faqs=None)["spec"]
     index = handlers.agent_refs(namespace=NS, name="acme", spec=spec)
     assert index[("Secret", NS, "openai")] == "acme"
     assert index[("ConfigMap", NS, "faq")] == "acme"
-    secrets = kopf.Resource("", "v1", "secrets")
-    configmaps = kopf.Resource("", "v1", "configmaps")
-    refs = {("Secret", NS, "openai"): ["acme"], ("ConfigMap", NS, "faq"): ["acme"]}
-    assert handlers._is_referenced("MODIFIED", secrets, NS, "openai", agent_refs=refs)
-    assert handlers._is_referenced("MODIFIED", configmaps, NS, "faq", agent_refs=refs)
-    assert not handlers._is_referenced("MODIFIED", secrets, NS, "faq", agent_refs=refs)
-    assert not handlers._is_referenced(None, secrets, NS, "openai", agent_refs=refs)
 
 
-async def test_a_changed_secret_touches_its_agents(shared: FakeKube) -> None:
+@pytest.fixture
+def refs(monkeypatch: pytest.MonkeyPatch) -> dict[tuple[str, str, str], list[str]]:
+    """The ``agent_refs`` index as the handlers see it (kopf's is a mapping of the same shape)."""
+    index: dict[tuple[str, str, str], list[str]] = {}
+    monkeypatch.setattr(handlers._state, "refs", index)
+    return index
+
+
+async def test_a_changed_reference_touches_the_agents_that_use_it(
+    shared: FakeKube, refs: dict[tuple[str, str, str], list[str]]
+) -> None:
     shared.put(agent_body())
-    refs = {("Secret", NS, "openai"): ["acme"]}
-    await handlers.referenced_secret(type=None, namespace=NS, name="openai", agent_refs=refs)
-    assert shared.written() == []  # the initial listing: the resume handler covers it
-    await handlers.referenced_secret(type="MODIFIED", namespace=NS, name="openai", agent_refs=refs)
-    await handlers.referenced_configmap(type="MODIFIED", namespace=NS, name="faq", agent_refs={})
+    refs[("Secret", NS, "openai")] = ["acme"]
+    await handlers._on_reference_change("ConfigMap", NS, "faq")  # nobody's
+    assert shared.written() == []
+    await handlers._on_reference_change("Secret", NS, "openai")
     assert shared.written() == [("patch", "WhatsAppAgent", "acme")]
+
+
+def test_what_a_namespace_references(refs: dict[tuple[str, str, str], list[str]]) -> None:
+    refs[("Secret", NS, "openai")] = ["acme", "beta"]
+    refs[("Secret", NS, "meta")] = ["acme"]
+    refs[("Secret", "elsewhere", "openai")] = ["gamma"]
+    assert handlers._referenced(NS) == {("Secret", "openai"), ("Secret", "meta")}
+    # An agent being deleted no longer counts.
+    assert handlers._referenced(NS, ignoring="acme") == {("Secret", "openai")}
 
 
 async def test_deployment_events_of_one_agent_are_coalesced(
@@ -134,9 +145,14 @@ async def test_deployment_events_of_one_agent_are_coalesced(
     monkeypatch.setattr(handlers, "WORKLOAD_EVENTS_SETTLE", 0.05)
     labels = {"app.kubernetes.io/instance": "acme"}
     await asyncio.gather(
-        *(handlers.workloads_changed(namespace=NS, labels=labels) for _ in range(4))
+        *(
+            handlers.workloads_changed(type="MODIFIED", namespace=NS, labels=labels)
+            for _ in range(4)
+        )
     )
-    await handlers.workloads_changed(namespace=NS, labels={})
+    await handlers.workloads_changed(type="MODIFIED", namespace=NS, labels={})
+    # The initial listing (at start): the resume passes read the Deployments themselves.
+    await handlers.workloads_changed(type=None, namespace=NS, labels=labels)
     assert refreshed == [(NS, "acme")]
 
 
@@ -165,10 +181,18 @@ async def test_the_timer_refreshes_and_rotates(
     await handlers.periodic(body=body, namespace=NS, name="acme")
     # The outside world is checked once per check interval, not on every tick.
     await handlers.periodic(body=body, namespace=NS, name="acme")
+    # Rolled out: the Deployment events keep it so, the timer reads nothing.
+    body["status"] = {"conditions": [{"type": "WorkloadsReady", "status": "True"}]}
+    await handlers.periodic(body=body, namespace=NS, name="acme")
     body["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
     await handlers.periodic(body=body, namespace=NS, name="acme")
     assert calls == [
-        "refresh", "check acme", "rotate acme", "refresh", "rotate acme"
+        "refresh",
+        "check acme",
+        "rotate acme",
+        "refresh",
+        "rotate acme",
+        "rotate acme",
     ]
     handlers.checks.forget("uid-timer")
 
@@ -176,9 +200,16 @@ async def test_the_timer_refreshes_and_rotates(
 async def test_startup_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     ports: list[int] = []
     monkeypatch.setattr(metrics, "start_metrics_server", lambda port: bool(ports.append(port)))
+    monkeypatch.setattr(handlers, "_state", handlers._State())
     settings = kopf.OperatorSettings()
-    await handlers.configure(settings=settings)
+    await handlers.configure(settings=settings, agent_refs={})
     assert ports == [8080]
+    # The API server selects the Deployments kopf watches: only the operator's children.
+    assert list(
+        settings.watching.label_selectors.collect(kopf.Resource("apps", "v1", "deployments"))
+    ) == ["app.kubernetes.io/managed-by=released-operator"]
+    assert not list(settings.watching.label_selectors.collect(kopf.Resource("", "v1", "secrets")))
+    assert handlers._state.watches is not None and handlers._state.refs == {}
     assert settings.persistence.finalizer == "whatsapp.released.io/cleanup"
     assert settings.posting.reporting_component == "released-operator"
     assert settings.watching.server_timeout == 300

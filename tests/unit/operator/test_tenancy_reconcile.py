@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from whatsapp_operator.applying import APPLIED_HASH
 from whatsapp_operator.builders import owner_reference
 from whatsapp_operator.database import connection_limit
 from whatsapp_operator.reconcile.pipeline import reconcile
@@ -62,7 +63,8 @@ async def test_an_update_the_policy_refuses_leaves_what_was_built(world: World) 
     assert "server-snippet" in message
     assert [w for w in world.kube.written()[writes:] if w[1] != "WhatsAppAgent"] == []
     ingress = world.kube.obj("Ingress", NS, "acme")
-    assert ingress is not None and "annotations" not in ingress["metadata"]
+    assert ingress is not None
+    assert set(ingress["metadata"].get("annotations") or {}) == {APPLIED_HASH}
 
 
 @pytest.mark.parametrize("app_secret", ["REPLACE_ME", "not-a-meta-app-secret"])
@@ -78,7 +80,8 @@ async def test_a_placeholder_app_secret_removes_the_ingress_and_builds_nothing(
     assert "appSecret" in message and "not-a-meta-app-secret" not in message
     assert world.kube.obj("Ingress", NS, "acme") is None
     others = [w for w in world.kube.written()[writes:] if w[1] != "WhatsAppAgent"]
-    assert others == [("delete", "Ingress", "acme")]
+    # The replaced Secret is labelled again (so that its fix is noticed); nothing is built.
+    assert others == [("patch", "Secret", "meta"), ("delete", "Ingress", "acme")]
 
 
 async def test_a_new_agent_with_a_placeholder_gets_no_ingress(world: World) -> None:

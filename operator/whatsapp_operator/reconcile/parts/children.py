@@ -1,5 +1,9 @@
-"""Part ``children``: build every child, apply them (server-side apply), prune the unwanted
-(what this version no longer builds only when the agent is its controller).
+"""Part ``children``: build every child, apply those that changed (server-side apply), prune
+the unwanted (what earlier versions built only when the agent is its controller).
+
+Each child is stamped with the hash of its manifest (:mod:`whatsapp_operator.applying`) and
+applied only when the child does not exist or was applied with another hash, as the pass's
+ownership check found it; the children to prune are deleted only when that check found them.
 
 The pods' configuration checksum (``status.configChecksum``) covers the FAQs and the
 fingerprints of every Secret the pods read, so a change to any of them rolls the pods.
@@ -10,6 +14,7 @@ from __future__ import annotations
 from released.agent.naming import child_names
 
 from ... import builders
+from ...applying import needs_apply, with_applied_hash
 from ...builders.ownership import controlled_by
 from ...kube import Kube, KubeError
 from .base import Pass
@@ -35,22 +40,29 @@ async def ensure(p: Pass) -> None:
         config_checksum=checksum,
         redis_checksum=builders.compute_redis_checksum(p.credentials),
         openai_base_url=inputs.openai_base_url,
-        has_service_monitor_crd=await kube.servicemonitor_crd_exists(agent.namespace),
+        has_service_monitor_crd=inputs.service_monitor,
         pdb_api_version=await kube.pdb_api_version(agent.namespace),
         cronjob_api_version=await kube.cronjob_api_version(agent.namespace),
         vector_store_id=p.vector_store_id,
     )
-    await kube.apply_all(builders.build_children(ctx))
+    wanted = [with_applied_hash(child) for child in builders.build_children(ctx)]
+    # What earlier versions made (``controlledOnly``) is looked for until this version's purge
+    # CronJob exists (stamped): pruned first, so a failure leaves the stamp for the next pass.
+    stamped = bool(inputs.children.get(("CronJob", child_names(agent.name).purge_cronjob)))
     removed = []
     for gone in builders.absent_children(ctx):
         try:
-            if gone.get("controlledOnly") and not await _controlled(kube, ctx, gone):
-                continue  # someone else's object of that name: never touched
+            if gone.get("controlledOnly"):
+                if stamped or not await _controlled(kube, ctx, gone):
+                    continue  # gone already, or someone else's object of that name: untouched
+            elif (gone["kind"], gone["name"]) not in inputs.children:
+                continue  # the ownership check found none
             if await kube.delete(gone["apiVersion"], gone["kind"], gone["namespace"], gone["name"]):
                 removed.append(f"{gone['kind']}/{gone['name']}")
         except KubeError as exc:
             if not exc.not_found:  # 404 also when the kind itself is not served
                 raise
+    await kube.apply_all([child for child in wanted if needs_apply(child, inputs.children)])
     if removed:
         agent.events.info("Pruned", "deleted children no longer wanted: " + ", ".join(removed))
     p.outcome.fields["configChecksum"] = checksum

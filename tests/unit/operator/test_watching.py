@@ -1,0 +1,181 @@
+"""What the operator watches and writes again: label-selected watches of the Secrets and
+ConfigMaps agents reference, and children applied only when what is wanted of them changed."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+
+import pytest
+from whatsapp_operator.applying import APPLIED_HASH, manifest_hash, with_applied_hash
+from whatsapp_operator.reconcile.pipeline import reconcile
+from whatsapp_operator.reconcile.references import release
+from whatsapp_operator.watching import REFERENCED_LABEL, ReferenceWatches, data_digest
+
+from .conftest import NS, World, agent_body, b64, secret
+
+SELECTOR = {REFERENCED_LABEL: "true"}
+
+
+def labelled(world: World, kind: str, name: str) -> bool:
+    obj = world.kube.obj(kind, NS, name)
+    assert obj is not None
+    return (obj["metadata"].get("labels") or {}).get(REFERENCED_LABEL) == "true"
+
+
+async def settle() -> None:
+    for _ in range(20):
+        await asyncio.sleep(0)
+
+
+@pytest.fixture
+async def watched(world: World) -> tuple[ReferenceWatches, list[tuple[str, str, str]]]:
+    changes: list[tuple[str, str, str]] = []
+
+    async def on_change(kind: str, namespace: str, name: str) -> None:
+        changes.append((kind, namespace, name))
+
+    watches = ReferenceWatches(world.kube, on_change, retry_delay=0.01)
+    yield watches, changes
+    await watches.close()
+
+
+async def test_a_pass_labels_what_the_agent_references_once(world: World) -> None:
+    world.kube.put(agent_body())
+    world.kube.put(secret("unrelated", {"k": "v"}))
+    await reconcile(world.agent(), retry=0)
+    assert all(labelled(world, "Secret", name) for name in ("meta", "openai", "db"))
+    assert not labelled(world, "Secret", "unrelated")
+    assert sorted(w for w in world.kube.written("Secret") if w[0] == "patch") == [
+        ("patch", "Secret", "db"),
+        ("patch", "Secret", "meta"),
+        ("patch", "Secret", "openai"),
+    ]
+    writes = len(world.kube.written())
+    await reconcile(world.agent(), retry=0)
+    assert [w for w in world.kube.written()[writes:] if w[1] == "Secret"] == []
+
+
+async def test_the_watches_are_selected_by_the_label_and_report_data_changes(
+    world: World, watched: tuple[ReferenceWatches, list[tuple[str, str, str]]]
+) -> None:
+    watches, changes = watched
+    world.kube.put(agent_body())
+    world.kube.put(secret("unrelated", {"k": "v"}))
+    agent = dataclasses.replace(world.agent(), watches=watches)
+    await reconcile(agent, retry=0)
+    await settle()
+    # One watch per kind in the agent's namespace, each selected by the label on the server.
+    assert sorted(world.kube.watches) == [("ConfigMap", NS, SELECTOR), ("Secret", NS, SELECTOR)]
+    assert watches.labelled(NS) == {("Secret", "meta"), ("Secret", "openai"), ("Secret", "db")}
+
+    async def patch(name: str, body: dict[str, object]) -> None:
+        await world.kube.merge_patch("v1", "Secret", NS, name, body)
+
+    await patch("openai", {"metadata": {"annotations": {"note": "x"}}})  # not its data
+    await patch("unrelated", {"data": {"k": b64("w")}})  # not referenced, not labelled
+    await settle()
+    assert changes == []
+    await patch("openai", {"data": {"apiKey": b64("sk-rotated-by-a-person")}})
+    await settle()
+    assert changes == [("Secret", NS, "openai")]
+    await world.kube.delete("v1", "Secret", NS, "db")
+    await settle()
+    assert changes[-1] == ("Secret", NS, "db")
+
+
+async def test_a_change_between_the_read_and_the_watch_is_not_lost(
+    world: World, watched: tuple[ReferenceWatches, list[tuple[str, str, str]]]
+) -> None:
+    """The pass notes what it read; the watch's first events are compared with that."""
+    watches, changes = watched
+    obj = world.kube.obj("Secret", NS, "openai")
+    assert obj is not None
+    watches.note("Secret", NS, obj)
+    await watches.handle(
+        "Secret", NS, "ADDED", {**obj, "metadata": {**obj["metadata"], "labels": SELECTOR}}
+    )
+    assert changes == []
+    changed = {**obj, "data": {"apiKey": b64("sk-other")}}
+    changed["metadata"] = {**obj["metadata"], "labels": SELECTOR}
+    await watches.handle("Secret", NS, "ADDED", changed)
+    assert changes == [("Secret", NS, "openai")]
+    assert data_digest(changed) != data_digest(obj)
+
+
+async def test_release_unlabels_what_no_agent_references_and_stops_watching(
+    world: World, watched: tuple[ReferenceWatches, list[tuple[str, str, str]]]
+) -> None:
+    watches, changes = watched
+    world.kube.put(agent_body())
+    await reconcile(dataclasses.replace(world.agent(), watches=watches), retry=0)
+    await settle()
+    # The agent moved to another database Secret: "db" is no longer referenced.
+    still = {("Secret", "meta"), ("Secret", "openai")}
+    assert await release(world.kube, watches, NS, lambda: still) == [("Secret", "db")]
+    assert not labelled(world, "Secret", "db") and labelled(world, "Secret", "openai")
+    await settle()
+    assert changes == []  # the watch's DELETED for "db" is the operator's own doing
+    assert watches.watched() == {NS}
+    # The last agent went: nothing is labelled any more, nothing is watched.
+    assert len(await release(world.kube, watches, NS, set)) == 2
+    assert watches.watched() == set()
+
+
+async def test_an_unchanged_agent_is_not_applied_again(world: World) -> None:
+    world.kube.put(agent_body())
+    await reconcile(world.agent(), retry=0)
+    applied = [w for w in world.kube.written() if w[0] == "apply"]
+    assert len(applied) >= 15
+    world.roll_out()
+    await reconcile(world.agent(), retry=0)  # WorkloadsReady changes: one status write
+    writes = len(world.kube.written())
+    await reconcile(world.agent(), retry=0)
+    assert world.kube.written()[writes:] == []  # no apply, no status, no label
+    web = world.kube.obj("Service", NS, "acme-web")
+    assert web is not None and web["metadata"]["annotations"][APPLIED_HASH]
+
+
+async def test_a_deleted_or_unstamped_child_is_applied_again_and_nothing_else(
+    world: World,
+) -> None:
+    world.kube.put(agent_body())
+    await reconcile(world.agent(), retry=0)
+    world.roll_out()
+    await reconcile(world.agent(), retry=0)
+    await world.kube.delete("v1", "Service", NS, "acme-web")
+    ingress = world.kube.obj("Ingress", NS, "acme")
+    assert ingress is not None
+    del ingress["metadata"]["annotations"][APPLIED_HASH]  # edited by someone
+    world.kube.put(ingress)
+    writes = len(world.kube.written())
+    await reconcile(world.agent(), retry=0)
+    assert sorted(world.kube.written()[writes:]) == [
+        ("apply", "Ingress", "acme"),
+        ("apply", "Service", "acme-web"),
+    ]
+
+
+async def test_a_spec_change_applies_only_the_children_it_changes(world: World) -> None:
+    world.kube.put(agent_body())
+    await reconcile(world.agent(), retry=0)
+    body = world.kube.obj("WhatsAppAgent", NS, "acme")
+    assert body is not None
+    body["spec"]["ingress"]["host"] = "shop.bots.example.com"
+    world.kube.put(body)
+    writes = len(world.kube.written())
+    await reconcile(world.agent(), retry=0)
+    applied = {w[1:] for w in world.kube.written()[writes:] if w[0] == "apply"}
+    assert ("Ingress", "acme") in applied
+    assert ("Service", "acme-redis") not in applied
+    assert ("ServiceAccount", "acme") not in applied
+
+
+def test_the_hash_ignores_its_own_annotation_and_sees_everything_else() -> None:
+    manifest = {"kind": "Service", "metadata": {"name": "a", "labels": {"x": "1"}}, "spec": {}}
+    stamped = with_applied_hash(manifest)
+    assert manifest_hash(stamped) == manifest_hash(manifest)
+    assert stamped["metadata"]["annotations"][APPLIED_HASH] == manifest_hash(manifest)
+    assert "annotations" not in manifest["metadata"]  # the input is left alone
+    other = {**manifest, "metadata": {"name": "a", "labels": {"x": "2"}}}
+    assert manifest_hash(other) != manifest_hash(manifest)
