@@ -12,6 +12,8 @@
 #   RELEASED_K8S_STATE    state dir of one plane (default /tmp/released-k8s)
 #   KUBEBUILDER_ASSETS    dir with ready kube-apiserver/etcd/kubectl (setup-envtest); used first
 #   RELEASED_K8S_TIMEOUT  seconds to wait for each component (default 120)
+#   RELEASED_KCM_API_QPS  the controller-manager's API rate (default 20, its own default; the
+#                         operator benchmark raises it to create thousands of pods)
 set -euo pipefail
 
 K8S_VERSION=v1.20.2
@@ -458,6 +460,8 @@ do_start() {
     --use-service-account-credentials=true \
     --cluster-signing-cert-file "$pki/ca.crt" \
     --cluster-signing-key-file "$pki/ca.key" \
+    --kube-api-qps "${RELEASED_KCM_API_QPS:-20}" \
+    --kube-api-burst "$(( ${RELEASED_KCM_API_QPS:-20} * 3 / 2 ))" \
     --profiling=false \
     --v 1
   wait_for kube-controller-manager "controller-manager /healthz on port $kcm_port" kcm_ok "$kcm_port"
