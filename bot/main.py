@@ -20,6 +20,7 @@ Production serves it with the HTTP limits of :mod:`bot.serving` (``uvicorn_args`
 
 from __future__ import annotations
 
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from urllib.parse import urlsplit
@@ -29,7 +30,7 @@ from redis.asyncio import Redis
 from starlette.types import Receive, Scope, Send
 
 from bot import __version__
-from bot.api import api_router, webhook
+from bot.api import admin, api_router, webhook
 from bot.core.config import WEB_SECRETS, Settings, get_settings
 from bot.core.logging import configure_logging
 from bot.core.redis import connect_redis
@@ -71,6 +72,10 @@ def create_app(settings: Settings | None = None, *, setup_logging: bool = True) 
                 await broker_redis.aclose()
             await redis.aclose()
             await ingest.aclose()
+            if "bot.storage.db" in sys.modules:  # the admin API used the ORM's engine
+                from bot.storage.db import dispose_engines
+
+                await dispose_engines()
 
     app = FastAPI(
         title="Released WhatsApp bot",
@@ -83,6 +88,7 @@ def create_app(settings: Settings | None = None, *, setup_logging: bool = True) 
     # The hot path first, as a plain route: matched before anything else (see bot.api).
     app.add_route("/webhook", webhook.receive, methods=["POST"], include_in_schema=False)
     app.include_router(api_router)
+    app.add_exception_handler(admin.AdminRefused, admin.refused)
     return app
 
 

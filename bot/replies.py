@@ -6,11 +6,15 @@
 - ``model``: the question goes to the model (text, buttons, list and flow replies, an edited
   message as its new text, media with a caption, named as attached);
 - ``canned``: a fixed, polite reply in ``LANGUAGE`` (audio, media without a caption, a shared
-  location or contact, an order with its items, the welcome event, anything unknown);
+  location or contact, an order with its items, the welcome event, anything unknown); an
+  order's reply promises a person only when the order is handed to one
+  (:func:`handover_on_order`);
 - ``none``: recorded and not answered (stickers, reactions, deleted messages, system notices,
   group messages), with the reason counted in ``released_messages_unanswered_total``.
 
-Replies exist in English, Spanish, Portuguese and French; other languages get English.
+The defaults of ``HANDOVER_MESSAGE`` and ``FALLBACK_MESSAGE`` live here too (``bot.handover``
+picks them). Replies exist in English, Spanish, Portuguese and French; other languages get
+English.
 """
 
 from __future__ import annotations
@@ -62,6 +66,13 @@ _REPLIES: dict[str, dict[str, str]] = {
         "fr": "Merci pour ce contact ! Comment puis-je vous aider ?",
     },
     "order": {
+        "en": "Thanks for your order: {items}. We have received it.",
+        "es": "¡Gracias por tu pedido: {items}! Lo hemos recibido.",
+        "pt": "Obrigado pela sua encomenda: {items}. Já a recebemos.",
+        "fr": "Merci pour votre commande : {items}. Nous l'avons bien reçue.",
+    },
+    # An order handed over to a person (HANDOVER_ENABLED and HANDOVER_ON_ORDER).
+    "order_handover": {
         "en": "Thanks for your order: {items}. A person from our team will confirm it shortly.",
         "es": "¡Gracias por tu pedido: {items}! Una persona de nuestro equipo lo confirmará "
         "en breve.",
@@ -69,6 +80,38 @@ _REPLIES: dict[str, dict[str, str]] = {
         "confirmá-la em breve.",
         "fr": "Merci pour votre commande : {items}. Une personne de notre équipe la confirmera "
         "sous peu.",
+    },
+    # HANDOVER_MESSAGE's default: the bot hands the conversation to a person.
+    "handover": {
+        "en": "Thanks! I've passed your conversation to a person from our team; they will "
+        "reply here as soon as they can.",
+        "es": "¡Gracias! He pasado tu conversación a una persona de nuestro equipo; te "
+        "responderá por aquí lo antes posible.",
+        "pt": "Obrigado! Passei a sua conversa a uma pessoa da nossa equipa; vai responder-lhe "
+        "aqui assim que puder.",
+        "fr": "Merci ! J'ai transmis votre conversation à une personne de notre équipe ; elle "
+        "vous répondra ici dès que possible.",
+    },
+    # FALLBACK_MESSAGE's defaults: no person is promised unless handover is enabled, and then
+    # the user is told how to ask for one ({phrase}: a phrase that hands over).
+    "fallback": {
+        "en": "Thanks for your message! I can't answer that right now. Please try again later.",
+        "es": "¡Gracias por tu mensaje! Ahora mismo no puedo responder a eso. Inténtalo de "
+        "nuevo más tarde.",
+        "pt": "Obrigado pela sua mensagem! Neste momento não consigo responder a isso. Tente "
+        "novamente mais tarde.",
+        "fr": "Merci pour votre message ! Je ne peux pas répondre à cela pour le moment. "
+        "Réessayez plus tard.",
+    },
+    "fallback_handover": {
+        "en": "Thanks for your message! I can't answer that right now. Write \"{phrase}\" if "
+        "you'd like a person from our team to help you.",
+        "es": "¡Gracias por tu mensaje! Ahora mismo no puedo responder a eso. Escribe "
+        "\"{phrase}\" si quieres que te atienda una persona de nuestro equipo.",
+        "pt": "Obrigado pela sua mensagem! Neste momento não consigo responder a isso. Escreva "
+        "\"{phrase}\" se quiser ser atendido por uma pessoa da nossa equipa.",
+        "fr": "Merci pour votre message ! Je ne peux pas répondre à cela pour le moment. "
+        "Écrivez « {phrase} » si vous souhaitez qu'une personne de notre équipe vous aide.",
     },
     "welcome": {
         "en": "Hello! How can I help you today?",
@@ -79,6 +122,11 @@ _REPLIES: dict[str, dict[str, str]] = {
 }
 
 _ATTACHMENT_NAMES = {"image": "a photo", "video": "a video", "document": "a document"}
+
+
+def handover_on_order(settings: Settings) -> bool:
+    """Whether an order message hands the conversation to a person."""
+    return settings.handover_enabled and settings.handover_on_order
 
 
 def _language(settings: Settings) -> str:
@@ -157,7 +205,8 @@ def plan_reply(msg: InboundMessage, settings: Settings) -> Plan:
     if kind == "contacts":
         return Plan("canned", text=reply_text("contacts", settings))
     if kind == "order":
-        return Plan("canned", text=reply_text("order", settings, items=_order_items(msg.details)))
+        name = "order_handover" if handover_on_order(settings) else "order"
+        return Plan("canned", text=reply_text(name, settings, items=_order_items(msg.details)))
     if kind == "request_welcome":
         greeting = (settings.welcome_message or "").strip() or reply_text("welcome", settings)
         return Plan("canned", text=greeting)

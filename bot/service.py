@@ -33,6 +33,12 @@ attempt. Guarantees:
   the agent's, so one user flooding the bot delays the others by at most their burst.
 - **Failures recorded.** A send that fails for good (a bad recipient...) or still fails on the
   last attempt is stored as ``failed`` with Meta's code.
+- **Never over a person.** A conversation held by a person (``bot.handover``) gets no answer:
+  the message is stored and counted, and a bot reply still waiting to be sent is dropped
+  (recorded as failed with the reason). With ``HANDOVER_ENABLED`` the bot hands over itself on
+  a user's request (phrases, no model call; or the model's tool), on its
+  ``HANDOVER_AFTER_FALLBACKS``-th fallback in a row and on an order: it holds the conversation,
+  sends ``HANDOVER_MESSAGE`` and the runtime's ``on_handover`` queues the notification.
 """
 
 from __future__ import annotations
@@ -44,11 +50,13 @@ import hmac
 import logging
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
+import httpx
 from openai import AsyncOpenAI
 from redis.exceptions import RedisError
 
@@ -56,19 +64,31 @@ from bot.account import AccountHealth, AccountProblem
 from bot.core.config import Settings
 from bot.core.metrics import (
     ANSWERS_DEFERRED,
+    HANDOVERS,
     MESSAGES_HELD,
     MESSAGES_UNANSWERED,
     META_ACCOUNT_UNHEALTHY,
 )
 from bot.core.redis import connect_redis
+from bot.handover import (
+    DELIVERY_HEADER,
+    NOTIFY_MESSAGES,
+    SIGNATURE_HEADER,
+    Reason,
+    asks_for_person,
+    handover_text,
+    message_entry,
+    notification_body,
+    signature,
+)
 from bot.llm.client import Answer, ModelError, Turn, answer, fallback_answer, make_client
 from bot.llm.faqs import FAQ, FAQError, faqs_for
 from bot.llm.ratelimit import RateLimitTimeout, TokenBucket, openai_bucket, user_bucket
-from bot.replies import Plan, plan_reply, text_only_reply
-from bot.storage import inbox
+from bot.replies import Plan, handover_on_order, plan_reply, text_only_reply
+from bot.storage import holds, inbox
 from bot.storage import repository as repo
 from bot.storage.db import session_scope
-from bot.storage.models import Direction, Message, MessageStatus
+from bot.storage.models import Conversation, Direction, Message, MessageStatus
 from bot.whatsapp.client import GraphClient, GraphError, GraphPermanentError, GraphRetryableError
 from bot.whatsapp.events import EchoMessage, InboundMessage, StatusUpdate
 from released.providers.meta import (
@@ -120,6 +140,22 @@ class MessageResult:
     reply_wamid: str | None = None
     error_code: int | None = None
     reason: str | None = None
+    #: Set when this message handed the conversation to a person.
+    handover: Handover | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Handover:
+    """A conversation the bot handed to a person: what the notification is about."""
+
+    delivery_id: str
+    conversation_id: int
+    reason: str
+    held_until: datetime
+
+
+#: ``Message.source`` of the message the bot sends when it hands over.
+HANDOVER_SOURCE: Literal["handover"] = "handover"
 
 
 class RetryLater(Exception):
@@ -152,6 +188,9 @@ class Runtime:
     redis: Any
     bucket: TokenBucket
     account: AccountHealth
+    #: Called (awaited) when a message hands a conversation over: the worker queues the
+    #: notification there. Its failures are logged, never the answer's.
+    on_handover: Callable[[Handover], Awaitable[None]] | None = None
 
     async def aclose(self) -> None:
         """Close every client."""
@@ -414,7 +453,12 @@ async def handle_message(
     conversation_id = record.conversation.id or 0
     if not msg.address:
         return MessageResult(Outcome.NOT_ANSWERED, reason="no_sender")
+    if (reply is None or reply.source != HANDOVER_SOURCE) and await _held(
+        settings, conversation_id, msg, reply
+    ):
+        return MessageResult(Outcome.NOT_ANSWERED, reason="held")
 
+    handover: Handover | None = None
     if reply is None:
         plan = plan_reply(msg, settings)
         if plan.action == "none":
@@ -430,8 +474,16 @@ async def handle_message(
         problem = await _mark_read(rt, msg.wamid, typing=True)
         if problem is not None:
             return await _hold(rt, msg, problem)
-        result = await _compose(msg, plan, rt, conversation_id, record.message.id,
-                                model_fallback=model_fallback, user_slot=user_slot)
+        trigger = _trigger(msg, plan, settings)
+        if trigger is not None:  # no model call: the user asked, or an order came
+            text = plan.text if trigger is Reason.ORDER else handover_text(settings)
+            result = Answer(text, HANDOVER_SOURCE)
+        else:
+            result = await _compose(msg, plan, rt, conversation_id, record.message.id,
+                                    model_fallback=model_fallback, user_slot=user_slot)
+            if result.source == HANDOVER_SOURCE:  # the model called its tool
+                trigger = Reason.MODEL_REQUEST
+                result = Answer(handover_text(settings), HANDOVER_SOURCE)
         async with session_scope(settings) as session:
             reply, claimed = await repo.record_outbound_pending(
                 session,
@@ -441,8 +493,14 @@ async def handle_message(
                 source=result.source,
                 claimed_by=claim_id,
             )
+            if claimed:
+                trigger, handover = await _after_answer(
+                    session, settings, conversation_id, reply, trigger
+                )
         if not claimed:  # another worker is answering this very message right now
             return MessageResult(Outcome.DUPLICATE, reply.source, reply.wamid)
+        if handover is not None:
+            await _handed_over(rt, handover)
     else:  # pending: an earlier attempt stored the answer but did not get it sent
         async with session_scope(settings) as session:
             mine = await repo.take_over_reply(
@@ -456,7 +514,82 @@ async def handle_message(
                 return await _fail_held(settings, reply, problem)
             return await _hold(rt, msg, problem, reply)
 
-    return await _send(msg, reply, rt, final_attempt=final_attempt)
+    sent = await _send(msg, reply, rt, final_attempt=final_attempt)
+    if handover is not None:
+        return MessageResult(sent.outcome, sent.source, sent.reply_wamid, sent.error_code,
+                             sent.reason, handover)
+    return sent
+
+
+def _trigger(msg: InboundMessage, plan: Plan, settings: Settings) -> Reason | None:
+    """A handover the message asks for without a model call (``HANDOVER_ENABLED`` only)."""
+    if not settings.handover_enabled:
+        return None
+    if msg.kind == "order" and handover_on_order(settings):
+        return Reason.ORDER
+    if plan.action == "model" and asks_for_person(msg.text or plan.question, settings):
+        return Reason.USER_REQUEST
+    return None
+
+
+async def _held(
+    settings: Settings, conversation_id: int, msg: InboundMessage, reply: Message | None
+) -> bool:
+    """Whether a person holds the conversation: then the message is counted and not
+    answered, and a bot reply still pending is dropped (recorded as failed, with why)."""
+    async with session_scope(settings) as session:
+        if reply is None:
+            held = await holds.note_held_message(session, conversation_id)
+        else:
+            held = await holds.held_now(session, conversation_id)
+            if held:
+                await repo.mark_failed(
+                    session, reply, None, "not sent: a person took the conversation over"
+                )
+    if held:
+        MESSAGES_UNANSWERED.labels(reason="held").inc()
+        log.info("message %s: the conversation is held by a person; not answered", msg.wamid)
+    return held
+
+
+async def _after_answer(
+    session: Any,
+    settings: Settings,
+    conversation_id: int,
+    reply: Message,
+    trigger: Reason | None,
+) -> tuple[Reason | None, Handover | None]:
+    """Count fallbacks in a row (handing over instead of the N-th) and hold the conversation
+    when the answer hands over; returns the trigger and the handover, if one started."""
+    if trigger is None and reply.source in ("model", "faq", "fallback"):
+        in_row = await holds.count_fallback(session, conversation_id, reply.source == "fallback")
+        limit = settings.handover_after_fallbacks
+        if reply.source == "fallback" and settings.handover_enabled and 0 < limit <= in_row:
+            trigger = Reason.FALLBACKS
+            reply.text = handover_text(settings)
+            reply.source = HANDOVER_SOURCE
+            session.add(reply)
+            await session.flush()
+    if trigger is None:
+        return None, None
+    until = datetime.now(UTC) + timedelta(seconds=settings.handover_hold_seconds)
+    if not await holds.hold(session, conversation_id, reason=trigger.value, until=until):
+        return trigger, None
+    return trigger, Handover(uuid.uuid4().hex, conversation_id, trigger.value, until)
+
+
+async def _handed_over(rt: Runtime, handover: Handover) -> None:
+    """Count the handover and queue its notification (never failing the answer)."""
+    HANDOVERS.labels(reason=handover.reason).inc()
+    log.warning("conversation %s handed to a person (%s)", handover.conversation_id,
+                handover.reason)
+    if rt.on_handover is None:
+        return
+    try:
+        await rt.on_handover(handover)
+    except Exception as exc:
+        log.error("cannot queue the handover notification of conversation %s: %r",
+                  handover.conversation_id, exc)
 
 
 async def _compose(
@@ -637,16 +770,177 @@ async def _record_failed(settings: Settings, reply: Message, exc: GraphError) ->
 
 async def record_echo(echo: EchoMessage, settings: Settings) -> bool:
     """Store what a person at the business sent from the WhatsApp Business app (an echo) in
-    the user's history, so that answers see it; nothing is sent."""
+    the user's history, so that answers see it, and hold the conversation for
+    ``HANDOVER_HOLD_SECONDS`` from the echo (whatever ``HANDOVER_ENABLED`` says: the bot never
+    talks over a person); nothing is sent. Returns whether the echo was new."""
+    started = False
     async with session_scope(settings) as session:
-        return await repo.record_echo(session, echo)
+        stored = await repo.record_echo(session, echo)
+        message = await repo.get_message(session, echo.wamid) if stored else None
+        if message is not None:
+            until = _utc(echo.timestamp) + timedelta(seconds=settings.handover_hold_seconds)
+            started = await holds.hold(
+                session, message.conversation_id, reason=Reason.STAFF_ECHO.value, until=until,
+                by="WhatsApp Business app", event_at=_utc(echo.timestamp),
+            )
+    if started:
+        HANDOVERS.labels(reason=Reason.STAFF_ECHO.value).inc()
+        log.warning("conversation %s held: staff wrote from the WhatsApp Business app",
+                    message.conversation_id if message is not None else "?")
+    return stored
 
 
-async def record_status(update: StatusUpdate, settings: Settings) -> repo.StatusOutcome:
-    """Store a delivery status on the outbound message it is about."""
+def _utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+async def record_status(
+    update: StatusUpdate, settings: Settings, *, foreign_if_unknown: bool = False
+) -> repo.StatusOutcome:
+    """Store a delivery status on the outbound message it is about.
+
+    ``foreign_if_unknown``: no message of the bot has this wamid, and waiting longer will not
+    change that: someone else (another tool on the same number) wrote to the user, so the
+    conversation is held (:func:`hold_for_foreign_status`).
+    """
     async with session_scope(settings) as session:
         outcome = await repo.apply_status(session, update)
     if update.status == MessageStatus.FAILED.value and outcome == repo.StatusOutcome.APPLIED:
         log.warning("message %s failed: %s %s", update.wamid, update.error_code, update.error_title)
+    if outcome == repo.StatusOutcome.UNKNOWN and foreign_if_unknown:
+        await hold_for_foreign_status(update, settings)
     return outcome
 
+
+async def hold_for_foreign_status(update: StatusUpdate, settings: Settings) -> bool:
+    """Hold the recipient's conversation for ``HANDOVER_HOLD_SECONDS`` from the status: a
+    message the bot did not send went to them. Not when the conversation has a bot reply
+    whose wamid is not stored yet (the status may be its). Returns whether a hold started."""
+    names = repo.identities(update.recipient_id, update.recipient_user_id)
+    at = _utc(update.timestamp)
+    until = at + timedelta(seconds=settings.handover_hold_seconds)
+    if not names or until <= datetime.now(UTC):
+        return False
+    async with session_scope(settings) as session:
+        conversation = await repo.resolve_conversation(
+            session, update.phone_number_id, names,
+            address=update.recipient_id or update.recipient_user_id,
+        )
+        assert conversation.id is not None
+        if await holds.has_unsent_reply(session, conversation.id):
+            return False
+        started = await holds.hold(
+            session, conversation.id, reason=Reason.FOREIGN_STATUS.value, until=until,
+            by="another sender", event_at=at,
+        )
+    if started:
+        HANDOVERS.labels(reason=Reason.FOREIGN_STATUS.value).inc()
+        log.warning("conversation %s held: a message the bot did not send went to the user",
+                    conversation.id)
+    return started
+
+
+
+# -- the handover notification and staff replies ------------------------------------------------
+
+#: A notification delivered is remembered this long (Redis), so a redelivered task skips it.
+NOTIFIED_TTL_SECONDS = 7 * 86400
+NOTIFIED_KEY = "released:handover-notified:{}"
+NOTIFY_TIMEOUT_SECONDS = 10.0
+
+
+async def notify_handover(rt: Runtime, handover: Handover) -> str:
+    """POST the signed notification of ``handover`` to ``HANDOVER_NOTIFY_URL``, once.
+
+    Returns ``delivered``, ``duplicate`` (delivered before), ``off`` (no URL), ``gone`` (the
+    conversation was purged) or ``refused`` (the receiver answered 4xx: retrying will not
+    help). Raises :class:`RetryLater` when the receiver cannot be reached or answers 5xx, 408
+    or 429. The body is built here from the database, so no message text goes through Redis.
+    """
+    settings = rt.settings
+    if settings.handover_notify_url is None:
+        return "off"
+    key = NOTIFIED_KEY.format(handover.delivery_id)
+    if await rt.redis.exists(key):
+        return "duplicate"
+    async with session_scope(settings) as session:
+        conversation = await session.get(Conversation, handover.conversation_id)
+        messages = await holds.messages_of(session, handover.conversation_id, NOTIFY_MESSAGES)
+    if conversation is None:
+        return "gone"
+    body = notification_body(
+        delivery_id=handover.delivery_id,
+        conversation_id=handover.conversation_id,
+        user=conversation.wa_id,
+        reason=handover.reason,
+        held_until=handover.held_until,
+        messages=[
+            message_entry(m.direction, m.kind, m.text, m.created_at, m.source) for m in messages
+        ],
+    )
+    headers = {
+        "Content-Type": "application/json",
+        SIGNATURE_HEADER: signature(settings.secret("handover_notify_secret"), body),
+        DELIVERY_HEADER: handover.delivery_id,
+        "User-Agent": "released-bot",
+    }
+    try:
+        async with httpx.AsyncClient(timeout=NOTIFY_TIMEOUT_SECONDS) as client:
+            response = await client.post(
+                str(settings.handover_notify_url), content=body, headers=headers
+            )
+    except httpx.HTTPError as exc:
+        raise RetryLater("notify", f"cannot reach the notification URL ({type(exc).__name__})"
+                         ) from None
+    if response.status_code >= 500 or response.status_code in (408, 429):
+        retry_after = response.headers.get("retry-after", "")
+        raise RetryLater("notify", f"the notification URL answered {response.status_code}",
+                         float(retry_after) if retry_after.isdigit() else None)
+    if response.status_code >= 300:
+        log.error("the notification URL refused the handover notification %s: HTTP %s",
+                  handover.delivery_id, response.status_code)
+        return "refused"
+    try:
+        await rt.redis.set(key, "1", ex=NOTIFIED_TTL_SECONDS)
+    except RedisError as exc:  # delivered; a redelivery would carry the same id
+        log.warning("cannot remember the delivered notification: %s", exc)
+    return "delivered"
+
+
+async def send_staff_reply(
+    rt: Runtime, message_id: int, claim_id: str, *, final_attempt: bool
+) -> MessageResult:
+    """Send a reply a person wrote through the admin API (stored pending by ``bot.admin``)
+    as the business. Raises :class:`RetryLater` on transient Graph API failures."""
+    settings = rt.settings
+    stale = timedelta(seconds=settings.celery_visibility_timeout)
+    async with session_scope(settings) as session:
+        message = await holds.claim_staff_message(session, message_id, claim_id, stale)
+        conversation = (
+            await session.get(Conversation, message.conversation_id)
+            if message is not None else None
+        )
+    if message is None or conversation is None:
+        return MessageResult(Outcome.DUPLICATE, "staff")
+    try:
+        sent = await rt.graph.send_text(conversation.wa_id, message.text or "")
+    except GraphRetryableError as exc:
+        if not final_attempt:
+            raise RetryLater("graph", str(exc), exc.retry_after) from exc
+        await _fail_staff_reply(settings, message, exc)
+        return MessageResult(Outcome.FAILED, "staff", error_code=exc.code)
+    except GraphPermanentError as exc:
+        if exc.account_problem:
+            await _flag_account(rt, exc)
+        await _fail_staff_reply(settings, message, exc)
+        return MessageResult(Outcome.FAILED, "staff", error_code=exc.code)
+    async with session_scope(settings) as session:
+        await repo.mark_sent(session, message, sent.wamid)
+    log.info("staff reply %s sent in conversation %s", message_id, conversation.id)
+    return MessageResult(Outcome.REPLIED, "staff", sent.wamid)
+
+
+async def _fail_staff_reply(settings: Settings, message: Message, exc: GraphError) -> None:
+    log.warning("staff reply %s failed: %s", message.id, exc)
+    async with session_scope(settings) as session:
+        await repo.mark_failed(session, message, exc.code, exc.title or str(exc))

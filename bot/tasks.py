@@ -12,6 +12,11 @@ Tasks (published by name by the web tier, see ``bot.queue``; one JSON argument e
 - ``bot.tasks.record_status(payload)``: a ``StatusUpdate``; store it on the sent message.
 - ``bot.tasks.process_echo(payload)``: an ``InboxRef`` of an ``EchoMessage`` (the business
   wrote from the WhatsApp Business app); store it in the user's history.
+- ``bot.tasks.notify_handover(payload)``: a conversation was handed to a person (``bot.handover``):
+  POST the signed notification to ``HANDOVER_NOTIFY_URL``, retried with backoff; queued by the
+  worker that handed over, never in the way of the answer.
+- ``bot.tasks.send_staff_reply({"message": id})``: send a reply a person wrote through the
+  admin API (stored pending by the web tier, ``bot.admin``).
 - ``bot.tasks.check_meta_account()``: while Meta refuses the agent's account, probe it; when it
   works again queue the held messages again; record those whose 24-hour window closed as
   failed (``bot.account``). It schedules itself every ``META_HEALTH_PROBE_SECONDS`` while
@@ -44,10 +49,12 @@ the loop are alive (the pod's probes check its age).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import threading
 from collections.abc import Coroutine
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -63,7 +70,7 @@ from pydantic import ValidationError
 
 from bot import service
 from bot.core.config import WORKER_SECRETS, MissingSecretsError, Settings, get_settings
-from bot.core.metrics import MESSAGES_HELD, TASKS, metrics_registry
+from bot.core.metrics import HANDOVER_NOTIFICATIONS, MESSAGES_HELD, TASKS, metrics_registry
 from bot.loop import LoopThread
 from bot.queue import inbox_ref
 from bot.storage import inbox
@@ -160,7 +167,24 @@ async def _runtime(settings: Settings) -> service.Runtime:
     if rt is not None:  # settings changed (tests): rebuild the clients
         await rt.aclose()
     _rt = service.create_runtime(settings)
+    _rt.on_handover = _queue_notification
     return _rt
+
+
+async def _queue_notification(handover: service.Handover) -> None:
+    """Queue the notification of a handover (``notify_handover``), off the event loop."""
+    if get_settings().handover_notify_url is None:
+        return
+    await asyncio.to_thread(notify_handover.apply_async, args=[_handover_payload(handover)])
+
+
+def _handover_payload(handover: service.Handover) -> dict[str, Any]:
+    return {
+        "id": handover.delivery_id,
+        "conversation": handover.conversation_id,
+        "reason": handover.reason,
+        "heldUntil": handover.held_until.isoformat(),
+    }
 
 
 async def _close_runtime() -> None:
@@ -602,8 +626,12 @@ def record_status(self: Task, payload: dict[str, Any]) -> str:
         log.error("dropping an invalid status payload: %s", exc.errors(include_input=False))
         return "invalid"
     retries = int(self.request.retries or 0)
+    # The last try of a status no message of ours has: someone else wrote to the user.
+    last_try = retries >= STATUS_UNKNOWN_RETRIES
     try:
-        outcome = run_async(service.record_status(update, settings))
+        outcome = run_async(
+            service.record_status(update, settings, foreign_if_unknown=last_try)
+        )
     except Exception as exc:
         if retries >= settings.max_task_retries:
             TASKS.labels(task="record_status", outcome="failure").inc()
@@ -616,3 +644,86 @@ def record_status(self: Task, payload: dict[str, Any]) -> str:
         raise self.retry(countdown=STATUS_UNKNOWN_DELAY * (retries + 1))
     TASKS.labels(task="record_status", outcome="success").inc()
     return outcome.value
+
+
+
+@app.task(bind=True, name="bot.tasks.notify_handover", max_retries=None, shared=False)  # type: ignore[untyped-decorator]
+def notify_handover(self: Task, payload: dict[str, Any]) -> str:
+    """POST the signed notification of one handover (``bot.service.notify_handover``),
+    retried with backoff up to ``MAX_TASK_RETRIES`` while the receiver is unreachable or
+    answers 5xx/408/429."""
+    settings = get_settings()
+    try:
+        handover = service.Handover(
+            delivery_id=str(payload["id"]),
+            conversation_id=int(payload["conversation"]),
+            reason=str(payload["reason"]),
+            held_until=datetime.fromisoformat(str(payload["heldUntil"])),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        TASKS.labels(task="notify_handover", outcome="failure").inc()
+        log.error("dropping an invalid handover notification payload: %r", exc)
+        return "invalid"
+    retries = int(self.request.retries or 0)
+
+    async def run() -> str:
+        return await service.notify_handover(await _runtime(settings), handover)
+
+    try:
+        outcome = run_async(run(), timeout=60.0)
+    except Exception as exc:
+        retry_after = exc.retry_after if isinstance(exc, service.RetryLater) else None
+        if retries >= settings.max_task_retries:
+            HANDOVER_NOTIFICATIONS.labels(outcome="failed").inc()
+            TASKS.labels(task="notify_handover", outcome="failure").inc()
+            log.error("handover notification %s not delivered after %d tries: %s",
+                      handover.delivery_id, retries + 1, exc)
+            return "failed"
+        HANDOVER_NOTIFICATIONS.labels(outcome="retry").inc()
+        TASKS.labels(task="notify_handover", outcome="retry").inc()
+        countdown = retry_countdown(retries, retry_after, cap=_cap(settings))
+        log.warning("handover notification %s: %s; retry %d in %.1fs", handover.delivery_id,
+                    exc, retries + 1, countdown)
+        raise self.retry(exc=exc, countdown=countdown,
+                         max_retries=settings.max_task_retries) from exc
+    if outcome == "delivered":
+        HANDOVER_NOTIFICATIONS.labels(outcome="delivered").inc()
+    elif outcome == "refused":
+        HANDOVER_NOTIFICATIONS.labels(outcome="failed").inc()
+    TASKS.labels(task="notify_handover", outcome="success").inc()
+    return outcome
+
+
+@app.task(bind=True, name="bot.tasks.send_staff_reply", max_retries=None, shared=False)  # type: ignore[untyped-decorator]
+def send_staff_reply(self: Task, payload: dict[str, Any]) -> str:
+    """Send a reply a person wrote through the admin API (``bot.service.send_staff_reply``)."""
+    settings = get_settings()
+    try:
+        message_id = int(payload["message"])
+    except (KeyError, TypeError, ValueError) as exc:
+        TASKS.labels(task="send_staff_reply", outcome="failure").inc()
+        log.error("dropping an invalid staff reply payload: %r", exc)
+        return "invalid"
+    retries = int(self.request.retries or 0)
+    final = retries >= settings.max_task_retries
+    task_id = self.request.id or f"staff-{message_id}"
+
+    async def run() -> service.MessageResult:
+        rt = await _runtime(settings)
+        return await service.send_staff_reply(rt, message_id, task_id, final_attempt=final)
+
+    try:
+        result = run_async(run())
+    except Exception as exc:
+        if final:
+            TASKS.labels(task="send_staff_reply", outcome="failure").inc()
+            raise
+        retry_after = exc.retry_after if isinstance(exc, service.RetryLater) else None
+        TASKS.labels(task="send_staff_reply", outcome="retry").inc()
+        raise self.retry(
+            exc=exc, countdown=retry_countdown(retries, retry_after, cap=_cap(settings)),
+            max_retries=settings.max_task_retries,
+        ) from exc
+    outcome = "failure" if result.outcome == service.Outcome.FAILED else "success"
+    TASKS.labels(task="send_staff_reply", outcome=outcome).inc()
+    return result.outcome.value

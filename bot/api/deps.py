@@ -50,3 +50,11 @@ async def get_database_check(request: Request) -> DatabaseCheck:
 
 
 DatabaseCheckDep = Annotated[DatabaseCheck, Depends(get_database_check)]
+
+
+async def get_ingest(request: Request) -> IngestStore:
+    """The application's database writer (``bot.storage.ingest``)."""
+    return cast(IngestStore, request.app.state.ingest)
+
+
+IngestDep = Annotated[IngestStore, Depends(get_ingest)]

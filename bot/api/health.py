@@ -4,7 +4,8 @@
   get the pod restarted).
 - ``GET /readyz``: Redis answers ``PING`` and the database ``SELECT 1``; 503 naming the failed
   check otherwise (only the exception type, never a message that could hold a URL or secret).
-- ``GET /metrics``: Prometheus text format; the Celery queue depth is read from Redis first.
+- ``GET /metrics``: Prometheus text format; the Celery queue depth is read from Redis and the
+  number of conversations held by a person from the database first.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ import structlog
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 
-from bot.api.deps import DatabaseCheckDep, PublisherDep, RedisDep
-from bot.core.metrics import refresh_queue_depth, render_metrics
+from bot.api.deps import DatabaseCheckDep, IngestDep, PublisherDep, RedisDep
+from bot.core.metrics import refresh_conversations_held, refresh_queue_depth, render_metrics
 
 log = structlog.get_logger(__name__)
 router = APIRouter(tags=["health"])
@@ -63,9 +64,15 @@ async def readyz(redis: RedisDep, database: DatabaseCheckDep) -> JSONResponse:
 
 
 @router.get("/metrics", include_in_schema=False)
-async def metrics(publisher: PublisherDep) -> Response:
-    """Prometheus metrics, with ``released_queue_depth`` read from the broker now."""
+async def metrics(publisher: PublisherDep, ingest: IngestDep) -> Response:
+    """Prometheus metrics, with ``released_queue_depth`` read from the broker and
+    ``released_conversations_held`` from the database now."""
     if publisher.redis is not None:
-        await refresh_queue_depth(publisher.redis, publisher.queue)
+        await asyncio.gather(
+            refresh_queue_depth(publisher.redis, publisher.queue),
+            refresh_conversations_held(ingest.count_held),
+        )
+    else:
+        await refresh_conversations_held(ingest.count_held)
     body, content_type = await anyio.to_thread.run_sync(render_metrics)
     return Response(content=body, media_type=content_type)

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import unquote, urlsplit
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import AnyHttpUrl, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from released.providers.meta import DEFAULT_GRAPH_URL as DEFAULT_GRAPH_URL
@@ -47,6 +47,9 @@ _SECRET_FIELDS = (
     "meta_verify_token_previous",
     "openai_api_key",
     "safety_identifier_salt",
+    "admin_token",
+    "admin_token_previous",
+    "handover_notify_secret",
 )
 
 
@@ -109,10 +112,35 @@ class Settings(BaseSettings):
     #: While Meta refuses the agent's account (token, permission, policy), the worker probes
     #: it at most this often and holds messages meanwhile.
     meta_health_probe_seconds: float = Field(default=60.0, gt=0)
-    fallback_message: str = (
-        "Thanks for your message! We can't answer right now; a person will get back to you soon."
-    )
+    #: What the bot says when neither the model nor the FAQs answer; empty: a default in
+    #: ``LANGUAGE`` that promises a person only when ``HANDOVER_ENABLED`` (``bot.handover``).
+    fallback_message: str | None = None
     language: str = "en"
+
+    # -- handover to a person (``bot.handover``, docs/operations.md) ---------------------------
+    #: Whether the bot hands conversations to people: on a user's request (phrases, the
+    #: model's tool), after fallbacks in a row, on an order. Staff echoes and foreign statuses
+    #: hold a conversation whatever this says: the bot never talks over a person.
+    handover_enabled: bool = False
+    #: What the bot sends when it hands over; empty: a default in ``LANGUAGE``.
+    handover_message: str | None = None
+    #: How long a hold lasts (from the event that started or renewed it).
+    handover_hold_seconds: int = Field(default=86400, ge=1, le=366 * 86400)
+    #: Hand over instead of sending the N-th fallback answer in a row (0: never).
+    handover_after_fallbacks: int = Field(default=2, ge=0, le=100)
+    #: Hand over on an order message (its reply says a person will confirm it).
+    handover_on_order: bool = True
+    #: Language tag -> phrases that ask for a person (JSON); matched without a model call,
+    #: ignoring case and accents, as whole words. Empty: the built-in list (en, es, pt, fr).
+    handover_phrases: dict[str, list[str]] | None = None
+    #: Where the worker POSTs a signed JSON notification of each handover (optional).
+    handover_notify_url: AnyHttpUrl | None = None
+    #: The HMAC-SHA256 key of ``X-Released-Signature-256`` (required with the URL).
+    handover_notify_secret: SecretStr | None = None
+    #: Bearer token of the web tier's ``/admin/`` API (unset: the API answers 404).
+    admin_token: SecretStr | None = None
+    #: During a rotation the previous admin token is accepted too.
+    admin_token_previous: SecretStr | None = None
 
     faqs_path: Path | None = None
     database_url: str = "sqlite+aiosqlite:///./released.db"
@@ -197,11 +225,37 @@ class Settings(BaseSettings):
         "welcome_message",
         "reengagement_template",
         "reengagement_template_language",
+        "fallback_message",
+        "handover_message",
+        "handover_notify_url",
+        "handover_phrases",
         mode="before",
     )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("handover_phrases", mode="after")
+    @classmethod
+    def _phrases(cls, value: dict[str, list[str]] | None) -> dict[str, list[str]] | None:
+        if value is None:
+            return None
+        cleaned = {
+            tag.strip(): [p.strip() for p in phrases if p and p.strip()]
+            for tag, phrases in value.items()
+            if tag.strip()
+        }
+        cleaned = {tag: phrases for tag, phrases in cleaned.items() if phrases}
+        return cleaned or None
+
+    @model_validator(mode="after")
+    def _notify_needs_secret(self) -> Settings:
+        if self.handover_notify_url is not None and self.handover_notify_secret is None:
+            raise ValueError(
+                "HANDOVER_NOTIFY_URL is set without HANDOVER_NOTIFY_SECRET: notifications are "
+                "signed, set the secret too"
+            )
+        return self
 
     @property
     def broker_url(self) -> str:

@@ -38,12 +38,21 @@ released_messages_held_total       counter   ``outcome``: held (Meta refused the
 released_messages_unanswered_total counter   ``reason``: why a message got no free-text reply
 released_answers_deferred_total    counter   answers put back by the per-user rate limit
 released_fallback_answers_total    counter   ``source``: faq, fallback_message
+released_handovers_total           counter   ``reason``: conversations handed to a person
+                                             (user_request, model_request, fallbacks, order,
+                                             staff_echo, foreign_status, admin)
+released_handover_notifications_total
+                                   counter   ``outcome``: delivered, retry, failed
 released_queue_depth               gauge     tasks waiting in the Celery queue (Redis LLEN)
+released_conversations_held        gauge     conversations held by a person now (web tier,
+                                             read from the database at scrape time)
 ================================== ========= ===========================================
 
 ``released_queue_depth`` is not a stored value: :class:`QueueDepthCollector` reports the
 length read from Redis when the metrics are scraped (:func:`refresh_queue_depth`, awaited by the
 ``/metrics`` route, or a synchronous probe set with :meth:`QueueDepthCollector.set_probe`).
+``released_conversations_held`` is read the same way, from the database
+(:func:`refresh_conversations_held`).
 
 Multiprocess mode: when ``PROMETHEUS_MULTIPROC_DIR`` is set before ``prometheus_client`` is
 imported (Celery's prefork pool, several uvicorn workers), every process writes its samples to
@@ -118,7 +127,18 @@ UNANSWERED_REASONS = (
     "group",
     "not_answered_kind",
     "send_failed",
+    "held",
 )
+HANDOVER_REASONS = (
+    "user_request",
+    "model_request",
+    "fallbacks",
+    "order",
+    "staff_echo",
+    "foreign_status",
+    "admin",
+)
+NOTIFICATION_OUTCOMES = ("delivered", "retry", "failed")
 TOKEN_DIRECTIONS = ("input", "output")
 FALLBACK_SOURCES = ("faq", "fallback_message")
 
@@ -207,6 +227,17 @@ FALLBACK_ANSWERS = Counter(
     ["source"],
 )
 
+HANDOVERS = Counter(
+    "released_handovers_total",
+    "Conversations handed to a person, by reason.",
+    ["reason"],
+)
+HANDOVER_NOTIFICATIONS = Counter(
+    "released_handover_notifications_total",
+    "Handover notifications POSTed to HANDOVER_NOTIFY_URL, by outcome.",
+    ["outcome"],
+)
+
 # Known label values start at zero, so dashboards and alerts see them before the first event.
 for _outcome in WEBHOOK_OUTCOMES:
     WEBHOOK_REQUESTS.labels(outcome=_outcome)
@@ -229,19 +260,27 @@ for _outcome in HELD_OUTCOMES:
     MESSAGES_HELD.labels(outcome=_outcome)
 for _reason in UNANSWERED_REASONS:
     MESSAGES_UNANSWERED.labels(reason=_reason)
+for _reason in HANDOVER_REASONS:
+    HANDOVERS.labels(reason=_reason)
+for _outcome in NOTIFICATION_OUTCOMES:
+    HANDOVER_NOTIFICATIONS.labels(outcome=_outcome)
 
 QUEUE_DEPTH_NAME = "released_queue_depth"
 _QUEUE_DEPTH_HELP = "Tasks waiting in the Celery queue (Redis LLEN), read at scrape time."
+CONVERSATIONS_HELD_NAME = "released_conversations_held"
+_CONVERSATIONS_HELD_HELP = "Conversations held by a person now, read at scrape time."
 
 
-class QueueDepthCollector(Collector):
-    """Reports ``released_queue_depth`` from the last Redis reading or a synchronous probe.
+class ReadingCollector(Collector):
+    """Reports a gauge from the last reading taken at scrape time, or a synchronous probe.
 
-    Nothing is reported when no reading is available (Redis unreachable), rather than a stale
-    or made-up number.
+    Nothing is reported when no reading is available (Redis or the database unreachable),
+    rather than a stale or made-up number.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, name: str, documentation: str) -> None:
+        self._name = name
+        self._help = documentation
         self._value: int | None = None
         self._probe: Callable[[], int | None] | None = None
 
@@ -254,7 +293,7 @@ class QueueDepthCollector(Collector):
         self._probe = probe
 
     def describe(self) -> Iterable[Metric]:
-        return [GaugeMetricFamily(QUEUE_DEPTH_NAME, _QUEUE_DEPTH_HELP)]
+        return [GaugeMetricFamily(self._name, self._help)]
 
     def collect(self) -> Iterable[Metric]:
         value = self._value
@@ -265,11 +304,35 @@ class QueueDepthCollector(Collector):
                 value = None
         if value is None:
             return []
-        return [GaugeMetricFamily(QUEUE_DEPTH_NAME, _QUEUE_DEPTH_HELP, value=float(value))]
+        return [GaugeMetricFamily(self._name, self._help, value=float(value))]
+
+
+class QueueDepthCollector(ReadingCollector):
+    """``released_queue_depth`` (see :class:`ReadingCollector`)."""
+
+    def __init__(self) -> None:
+        super().__init__(QUEUE_DEPTH_NAME, _QUEUE_DEPTH_HELP)
 
 
 QUEUE_DEPTH = QueueDepthCollector()
 REGISTRY.register(QUEUE_DEPTH)
+CONVERSATIONS_HELD = ReadingCollector(CONVERSATIONS_HELD_NAME, _CONVERSATIONS_HELD_HELP)
+REGISTRY.register(CONVERSATIONS_HELD)
+
+
+async def refresh_conversations_held(
+    count: Callable[[], Awaitable[int]], *, max_wait: float = 1.0
+) -> int | None:
+    """Read how many conversations are held (``count``: a database query) into
+    ``released_conversations_held``; ``None`` (and the gauge omitted) when it fails."""
+    held: int | None
+    try:
+        async with asyncio.timeout(max_wait):
+            held = int(await count())
+    except Exception:
+        held = None
+    CONVERSATIONS_HELD.set(held)
+    return held
 
 
 class _AsyncLlen(Protocol):
@@ -314,5 +377,6 @@ def render_metrics() -> tuple[bytes, str]:
         registry = CollectorRegistry()
         MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         registry.register(QUEUE_DEPTH)
+        registry.register(CONVERSATIONS_HELD)
         return generate_latest(registry), CONTENT_TYPE_LATEST
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST

@@ -3,9 +3,11 @@
 :func:`answer` is the one entry point the service uses. It asks the model (``responses.create``
 with the persona and FAQs as ``instructions``, the earlier turns and the question as ``input``)
 and returns an :class:`Answer` that says where the text came from: ``model``, ``faq`` (lexical
-FAQ match) or ``fallback`` (``FALLBACK_MESSAGE``). The bot never stays silent: when the model
-fails and the caller does not want to retry (``fallback_on_error``), or the error cannot be
-fixed by retrying, the answer comes from the FAQs or the fallback message.
+FAQ match), ``fallback`` (``FALLBACK_MESSAGE``) or ``handover`` (with ``HANDOVER_ENABLED`` the
+request offers the model the ``hand_over_to_person`` function tool, ``bot.handover``; when the
+model calls it, the service hands the conversation to a person). The bot never stays silent:
+when the model fails and the caller does not want to retry (``fallback_on_error``), or the
+error cannot be fixed by retrying, the answer comes from the FAQs or the fallback message.
 
 Each request carries ``reasoning.effort`` and ``text.verbosity`` (``OPENAI_REASONING_EFFORT``,
 ``OPENAI_VERBOSITY``; only for models that take them), a per-agent ``prompt_cache_key`` (the
@@ -48,11 +50,12 @@ from bot.core.metrics import (
     OPENAI_REQUESTS,
     OPENAI_TOKENS,
 )
+from bot.handover import TOOL_NAME, fallback_text, model_tool
 from bot.llm.faqs import FAQ, build_instructions, match_faq, needs_file_search
 from released.providers.meta import MAX_TEXT_LENGTH
 from released.providers.openai import ErrorKind, from_exception, supports_reasoning
 
-AnswerSource = Literal["model", "faq", "fallback", "unsupported", "canned"]
+AnswerSource = Literal["model", "faq", "fallback", "unsupported", "canned", "handover"]
 
 #: WhatsApp refuses text bodies longer than this.
 MAX_WHATSAPP_TEXT = MAX_TEXT_LENGTH
@@ -188,11 +191,24 @@ def request_kwargs(
             kwargs["reasoning"] = {"effort": settings.openai_reasoning_effort}
         if settings.openai_verbosity:
             kwargs["text"] = {"verbosity": settings.openai_verbosity}
+    tools: list[dict[str, Any]] = []
     if use_store:
-        kwargs["tools"] = [
+        tools.append(
             {"type": "file_search", "vector_store_ids": [settings.openai_vector_store_id]}
-        ]
+        )
+    if settings.handover_enabled:
+        tools.append(model_tool())
+    if tools:
+        kwargs["tools"] = tools
     return kwargs
+
+
+def asks_for_handover(response: Any) -> bool:
+    """Whether the model called the handover tool (``bot.handover.TOOL_NAME``)."""
+    return any(
+        getattr(item, "type", None) == "function_call" and getattr(item, "name", None) == TOOL_NAME
+        for item in (getattr(response, "output", None) or [])
+    )
 
 
 async def _create(
@@ -270,6 +286,10 @@ async def ask_model(
         raise ModelError(
             f"the model's answer is {status} ({reason}); not sent", retryable=False, status=200
         )
+    if settings.handover_enabled and asks_for_handover(response):
+        OPENAI_REQUESTS.labels(outcome="success").inc()
+        return Answer(text="", source="handover", tokens=total, input_tokens=input_tokens,
+                      output_tokens=output_tokens)
     text = (response.output_text or "").strip()
     if not text:
         OPENAI_REQUESTS.labels(outcome="empty").inc()
@@ -291,7 +311,7 @@ def fallback_answer(question: str, faqs: Sequence[FAQ], settings: Settings) -> A
         FALLBACK_ANSWERS.labels(source="faq").inc()
         return Answer(text=_clip(match[0].a), source="faq")
     FALLBACK_ANSWERS.labels(source="fallback_message").inc()
-    return Answer(text=_clip(settings.fallback_message), source="fallback")
+    return Answer(text=_clip(fallback_text(settings)), source="fallback")
 
 
 async def answer(

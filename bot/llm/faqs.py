@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 from rapidfuzz import fuzz, process, utils
 
 from bot.core.config import Settings
+from bot.handover import instructions_rule
 
 #: The demo FAQs shipped in the package (``released run`` uses them when FAQS_PATH is unset).
 EMBEDDED_FAQS_PATH = Path(__file__).resolve().parent.parent / "data" / "faqs.yaml"
@@ -216,11 +217,7 @@ def build_instructions(
             "reply in theirs. You are chatting on WhatsApp: keep replies short, in plain text "
             "without Markdown headings or tables."
         ),
-        (
-            "Answer only from these FAQs. If they do not answer the question, say so briefly "
-            "and that a person from the team will follow up; never invent facts, prices, "
-            "dates or links."
-        ),
+        instructions_rule(settings),
     ]
     if file_search:
         parts.append(

@@ -55,6 +55,8 @@ class Database(Protocol):
 
     async def insert_quarantined(self, rows: Sequence[tuple[Any, ...]]) -> list[str]: ...
 
+    async def count_held(self) -> int: ...
+
     async def aclose(self) -> None: ...
 
 
@@ -90,6 +92,10 @@ class IngestStore:
     async def ping(self) -> None:
         """Return when the database answers ``SELECT 1``."""
         await self.db.ping()
+
+    async def count_held(self) -> int:
+        """How many conversations a person holds now (``released_conversations_held``)."""
+        return await self.db.count_held()
 
     async def put_inbox(self, rows: Sequence[InboxRow]) -> set[str]:
         """Store ``rows`` (each once, whatever the redeliveries); return the wamids that were
@@ -212,6 +218,9 @@ SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
 ON CONFLICT (fingerprint) DO NOTHING RETURNING fingerprint
 """
 
+#: The operator counts held conversations with this very statement.
+_PG_COUNT_HELD = "SELECT count(*) FROM conversations WHERE held_until > now()"
+
 
 class _Postgres:
     def __init__(self, dsn: str) -> None:
@@ -251,6 +260,10 @@ class _Postgres:
     async def insert_quarantined(self, rows: Sequence[tuple[Any, ...]]) -> list[str]:
         return await self._insert(_PG_INSERT_QUARANTINED, rows)
 
+    async def count_held(self) -> int:
+        pool = await self._acquire()
+        return int(await pool.fetchval(_PG_COUNT_HELD))
+
     async def aclose(self) -> None:
         if self._pool is not None:
             await self._pool.close()
@@ -264,6 +277,7 @@ INSERT INTO inbox (wamid, event, payload, created_at) VALUES (?, ?, ?, ?)
 ON CONFLICT (wamid) DO NOTHING RETURNING wamid
 """
 _SQLITE_DELETE_INBOX = "DELETE FROM inbox WHERE wamid = ?"
+_SQLITE_COUNT_HELD = "SELECT count(*) FROM conversations WHERE held_until > ?"
 _SQLITE_INSERT_QUARANTINED = """
 INSERT INTO quarantined_events
   (fingerprint, phone_number_id, field, element, cause, path, wamid, reason, raw, created_at)
@@ -321,6 +335,15 @@ class _SQLite:
 
     async def insert_quarantined(self, rows: Sequence[tuple[Any, ...]]) -> list[str]:
         return await self._insert(_SQLITE_INSERT_QUARANTINED, rows)
+
+    async def count_held(self) -> int:
+        async with self._lock:
+            conn = await self._connection()
+            now = _sqlite_value(datetime.now(UTC))
+            cursor = await conn.execute(_SQLITE_COUNT_HELD, [now])
+            row = await cursor.fetchone()
+            await cursor.close()
+        return int(row[0]) if row else 0
 
     async def aclose(self) -> None:
         if self._conn is not None:

@@ -97,7 +97,10 @@ class Conversation(SQLModel, table=True):
     many identities: see :class:`UserIdentity`)."""
 
     __tablename__ = "conversations"
-    __table_args__ = (Index("ix_conversations_phone_wa", "phone_number_id", "wa_id"),)
+    __table_args__ = (
+        Index("ix_conversations_phone_wa", "phone_number_id", "wa_id"),
+        Index("ix_conversations_held_until", "held_until"),
+    )
 
     id: int | None = Field(default=None, sa_column=Column(Integer, primary_key=True))
     phone_number_id: str = Field(sa_column=Column(String(64), nullable=False))
@@ -109,6 +112,30 @@ class Conversation(SQLModel, table=True):
     )
     updated_at: datetime = Field(
         default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False)
+    )
+    #: Held by a person until then: the bot stores the user's messages and does not answer
+    #: (``bot.handover``). ``None`` or past: the bot answers.
+    held_until: datetime | None = Field(
+        default=None, sa_column=Column(UTCDateTime(), nullable=True)
+    )
+    #: When the current (or last) hold started, and why (``bot.handover.Reason``).
+    held_since: datetime | None = Field(
+        default=None, sa_column=Column(UTCDateTime(), nullable=True)
+    )
+    held_reason: str | None = Field(default=None, sa_column=Column(String(32), nullable=True))
+    #: Who holds it or a note from them (the admin API's ``reason``), for people to read.
+    held_by: str | None = Field(default=None, sa_column=Column(String(256), nullable=True))
+    #: Messages the user sent while held (not answered by the bot), since ``held_since``.
+    held_messages: int = Field(
+        default=0, sa_column=Column(Integer, nullable=False, server_default="0")
+    )
+    #: When a person last released it: echoes and statuses older than that hold nothing.
+    released_at: datetime | None = Field(
+        default=None, sa_column=Column(UTCDateTime(), nullable=True)
+    )
+    #: Fallback answers in a row (``HANDOVER_AFTER_FALLBACKS``); a real answer resets it.
+    consecutive_fallbacks: int = Field(
+        default=0, sa_column=Column(Integer, nullable=False, server_default="0")
     )
 
 

@@ -327,7 +327,8 @@ class OpenAIState(BaseState):
         self.response_inputs: dict[str, list[dict[str, Any]]] = {}
         self.conversations: dict[str, dict[str, Any]] = {}
         self.conversation_items: dict[str, list[dict[str, Any]]] = {}
-        self.replies: list[str] = []
+        #: Scripted next answers: a text, or ``{"function_call": {"name", "arguments"}}``.
+        self.replies: list[str | dict[str, Any]] = []
         self.requests_per_minute: int | None = None
 
     def reset(self) -> None:
@@ -537,6 +538,10 @@ def check_responses_addenda(body: dict[str, Any], at: float) -> contracts.Proble
             "'previous_response_id' or 'conversation'.",
             "conversation", "mutually_exclusive_parameters")
     for index, tool in enumerate(body.get("tools") or []):
+        if isinstance(tool, dict) and tool.get("type") == "function":
+            problem = check_function_tool(tool, index)
+            if problem is not None:
+                return problem
         if (isinstance(tool, dict) and tool.get("type") == "file_search"
                 and not tool.get("vector_store_ids")):
             # README: "A `file_search` tool needs `vector_store_ids`" (an empty list too).
@@ -545,6 +550,53 @@ def check_responses_addenda(body: dict[str, Any], at: float) -> contracts.Proble
                     "array with minimum length 1, but got an empty array instead.",
                     f"tools[{index}].vector_store_ids", "empty_array")
     return None
+
+
+#: Function names the API takes (OpenAI's function calling guide).
+_FUNCTION_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+
+
+def check_function_tool(tool: dict[str, Any], index: int) -> contracts.Problem | None:
+    """What the API refuses in a function tool beyond the schema: a name outside
+    ``[a-zA-Z0-9_-]{1,64}``, and with ``strict: true`` a parameters schema whose objects do not
+    set ``additionalProperties: false`` or leave a property out of ``required`` (OpenAI's
+    function calling guide, "Strict mode")."""
+    name = str(tool.get("name", ""))
+    if not _FUNCTION_NAME.match(name):
+        return contracts.Problem(
+            f"Invalid 'tools[{index}].name': string does not match pattern. Expected a string "
+            "that matches the pattern '^[a-zA-Z0-9_-]+$'.", f"tools[{index}].name",
+            "invalid_value")
+    if not tool.get("strict"):
+        return None
+
+    def walk(schema: Any, where: str) -> str | None:
+        if not isinstance(schema, dict):
+            return None
+        if schema.get("type") == "object":
+            if schema.get("additionalProperties") is not False:
+                return (f"In context={where}, 'additionalProperties' is required to be supplied "
+                        "and to be false.")
+            props = schema.get("properties") or {}
+            missing = [key for key in props if key not in (schema.get("required") or [])]
+            if missing:
+                return (f"In context={where}, 'required' is required to be supplied and to be "
+                        f"an array including every key in properties. Missing '{missing[0]}'.")
+            for key, sub in props.items():
+                found = walk(sub, f"{where[:-1]}'properties', '{key}')" if where != "()"
+                             else f"('properties', '{key}')")
+                if found:
+                    return found
+        if schema.get("type") == "array":
+            return walk(schema.get("items"), where)
+        return None
+
+    problem = walk(tool.get("parameters"), "()")
+    if problem is None:
+        return None
+    return contracts.Problem(
+        f"Invalid schema for function '{name}': {problem}", f"tools[{index}].parameters",
+        "invalid_function_parameters")
 
 
 def check_model_options(body: dict[str, Any], info: ModelInfo) -> contracts.Problem | None:
@@ -732,12 +784,20 @@ def create_app(state: OpenAIState, fake: FakeOpenAI | None = None) -> Starlette:
     # -- answering ----------------------------------------------------------------------------
 
     def answer(
-        instructions: str, system_texts: list[str], user_text: str, store_ids: list[str]
-    ) -> tuple[str, str | None]:
-        """(answer text, file id it came from or None)."""
+        instructions: str, system_texts: list[str], user_text: str, store_ids: list[str],
+        functions: Sequence[str] = (),
+    ) -> tuple[str | dict[str, Any], str | None]:
+        """(answer text or a scripted function call, file id it came from or None). A
+        scripted call of a function the request does not offer is skipped: a model cannot call
+        a tool it was not given."""
         with state.lock:
-            if state.replies:
-                return state.replies.pop(0), None
+            while state.replies:
+                reply = state.replies.pop(0)
+                if isinstance(reply, dict):
+                    if str(reply.get("name")) in functions:
+                        return reply, None
+                    continue
+                return reply, None
             default = state.default_answer
         faqs: list[tuple[str, str, str | None]] = [
             (q, a, None) for q, a in parse_faq_text("\n".join([instructions, *system_texts]))
@@ -805,7 +865,14 @@ def create_app(state: OpenAIState, fake: FakeOpenAI | None = None) -> Starlette:
                             404, f"Vector store with id '{vs_id}' not found.", param="tools"
                         )
                     store_ids.append(vs_id)
-        text, file_id = answer(instructions_text, system_texts, user_text, store_ids)
+        functions = [str(t.get("name")) for t in tools
+                     if isinstance(t, dict) and t.get("type") == "function"]
+        if body.get("tool_choice") == "none":
+            functions = []
+        replied, file_id = answer(instructions_text, system_texts, user_text, store_ids,
+                                  functions)
+        call = replied if isinstance(replied, dict) else None
+        text = "" if call is not None else str(replied)
         reasoning = body.get("reasoning") if isinstance(body.get("reasoning"), dict) else {}
         effort = str((reasoning or {}).get("effort") or info.default_effort or "none")
         with state.lock:
@@ -842,6 +909,20 @@ def create_app(state: OpenAIState, fake: FakeOpenAI | None = None) -> Starlette:
                 {"type": "file_citation", "index": len(text), "file_id": file_id,
                  "filename": filename}
             )
+        if call is not None:
+            arguments = call.get("arguments", {})
+            output.append(
+                {
+                    "type": "function_call",
+                    "id": random_id("fc_"),
+                    "call_id": random_id("call_"),
+                    "name": str(call["name"]),
+                    "arguments": arguments if isinstance(arguments, str)
+                    else json.dumps(arguments),
+                    "status": "completed",
+                }
+            )
+            answer_tokens = estimate_tokens(output[-1]["arguments"]) + 8
         if text:
             output.append(
                 {
@@ -1019,7 +1100,8 @@ def create_app(state: OpenAIState, fake: FakeOpenAI | None = None) -> Starlette:
         if body.get("stream"):
             return openai_error(400, "stream=true is not supported by the fake.", param="stream")
         system_texts, user_text = split_input(body.get("messages"))
-        text, _ = answer("", system_texts, user_text, [])
+        replied, _ = answer("", system_texts, user_text, [])
+        text = str(replied)
         prompt_tokens = estimate_tokens(json.dumps(body.get("messages")))
         completion_tokens = estimate_tokens(text)
         return JSONResponse(
@@ -1459,7 +1541,11 @@ def create_app(state: OpenAIState, fake: FakeOpenAI | None = None) -> Starlette:
             with state.lock:
                 if body.get("replace"):
                     state.replies.clear()
-                state.replies.extend(str(r) for r in body.get("replies", []))
+                for reply in body.get("replies", []):
+                    if isinstance(reply, dict) and isinstance(reply.get("function_call"), dict):
+                        state.replies.append(dict(reply["function_call"]))
+                    else:
+                        state.replies.append(str(reply))
         with state.lock:
             return JSONResponse(list(state.replies))
 
@@ -1610,8 +1696,13 @@ class FakeOpenAI(FakeServer):
     def vector_stores(self) -> list[dict[str, Any]]:
         return list(self.state_snapshot()["vector_stores"])
 
-    def script_replies(self, replies: Sequence[str], *, replace: bool = False) -> None:
-        """The next responses answer these texts, in order, whatever the FAQs say."""
+    def script_replies(
+        self, replies: Sequence[str | dict[str, Any]], *, replace: bool = False
+    ) -> None:
+        """The next responses answer these texts, in order, whatever the FAQs say. An item
+        ``{"function_call": {"name": N, "arguments": {...}}}`` answers with a ``function_call``
+        output item instead, when the request offers a function tool named N (else it is
+        skipped: a model cannot call a tool it was not given)."""
         self._post("/replies", {"replies": list(replies), "replace": replace})
 
     def set_default_answer(self, text: str) -> None:

@@ -301,3 +301,58 @@ def test_requests_per_minute_limit(oai: FakeOpenAI, client: openai.OpenAI) -> No
         assert raw(oai, "GET", "/models/gpt-6-luna").status_code == 200
     finally:
         oai.configure(requests_per_minute=None)
+
+
+HANDOVER_TOOL = {
+    "type": "function",
+    "name": "hand_over_to_person",
+    "description": "Hand the conversation to a person.",
+    "parameters": {
+        "type": "object",
+        "properties": {"reason": {"type": "string"}},
+        "required": ["reason"],
+        "additionalProperties": False,
+    },
+    "strict": True,
+}
+
+
+def test_function_tools_are_checked_like_the_api_does(oai: FakeOpenAI) -> None:
+    # The schema: a function tool needs name, parameters and strict.
+    loose = {k: v for k, v in HANDOVER_TOOL.items() if k != "strict"}
+    assert respond(oai, model="gpt-6-luna", tools=[loose]).status_code == 400
+    bad_name = dict(HANDOVER_TOOL, name="hand over")
+    assert_openai_error(respond(oai, model="gpt-6-luna", tools=[bad_name]), 400,
+                        "invalid_value", "tools[0].name")
+    # Strict mode: every object closed, every property required.
+    open_object = dict(HANDOVER_TOOL, parameters={"type": "object",
+                                                  "properties": {"reason": {"type": "string"}},
+                                                  "required": ["reason"]})
+    error = assert_openai_error(respond(oai, model="gpt-6-luna", tools=[open_object]), 400,
+                                "invalid_function_parameters", "tools[0].parameters")
+    assert "additionalProperties" in error["message"]
+    optional = dict(HANDOVER_TOOL, parameters=dict(HANDOVER_TOOL["parameters"], required=[]))
+    assert_openai_error(respond(oai, model="gpt-6-luna", tools=[optional]), 400,
+                        "invalid_function_parameters", "tools[0].parameters")
+    # Without strict mode the API takes a loose schema.
+    lenient = dict(open_object, strict=False)
+    assert respond(oai, model="gpt-6-luna", tools=[lenient]).status_code == 200
+
+
+def test_a_scripted_function_call_comes_back_as_an_output_item(
+    client: openai.OpenAI, oai: FakeOpenAI
+) -> None:
+    call = {"function_call": {"name": "hand_over_to_person",
+                              "arguments": {"reason": "wants a refund"}}}
+    oai.script_replies([call, "plain text"])
+    # Not offered the tool: the model cannot call it; the next scripted text answers.
+    response = client.responses.create(model="gpt-6-luna", input="refund please")
+    assert response.output_text == "plain text"
+    oai.script_replies([call])
+    response = client.responses.create(
+        model="gpt-6-luna", input="refund please", tools=[HANDOVER_TOOL]  # type: ignore[list-item]
+    )
+    calls = [item for item in response.output if item.type == "function_call"]
+    assert len(calls) == 1 and calls[0].name == "hand_over_to_person"
+    assert calls[0].arguments == '{"reason": "wants a refund"}' and calls[0].call_id
+    assert response.output_text == "" and response.status == "completed"

@@ -16,6 +16,7 @@ import pytest
 from pydantic import SecretStr
 
 from bot.core.config import Settings
+from bot.handover import asks_for_person, fallback_text
 from bot.llm import faqs as faqs_mod
 from bot.llm.client import Answer, ModelError, Turn, answer, ask_model, fallback_answer, make_client
 from bot.llm.faqs import FAQ, FAQError, build_instructions, load_faqs, match_faq
@@ -336,7 +337,7 @@ async def test_empty_model_output_falls_back() -> None:
     settings = settings_for()
     rec = Recorder(lambda r: httpx.Response(200, json=response_body("   ")))
     got = await answer("nothing matches this", [], FAQS, settings, client=rec.client(settings))
-    assert got.source == "fallback" and got.text == settings.fallback_message
+    assert got.source == "fallback" and got.text == fallback_text(settings)
 
 
 async def test_answer_creates_and_closes_its_own_client() -> None:
@@ -349,8 +350,34 @@ async def test_answer_creates_and_closes_its_own_client() -> None:
 def test_fallback_answer_with_no_faqs() -> None:
     settings = Settings()
     assert fallback_answer("anything", [], settings) == Answer(
-        settings.fallback_message, "fallback"
+        fallback_text(settings), "fallback"
     )
+
+
+def test_the_default_fallback_promises_a_person_only_with_handover() -> None:
+    # Nobody is told without handover: the default says so little.
+    plain = fallback_answer("anything", [], Settings()).text
+    assert "person" not in plain and "team" not in plain
+    spanish = fallback_answer("lo que sea", [], Settings(language="es")).text
+    assert "persona" not in spanish and spanish.startswith("¡Gracias")
+    # With handover the user learns how to reach a person, with a phrase that hands over.
+    handing = Settings(handover_enabled=True)
+    text = fallback_answer("anything", [], handing).text
+    assert "person" in text and '"talk to a person"' in text
+    assert asks_for_person(text, handing)
+    own = Settings(handover_enabled=True, language="es",
+                   handover_phrases={"es": ["quiero un agente"]})
+    assert '"quiero un agente"' in fallback_answer("x", [], own).text
+    # An explicit FALLBACK_MESSAGE is sent as written either way.
+    assert fallback_answer("x", [], Settings(fallback_message="Hi.")).text == "Hi."
+
+
+def test_instructions_promise_a_person_only_with_handover() -> None:
+    plain = build_instructions(Settings(), FAQS)
+    assert "person" not in plain.replace("do not say that a person will follow up", "")
+    assert "nobody is notified" in plain
+    handing = build_instructions(Settings(handover_enabled=True), FAQS)
+    assert "hand_over_to_person" in handing and "a person from the team" in handing
 
 
 # -- the token bucket (real Redis) ----------------------------------------------------------

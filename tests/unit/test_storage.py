@@ -87,7 +87,7 @@ async def test_migrations_are_idempotent(settings: Settings) -> None:
     run_migrations(settings)
     async with session_scope(settings) as session:
         version = (await session.execute(text("SELECT version_num FROM alembic_version"))).scalar()
-    assert version == "0004_inbox"
+    assert version == "0005_handover"
 
 
 async def test_record_inbound_is_idempotent(settings: Settings) -> None:
