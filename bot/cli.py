@@ -9,6 +9,8 @@
 - ``released purge``      delete what is older than ``RETENTION_DAYS`` (the agent's retention
                           CronJob runs it hourly; it exits when done).
 - ``released provision``  print (or apply) a complete WhatsAppAgent with its Secret templates.
+- ``released conversations list|show|hold|release|reply``  people taking conversations over
+                          from the bot, through the web tier's admin API (``bot.admin_cli``).
 """
 
 from __future__ import annotations
@@ -24,11 +26,14 @@ from typing import Annotated, Any
 import httpx
 import typer
 
+from bot.admin_cli import conversations
+
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     help="Released: WhatsApp Business bots on Kubernetes.",
 )
+app.add_typer(conversations, name="conversations")
 
 DEFAULT_HOME = Path(os.environ.get("RELEASED_HOME", Path.home() / ".cache" / "released" / "run"))
 WorkdirOpt = Annotated[Path, typer.Option(help="Where the local bot keeps its state and logs.")]
@@ -71,12 +76,15 @@ Released is running.
   webhook      {web}/webhook   (verify token: $META_VERIFY_TOKEN or the local default)
   health       {web}/healthz  {web}/readyz
   metrics      {web}/metrics
+  admin API    {web}/admin/conversations   (`released conversations list`; token in the state
+               file {workdir}/stack.json)
   redis        {stack.urls["redis"]}  ({stack.redis_binary})
   graph API    {stack.env.get("META_GRAPH_URL", "Meta (real)")}
   OpenAI       {stack.env.get("OPENAI_BASE_URL", "OpenAI (real)")}
   logs         {workdir}/*.log
 
 Talk to it from another shell:  released say "¿Qué es Released?"
+Take a conversation over:       released conversations list / show / hold / reply / release
 Stop with Ctrl-C.""")
     stopping = False
 

@@ -101,6 +101,7 @@ class LocalStack:
     urls: dict[str, str] = field(default_factory=dict, init=False)
     redis_binary: str = field(default="", init=False)
     _logs: dict[str, IO[bytes]] = field(default_factory=dict, init=False)
+    _local_admin_token: str = field(default="", init=False)
     _next_purge: float = field(default=0.0, init=False)
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -323,6 +324,9 @@ class LocalStack:
         # Local secrets, made afresh for this stack: the bot has no defaults to fall back on.
         env.setdefault("META_APP_SECRET", secrets.token_hex(16))  # shaped like Meta's
         env.setdefault("META_VERIFY_TOKEN", secrets.token_urlsafe(24))
+        # The admin API's token (``released conversations`` finds it in the state file).
+        if not env.get("ADMIN_TOKEN"):
+            env["ADMIN_TOKEN"] = self._local_admin_token = secrets.token_urlsafe(32)
         env.update(self.extra_env)
         self.env = env
 
@@ -383,6 +387,9 @@ class LocalStack:
         if self.use_fakes:
             # Only the local stand-in secret; with real credentials `say` reads the environment.
             state["app_secret"] = self.env["META_APP_SECRET"]
+        if self._local_admin_token and self.env.get("ADMIN_TOKEN") == self._local_admin_token:
+            # Made for this stack (not one from the environment): `released conversations`.
+            state["admin_token"] = self._local_admin_token
         return state
 
     def _write_state(self) -> None:
