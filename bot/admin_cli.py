@@ -107,7 +107,7 @@ def _request(
         data = {"detail": response.text[:200]}
     if response.status_code == 401:
         _fail("the admin token was refused (--token, RELEASED_ADMIN_TOKEN)")
-    if response.status_code == 404 and path == "/conversations":
+    if response.status_code == 404 and path.split("?", 1)[0] == "/conversations":
         _fail(f"{base} has no admin API: ADMIN_TOKEN is not set on its web tier (or it is "
               "not a Released bot)")
     if response.status_code >= 400:

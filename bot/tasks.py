@@ -55,6 +55,7 @@ import random
 import threading
 from collections.abc import Coroutine
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -167,13 +168,13 @@ async def _runtime(settings: Settings) -> service.Runtime:
     if rt is not None:  # settings changed (tests): rebuild the clients
         await rt.aclose()
     _rt = service.create_runtime(settings)
-    _rt.on_handover = _queue_notification
+    _rt.on_handover = partial(_queue_notification, settings)
     return _rt
 
 
-async def _queue_notification(handover: service.Handover) -> None:
+async def _queue_notification(settings: Settings, handover: service.Handover) -> None:
     """Queue the notification of a handover (``notify_handover``), off the event loop."""
-    if get_settings().handover_notify_url is None:
+    if settings.handover_notify_url is None:
         return
     await asyncio.to_thread(notify_handover.apply_async, args=[_handover_payload(handover)])
 
