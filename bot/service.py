@@ -454,7 +454,7 @@ async def handle_message(
     if not msg.address:
         return MessageResult(Outcome.NOT_ANSWERED, reason="no_sender")
     if (reply is None or reply.source != HANDOVER_SOURCE) and await _held(
-        settings, conversation_id, msg, reply
+        settings, conversation_id, msg, reply, count=record.created
     ):
         return MessageResult(Outcome.NOT_ANSWERED, reason="held")
 
@@ -533,13 +533,21 @@ def _trigger(msg: InboundMessage, plan: Plan, settings: Settings) -> Reason | No
 
 
 async def _held(
-    settings: Settings, conversation_id: int, msg: InboundMessage, reply: Message | None
+    settings: Settings,
+    conversation_id: int,
+    msg: InboundMessage,
+    reply: Message | None,
+    *,
+    count: bool,
 ) -> bool:
-    """Whether a person holds the conversation: then the message is counted and not
-    answered, and a bot reply still pending is dropped (recorded as failed, with why)."""
+    """Whether a person holds the conversation: then the message is not answered (and
+    counted when ``count``: stored by this run, not a redelivery), and a bot reply still
+    pending is dropped (recorded as failed, with why)."""
     async with session_scope(settings) as session:
-        if reply is None:
+        if reply is None and count:
             held = await holds.note_held_message(session, conversation_id)
+        elif reply is None:
+            held = await holds.held_now(session, conversation_id)
         else:
             held = await holds.held_now(session, conversation_id)
             if held:

@@ -28,7 +28,7 @@ from bot.storage.db import session_scope
 from bot.storage.models import Conversation, Message
 from bot.whatsapp.events import InboundMessage
 from released.fakes import FakeMeta, FakeOpenAI
-from tests.integration.worker_support import PHONE, USER, inbound, process, reply_to
+from tests.integration.worker_support import PHONE, USER, inbound, process, reply_to, stored
 
 pytestmark = pytest.mark.integration
 
@@ -384,3 +384,43 @@ def test_a_staff_reply_is_sent_as_the_business_and_stored(
     assert tasks.send_staff_reply.apply(args=[{"message": message_id}]).get() == "duplicate"
     assert len(meta.sent()) == 2
     assert conversation(settings).held_reason == "admin"
+
+
+def test_the_operators_count_and_retention_while_held(
+    settings: Settings, meta: FakeMeta
+) -> None:
+    from sqlalchemy import text
+
+    from bot.storage.ingest import IngestStore
+
+    echo = {"wamid": "wamid.ECHO9", "phone_number_id": PHONE, "wa_id": USER, "kind": "text",
+            "text": "staff here"}
+    tasks.process_echo.apply(args=[echo]).get()
+    assert process(inbound("wamid.K1", "are you there?"))["reason"] == "held"
+    assert process(inbound("wamid.K1", "are you there?"))["reason"] == "held"  # redelivered
+    assert conversation(settings).held_messages == 1
+
+    async def counts() -> tuple[int, int]:
+        async with session_scope(settings) as session:
+            # Exactly the statement the operator runs for the agent's status.
+            operator = (await session.execute(text(
+                "SELECT count(*) FROM conversations WHERE held_until > now()"))).scalar_one()
+        ingest = IngestStore(settings.database_url)
+        try:
+            web = await ingest.count_held()
+        finally:
+            await ingest.aclose()
+        return int(operator), web
+
+    assert tasks.run_async(counts()) == (1, 1)
+
+    async def purge_later() -> int:
+        async with session_scope(settings) as session:
+            return await repo.purge_older_than(
+                session, settings.retention_days,
+                now=datetime.now(UTC) + timedelta(days=settings.retention_days + 1))
+
+    # Retention applies to what came in while held, as to everything else.
+    assert stored(settings, "wamid.K1") is not None
+    assert tasks.run_async(purge_later()) >= 2
+    assert stored(settings, "wamid.K1") is None and stored(settings, "wamid.ECHO9") is None
