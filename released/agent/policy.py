@@ -18,6 +18,11 @@ What is decided here:
 - **OpenAI base URLs** (the ``baseUrl`` key of the agent's OpenAI Secret): only the platform's
   allowlist, only ``https``, and after DNS resolution no private, loopback, link-local,
   shared, multicast or cluster address (:func:`check_resolved_addresses`).
+- **Handover notification URLs** (``spec.handover.notify.url``, called by the agent's worker
+  on the tenant's behalf): the same rules as OpenAI base URLs without the prefix allowlist —
+  only ``https``, no credentials in the URL, and no private, loopback, link-local, shared,
+  multicast or cluster address after DNS resolution unless the platform allows that network
+  (:func:`check_notify_url`, :func:`check_notify_addresses`).
 - **Meta Secrets**: no ``REPLACE_ME`` placeholder, an app secret shaped like Meta's (32 hex
   characters) — a guessable app secret lets anyone sign webhooks.
 
@@ -47,6 +52,8 @@ REASON_POLICY = "PolicyViolation"
 REASON_META_SECRET = "InvalidMetaSecret"  # noqa: S105 - a condition reason
 #: ``Ready=False`` reason for an OpenAI ``baseUrl`` the policy refuses.
 REASON_OPENAI_URL = "OpenAIBaseUrlRefused"
+#: ``Ready=False`` reason (and admission answer) for a handover notification URL it refuses.
+REASON_HANDOVER_URL = "HandoverUrlRefused"
 
 #: Annotations that inject configuration into the ingress controller (CVE-2021-25742,
 #: CVE-2023-5043 and friends): refused even when a platform's allowlist would match them.
@@ -123,6 +130,9 @@ class Policy(BaseModel):
     #: Networks a tenant's OpenAI base URL may resolve to although they are private (an
     #: in-cluster model server the platform runs, for example).
     openai_allowed_networks: tuple[str, ...] = ()
+    #: Networks a tenant's handover notification URL may resolve to although they are private
+    #: (a helpdesk bridge inside the cluster, the tests' fakes on 127.0.0.1).
+    notify_allowed_networks: tuple[str, ...] = ()
     #: More networks no tenant-chosen URL may reach: the cluster's pod and Service ranges
     #: when they are not private addresses.
     blocked_networks: tuple[str, ...] = ()
@@ -133,7 +143,7 @@ class Policy(BaseModel):
     #: The largest Redis volume (``spec.redis.storage``).
     max_redis_storage: str = "10Gi"
 
-    @field_validator("openai_allowed_networks", "blocked_networks")
+    @field_validator("openai_allowed_networks", "notify_allowed_networks", "blocked_networks")
     @classmethod
     def _networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         for network in value:
@@ -379,15 +389,22 @@ def _networks(values: Iterable[str]) -> list[ipaddress.IPv4Network | ipaddress.I
     return [ipaddress.ip_network(v, strict=False) for v in values]
 
 
-def address_refused(address: str, policy: Policy) -> str | None:
-    """Why a tenant-chosen URL may not reach ``address`` (``None``: it may)."""
+def address_refused(
+    address: str, policy: Policy, allowed: Iterable[str] | None = None
+) -> str | None:
+    """Why a tenant-chosen URL may not reach ``address`` (``None``: it may).
+
+    ``allowed``: the networks the platform allows although they are internal (by default the
+    OpenAI ones, :attr:`Policy.openai_allowed_networks`).
+    """
     try:
         ip = ipaddress.ip_address(address.split("%", 1)[0])
     except ValueError:
         return "not an IP address"
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
-    if any(ip in net for net in _networks(policy.openai_allowed_networks)):
+    networks = policy.openai_allowed_networks if allowed is None else allowed
+    if any(ip in net for net in _networks(networks)):
         return None
     if any(ip in net for net in _networks(policy.blocked_networks)):
         return "a cluster address"
@@ -448,5 +465,74 @@ def check_resolved_addresses(url: str, addresses: Sequence[str], policy: Policy)
         return [
             f"{field} resolves to {' and '.join(reasons)}: the operator does not call internal "
             "addresses for an agent; use a public OpenAI-compatible endpoint"
+        ]
+    return []
+
+
+# -- handover notification URL --------------------------------------------------------------
+
+_NOTIFY_FIELD = "spec.handover.notify.url"
+
+
+def notify_endpoint(url: str) -> tuple[str, int]:
+    """Host and port of a notification URL (``443`` when it names none)."""
+    parts = urlsplit(url)
+    return parts.hostname or "", parts.port or 443
+
+
+def check_notify_url(spec: AgentSpec, policy: Policy) -> list[str]:
+    """Problems of ``spec.handover.notify.url`` before resolving it (never quotes the URL: such
+    URLs often carry a token in their path).
+
+    ``https`` only, no user or password in it, and an IP address in it must be one the policy
+    allows (names are checked after resolution by :func:`check_notify_addresses`).
+    """
+    if spec.handover is None or spec.handover.notify is None:
+        return []
+    url = spec.handover.notify.url
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+        _ = parts.port
+    except ValueError:
+        return [f"{_NOTIFY_FIELD} is not a URL: write https://host[:port]/path"]
+    if parts.scheme != "https" or not host:
+        return [f"{_NOTIFY_FIELD} must be an https:// URL with a host"]
+    if parts.username or parts.password:
+        return [
+            f"{_NOTIFY_FIELD} must not carry a user or password: notifications are signed "
+            "with the key of spec.handover.notify.secretRef"
+        ]
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return []
+    why = address_refused(host, policy, policy.notify_allowed_networks)
+    if why:
+        return [
+            f"{_NOTIFY_FIELD} points at {why}: agents may notify public https endpoints only "
+            "(the platform team can allow a network in tenancy.handover.notifyAllowedNetworks)"
+        ]
+    return []
+
+
+def check_notify_addresses(addresses: Sequence[str], policy: Policy) -> list[str]:
+    """Problems of the addresses the notification URL's host resolved to: all must be allowed."""
+    if not addresses:
+        return [f"{_NOTIFY_FIELD}: its host name does not resolve; fix the URL"]
+    reasons = sorted(
+        {
+            why
+            for why in (
+                address_refused(a, policy, policy.notify_allowed_networks) for a in addresses
+            )
+            if why
+        }
+    )
+    if reasons:
+        return [
+            f"{_NOTIFY_FIELD} resolves to {' and '.join(reasons)}: the agent's pods do not call "
+            "internal addresses for a tenant; use a public https endpoint (or ask the platform "
+            "team to allow the network in tenancy.handover.notifyAllowedNetworks)"
         ]
     return []

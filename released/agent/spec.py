@@ -13,7 +13,7 @@ import json
 import re
 from collections.abc import Mapping
 from datetime import timedelta
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
@@ -35,6 +35,10 @@ DURATION = r"^[0-9]+(s|m|h|d)$"
 #: :data:`released.providers.openai.DEFAULT_MODEL`, which the bot's default is too).
 DEFAULT_MODEL = _openai.DEFAULT_MODEL
 DEFAULT_ROTATION_INTERVAL = "60d"
+#: How long a conversation a person took over stays held by default (``handover.holdDuration``).
+DEFAULT_HOLD_DURATION = "24h"
+#: A language tag, as ``assistant.language`` (``en``, ``pt-BR``): the keys of ``handover.phrases``.
+LANGUAGE_TAG = r"^[a-z]{2}(-[A-Z]{2})?$"
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _DURATION_RE = re.compile(DURATION)
@@ -98,7 +102,7 @@ class Assistant(_Model):
         pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$",
     )
     instructions: str | None = Field(default=None, max_length=8000)
-    language: str = Field(default="en", pattern=r"^[a-z]{2}(-[A-Z]{2})?$")
+    language: str = Field(default="en", pattern=LANGUAGE_TAG)
     max_output_tokens: int = Field(default=400, ge=16, le=32000)
     rate_limit_per_second: float = Field(default=1, gt=0, le=1000)
     fallback_message: str | None = Field(default=None, min_length=1, max_length=4000)
@@ -211,6 +215,44 @@ class Rotation(_Model):
         return parse_duration(self.interval)
 
 
+#: One phrase of ``handover.phrases`` and the list of one language (bounded: they are matched
+#: against every inbound message).
+Phrase = Annotated[str, Field(min_length=1, max_length=100)]
+PhraseList = Annotated[list[Phrase], Field(min_length=1, max_length=50)]
+
+
+class HandoverNotify(_Model):
+    """``spec.handover.notify``: where the worker POSTs an HMAC-signed JSON notice of each
+    handover. The URL is the platform's policy to allow (https, public addresses: see
+    :func:`released.agent.policy.check_notify_url`); the Secret key holds the HMAC key."""
+
+    url: str = Field(min_length=9, max_length=2048, pattern=r"^https://[^\s]+$")
+    secret_ref: SecretKeyRef
+
+
+class Handover(_Model):
+    """``spec.handover``: a person can take a conversation over (its presence turns it on).
+
+    The bot then hands a conversation to a person when the user asks for one (the model, or
+    one of ``phrases``), after ``after_fallbacks`` fallback answers in a row, on an order
+    (``on_order``) or when staff reply; it sends ``message`` (the bot's default when unset)
+    and stays silent in that conversation for ``hold_duration`` or until released.
+    """
+
+    message: str | None = Field(default=None, min_length=1, max_length=1024)
+    hold_duration: str = Field(default=DEFAULT_HOLD_DURATION, pattern=DURATION)
+    after_fallbacks: int = Field(default=2, ge=0, le=20)
+    on_order: bool = True
+    #: Language tag -> phrases that hand over without a model call (``None``: the bot's).
+    phrases: dict[str, PhraseList] | None = Field(default=None, max_length=20)
+    notify: HandoverNotify | None = None
+
+    @property
+    def hold_timedelta(self) -> timedelta:
+        """``hold_duration`` as a ``timedelta``."""
+        return parse_duration(self.hold_duration)
+
+
 class AgentSpec(_Model):
     """The spec of a ``WhatsAppAgent``."""
 
@@ -228,6 +270,7 @@ class AgentSpec(_Model):
     redis: Redis = Field(default_factory=Redis)
     retention: Retention = Field(default_factory=Retention)
     rotation: Rotation = Field(default_factory=Rotation)
+    handover: Handover | None = None
     suspend: bool = False
 
     @classmethod
@@ -252,6 +295,13 @@ class AgentSpec(_Model):
     def webhook_register(self) -> bool:
         """Whether the operator sets Meta's callback URL override (``ingress.webhook.register``)."""
         return self.ingress is not None and self.ingress.webhook.register_override
+
+    @property
+    def notify_secret_ref(self) -> SecretKeyRef | None:
+        """The handover notification's HMAC key, when notifications are configured."""
+        if self.handover is None or self.handover.notify is None:
+            return None
+        return self.handover.notify.secret_ref
 
     @property
     def ingress_host(self) -> str | None:

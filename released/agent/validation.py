@@ -14,18 +14,24 @@ from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic import ValidationError
 
 from .naming import child_names, validate_name
-from .spec import AgentSpec, Faq, Resources, parse_duration
+from .spec import LANGUAGE_TAG, AgentSpec, Faq, Handover, Resources, parse_duration
 
 #: ``Ready=False`` reason for a spec with problems.
 REASON_INVALID_SPEC = "InvalidSpec"
 
 MIN_ROTATION_INTERVAL = timedelta(hours=1)
 MAX_ROTATION_INTERVAL = timedelta(days=3650)
+#: Bounds of ``spec.handover.holdDuration``: long enough for a person to answer, short enough
+#: that a forgotten conversation comes back to the bot.
+MIN_HOLD_DURATION = timedelta(minutes=1)
+MAX_HOLD_DURATION = timedelta(days=90)
 
+_LANGUAGE_TAG = re.compile(LANGUAGE_TAG)
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _QUALIFIED_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
 _QUANTITY = re.compile(r"^([+-]?[0-9.]+)([eE][+-]?[0-9]+|[numkMGTPE]i?|Ki)?$")
@@ -211,6 +217,50 @@ def _check_ingress(spec: AgentSpec) -> list[str]:
     return problems
 
 
+def _check_handover(handover: Handover | None) -> list[str]:
+    """Problems of ``spec.handover`` the schema cannot state (the URL's policy is
+    :func:`released.agent.policy.check_notify_url`'s)."""
+    if handover is None:
+        return []
+    problems: list[str] = []
+    where = "spec.handover"
+    if handover.message is not None and not handover.message.strip():
+        problems.append(
+            f"{where}.message is blank: the customer would be told nothing; write the message "
+            "or remove the field to use the bot's default"
+        )
+    try:
+        hold = parse_duration(handover.hold_duration)
+    except ValueError as exc:
+        problems.append(f"{where}.holdDuration: {exc}")
+    else:
+        if not MIN_HOLD_DURATION <= hold <= MAX_HOLD_DURATION:
+            problems.append(
+                f"{where}.holdDuration {handover.hold_duration} is outside 1m..90d: a person "
+                "needs a minute at least, and a held conversation should come back to the bot "
+                "eventually (people release it earlier with `released conversations release`)"
+            )
+    for language, phrases in (handover.phrases or {}).items():
+        if not _LANGUAGE_TAG.match(language):
+            problems.append(
+                f"{where}.phrases: {language!r} is not a language tag such as 'en' or 'pt-BR'"
+            )
+        for index, phrase in enumerate(phrases):
+            if not phrase.strip():
+                problems.append(f"{where}.phrases.{language}[{index}] is blank: remove it")
+    if handover.notify is not None:
+        url = handover.notify.url
+        try:
+            parts = urlsplit(url)
+            _ = parts.port
+        except ValueError:
+            problems.append(f"{where}.notify.url is not a URL: write https://host[:port]/path")
+        else:
+            if not parts.hostname:
+                problems.append(f"{where}.notify.url has no host: write https://host[:port]/path")
+    return problems
+
+
 def _check_names(spec: AgentSpec, name: str) -> list[str]:
     """User-owned objects must not be the operator's own children (it would overwrite them)."""
     names = child_names(name)
@@ -222,6 +272,10 @@ def _check_names(spec: AgentSpec, name: str) -> list[str]:
         (
             "spec.database.secretRef.name",
             spec.database_secret_ref and spec.database_secret_ref.name,
+        ),
+        (
+            "spec.handover.notify.secretRef.name",
+            spec.notify_secret_ref and spec.notify_secret_ref.name,
         ),
     ):
         if secret in owned_secrets:
@@ -261,6 +315,7 @@ def validate_spec(spec: AgentSpec, *, name: str | None = None) -> list[str]:
         problems.append("spec.secrets.openai.name is empty: name the Secret with the OpenAI key")
 
     problems += _check_ingress(spec)
+    problems += _check_handover(spec.handover)
 
     try:
         interval = parse_duration(spec.rotation.interval)

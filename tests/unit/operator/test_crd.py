@@ -35,7 +35,10 @@ def test_version_served_stored_with_status_subresource() -> None:
 
 def test_printer_columns() -> None:
     columns = {c["name"]: c for c in version()["additionalPrinterColumns"]}
-    assert list(columns) == ["Phone", "Model", "Model-Status", "Ready", "Reason", "Age"]
+    assert list(columns) == ["Phone", "Model", "Model-Status", "Held", "Ready", "Reason", "Age"]
+    # How many conversations a person holds (spec.handover), as the periodic count wrote it.
+    assert columns["Held"]["jsonPath"] == ".status.handover.held"
+    assert columns["Held"]["type"] == "integer"
     assert columns["Phone"]["jsonPath"] == ".spec.phoneNumberId"
     # Agents that still name a deprecated model stand out in `kubectl get waa`.
     assert columns["Model"]["jsonPath"] == ".spec.assistant.model"
