@@ -4,8 +4,11 @@ The schema in the CRD catches what OpenAPI can express; the cross-field rules of
 :func:`released.agent.validation.validate_spec` (duplicate questions, ``faqs`` *or*
 ``faqsFrom``, a host when the webhook is to be registered, ...) and the platform's policy
 (:func:`released.agent.policy.check_policy`: Ingress hosts, classes and annotations, resource
-and storage bounds) are checked here at admission time too, so ``kubectl apply`` answers at once
-instead of an agent turning ``Ready=False`` (``InvalidSpec`` or ``PolicyViolation``) later.
+and storage bounds; :func:`released.agent.policy.check_notify_url`: a handover notification URL
+that is not https or names an internal address — names are resolved by reconciliation, which
+refuses them with ``HandoverUrlRefused``) are checked here at admission time too, so
+``kubectl apply`` answers at once instead of an agent turning ``Ready=False`` (``InvalidSpec``
+or ``PolicyViolation``) later.
 
 The webhook server is off unless ``RELEASED_ADMISSION_WEBHOOK`` says otherwise (reconciliation
 reports the same problems anyway, so a cluster without it loses nothing but early feedback):
@@ -35,7 +38,7 @@ from typing import Any
 
 import kopf
 
-from released.agent.policy import check_policy
+from released.agent.policy import check_notify_url, check_policy
 from released.agent.validation import InvalidSpec, parse_spec
 
 from . import GROUP, PLURAL, VERSION
@@ -91,7 +94,7 @@ def admission_errors(
     if namespace is None:
         return []
     policy = (settings or get_operator_settings()).policy
-    return check_policy(parsed, policy, namespace)
+    return check_policy(parsed, policy, namespace) + check_notify_url(parsed, policy)
 
 
 def validate_agent(

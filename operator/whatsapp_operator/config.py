@@ -93,6 +93,10 @@ class OperatorSettings(BaseSettings):
     openai_allowed_base_urls: list[str] = Field(default_factory=list)
     #: Private networks those base URLs may resolve to (an in-cluster model server).
     openai_allowed_networks: list[str] = Field(default_factory=list)
+    #: Private networks an agent's handover notification URL may resolve to (a helpdesk
+    #: bridge in the cluster); the worker's NetworkPolicy then lets it reach them on the URL's
+    #: port. Anything public over https is allowed without it.
+    handover_notify_allowed_networks: list[str] = Field(default_factory=list)
     #: The cluster's pod and Service ranges when they are public addresses (private ones are
     #: refused anyway).
     blocked_networks: list[str] = Field(default_factory=list)
@@ -156,6 +160,7 @@ class OperatorSettings(BaseSettings):
             ingress_host_suffixes=tuple(self.ingress_host_suffixes),
             openai_base_urls=tuple(self.openai_allowed_base_urls),
             openai_allowed_networks=tuple(self.openai_allowed_networks),
+            notify_allowed_networks=tuple(self.handover_notify_allowed_networks),
             blocked_networks=tuple(self.blocked_networks),
             resources=bounds,
             storage_classes=tuple(self.storage_classes),

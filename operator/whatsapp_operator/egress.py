@@ -16,6 +16,10 @@ endpoint — and read the answer back through the agent's status. Here:
   to a public address at check time and to ``127.0.0.1`` a moment later (DNS rebinding) is
   still refused. It ignores proxy variables: a proxy would connect instead of it.
 
+The same policy guards the handover notification URL (``spec.handover.notify.url``), which the
+agent's worker calls: :func:`notify_url_problems` checks it the same way (without a prefix
+allowlist) for ``Ready=False, reason=HandoverUrlRefused``; the operator itself never calls it.
+
 Responses never reach the status: :mod:`whatsapp_operator.knowledge` reports status codes and
 error codes only.
 """
@@ -34,9 +38,13 @@ import httpx2 as httpx
 from released.agent.policy import (
     Policy,
     address_refused,
+    check_notify_addresses,
+    check_notify_url,
     check_openai_base_url,
     check_resolved_addresses,
+    notify_endpoint,
 )
+from released.agent.spec import AgentSpec
 
 Resolver = Callable[[str, int], Awaitable[list[str]]]
 
@@ -62,6 +70,17 @@ async def base_url_problems(
     host = parts.hostname or ""
     addresses = await resolver(host, parts.port or 443)
     return check_resolved_addresses(url, addresses, policy)
+
+
+async def notify_url_problems(
+    spec: AgentSpec, policy: Policy, *, resolver: Resolver = resolve
+) -> list[str]:
+    """Why the agent's worker may not call its handover notification URL (empty: it may)."""
+    problems = check_notify_url(spec, policy)
+    if problems or spec.handover is None or spec.handover.notify is None:
+        return problems
+    host, port = notify_endpoint(spec.handover.notify.url)
+    return check_notify_addresses(await resolver(host, port), policy)
 
 
 class GuardedBackend(httpcore.AsyncNetworkBackend):

@@ -1,8 +1,9 @@
 """Credential rotation: the schedule, a restart-safe two-phase state machine, and its steps.
 
 What rotates, every ``spec.rotation.interval`` (default 60 days): the Redis password, the
-webhook verify token and, for provisioned databases, the PostgreSQL login role. All live in the
-``NAME-credentials`` Secret under the keys of :mod:`whatsapp_operator.credentials`.
+webhook verify token, the admin API's token and, for provisioned databases, the PostgreSQL login
+role (the ``safetyIdentifierSalt`` does not: OpenAI would see every conversation as new). All
+live in the ``NAME-credentials`` Secret under the keys of :mod:`whatsapp_operator.credentials`.
 
 The state lives in the agent's status (``lastRotation``, ``nextRotation`` and
 ``rotation: {phase, rotationId, startedAt}``), so an operator restart neither rotates twice nor
@@ -16,7 +17,8 @@ loses a half-done rotation::
   PostgreSQL role the new password and LOGIN (:func:`apply_rotated_credentials`) *before*
   writing the Secret, so no pod ever holds a database URL that does not work yet, and then
   writes the Secret. The Redis server accepts both passwords; the web tier accepts both verify
-  tokens (``META_VERIFY_TOKEN_PREVIOUS``). Pods roll because their checksum changed.
+  tokens (``META_VERIFY_TOKEN_PREVIOUS``) and both admin tokens (``ADMIN_TOKEN_PREVIOUS``).
+  Pods roll because their checksum changed.
 - **Started** while pods have not rolled: ``ROTATE`` again (re-applies idempotently; this is
   how a rotation interrupted by a restart resumes).
 - **Started → Finishing** once every pod runs the rotated Secret (action ``REVOKE``): the
@@ -44,6 +46,8 @@ from pydantic import BaseModel, ConfigDict, SecretStr
 
 from whatsapp_operator import database, meta_webhook
 from whatsapp_operator.credentials import (
+    ADMIN_TOKEN,
+    ADMIN_TOKEN_PREVIOUS,
     DATABASE_ROLE,
     DATABASE_ROLE_PREVIOUS,
     DATABASE_URL,
@@ -303,6 +307,9 @@ def generate_rotated_secret_data(
     if current.get(VERIFY_TOKEN):
         data[VERIFY_TOKEN_PREVIOUS] = current[VERIFY_TOKEN]
     data[VERIFY_TOKEN] = generate_token()
+    if current.get(ADMIN_TOKEN):
+        data[ADMIN_TOKEN_PREVIOUS] = current[ADMIN_TOKEN]
+    data[ADMIN_TOKEN] = generate_token()
     if current.get(DATABASE_URL) and current.get(DATABASE_ROLE):
         old = database.DatabaseCredentials.from_url(current[DATABASE_URL])
         new_role = database.other_role(current[DATABASE_ROLE])

@@ -176,12 +176,15 @@ def compute_redis_checksum(credentials: Mapping[str, str | bytes]) -> str:
 
 
 def generate_credentials() -> dict[str, str]:
-    """Fresh values for a new ``NAME-credentials`` Secret: ``redisPassword`` and
-    ``verifyToken``, URL-safe random tokens (no characters that need escaping in a URL or a
-    Redis ACL rule). The database keys are added when a database is provisioned."""
+    """Fresh values for a new ``NAME-credentials`` Secret: ``redisPassword``,
+    ``verifyToken``, ``adminToken`` and ``safetyIdentifierSalt``, URL-safe random tokens (no
+    characters that need escaping in a URL or a Redis ACL rule). The database keys are added
+    when a database is provisioned. An existing Secret gets only the keys it lacks."""
     return {
         keys.REDIS_PASSWORD: secrets.token_urlsafe(32),
         keys.VERIFY_TOKEN: secrets.token_urlsafe(32),
+        keys.ADMIN_TOKEN: secrets.token_urlsafe(32),
+        keys.SAFETY_IDENTIFIER_SALT: secrets.token_urlsafe(32),
     }
 
 

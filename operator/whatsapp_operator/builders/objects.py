@@ -27,6 +27,7 @@ from released.agent.naming import (
     child_names,
     selector_labels,
 )
+from released.agent.policy import notify_endpoint
 from released.agent.spec import faqs_json
 
 from .context import AgentContext, object_meta
@@ -223,16 +224,39 @@ def build_web_network_policy(agent: AgentContext) -> dict[str, Any]:
 
 
 def build_worker_network_policy(agent: AgentContext) -> dict[str, Any]:
-    """``NAME-worker``: the workers' metrics port 9808, from the monitoring namespaces only."""
+    """``NAME-worker``: the workers' metrics port 9808, from the monitoring namespaces only;
+    with a handover notification URL also the workers' way out to it (:func:`_notify_egress`,
+    added to what ``NAME-egress`` allows web and worker)."""
     peers = _namespaces(agent.settings.monitoring_namespaces)
     port = {"protocol": "TCP", "port": WORKER_METRICS_PORT}
+    notify = _notify_egress(agent)
     return _network_policy(
         agent,
         child_names(agent.name).worker_network_policy,
         WORKER,
         {"matchLabels": selector_labels(agent.name, WORKER)},
         ingress=[{"from": peers, "ports": [port]}] if peers else [],
+        egress=[notify] if notify is not None else None,
     )
+
+
+def _notify_egress(agent: AgentContext) -> dict[str, Any] | None:
+    """The workers reach the handover notification URL's port: on the internet outside the
+    private ranges (as Meta and OpenAI) and in the networks the platform allows notifications
+    to reach (``handover_notify_allowed_networks``). A NetworkPolicy cannot name a host, so
+    this is the port, not the host; the policy check of the URL
+    (:func:`released.agent.policy.check_notify_url`) keeps the host public or allowed."""
+    handover = agent.spec.handover
+    if handover is None or handover.notify is None:
+        return None
+    _host, port = notify_endpoint(handover.notify.url)
+    settings = agent.settings
+    peers = _https_peers(settings.https_egress_cidrs, settings.https_egress_except)
+    peers += [
+        {"ipBlock": {"cidr": str(ipaddress.ip_network(n, strict=False))}}
+        for n in settings.handover_notify_allowed_networks
+    ]
+    return {"to": peers, "ports": [{"protocol": "TCP", "port": port}]}
 
 
 def build_purge_network_policy(agent: AgentContext) -> dict[str, Any]:

@@ -11,6 +11,7 @@ and exit, so nothing waits between runs, and which keeps running while the agent
 from __future__ import annotations
 
 import hashlib
+import json
 from typing import Any
 
 from bot.serving import uvicorn_args
@@ -126,22 +127,39 @@ def redis_url(agent: AgentContext, db: int = 0) -> str:
 
 
 #: The secret environment variables each tier gets, and no other: the internet-facing web tier
-#: checks signatures and the handshake but never sends as the business nor calls OpenAI; the
-#: worker answers (Graph API token, OpenAI key) but never sees the app secret; the purge only
-#: deletes from the database. Web and worker reach their Redis and the database.
+#: checks signatures and the handshake and serves the admin API (its token) but never sends as
+#: the business nor calls OpenAI; the worker answers (Graph API token, OpenAI key, the salt of
+#: the identifiers OpenAI sees) and signs handover notifications but never sees the app secret
+#: nor the admin token; the purge only deletes from the database. Web and worker reach their
+#: Redis and the database.
 TIER_SECRETS: dict[str, frozenset[str]] = {
     WEB: frozenset(
         {
             "META_APP_SECRET",
             "META_VERIFY_TOKEN",
             "META_VERIFY_TOKEN_PREVIOUS",
+            "ADMIN_TOKEN",
+            "ADMIN_TOKEN_PREVIOUS",
             "DATABASE_URL",
             "REDIS_PASSWORD",
         }
     ),
-    WORKER: frozenset({"META_ACCESS_TOKEN", "OPENAI_API_KEY", "DATABASE_URL", "REDIS_PASSWORD"}),
+    WORKER: frozenset(
+        {
+            "META_ACCESS_TOKEN",
+            "OPENAI_API_KEY",
+            "SAFETY_IDENTIFIER_SALT",
+            "HANDOVER_NOTIFY_SECRET",
+            "DATABASE_URL",
+            "REDIS_PASSWORD",
+        }
+    ),
     PURGE: frozenset({"DATABASE_URL"}),
 }
+
+#: Plain variables that only some tiers get (every other plain variable goes to web and
+#: worker): only the worker calls the handover notification URL.
+TIER_ONLY_VALUES: dict[str, frozenset[str]] = {"HANDOVER_NOTIFY_URL": frozenset({WORKER})}
 
 
 def bot_env(agent: AgentContext, component: str) -> list[dict[str, Any]]:
@@ -149,7 +167,12 @@ def bot_env(agent: AgentContext, component: str) -> list[dict[str, Any]]:
     reference only the secrets of :data:`TIER_SECRETS` for that tier (the purge gets only
     :data:`PURGE_ENV`)."""
     allowed = TIER_SECRETS[component]
-    env = [i for i in _all_bot_env(agent) if "valueFrom" not in i or i["name"] in allowed]
+    env = [
+        i
+        for i in _all_bot_env(agent)
+        if ("valueFrom" in i and i["name"] in allowed)
+        or ("valueFrom" not in i and component in TIER_ONLY_VALUES.get(i["name"], {component}))
+    ]
     if component == PURGE:
         env = [i for i in env if i["name"] in PURGE_ENV]
     return env
@@ -187,6 +210,10 @@ def _all_bot_env(agent: AgentContext) -> list[dict[str, Any]]:
         env.append(_value("FALLBACK_MESSAGE", assistant.fallback_message))
     env.append(_value("LANGUAGE", assistant.language))
     env.append(_value("FAQS_PATH", FAQS_PATH))
+    env.append(_secret("SAFETY_IDENTIFIER_SALT", creds, keys.SAFETY_IDENTIFIER_SALT))
+    env.append(_secret("ADMIN_TOKEN", creds, keys.ADMIN_TOKEN))
+    env.append(_secret("ADMIN_TOKEN_PREVIOUS", creds, keys.ADMIN_TOKEN_PREVIOUS, optional=True))
+    env += _handover_env(agent)
 
     database = spec.database_secret_ref
     if database is not None:
@@ -201,6 +228,31 @@ def _all_bot_env(agent: AgentContext) -> list[dict[str, Any]]:
         _value("RETENTION_DAYS", spec.retention.days),
         _value("LOG_FORMAT", "json"),
     ]
+    return env
+
+
+def _handover_env(agent: AgentContext) -> list[dict[str, Any]]:
+    """``HANDOVER_*``: ``HANDOVER_ENABLED`` always; the rest only with ``spec.handover`` and
+    only what it sets (the bot's defaults apply to the others). The notification's HMAC key is
+    a reference to the tenant's Secret, never a copy."""
+    handover = agent.spec.handover
+    if handover is None:
+        return [_value("HANDOVER_ENABLED", "false")]
+    env = [
+        _value("HANDOVER_ENABLED", "true"),
+        _value("HANDOVER_HOLD_SECONDS", int(handover.hold_timedelta.total_seconds())),
+        _value("HANDOVER_AFTER_FALLBACKS", handover.after_fallbacks),
+        _value("HANDOVER_ON_ORDER", "true" if handover.on_order else "false"),
+    ]
+    if handover.message is not None:
+        env.append(_value("HANDOVER_MESSAGE", handover.message))
+    if handover.phrases is not None:
+        phrases = json.dumps(handover.phrases, ensure_ascii=False, sort_keys=True)
+        env.append(_value("HANDOVER_PHRASES", phrases))
+    if handover.notify is not None:
+        env.append(_value("HANDOVER_NOTIFY_URL", handover.notify.url))
+        ref = handover.notify.secret_ref
+        env.append(_secret("HANDOVER_NOTIFY_SECRET", ref.name, ref.key))
     return env
 
 

@@ -152,6 +152,7 @@ async def gather(agent: Agent) -> Inputs:
         if problem is not None:
             raise problem
     tenancy.check_policy(agent, spec)
+    await tenancy.check_notify_url(agent, spec)
     if agent.watches is not None:
         agent.watches.start(agent.namespace)
     faqs = await resolve_faqs(agent, spec)
@@ -216,29 +217,41 @@ async def resolve_faqs(agent: Agent, spec: AgentSpec) -> list[Faq]:
 
 
 async def read_user_secrets(agent: Agent, spec: AgentSpec) -> dict[str, dict[str, str]]:
-    """The Meta, OpenAI and (with ``database.secretRef``) database Secrets, each read once
-    (together); a missing Secret or required key raises :class:`MissingInput`."""
+    """The Meta, OpenAI, (with ``database.secretRef``) database and (with
+    ``handover.notify``) notification key Secrets, each read once (together); a missing
+    Secret or required key raises :class:`MissingInput`."""
     names = [spec.secrets.meta.name, spec.secrets.openai.name]
     if spec.database_secret_ref is not None:
         names.append(spec.database_secret_ref.name)
+    notify = spec.notify_secret_ref
+    if notify is not None:
+        names.append(notify.name)
     names = list(dict.fromkeys(names))
     found = await asyncio.gather(*(read_referenced(agent, "Secret", name) for name in names))
     secrets: dict[str, dict[str, str]] = {}
     for name, obj in zip(names, found, strict=True):
         if obj is None:
-            raise MissingInput(
-                "SecretNotFound",
-                f"Secret {name!r} does not exist in namespace {agent.namespace!r}",
-            )
+            message = f"Secret {name!r} does not exist in namespace {agent.namespace!r}"
+            if notify is not None and name == notify.name:
+                message += (
+                    f": spec.handover.notify.secretRef names it; create it with the key "
+                    f"{notify.key!r} holding the HMAC key that signs handover notifications"
+                )
+            raise MissingInput("SecretNotFound", message)
         secrets[name] = _data(obj)
     required: list[tuple[str, str]] = []
     if spec.database_secret_ref is not None:
         required.append((spec.database_secret_ref.name, spec.database_secret_ref.key))
     required += [(spec.secrets.meta.name, key) for key in META_KEYS]
     required += [(spec.secrets.openai.name, key) for key in OPENAI_KEYS]
+    if notify is not None:
+        required.append((notify.name, notify.key))
     for name, key in required:
         if key not in secrets[name]:
-            raise MissingInput("SecretNotFound", f"Secret {name!r} has no key {key!r}")
+            message = f"Secret {name!r} has no key {key!r}"
+            if notify is not None and (name, key) == (notify.name, notify.key):
+                message += " (spec.handover.notify.secretRef: the HMAC key of notifications)"
+            raise MissingInput("SecretNotFound", message)
     return secrets
 
 
@@ -284,6 +297,9 @@ def referenced_names(spec: Mapping[str, Any]) -> list[tuple[str, str]]:
     db_ref = ((spec.get("database") or {}).get("secretRef") or {}).get("name")
     if db_ref:
         refs.append(("Secret", str(db_ref)))
+    notify = (((spec.get("handover") or {}).get("notify") or {}).get("secretRef") or {}).get("name")
+    if notify:
+        refs.append(("Secret", str(notify)))
     cm_ref = ((spec.get("faqsFrom") or {}).get("configMapKeyRef") or {}).get("name")
     if cm_ref:
         refs.append(("ConfigMap", str(cm_ref)))

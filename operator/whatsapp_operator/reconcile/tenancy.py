@@ -12,6 +12,8 @@
   the agent's own Ingress (if an earlier pass made one) is deleted as well.
 - :func:`check_openai_base_url` — the OpenAI Secret's ``baseUrl`` outside the allowlist or
   resolving to an internal address: ``OpenAIBaseUrlRefused``.
+- :func:`check_notify_url` — ``spec.handover.notify.url`` not https or resolving to an internal
+  address: ``HandoverUrlRefused`` (the worker would call it on the tenant's behalf).
 - :func:`check_ownership` — an object of a child's name that this agent does not control (a
   same-named Deployment or Secret someone else made): ``Conflict``; it stays untouched.
 """
@@ -22,6 +24,7 @@ import asyncio
 from typing import TYPE_CHECKING
 
 from released.agent.policy import (
+    REASON_HANDOVER_URL,
     REASON_META_SECRET,
     REASON_OPENAI_URL,
     REASON_POLICY,
@@ -39,14 +42,16 @@ from ..builders.ownership import (
     controlled_by,
     foreign_children,
 )
-from ..egress import base_url_problems
+from ..egress import base_url_problems, notify_url_problems
 from .context import Agent
 
 if TYPE_CHECKING:
     from .inputs import Inputs
 
 #: The reasons of this module: blockers under which the parts are not meaningful.
-REASONS = frozenset({REASON_POLICY, REASON_META_SECRET, REASON_OPENAI_URL, REASON_CONFLICT})
+REASONS = frozenset(
+    {REASON_POLICY, REASON_META_SECRET, REASON_OPENAI_URL, REASON_HANDOVER_URL, REASON_CONFLICT}
+)
 
 
 def check_policy(agent: Agent, spec: AgentSpec) -> None:
@@ -83,6 +88,13 @@ async def check_openai_base_url(agent: Agent, inputs: Inputs) -> None:
     )
     if problems:
         raise InvalidSpec(problems, reason=REASON_OPENAI_URL)
+
+
+async def check_notify_url(agent: Agent, spec: AgentSpec) -> None:
+    """The handover notification URL is https and resolves to addresses the policy allows."""
+    problems = await notify_url_problems(spec, agent.settings.policy)
+    if problems:
+        raise InvalidSpec(problems, reason=REASON_HANDOVER_URL)
 
 
 async def check_ownership(agent: Agent, *, service_monitor: bool) -> dict[tuple[str, str], str]:

@@ -471,12 +471,16 @@ def test_each_tier_gets_only_the_secrets_it_uses() -> None:
         "META_APP_SECRET",
         "META_VERIFY_TOKEN",
         "META_VERIFY_TOKEN_PREVIOUS",
+        "ADMIN_TOKEN",
+        "ADMIN_TOKEN_PREVIOUS",
         "DATABASE_URL",
         "REDIS_PASSWORD",
     }
     assert secrets("acme-worker") == {
         "META_ACCESS_TOKEN",
         "OPENAI_API_KEY",
+        "SAFETY_IDENTIFIER_SALT",
+        "HANDOVER_NOTIFY_SECRET",
         "DATABASE_URL",
         "REDIS_PASSWORD",
     }
@@ -657,8 +661,15 @@ def test_redis_checksum_only_follows_redis_passwords() -> None:
 
 def test_generate_credentials() -> None:
     first, second = generate_credentials(), generate_credentials()
-    assert set(first) == {keys.REDIS_PASSWORD, keys.VERIFY_TOKEN}
-    assert first[keys.REDIS_PASSWORD] != second[keys.REDIS_PASSWORD]
+    assert set(first) == {
+        keys.REDIS_PASSWORD,
+        keys.VERIFY_TOKEN,
+        keys.ADMIN_TOKEN,
+        keys.SAFETY_IDENTIFIER_SALT,
+    }
+    for key in first:
+        assert first[key] != second[key]
+    assert len(set(first.values())) == len(first)
     for value in first.values():
         assert len(value) >= 32
         assert value.replace("-", "").replace("_", "").isalnum()

@@ -53,7 +53,12 @@ async def test_first_pass_creates_every_child_and_waits_for_the_rollout(world: W
     pdb = world.kube.obj("PodDisruptionBudget", NS, "acme-web")
     assert pdb is not None and pdb["apiVersion"] == "policy/v1beta1"  # Kubernetes 1.20
     credentials = unb64(world.kube.obj("Secret", NS, "acme-credentials")["data"])
-    assert set(credentials) == {keys.REDIS_PASSWORD, keys.VERIFY_TOKEN}
+    assert set(credentials) == {
+        keys.REDIS_PASSWORD,
+        keys.VERIFY_TOKEN,
+        keys.ADMIN_TOKEN,
+        keys.SAFETY_IDENTIFIER_SALT,
+    }
 
     status = world.status()
     assert status["observedGeneration"] == 1
