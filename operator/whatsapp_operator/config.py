@@ -61,6 +61,9 @@ class OperatorSettings(BaseSettings):
     #: Seconds between two checks of an agent's outside world (model, Meta token, WABA
     #: subscription, vector store): ``reconcile.checks``, run by the timer when due.
     check_interval: float = Field(default=600.0, gt=0)
+    #: Seconds between two counts of an agent's held conversations (``spec.handover``; one
+    #: short query in the agent's database, as the agent's role): ``status.handover.held``.
+    handover_count_interval: float = Field(default=60.0, gt=0)
     #: The platform's Meta app ID: the WABA subscription check then looks for this app among
     #: the WABA's subscribed apps (unset: any subscribed app counts).
     meta_app_id: str | None = Field(default=None, pattern=r"^[0-9]{1,32}$")

@@ -260,8 +260,9 @@ async def workloads_changed(
 async def periodic(body: kopf.Body, namespace: str | None, name: str, **_: Any) -> None:
     """Refresh ``WorkloadsReady`` from the Deployments while it is not ``True`` (a rollout
     under way; Deployment events refresh it too); check the outside world (model, Meta account,
-    WABA subscription, vector store) when due; rotate credentials when due. An agent with
-    nothing due costs no request."""
+    WABA subscription, vector store) when due; count held conversations when due
+    (``spec.handover``); rotate credentials when due. An agent with nothing due costs no
+    request."""
     if body["metadata"].get("deletionTimestamp") or not namespace:
         return
     settled = st.get_condition(body.get("status"), st.WORKLOADS_READY)
@@ -276,4 +277,9 @@ async def periodic(body: kopf.Body, namespace: str | None, name: str, **_: Any) 
             await checks.check_outside(agent)
         except (kube.KubeError, TemporaryError) as exc:
             logger.warning("could not check %s/%s: %s", namespace, name, exc)
+    if checks.held_due(agent.uid, agent.settings.handover_count_interval):
+        try:
+            await checks.count_held(agent)
+        except (kube.KubeError, TemporaryError) as exc:
+            logger.warning("could not count held conversations of %s/%s: %s", namespace, name, exc)
     await _retry_with_kopf(rotate_if_due(agent))

@@ -11,6 +11,11 @@ register again) a pass is requested.
 
 Agents that a blocker holds (an invalid spec, a missing Secret) are left alone: their pass
 reports what is wrong, and nothing outside is worth checking until it is fixed.
+
+:func:`count_held` is the other periodic look outside: with ``spec.handover``, how many
+conversations a person holds now (:mod:`whatsapp_operator.handover`), written to
+``status.handover`` only when it changed, every ``RELEASED_HANDOVER_COUNT_INTERVAL`` seconds
+(:func:`held_due`).
 """
 
 from __future__ import annotations
@@ -19,9 +24,13 @@ import logging
 import time
 from typing import Any
 
-from released.agent.validation import InvalidSpec
+from released.agent.naming import child_names
+from released.agent.validation import InvalidSpec, parse_spec
 
+from .. import credentials as keys
+from .. import handover
 from .. import status as st
+from ..builders import decode_secret_data
 from ..errors import ReleasedError
 from .context import Agent
 from .inputs import BLOCKER_REASONS, MissingInput, gather
@@ -33,6 +42,8 @@ logger = logging.getLogger("whatsapp_operator")
 
 #: agent uid -> ``time.monotonic()`` of its last check (or pass, which checks the same).
 _last_checked: dict[str, float] = {}
+#: agent uid -> ``time.monotonic()`` of its last held count.
+_last_counted: dict[str, float] = {}
 
 
 def mark_checked(uid: str, now: float | None = None) -> None:
@@ -52,6 +63,84 @@ def due(uid: str, interval: float, now: float | None = None) -> bool:
 def forget(uid: str) -> None:
     """Drop a deleted agent's bookkeeping."""
     _last_checked.pop(uid, None)
+    _last_counted.pop(uid, None)
+
+
+def held_due(uid: str, interval: float, now: float | None = None) -> bool:
+    """Whether the agent's held conversations are to be counted now (the first time at once);
+    marks them counted when so."""
+    now = time.monotonic() if now is None else now
+    last = _last_counted.get(uid)
+    if last is not None and now - last < interval:
+        return False
+    _last_counted[uid] = now
+    return True
+
+
+OWN_DATABASE_MESSAGE = (
+    "the agent's database is its own (spec.database.secretRef): the operator does not connect "
+    "to it; the bot's metrics show its held conversations"
+)
+
+
+async def held_status(agent: Agent) -> dict[str, Any] | None:
+    """What ``status.handover`` should say now (``None``: nothing, handover is off).
+
+    Raises :class:`LookupError` when there is nothing to say yet (the database is not
+    provisioned yet): the status is left as it is.
+    """
+    try:
+        spec = parse_spec(agent.body.get("spec") or {}, check=False)
+    except InvalidSpec:
+        raise LookupError("unparsable spec") from None
+    if spec.handover is None:
+        return None
+    if spec.database_secret_ref is not None:
+        return {"reason": handover.REASON_OWN_DATABASE, "message": OWN_DATABASE_MESSAGE}
+    admin = agent.settings.postgres_admin_url
+    if admin is None:
+        raise LookupError("no shared PostgreSQL")
+    secret = await agent.kube.get(
+        "v1", "Secret", agent.namespace, child_names(agent.name).credentials_secret
+    )
+    agent_url = decode_secret_data((secret or {}).get("data")).get(keys.DATABASE_URL)
+    if not agent_url:
+        raise LookupError("not provisioned yet")
+    try:
+        url = handover.counting_url(admin.get_secret_value(), agent_url)
+        held = await handover.count_held(url, spec.phone_number_id)
+    except ValueError:
+        raise LookupError("unusable databaseUrl") from None  # the pass rewrites it
+    except handover.HeldCountFailed as exc:
+        return {"reason": exc.reason, "message": exc.message}
+    return {"held": held}
+
+
+async def count_held(agent: Agent) -> dict[str, Any] | None:
+    """Count the agent's held conversations and write ``status.handover`` when it changed
+    (removed when handover is off). Returns what the status says now."""
+    current = agent.status.get("handover")
+    if agent.deleting or st.ready_reason(agent.status) in BLOCKER_REASONS:
+        return current
+    try:
+        wanted = await held_status(agent)
+    except LookupError:
+        return current
+    if wanted == current:
+        return wanted
+
+    def mutate(_fresh: dict[str, Any], status: dict[str, Any]) -> dict[str, Any] | None:
+        if status.get("handover") == wanted:
+            return None
+        new = {k: v for k, v in status.items() if k != "handover"}
+        if wanted is not None:
+            # A merge patch merges objects: keys of the old value that go are sent as null.
+            old = status.get("handover") or {}
+            new["handover"] = {**{k: None for k in old if k not in wanted}, **wanted}
+        return new
+
+    await update_status(agent.kube, agent.namespace, agent.name, mutate)
+    return wanted
 
 
 async def check_outside(agent: Agent) -> Pass | None:

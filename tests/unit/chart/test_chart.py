@@ -376,6 +376,9 @@ def test_outside_checks_settings_reach_the_operator(helm: str) -> None:
     assert float(env["RELEASED_CHECK_INTERVAL"]["value"]) == (
         OperatorSettings.model_fields["check_interval"].default
     )
+    assert float(env["RELEASED_HANDOVER_COUNT_INTERVAL"]["value"]) == (
+        OperatorSettings.model_fields["handover_count_interval"].default
+    )
     assert "RELEASED_META_APP_ID" not in env  # unset: any subscribed app counts
     env = env_of(container(render(helm, "operator.checkInterval=120", "operator.metaAppId=1234")))
     settings = OperatorSettings(
@@ -662,6 +665,7 @@ def test_tenancy_values_become_the_operators_policy(
         "tenancy.ingress.annotations={cert-manager.io/cluster-issuer}",
         "tenancy.openai.allowedBaseUrls={https://llm.example.com/v1}",
         "tenancy.openai.allowedNetworks={10.8.0.0/16}",
+        "tenancy.handover.notifyAllowedNetworks={10.9.0.0/16}",
         "tenancy.blockedNetworks={34.118.0.0/20}",
         "tenancy.resourceBounds.web.max.cpu=1",
         "tenancy.resourceBounds.web.max.memory=1Gi",
@@ -679,6 +683,7 @@ def test_tenancy_values_become_the_operators_policy(
     assert policy.ingress_annotations == ("cert-manager.io/cluster-issuer",)
     assert policy.openai_base_urls == ("https://llm.example.com/v1",)
     assert policy.openai_allowed_networks == ("10.8.0.0/16",)
+    assert policy.notify_allowed_networks == ("10.9.0.0/16",)
     assert policy.blocked_networks == ("34.118.0.0/20",)
     web = policy.resources["web"]
     assert (web.max, web.max_replicas) == ({"cpu": "1", "memory": "1Gi"}, 3)

@@ -9,9 +9,11 @@ from typing import Any
 import kopf
 import pytest
 from whatsapp_operator import credentials as keys
+from whatsapp_operator import handover as held
 from whatsapp_operator.admission import admission_errors, validate_agent
 from whatsapp_operator.config import OperatorSettings
 from whatsapp_operator.errors import TemporaryError
+from whatsapp_operator.reconcile import checks
 from whatsapp_operator.reconcile.inputs import referenced_names
 from whatsapp_operator.reconcile.pipeline import reconcile
 from whatsapp_operator.reconcile.references import refs_checksum
@@ -168,3 +170,89 @@ async def test_existing_credentials_gain_the_new_keys_and_keep_their_values(worl
     assert len(values[keys.ADMIN_TOKEN]) >= 40
     assert len(values[keys.SAFETY_IDENTIFIER_SALT]) >= 40
     assert values[keys.ADMIN_TOKEN] != values[keys.SAFETY_IDENTIFIER_SALT]
+
+
+# -- the held count (the real PostgreSQL: tests/integration/test_held_count.py) ---------------
+
+
+def test_the_count_is_due_at_once_then_every_interval() -> None:
+    uid = "held-due-test"
+    checks.forget(uid)
+    assert checks.held_due(uid, 60, now=1000.0)
+    assert not checks.held_due(uid, 60, now=1059.0)
+    assert checks.held_due(uid, 60, now=1060.0)
+    checks.forget(uid)
+    assert checks.held_due(uid, 60, now=1061.0)
+
+
+def provisioned(world: World, **spec: Any) -> None:
+    world.kube.put(agent_body(database=None, **spec))
+    world.kube.put(
+        secret("acme-credentials", {keys.DATABASE_URL: "postgresql://r_a:pw@pg.pods:5432/db_x"})
+    )
+
+
+async def test_the_count_goes_to_the_status_as_the_agent_at_the_admins_host(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    world = make_world(monkeypatch, postgres_admin_url="postgresql://admin:a@pg.ops:6432/postgres")
+    provisioned(world, handover={})
+    asked: list[tuple[str, str]] = []
+
+    async def count(url: str, phone_number_id: str) -> int:
+        asked.append((url, phone_number_id))
+        return 4
+
+    monkeypatch.setattr(held, "count_held", count)
+    assert await checks.count_held(world.agent()) == {"held": 4}
+    assert world.status()["handover"] == {"held": 4}
+    assert asked == [("postgresql://r_a:pw@pg.ops:6432/db_x", "1234567890")]
+
+    async def refused(url: str, phone_number_id: str) -> int:
+        raise held.HeldCountFailed("DatabaseRejected", "refused its current role")
+
+    monkeypatch.setattr(held, "count_held", refused)
+    assert await checks.count_held(world.agent()) == {
+        "reason": "DatabaseRejected", "message": "refused its current role"
+    }  # fmt: skip
+    assert world.status()["handover"] == {
+        "reason": "DatabaseRejected", "message": "refused its current role"
+    }  # fmt: skip
+
+
+async def test_nothing_is_counted_or_written_before_there_is_something_to_count(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def count(url: str, phone_number_id: str) -> int:
+        raise AssertionError("not to be counted")
+
+    monkeypatch.setattr(held, "count_held", count)
+    # No shared PostgreSQL; no credentials yet; an unusable databaseUrl; a blocked agent.
+    no_admin = make_world(monkeypatch)
+    no_admin.kube.put(agent_body(database=None, handover={}))
+    admin = "postgresql://admin:a@pg.ops:6432/postgres"
+    no_secret = make_world(monkeypatch, postgres_admin_url=admin)
+    no_secret.kube.put(agent_body(database=None, handover={}))
+    bad_url = make_world(monkeypatch, postgres_admin_url=admin)
+    bad_url.kube.put(agent_body(database=None, handover={}))
+    bad_url.kube.put(secret("acme-credentials", {keys.DATABASE_URL: "mysql://x"}))
+    blocked_world = make_world(monkeypatch, postgres_admin_url=admin)
+    provisioned(blocked_world, handover={})
+    body = blocked_world.kube.obj("WhatsAppAgent", NS, "acme")
+    assert body is not None
+    body["status"] = {"conditions": [{"type": "Ready", "status": "False",
+                                      "reason": "InvalidSpec"}]}  # fmt: skip
+    blocked_world.kube.put(body)
+    for w in (no_admin, no_secret, bad_url, blocked_world):
+        writes = len(w.kube.written())
+        assert await checks.count_held(w.agent()) is None
+        assert len(w.kube.written()) == writes
+
+
+async def test_an_unparsable_spec_leaves_the_status_alone(world: World) -> None:
+    body = agent_body(handover={"holdDuration": "forever"})
+    body["status"] = {"handover": {"held": 1}}
+    world.kube.put(body)
+    writes = len(world.kube.written())
+    assert await checks.count_held(world.agent()) == {"held": 1}
+    assert len(world.kube.written()) == writes
