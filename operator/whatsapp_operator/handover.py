@@ -11,10 +11,16 @@ hold ends then, or earlier when released). The operator counts the held ones for
   of ``RELEASED_POSTGRES_ADMIN_URL``; the pods may use another name for it:
   ``postgres_host_for_pods``).
 
-Agents with ``spec.database.secretRef`` are not counted: their database URL is the tenant's
-choice, and the operator does not connect to addresses a tenant chooses (the bot's own metrics
-show their held conversations). Errors become :class:`HeldCountFailed` with a reason and a
-message that name neither the URL nor the password.
+Conversations are held with or without ``spec.handover`` (the bot never talks over staff who
+reply from the WhatsApp Business app), so every agent with a provisioned database is counted.
+Agents with ``spec.database.secretRef`` are not: their database URL is the tenant's choice, and
+the operator does not connect to addresses a tenant chooses (the bot's
+``released_conversations_held`` gauge shows their held conversations). Errors become
+:class:`HeldCountFailed` with a reason and a message that name neither the URL nor the password.
+
+The agent's database URL is remembered from the last reconciliation (:func:`remember`), so a
+count costs no request to the API server; a refused login forgets it, and the next count reads
+``NAME-credentials`` again.
 """
 
 from __future__ import annotations
@@ -41,6 +47,25 @@ REASON_UNAVAILABLE = "DatabaseUnavailable"
 REASON_REJECTED = "DatabaseRejected"
 REASON_NOT_MIGRATED = "NotMigrated"
 REASON_COUNT_FAILED = "CountFailed"
+
+
+#: agent uid -> the ``databaseUrl`` a reconciliation last found in ``NAME-credentials``.
+_urls: dict[str, str] = {}
+
+
+def remember(uid: str, agent_url: str) -> None:
+    """The agent's current database URL, as a reconciliation just found or wrote it."""
+    _urls[uid] = agent_url
+
+
+def known_url(uid: str) -> str | None:
+    """The remembered database URL of the agent (``None``: read ``NAME-credentials``)."""
+    return _urls.get(uid)
+
+
+def forget(uid: str) -> None:
+    """Drop what is remembered of an agent (deleted, or its role was refused)."""
+    _urls.pop(uid, None)
 
 
 class HeldCountFailed(Exception):

@@ -12,10 +12,10 @@ register again) a pass is requested.
 Agents that a blocker holds (an invalid spec, a missing Secret) are left alone: their pass
 reports what is wrong, and nothing outside is worth checking until it is fixed.
 
-:func:`count_held` is the other periodic look outside: with ``spec.handover``, how many
-conversations a person holds now (:mod:`whatsapp_operator.handover`), written to
-``status.handover`` only when it changed, every ``RELEASED_HANDOVER_COUNT_INTERVAL`` seconds
-(:func:`held_due`).
+:func:`count_held` is the other periodic look outside: how many conversations a person holds
+now (:mod:`whatsapp_operator.handover`; every agent whose database the operator provisioned, as
+holds happen without ``spec.handover`` too), written to ``status.handover`` only when it
+changed, every ``RELEASED_HANDOVER_COUNT_INTERVAL`` seconds (:func:`held_due`).
 """
 
 from __future__ import annotations
@@ -64,6 +64,7 @@ def forget(uid: str) -> None:
     """Drop a deleted agent's bookkeeping."""
     _last_checked.pop(uid, None)
     _last_counted.pop(uid, None)
+    handover.forget(uid)
 
 
 def held_due(uid: str, interval: float, now: float | None = None) -> bool:
@@ -79,46 +80,62 @@ def held_due(uid: str, interval: float, now: float | None = None) -> bool:
 
 OWN_DATABASE_MESSAGE = (
     "the agent's database is its own (spec.database.secretRef): the operator does not connect "
-    "to it; the bot's metrics show its held conversations"
+    "to it; the bot's released_conversations_held gauge shows its held conversations"
 )
 
 
-async def held_status(agent: Agent) -> dict[str, Any] | None:
-    """What ``status.handover`` should say now (``None``: nothing, handover is off).
+async def _agent_url(agent: Agent) -> str | None:
+    """The agent's current database URL: remembered from the last pass, else read once."""
+    known = handover.known_url(agent.uid)
+    if known is not None:
+        return known
+    secret = await agent.kube.get(
+        "v1", "Secret", agent.namespace, child_names(agent.name).credentials_secret
+    )
+    agent_url = decode_secret_data((secret or {}).get("data")).get(keys.DATABASE_URL)
+    if agent_url:
+        handover.remember(agent.uid, agent_url)
+    return agent_url or None
 
-    Raises :class:`LookupError` when there is nothing to say yet (the database is not
-    provisioned yet): the status is left as it is.
+
+async def held_status(agent: Agent) -> dict[str, Any] | None:
+    """What ``status.handover`` should say now (``None``: nothing).
+
+    Every agent whose database the operator provisioned is counted; an agent with its own
+    database is told why it is not, when it has ``spec.handover``. Raises
+    :class:`LookupError` when there is nothing to say yet (the database is not provisioned
+    yet): the status is left as it is.
     """
     try:
         spec = parse_spec(agent.body.get("spec") or {}, check=False)
     except InvalidSpec:
         raise LookupError("unparsable spec") from None
-    if spec.handover is None:
-        return None
     if spec.database_secret_ref is not None:
+        if spec.handover is None:
+            return None
         return {"reason": handover.REASON_OWN_DATABASE, "message": OWN_DATABASE_MESSAGE}
     admin = agent.settings.postgres_admin_url
     if admin is None:
         raise LookupError("no shared PostgreSQL")
-    secret = await agent.kube.get(
-        "v1", "Secret", agent.namespace, child_names(agent.name).credentials_secret
-    )
-    agent_url = decode_secret_data((secret or {}).get("data")).get(keys.DATABASE_URL)
-    if not agent_url:
+    agent_url = await _agent_url(agent)
+    if agent_url is None:
         raise LookupError("not provisioned yet")
     try:
         url = handover.counting_url(admin.get_secret_value(), agent_url)
         held = await handover.count_held(url, spec.phone_number_id)
     except ValueError:
+        handover.forget(agent.uid)
         raise LookupError("unusable databaseUrl") from None  # the pass rewrites it
     except handover.HeldCountFailed as exc:
+        if exc.reason == handover.REASON_REJECTED:
+            handover.forget(agent.uid)  # rotated meanwhile? read the Secret next time
         return {"reason": exc.reason, "message": exc.message}
     return {"held": held}
 
 
 async def count_held(agent: Agent) -> dict[str, Any] | None:
     """Count the agent's held conversations and write ``status.handover`` when it changed
-    (removed when handover is off). Returns what the status says now."""
+    (removed when there is nothing to say). Returns what the status says now."""
     current = agent.status.get("handover")
     if agent.deleting or st.ready_reason(agent.status) in BLOCKER_REASONS:
         return current

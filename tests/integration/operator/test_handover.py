@@ -116,10 +116,7 @@ def migrate_and_hold(postgres_url: str, agent_url: str, phone_number_id: str, co
         url = held.counting_url(postgres_url, agent_url)
         await run_migrations_async(Settings(database_url=url, phone_number_id=phone_number_id))
         conn = await asyncpg.connect(url, timeout=10)
-        try:  # a no-op once the bot's migrations add the column themselves
-            await conn.execute(
-                "ALTER TABLE conversations ADD COLUMN IF NOT EXISTS held_until timestamptz"
-            )
+        try:
             now = datetime.now(UTC)
             for until in [now + timedelta(hours=1)] * count + [now - timedelta(hours=1)]:
                 await conn.execute(
@@ -207,7 +204,7 @@ def test_a_handover_agent_from_spec_to_the_held_column(
     time.sleep(4.5)
     assert get_agent(custom, ns, "desk")["metadata"]["resourceVersion"] == version  # type: ignore[index]
 
-    # Handover off: the bot is told, and the status forgets the count.
+    # Handover off: the bot is told; conversations people hold stay held, and counted.
     custom.patch_namespaced_custom_object(
         GROUP, VERSION, ns, PLURAL, "desk", {"spec": {"handover": None}}
     )
@@ -215,9 +212,10 @@ def test_a_handover_agent_from_spec_to_the_held_column(
         "HANDOVER_ENABLED=false on the worker",
         lambda: env_of(apps, ns, "desk-worker")["HANDOVER_ENABLED"].value == "false",
     )
-    wait_for("status.handover gone", lambda: status_handover(custom, ns, "desk") is None)
-    assert table_row(api, ns, "desk")["Held"] is None
     assert "HANDOVER_NOTIFY_URL" not in env_of(apps, ns, "desk-worker")
+    migrate_and_hold(postgres_url, agent_url, number, count=1)  # a staff echo, say
+    wait_for("held == 3", lambda: status_handover(custom, ns, "desk") == {"held": 3})
+    assert table_row(api, ns, "desk")["Held"] == 3
 
 
 def test_a_refused_url_builds_nothing_and_a_missing_key_is_waited_for(

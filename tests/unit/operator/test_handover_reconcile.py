@@ -4,6 +4,7 @@ the admin API and the worker's identifiers use."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import kopf
@@ -175,6 +176,14 @@ async def test_existing_credentials_gain_the_new_keys_and_keep_their_values(worl
 # -- the held count (the real PostgreSQL: tests/integration/test_held_count.py) ---------------
 
 
+@pytest.fixture(autouse=True)
+def _nothing_remembered() -> Iterator[None]:
+    """The in-memory agents' uids repeat from test to test: start with no database URL known."""
+    held._urls.clear()
+    yield
+    held._urls.clear()
+
+
 def test_the_count_is_due_at_once_then_every_interval() -> None:
     uid = "held-due-test"
     checks.forget(uid)
@@ -207,6 +216,11 @@ async def test_the_count_goes_to_the_status_as_the_agent_at_the_admins_host(
     assert await checks.count_held(world.agent()) == {"held": 4}
     assert world.status()["handover"] == {"held": 4}
     assert asked == [("postgresql://r_a:pw@pg.ops:6432/db_x", "1234567890")]
+    # The URL is remembered: the next count needs nothing from the API server.
+    secret_before = world.kube.objects.pop(("Secret", NS, "acme-credentials"))
+    assert await checks.count_held(world.agent()) == {"held": 4}
+    assert len(asked) == 2
+    world.kube.put(secret_before)
 
     async def refused(url: str, phone_number_id: str) -> int:
         raise held.HeldCountFailed("DatabaseRejected", "refused its current role")
@@ -218,6 +232,31 @@ async def test_the_count_goes_to_the_status_as_the_agent_at_the_admins_host(
     assert world.status()["handover"] == {
         "reason": "DatabaseRejected", "message": "refused its current role"
     }  # fmt: skip
+    # A refused role (a rotation meanwhile): the Secret is read again next time.
+    assert held.known_url(world.agent().uid) is None
+
+
+async def test_holds_are_counted_without_spec_handover_too(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Staff replying from the WhatsApp Business app hold a conversation whatever the spec."""
+    world = make_world(monkeypatch, postgres_admin_url="postgresql://admin:a@pg.ops:6432/postgres")
+    provisioned(world)
+
+    async def count(url: str, phone_number_id: str) -> int:
+        return 1
+
+    monkeypatch.setattr(held, "count_held", count)
+    assert await checks.count_held(world.agent()) == {"held": 1}
+    # An agent with its own database and no spec.handover: nothing to say, nothing written.
+    own = make_world(monkeypatch, postgres_admin_url="postgresql://admin:a@pg.ops:6432/postgres")
+    own.kube.put(agent_body())
+    writes = len(own.kube.written())
+    assert await checks.count_held(own.agent()) is None
+    assert len(own.kube.written()) == writes
+    own.kube.put(agent_body(handover={}))
+    said = await checks.count_held(own.agent())
+    assert said is not None and said["reason"] == "OwnDatabase"
 
 
 async def test_nothing_is_counted_or_written_before_there_is_something_to_count(

@@ -13,6 +13,7 @@ from __future__ import annotations
 from released.agent.naming import child_names
 
 from ... import credentials as keys
+from ... import handover
 from ...database import DatabaseCredentials, connection_limit, ensure_database
 from .base import Pass
 
@@ -44,4 +45,5 @@ async def ensure(p: Pass) -> None:
             agent.namespace, child_names(agent.name).credentials_secret, wanted
         )
         p.credentials.update(wanted)
+    handover.remember(agent.uid, db.url)  # what the held count logs in with
     p.outcome.fields["database"] = {"name": db.database, "role": db.role}
