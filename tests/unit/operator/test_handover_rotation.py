@@ -1,41 +1,68 @@
 """The admin API's token rotates with the agent's other credentials, and no admin call fails
 across a rotation: a client that presents :func:`admin_token_for_clients` of the Secret is
 accepted by every web pod that may be running at each step (pods not rolled yet and pods rolled
-onto the current Secret)."""
+onto the current Secret), each pod's settings made from the Deployment the operator applied and
+checked by the web tier's own token check."""
 
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 import pytest
+from pydantic import SecretStr
 from whatsapp_operator import credentials as keys
 from whatsapp_operator import rotation as rot
 
+from bot.api.admin import _token_ok
+from bot.core.config import Settings
+
+from .conftest import NS
 from .test_rotation import CREATED, INTERVAL, Run, settle, start, tick
 
 
-def accepted(data: dict[str, str]) -> set[str]:
-    """The tokens a web pod started from this Secret accepts (``ADMIN_TOKEN`` and, while a
-    rotation is under way, ``ADMIN_TOKEN_PREVIOUS``)."""
-    return {t for t in (data.get(keys.ADMIN_TOKEN), data.get(keys.ADMIN_TOKEN_PREVIOUS)) if t}
+def web_pod(run: Run) -> Settings:
+    """The settings a web pod starting now gets: the ``ADMIN_TOKEN*`` variables of the
+    ``NAME-web`` Deployment the operator applied, resolved against the Secret as the kubelet
+    would (an optional key that is absent leaves the variable unset)."""
+    dep = run.world.kube.obj("Deployment", NS, "acme-web")
+    assert dep is not None
+    data = run.secret()
+    values: dict[str, Any] = {}
+    for var in dep["spec"]["template"]["spec"]["containers"][0]["env"]:
+        if not var["name"].startswith("ADMIN_TOKEN"):
+            continue
+        ref = var["valueFrom"]["secretKeyRef"]
+        assert ref["name"] == "acme-credentials"
+        if ref["key"] in data:
+            values[var["name"].lower()] = SecretStr(data[ref["key"]])
+        else:
+            assert ref.get("optional"), var
+    return Settings(**values)
+
+
+def accepted(pod: Settings) -> set[str]:
+    tokens = (pod.admin_token, pod.admin_token_previous)
+    return {t.get_secret_value() for t in tokens if t is not None}
 
 
 class Pods:
     """The web pods that may be running: those rolled onto an earlier Secret, and those that
-    start from the current one."""
+    start from the current one. A token is admitted when the web tier's own check
+    (``bot.api.admin``) accepts it in every one of them."""
 
     def __init__(self, run: Run) -> None:
         self.run = run
-        self.rolled = run.secret()
+        self.rolled = web_pod(run)
 
     def roll(self) -> None:
-        self.rolled = self.run.secret()
+        self.rolled = web_pod(self.run)
 
-    def running(self) -> list[set[str]]:
-        return [accepted(self.rolled), accepted(self.run.secret())]
+    def running(self) -> list[Settings]:
+        return [self.rolled, web_pod(self.run)]
 
     def admits(self, token: str | None) -> bool:
-        return token is not None and all(token in pod for pod in self.running())
+        return token is not None and all(_token_ok(pod, token) for pod in self.running())
 
 
 async def test_no_admin_call_fails_across_a_rotation(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -70,7 +97,7 @@ async def test_no_admin_call_fails_across_a_rotation(monkeypatch: pytest.MonkeyP
 
     await settle(run)  # the pods roll off the previous token
     pods.roll()
-    assert pods.running() == [{final[keys.ADMIN_TOKEN]}] * 2
+    assert [accepted(pod) for pod in pods.running()] == [{final[keys.ADMIN_TOKEN]}] * 2
     assert not pods.admits(first)  # the old token no longer works anywhere
 
 
