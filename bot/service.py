@@ -154,6 +154,8 @@ class Handover:
     held_until: datetime
 
 
+#: ``error_title`` of a bot reply not sent because a person took the conversation over.
+TAKEN_OVER_REASON = "not sent: a person took the conversation over"
 #: ``Message.source`` of the message the bot sends when it hands over.
 HANDOVER_SOURCE: Literal["handover"] = "handover"
 
@@ -493,12 +495,22 @@ async def handle_message(
                 source=result.source,
                 claimed_by=claim_id,
             )
-            if claimed:
+            taken_over = False
+            if claimed and trigger is None and await holds.held_now(session, conversation_id):
+                # A person took over while the answer was being composed (an echo came).
+                await repo.mark_failed(session, reply, None, TAKEN_OVER_REASON)
+                taken_over = True
+            elif claimed:
                 trigger, handover = await _after_answer(
                     session, settings, conversation_id, reply, trigger
                 )
         if not claimed:  # another worker is answering this very message right now
             return MessageResult(Outcome.DUPLICATE, reply.source, reply.wamid)
+        if taken_over:
+            MESSAGES_UNANSWERED.labels(reason="held").inc()
+            log.info("message %s: a person took the conversation over meanwhile; the answer "
+                     "is not sent", msg.wamid)
+            return MessageResult(Outcome.NOT_ANSWERED, reason="held")
         if handover is not None:
             await _handed_over(rt, handover)
     else:  # pending: an earlier attempt stored the answer but did not get it sent
@@ -551,9 +563,7 @@ async def _held(
         else:
             held = await holds.held_now(session, conversation_id)
             if held:
-                await repo.mark_failed(
-                    session, reply, None, "not sent: a person took the conversation over"
-                )
+                await repo.mark_failed(session, reply, None, TAKEN_OVER_REASON)
     if held:
         MESSAGES_UNANSWERED.labels(reason="held").inc()
         log.info("message %s: the conversation is held by a person; not answered", msg.wamid)

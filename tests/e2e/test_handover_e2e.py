@@ -31,7 +31,7 @@ from bot.handover import verify_signature
 from released.fakes import FakeMeta, FakeOpenAI
 from released.fakes.webhooks import WhatsAppUser, message_echo_event, text_message_event
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
 NOTIFY_SECRET = "e2e-notification-secret-0123456789"
 
@@ -137,7 +137,11 @@ def writes(stack: LocalStack, meta: FakeMeta, user: WhatsAppUser, text: str) -> 
     return str(event["entry"][0]["changes"][0]["value"]["messages"][0]["id"])
 
 
-def reply_to(meta: FakeMeta, wamid: str, timeout: float = 30.0) -> dict[str, Any]:
+#: Generous: a loaded CI machine runs the worker slowly; nothing waits this long when all is well.
+WAIT = 120.0
+
+
+def reply_to(meta: FakeMeta, wamid: str, timeout: float = WAIT) -> dict[str, Any]:
     found: list[dict[str, Any]] = meta.wait_for(
         lambda: [m for m in meta.sent() if m["context_message_id"] == wamid], timeout=timeout)
     return found[0]
@@ -147,7 +151,7 @@ def sent_to(meta: FakeMeta, user: WhatsAppUser) -> list[dict[str, Any]]:
     return [m for m in meta.sent() if m["to"] == user.phone]
 
 
-def wait_until(predicate: Any, timeout: float = 30.0) -> Any:
+def wait_until(predicate: Any, timeout: float = WAIT) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
@@ -226,10 +230,8 @@ def test_a_hold_expires_and_the_bot_answers_again(stack: LocalStack, meta: FakeM
     out = released(stack, "conversations", "hold", str(conv["id"]), "--for", "3s",
                    "--reason", "Lucía")
     assert "held until" in out and "Lucía" in out
-    writes(stack, meta, carla, "still there?")
-    wait_until(lambda: the_conversation(stack, carla)["heldMessages"] == 1)
-    time.sleep(3.5)  # the hold is over
-    assert the_conversation(stack, carla)["state"] == "bot"
+    # (What a held conversation does with messages: the tests above.)
+    wait_until(lambda: the_conversation(stack, carla)["state"] == "bot", timeout=30)
     again = writes(stack, meta, carla, "What is Released?")
     assert "Kubernetes" in reply_to(meta, again)["text"]
 

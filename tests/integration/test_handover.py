@@ -26,7 +26,7 @@ from bot.handover import TOOL_NAME, verify_signature
 from bot.storage import repository as repo
 from bot.storage.db import session_scope
 from bot.storage.models import Conversation, Message
-from bot.whatsapp.events import InboundMessage
+from bot.whatsapp.events import EchoMessage, InboundMessage
 from released.fakes import FakeMeta, FakeOpenAI
 from tests.integration.worker_support import PHONE, USER, inbound, process, reply_to, stored
 
@@ -424,3 +424,26 @@ def test_the_operators_count_and_retention_while_held(
     assert stored(settings, "wamid.K1") is not None
     assert tasks.run_async(purge_later()) >= 2
     assert stored(settings, "wamid.K1") is None and stored(settings, "wamid.ECHO9") is None
+
+
+def test_a_person_taking_over_while_the_model_thinks_wins(
+    settings: Settings, meta: FakeMeta, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bot import service
+
+    compose = service.compose_answer
+
+    async def slow_model(*args: Any, **kwargs: Any) -> Any:
+        answer = await compose(*args, **kwargs)
+        # Staff write from the Business app before the model's answer is stored.
+        await service.record_echo(EchoMessage.model_validate(
+            {"wamid": "wamid.ECHO-RACE", "phone_number_id": PHONE, "wa_id": USER,
+             "kind": "text", "text": "I'm here, Ana"}), settings)
+        return answer
+
+    monkeypatch.setattr(service, "compose_answer", slow_model)
+    result = process(inbound("wamid.RACE1"))
+    assert result["outcome"] == "not_answered" and result["reason"] == "held"
+    assert meta.sent() == []
+    reply = reply_to(settings, "wamid.RACE1")
+    assert reply is not None and reply.status == "failed"
