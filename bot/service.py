@@ -56,8 +56,7 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any, Literal
 
-import httpx
-from openai import AsyncOpenAI
+import httpx2 as httpx
 from redis.exceptions import RedisError
 
 from bot.account import AccountHealth, AccountProblem
@@ -84,6 +83,7 @@ from bot.handover import (
 from bot.llm.client import Answer, ModelError, Turn, answer, fallback_answer, make_client
 from bot.llm.faqs import FAQ, FAQError, faqs_for
 from bot.llm.ratelimit import RateLimitTimeout, TokenBucket, openai_bucket, user_bucket
+from bot.llm.responses import ResponsesClient
 from bot.replies import Plan, handover_on_order, plan_reply, text_only_reply
 from bot.storage import holds, inbox
 from bot.storage import repository as repo
@@ -186,7 +186,7 @@ class Runtime:
 
     settings: Settings
     graph: GraphClient
-    openai: AsyncOpenAI
+    openai: ResponsesClient
     redis: Any
     bucket: TokenBucket
     account: AccountHealth
@@ -205,7 +205,7 @@ def create_runtime(
     settings: Settings,
     *,
     graph: GraphClient | None = None,
-    openai_client: AsyncOpenAI | None = None,
+    openai_client: ResponsesClient | None = None,
     redis: Any = None,
 ) -> Runtime:
     """Build the clients for ``settings`` (call it inside the loop that will use them)."""

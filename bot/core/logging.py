@@ -49,12 +49,14 @@ _CAPTURED_LOGGERS = (
     "kombu",
     "httpx",
     "httpcore",
+    "httpx2",
+    "httpcore2",
     "openai",
     "sqlalchemy",
     "fastapi",
     "kopf",
 )
-_QUIET_LOGGERS = ("httpcore", "kombu", "asyncio", "aiosqlite", "sqlalchemy.engine")
+_QUIET_LOGGERS = ("httpcore", "httpcore2", "kombu", "asyncio", "aiosqlite", "sqlalchemy.engine")
 
 _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     # Authorization: Bearer <token>

@@ -19,8 +19,9 @@ reasoning included, or filtered) is never sent cut short: it counts as
 ``released_openai_requests_total{outcome="incomplete"}`` and the FAQs or the fallback message
 answer instead.
 
-What an error means comes from :mod:`released.providers.openai` (shared with the operator).
-The SDK's own retries are disabled (``max_retries=0``): retrying is the Celery task's job, with
+The request goes through :mod:`bot.llm.responses` (``httpx2``, without the ``openai`` SDK's
+25 MiB); what an error means comes from :mod:`released.providers.openai` (shared with the
+operator). Nothing retries inside the HTTP call: retrying is the Celery task's job, with
 backoff, so a retry never hides inside a call that holds a worker. Two retries are made here:
 once for a connection that could not be established, and, after a 429, as many as
 ``RATE_LIMIT_RETRIES`` after pausing the agent's shared token bucket (``on_rate_limited``) and
@@ -34,8 +35,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import openai
-from openai import AsyncOpenAI
+import httpx2 as httpx
 from tenacity import (
     AsyncRetrying,
     retry_if_exception,
@@ -52,8 +52,9 @@ from bot.core.metrics import (
 )
 from bot.handover import TOOL_NAME, fallback_text, model_tool
 from bot.llm.faqs import FAQ, build_instructions, match_faq, needs_file_search
+from bot.llm.responses import ModelResponse, OpenAIRequestError, ResponsesClient
 from released.providers.meta import MAX_TEXT_LENGTH
-from released.providers.openai import ErrorKind, from_exception, supports_reasoning
+from released.providers.openai import ErrorKind, OpenAIErrorInfo, supports_reasoning
 
 AnswerSource = Literal["model", "faq", "fallback", "unsupported", "canned", "handover"]
 
@@ -103,20 +104,20 @@ class ModelError(Exception):
         self.kind = kind
 
 
-def make_client(settings: Settings, **kwargs: Any) -> AsyncOpenAI:
-    """An async OpenAI client for ``OPENAI_BASE_URL`` with the SDK's retries turned off."""
-    return AsyncOpenAI(
-        api_key=settings.secret("openai_api_key"),
-        base_url=settings.openai_base_url,
-        max_retries=0,
+def make_client(
+    settings: Settings, http_client: httpx.AsyncClient | None = None
+) -> ResponsesClient:
+    """A Responses API client for ``OPENAI_BASE_URL`` (``http_client`` replaces its pool)."""
+    return ResponsesClient(
+        settings.secret("openai_api_key"),
+        settings.openai_base_url,
         timeout=settings.openai_timeout_seconds,
-        **kwargs,
+        http=http_client,
     )
 
 
-def _model_error(exc: Exception) -> ModelError:
-    """Map an SDK exception to :class:`ModelError` without echoing request details."""
-    info = from_exception(exc)
+def _model_error(info: OpenAIErrorInfo) -> ModelError:
+    """The :class:`ModelError` of a failed request, without echoing request details."""
     if info.status is None and info.kind is ErrorKind.TEMPORARY:
         text = ("OpenAI request timed out" if info.code == "timeout"
                 else "cannot connect to the OpenAI API")
@@ -134,9 +135,7 @@ def _model_error(exc: Exception) -> ModelError:
 
 
 def _is_connect_error(exc: BaseException) -> bool:
-    return isinstance(exc, openai.APIConnectionError) and not isinstance(
-        exc, openai.APITimeoutError
-    )
+    return isinstance(exc, OpenAIRequestError) and exc.info.code == "connection_error"
 
 
 def _outcome(err: ModelError) -> str:
@@ -203,20 +202,22 @@ def request_kwargs(
     return kwargs
 
 
-def asks_for_handover(response: Any) -> bool:
+def asks_for_handover(response: ModelResponse) -> bool:
     """Whether the model called the handover tool (``bot.handover.TOOL_NAME``)."""
     return any(
-        getattr(item, "type", None) == "function_call" and getattr(item, "name", None) == TOOL_NAME
-        for item in (getattr(response, "output", None) or [])
+        isinstance(item, dict)
+        and item.get("type") == "function_call"
+        and item.get("name") == TOOL_NAME
+        for item in (response.raw.get("output") or ())
     )
 
 
 async def _create(
-    client: AsyncOpenAI,
+    client: ResponsesClient,
     kwargs: dict[str, Any],
     before_request: Callable[[], Awaitable[object]] | None,
     on_rate_limited: Callable[[float | None], Awaitable[object]] | None,
-) -> Any:
+) -> ModelResponse:
     """``responses.create`` with the two retries of the module doc."""
     rate_limited = 0
     while True:
@@ -232,11 +233,11 @@ async def _create(
                         await before_request()
                     started = time.perf_counter()
                     try:
-                        return await client.responses.create(**kwargs)
+                        return await client.create(kwargs)
                     finally:
                         OPENAI_REQUEST_SECONDS.observe(time.perf_counter() - started)
-        except openai.OpenAIError as exc:
-            err = _model_error(exc)
+        except OpenAIRequestError as exc:
+            err = _model_error(exc.info)
             OPENAI_REQUESTS.labels(outcome=_outcome(err)).inc()
             if (
                 err.kind is ErrorKind.RATE_LIMIT
@@ -255,7 +256,7 @@ async def ask_model(
     faqs: Sequence[FAQ],
     settings: Settings,
     *,
-    client: AsyncOpenAI,
+    client: ResponsesClient,
     before_request: Callable[[], Awaitable[object]] | None = None,
     on_rate_limited: Callable[[float | None], Awaitable[object]] | None = None,
     safety_identifier: str | None = None,
@@ -270,18 +271,16 @@ async def ask_model(
         question, history, faqs, settings, safety_identifier=safety_identifier
     )
     response = await _create(client, kwargs, before_request, on_rate_limited)
-    usage = getattr(response, "usage", None)
-    input_tokens = int(getattr(usage, "input_tokens", 0) or 0)
-    output_tokens = int(getattr(usage, "output_tokens", 0) or 0)
-    total = int(getattr(usage, "total_tokens", 0) or 0) or input_tokens + output_tokens
+    input_tokens = response.usage("input_tokens")
+    output_tokens = response.usage("output_tokens")
+    total = response.usage("total_tokens") or input_tokens + output_tokens
     OPENAI_TOKENS.labels(direction="input").inc(input_tokens)
     OPENAI_TOKENS.labels(direction="output").inc(output_tokens)
-    status = getattr(response, "status", None)
+    status = response.status
     if status is not None and status != "completed":
         # Cut short (max_output_tokens, reasoning included, or a content filter), failed or
         # still running: whatever text it holds is not a whole answer.
-        details = getattr(response, "incomplete_details", None)
-        reason = getattr(details, "reason", None) or status
+        reason = response.incomplete_reason or status
         OPENAI_REQUESTS.labels(outcome="incomplete").inc()
         raise ModelError(
             f"the model's answer is {status} ({reason}); not sent", retryable=False, status=200
@@ -290,7 +289,7 @@ async def ask_model(
         OPENAI_REQUESTS.labels(outcome="success").inc()
         return Answer(text="", source="handover", tokens=total, input_tokens=input_tokens,
                       output_tokens=output_tokens)
-    text = (response.output_text or "").strip()
+    text = response.output_text.strip()
     if not text:
         OPENAI_REQUESTS.labels(outcome="empty").inc()
         raise ModelError("the model returned no text", retryable=False, status=200)
@@ -320,7 +319,7 @@ async def answer(
     faqs: Sequence[FAQ],
     settings: Settings,
     *,
-    client: AsyncOpenAI | None = None,
+    client: ResponsesClient | None = None,
     fallback_on_error: bool = True,
     before_request: Callable[[], Awaitable[object]] | None = None,
     on_rate_limited: Callable[[float | None], Awaitable[object]] | None = None,

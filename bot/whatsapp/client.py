@@ -27,7 +27,7 @@ from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import Any, Self
 
-import httpx
+import httpx2 as httpx
 from pydantic import SecretStr
 
 from bot.core.config import Settings

@@ -5,7 +5,8 @@ One policy for the bot and the operator. OpenAI answers errors as ``{"error": {"
 (``insufficient_quota`` is a 429 that no backoff fixes). The SDK raises
 ``openai.APIStatusError`` (with ``status_code``, ``code``, ``response``),
 ``openai.APITimeoutError`` and ``openai.APIConnectionError``; :func:`from_exception` turns any
-of them into an :class:`OpenAIErrorInfo`.
+of them into an :class:`OpenAIErrorInfo` (the operator's calls). The bot sends its one request
+without the SDK (``bot.llm.responses``) and parses the answer with :func:`parse_error`.
 
 Typical use::
 

@@ -10,8 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
-import openai
+import httpx2 as httpx
 import pytest
 from pydantic import SecretStr
 
@@ -27,6 +26,7 @@ from bot.llm.ratelimit import (
     openai_bucket,
     user_bucket,
 )
+from bot.llm.responses import ResponsesClient
 
 FAQS = [
     FAQ(q="What are your opening hours?", a="Mon-Fri 9:00-18:00."),
@@ -142,7 +142,7 @@ class Recorder:
         self.requests.append(request)
         return self.responder(request)
 
-    def client(self, settings: Settings) -> openai.AsyncOpenAI:
+    def client(self, settings: Settings) -> ResponsesClient:
         http = httpx.AsyncClient(transport=httpx.MockTransport(self))
         return make_client(settings, http_client=http)
 
@@ -310,6 +310,51 @@ async def test_connection_error_is_retried_once_inside_the_call() -> None:
         await ask_model("q", [], FAQS, settings, client=rec.client(settings), before_request=before)
     assert info.value.retryable and info.value.status is None
     assert len(rec.requests) == 2 and len(calls) == 2  # each attempt takes a token
+
+
+async def test_the_text_is_the_output_text_parts_of_the_messages() -> None:
+    """What the SDK's ``output_text`` gives: reasoning and tool calls are not the answer."""
+    settings = settings_for()
+    body = response_body("Part one. ")
+    body["output"][0]["content"].append({"type": "refusal", "refusal": "no"})
+    body["output"][0]["content"].append({"type": "output_text", "text": "Part two.",
+                                         "annotations": []})
+    body["output"].insert(0, {"type": "reasoning", "id": "rs_1", "summary": []})
+    body["output"].append({"type": "file_search_call", "id": "fs_1", "status": "completed",
+                           "queries": ["q"]})
+    rec = Recorder(lambda r: httpx.Response(200, json=body))
+    got = await ask_model("q", [], FAQS, settings, client=rec.client(settings))
+    assert got.text == "Part one. Part two."
+    # The headers a client of the API sends, and nothing that names the SDK.
+    headers = rec.requests[0].headers
+    assert headers["content-type"] == "application/json"
+    assert headers["accept"] == "application/json"
+
+
+async def test_an_answer_that_is_not_a_json_object_falls_back() -> None:
+    settings = settings_for()
+    for response in (httpx.Response(200, text="<html>proxy</html>"), httpx.Response(200, json=[])):
+        rec = Recorder(lambda r, resp=response: resp)
+        with pytest.raises(ModelError) as info:
+            await ask_model("q", [], FAQS, settings, client=rec.client(settings))
+        assert not info.value.retryable and info.value.status == 200
+        got = await answer("opening hours?", [], FAQS, settings, client=rec.client(settings),
+                           fallback_on_error=False)
+        assert got.source == "faq"
+
+
+async def test_a_timeout_is_retryable_and_not_retried_inside_the_call() -> None:
+    settings = settings_for()
+
+    def slow(request: httpx.Request) -> httpx.Response:
+        raise httpx.ReadTimeout("slow", request=request)
+
+    rec = Recorder(slow)
+    with pytest.raises(ModelError) as info:
+        await ask_model("q", [], FAQS, settings, client=rec.client(settings))
+    assert info.value.retryable and info.value.status is None
+    assert str(info.value) == "OpenAI request timed out"
+    assert len(rec.requests) == 1  # only a refused connection is tried again at once
 
 
 async def test_answer_falls_back_to_faq_then_message() -> None:

@@ -261,7 +261,7 @@ def test_the_agents_own_phone_number_id_stays_readable() -> None:
 
 def test_meta_error_text_is_redacted_before_it_is_cut() -> None:
     """A secret straddling the 300-character cut of an error title left a piece of itself."""
-    import httpx
+    import httpx2 as httpx
 
     from bot.whatsapp.client import error_from_response
 
