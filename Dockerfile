@@ -5,7 +5,7 @@
 # Commands (tests/unit/test_dockerfile.py checks that each answers --help):
 #   operator: released-operator
 #   web:      uvicorn bot.main:app --host 0.0.0.0 --port 8000
-#   worker:   celery -A bot.tasks worker --pool=threads
+#   worker:   released-worker
 #   purge:    released purge
 #   cli:      released
 #

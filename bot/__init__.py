@@ -8,7 +8,8 @@ Layout (import downward only):
 - ``bot.storage``   SQLModel models, engine/session, repository, Alembic migrations.
 - ``bot.service``   what the bot does with a message (answer, send, store), used by tasks.
 - ``bot.api``       FastAPI routes; ``bot.main`` builds the app.
-- ``bot.tasks``     the Celery application and tasks (``celery -A bot.tasks worker``).
+- ``bot.tasks``     the Celery application and tasks (``released-worker``).
+- ``bot.worker``    the worker's entry point (``bot.tasks`` without Celery's command line).
 - ``bot.cli``       the ``released`` command.
 """
 

@@ -160,25 +160,23 @@ class LocalStack:
         shutil.rmtree(metrics_dir, ignore_errors=True)
         env = dict(self.env, WORKER_METRICS_PORT=str(port), WORKER_METRICS_HOST="127.0.0.1",
                    PROMETHEUS_MULTIPROC_DIR=str(metrics_dir))
-        return self._spawn(
-            name,
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "bot.tasks",
-                "worker",
-                "--loglevel=INFO",
-                f"--pool={self.worker_pool}",
-                f"--concurrency={self.worker_concurrency}",
-                "--without-gossip",
-                "--without-mingle",
-                "-n",
-                f"{name}@%h",
-            ],
-            env=env,
-        )
+        return self._spawn(name, self.worker_command(name), env=env)
+
+    def worker_command(self, name: str = "worker") -> list[str]:
+        """The worker's command line: ``released-worker`` (``python -m bot.worker``) with the
+        flags the operator gives the worker's container, the pool and a node name."""
+        return [
+            sys.executable,
+            "-m",
+            "bot.worker",
+            f"--concurrency={self.worker_concurrency}",
+            "--loglevel=INFO",
+            "--without-gossip",
+            "--without-mingle",
+            f"--pool={self.worker_pool}",
+            "-n",
+            f"{name}@%h",
+        ]
 
     def start_purge(self) -> subprocess.Popen[bytes]:
         """Run the retention purge (``released purge``) once, in the background; the next one

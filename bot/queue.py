@@ -56,7 +56,7 @@ from bot.whatsapp.events import EchoMessage, InboundMessage, InboxRef, StatusUpd
 if TYPE_CHECKING:  # imported on first use only: the web tier with a Redis broker never needs it
     from celery import Celery
 
-#: Celery's default queue, which ``celery -A bot.tasks worker`` consumes.
+#: Celery's default queue, which the worker (``released-worker``) consumes.
 CELERY_QUEUE = "celery"
 PROCESS_MESSAGE_TASK = "bot.tasks.process_message"
 RECORD_STATUS_TASK = "bot.tasks.record_status"

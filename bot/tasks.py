@@ -1,4 +1,4 @@
-"""The Celery application and the worker's tasks: ``celery -A bot.tasks worker``.
+"""The Celery application and the worker's tasks, run by ``released-worker`` (:mod:`bot.worker`).
 
 Tasks (published by name by the web tier, see ``bot.queue``; one JSON argument each):
 

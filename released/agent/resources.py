@@ -15,26 +15,39 @@ from .naming import PURGE, REDIS, WEB, WORKER
 from .spec import AgentSpec, Resources
 
 #: Container resources when the spec gives none (``spec.*.resources`` replaces them whole).
-#: Defaults grounded in tests/bench (footprint): web 81 MiB PSS, Redis 7 MiB; the
-#: worker is sized by :func:`worker_default_resources` (its memory grows with concurrency).
+#: Grounded in ``python -m tests.bench.footprint`` (tests/bench/README.md, after 300 answered
+#: messages): the request is the measured RSS with about 25 % of headroom (a container's charge
+#: lies between its PSS and its RSS), rounded up to 16Mi. Web: RSS 70 MiB (PSS 52); its limit
+#: leaves room for ``WEBHOOK_BODY_BUDGET_BYTES`` (48 MiB of bodies at once) and more. Purge (a
+#: CronJob's run): peak RSS 73 MiB. Redis: RSS 5 MiB; its limit is the room for a backlog. The
+#: worker is sized by :func:`worker_default_resources` (it grows a little with concurrency).
 DEFAULT_RESOURCES: dict[str, dict[str, dict[str, str]]] = {
-    WEB: {"requests": {"cpu": "50m", "memory": "128Mi"}, "limits": {"memory": "256Mi"}},
-    WORKER: {"requests": {"cpu": "50m", "memory": "320Mi"}, "limits": {"memory": "512Mi"}},
-    PURGE: {"requests": {"cpu": "10m", "memory": "128Mi"}, "limits": {"memory": "256Mi"}},
-    REDIS: {"requests": {"cpu": "25m", "memory": "32Mi"}, "limits": {"memory": "128Mi"}},
+    WEB: {"requests": {"cpu": "50m", "memory": "96Mi"}, "limits": {"memory": "256Mi"}},
+    WORKER: {"requests": {"cpu": "50m", "memory": "128Mi"}, "limits": {"memory": "256Mi"}},
+    PURGE: {"requests": {"cpu": "10m", "memory": "96Mi"}, "limits": {"memory": "192Mi"}},
+    REDIS: {"requests": {"cpu": "25m", "memory": "16Mi"}, "limits": {"memory": "128Mi"}},
 }
 
 #: The tiers whose resources a spec may set (the purge always runs with its defaults).
 TENANT_TIERS: tuple[str, ...] = (WEB, WORKER, REDIS)
 
 
+#: The worker's default memory request: a base and a share per concurrent task (Mi).
+WORKER_BASE_MI = 120
+WORKER_PER_SLOT_MI = 4
+#: Headroom of the worker's limit above its request (Mi).
+WORKER_LIMIT_HEADROOM_MI = 128
+
+
 def worker_default_resources(concurrency: int) -> dict[str, dict[str, str]]:
-    """A worker's default requests/limits: measured ~80 MiB plus ~90 MiB per prefork child
-    (PSS after traffic), so 128Mi + 96Mi per child, and 192Mi of headroom for the limit."""
-    request = 128 + 96 * concurrency
+    """A worker's default requests/limits. One process runs ``concurrency`` tasks in threads:
+    measured RSS 102 MiB (PSS 84) at concurrency 2 and about 1 MiB more per extra slot (PSS 85,
+    88, 90 MiB at 1, 4, 8), so 120Mi + 4Mi per slot (128Mi at the default 2; a slot's share also
+    covers a long conversation in flight), and 128Mi more for the limit."""
+    request = WORKER_BASE_MI + WORKER_PER_SLOT_MI * concurrency
     return {
         "requests": {"cpu": "50m", "memory": f"{request}Mi"},
-        "limits": {"memory": f"{request + 192}Mi"},
+        "limits": {"memory": f"{request + WORKER_LIMIT_HEADROOM_MI}Mi"},
     }
 
 

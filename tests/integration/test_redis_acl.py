@@ -6,9 +6,12 @@ processes (``LocalStack``: uvicorn, a Celery worker, the fakes), authenticated a
 the pods are. Proven here:
 
 - the bot answers a signed webhook, a worker killed mid-task loses nothing (kombu's restore of
-  unacknowledged tasks: locks, WATCH/MULTI/EXEC), ``/readyz`` and ``/metrics`` read Redis, and
-  Redis's ACL log shows no command of theirs refused (only redis-py's optional CLIENT
-  SETINFO, which it ignores);
+  unacknowledged tasks: locks, WATCH/MULTI/EXEC), a worker stopped and started again the
+  ordinary way (SIGTERM: remote control unsubscribes) answers again, ``/readyz`` and
+  ``/metrics`` read Redis, and Redis's ACL log shows no command of theirs refused (only
+  redis-py's optional CLIENT SETINFO, which it ignores). The worker runs as the operator runs
+  it (``released-worker`` with the flags of its Deployment). Drop a command the bot needs from
+  ``REDIS_ACL_COMMANDS`` (RPUSH, EVALSHA, HMGET...) and this test fails;
 - the same user is refused what would let a compromised pod own the server or read others'
   traffic: CONFIG, MODULE, DEBUG, FLUSHALL, KEYS, MONITOR, MIGRATE, REPLICAOF, ACL, SHUTDOWN,
   and KEYS or FLUSHALL called from inside a Lua script (EVAL and EVALSHA alike).
@@ -28,7 +31,12 @@ from typing import Any
 import httpx
 import pytest
 import redis
-from whatsapp_operator.builders.workloads import REDIS_ACL_DIR, REDIS_PORT, REDIS_START_SCRIPT
+from whatsapp_operator.builders.workloads import (
+    REDIS_ACL_DIR,
+    REDIS_PORT,
+    REDIS_START_SCRIPT,
+    build_worker_deployment,
+)
 
 from bot.devstack import LocalStack, StackError
 from bot.whatsapp.simulate import new_wamid, signed_delivery, text_message_payload
@@ -121,6 +129,17 @@ def replies(meta: FakeMeta, wamid: str) -> list[dict[str, Any]]:
     return [m for m in meta.sent() if m["context_message_id"] == wamid]
 
 
+def test_the_stack_runs_the_worker_as_the_operator_does(stack: AclStack) -> None:
+    """What this module proves holds for the operator's worker: same entry point, same flags."""
+    from tests.unit.operator.test_builders import container, make_ctx
+
+    command = container(build_worker_deployment(make_ctx()))["command"]
+    local = stack.worker_command()
+    assert command[0] == "released-worker" and local[1:3] == ["-m", "bot.worker"]
+    flags = [f for f in command[1:] if not f.startswith("--concurrency=")]
+    assert [f for f in flags if f not in local] == []
+
+
 def test_the_bot_works_with_only_the_commands_it_is_granted(stack: AclStack) -> None:
     meta = FakeMeta.attach(stack.urls["fake_meta"])
     openai_fake = FakeOpenAI.attach(stack.urls["fake_openai"])
@@ -143,6 +162,12 @@ def test_the_bot_works_with_only_the_commands_it_is_granted(stack: AclStack) -> 
     meta.wait_for(lambda: replies(meta, second), timeout=60)
     time.sleep(2.0)
     assert len(replies(meta, second)) == 1
+
+    # A worker stopped the ordinary way (SIGTERM, as a rollout does) and started again.
+    stack.start_worker()
+    third = new_wamid()
+    deliver(stack, third)
+    meta.wait_for(lambda: replies(meta, third), timeout=30)
 
     # The web tier's probes and metrics read Redis too.
     assert httpx.get(f"{stack.urls['web']}/readyz", timeout=10).status_code == 200

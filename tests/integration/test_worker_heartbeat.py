@@ -1,4 +1,4 @@
-"""The worker's liveness: a real ``celery -A bot.tasks worker --pool=threads`` refreshes its
+"""The worker's liveness: a real worker (``python -m bot.worker``, the threads pool) refreshes its
 heartbeat file, and the probe the operator gives its pod (``WORKER_PROBE_SCRIPT``) passes while
 it does and fails once it stops (a frozen process here, as a hung one would be)."""
 
@@ -51,8 +51,8 @@ def worker(redis_url: str, tmp_path: Path) -> Iterator[tuple[subprocess.Popen[by
     )
     log = open(tmp_path / "worker.log", "wb")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "bot.tasks", "worker", "--pool=threads",
-         "--concurrency=2", "--without-gossip", "--without-mingle", "-n", "hb@%h"],
+        [sys.executable, "-m", "bot.worker", "--concurrency=2", "--without-gossip",
+         "--without-mingle", "-n", "hb@%h"],
         env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
     try:

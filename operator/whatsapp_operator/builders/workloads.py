@@ -65,31 +65,35 @@ PURGE_ENV: frozenset[str] = frozenset(
 NON_SETTING_ENV: frozenset[str] = frozenset({"REDIS_PASSWORD", "PROMETHEUS_MULTIPROC_DIR"})
 
 #: The only Redis commands the bot's pods may run: what redis-py, kombu/Celery and the bot's
-#: Lua scripts use (measured with INFO commandstats over the end-to-end tests, and read from
-#: kombu's Redis transport), proven against a real redis-server by
-#: tests/integration/test_redis_acl.py. No CONFIG, MODULE, DEBUG, FLUSHALL, KEYS, MONITOR,
-#: MIGRATE, REPLICAOF, ACL or SHUTDOWN: a compromised pod can use its queue, not own the server.
+#: Lua scripts use (read from bot/, kombu's Redis transport and redis-py's locks, and checked
+#: with INFO commandstats over tests/integration/test_redis_acl.py), proven against a real
+#: redis-server by that test, which fails when the bot or the worker is refused one. No CONFIG,
+#: MODULE, DEBUG, FLUSHALL, KEYS, MONITOR, MIGRATE, REPLICAOF, ACL or SHUTDOWN: a compromised pod
+#: can use its queue, not own the server. Since the queue carries no message text (the inbox),
+#: nothing needs EVAL (scripts run by EVALSHA after SCRIPT LOAD), HGETALL, HSETNX, HINCRBY,
+#: HLEN, ZCARD, TTL/PTTL, SUBSCRIBE (kombu subscribes to patterns) or CLIENT SETNAME/GETNAME/ID.
 #: tests/unit/operator/test_builders.py fails when bot/ calls a command this list does not name.
 #: (redis-py's optional CLIENT SETINFO is refused and ignored; naming it would stop Redis 7.0,
 #: which validates subcommands, from loading the file.)
 REDIS_ACL_COMMANDS: tuple[str, ...] = (
-    # connections: redis-py, kombu, the readiness probe's redis-cli ping
-    "auth", "hello", "ping", "select", "client|setname", "client|getname", "client|id",
-    # keys: dedupe claims, locks (SET NX PX), kombu's bookkeeping
-    "get", "set", "del", "exists", "expire", "pexpire", "ttl", "pttl",
-    # lists: Celery's queues, the bot's claim-and-push, queue depth
+    # connections: redis-py (HELLO), the readiness probe's redis-cli (AUTH, PING), a URL's db
+    "auth", "hello", "ping", "select",
+    # keys: dedupe claims, locks (SET NX PX), kombu's bookkeeping, the account flags
+    "get", "set", "del", "exists", "expire", "pexpire",
+    # lists: Celery's queues (kombu restores a lost task with RPUSH), the bot's claim-and-push,
+    # queue depth
     "lpush", "rpush", "rpop", "brpop", "llen",
-    # hashes: kombu's unacknowledged tasks, the bot's rate-limit buckets and account flags
-    "hget", "hset", "hsetnx", "hdel", "hmget", "hlen", "hgetall", "hincrby",
+    # hashes: kombu's unacknowledged tasks, the bot's rate-limit buckets, flags, held messages
+    "hget", "hset", "hdel", "hmget",
     # sets and sorted sets: kombu's bindings, deadlines and unacked index; held messages
-    "sadd", "srem", "smembers", "zadd", "zrem", "zrange", "zrangebyscore", "zcard",
+    "sadd", "srem", "smembers", "zadd", "zrem", "zrange", "zrangebyscore",
     # Lua: the bot's and kombu's scripts, redis-py's locks (TIME is called inside them); every
     # command a script calls is checked against this list too
-    "eval", "evalsha", "script|load", "script|exists", "time",
+    "evalsha", "script|load", "script|exists", "time",
     # transactions: kombu restores unacknowledged tasks with WATCH/MULTI/EXEC
     "multi", "exec", "discard", "watch", "unwatch",
-    # pub/sub: Celery's remote control (pidbox) and events
-    "publish", "subscribe", "unsubscribe", "psubscribe", "punsubscribe",
+    # pub/sub: Celery's remote control (pidbox, pattern subscriptions)
+    "publish", "psubscribe", "punsubscribe",
 )  # fmt: skip
 #: The permissions of the bot's Redis user: every key and channel, only those commands.
 REDIS_ACL_PERMISSIONS = "~* &* -@all " + " ".join(f"+{c}" for c in REDIS_ACL_COMMANDS)
@@ -403,15 +407,11 @@ def build_worker_deployment(agent: AgentContext) -> dict[str, Any]:
     container = _bot_container(
         agent,
         WORKER,
-        [
-            "celery",
-            "-A",
-            "bot.tasks",
-            "worker",
-            "--pool=threads",
-            f"--concurrency={worker.concurrency}",
-            "--loglevel=INFO",
-        ],
+        # bot.worker: the Celery worker of bot.tasks (threads pool) without Celery's command
+        # line, which would load ~13 MiB of subcommands it never runs. No gossip or mingle: the
+        # bot uses no worker-to-worker state (remote control still works).
+        ["released-worker", f"--concurrency={worker.concurrency}", "--loglevel=INFO",
+         "--without-gossip", "--without-mingle"],
     )
     container["env"] += [
         {"name": "WORKER_METRICS_PORT", "value": str(WORKER_METRICS_PORT)},

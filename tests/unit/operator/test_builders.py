@@ -319,7 +319,7 @@ def test_default_and_custom_resources() -> None:
     objs = by_kind_name(build_children(make_ctx()))
     web = container(objs[("Deployment", "acme-web")])
     assert web["resources"] == DEFAULT_RESOURCES["web"]
-    assert web["resources"]["requests"] == {"cpu": "50m", "memory": "128Mi"}
+    assert web["resources"]["requests"] == {"cpu": "50m", "memory": "96Mi"}
     redis = container(objs[("Deployment", "acme-redis")])
     assert redis["resources"]["limits"] == {"memory": "128Mi"}
     worker = container(objs[("Deployment", "acme-worker")])
@@ -350,13 +350,8 @@ def test_commands_ports_and_probes() -> None:
 
     worker = container(objs[("Deployment", "acme-worker")])
     assert worker["command"] == [
-        "celery",
-        "-A",
-        "bot.tasks",
-        "worker",
-        "--pool=threads",
-        "--concurrency=4",
-        "--loglevel=INFO",
+        "released-worker", "--concurrency=4", "--loglevel=INFO", "--without-gossip",
+        "--without-mingle",
     ]
     # The worker proves it is alive with a heartbeat file its consumer and loop refresh.
     env = {e["name"]: e.get("value") for e in worker["env"]}
@@ -856,10 +851,12 @@ def test_worker_memory_follows_its_concurrency() -> None:
         resources: dict[str, Any] = container["resources"]
         return resources
 
-    # Measured (tests/bench/README.md): ~80 MiB + ~90 MiB per prefork child.
-    assert worker_resources(2)["requests"]["memory"] == "320Mi"
-    assert worker_resources(2)["limits"]["memory"] == "512Mi"
-    assert worker_resources(4)["limits"]["memory"] == "704Mi"
+    # Measured (tests/bench/README.md, footprint): one process, RSS 102 MiB at concurrency 2
+    # and about 1 MiB more per extra slot (threads pool).
+    assert worker_resources(2)["requests"]["memory"] == "128Mi"
+    assert worker_resources(2)["limits"]["memory"] == "256Mi"
+    assert worker_resources(8)["requests"]["memory"] == "152Mi"
+    assert worker_resources(64)["limits"]["memory"] == "504Mi"
 
 
 def test_ingress_gets_the_platforms_default_class_when_the_spec_names_none() -> None:
