@@ -1,9 +1,10 @@
 """Per-agent footprint: ``python -m tests.bench.footprint [--messages 300] [--db postgres]
-[--concurrency 2] [--slots 8] [--baseline-ref COMMIT]``.
+[--concurrency 2] [--slots 1,4,8] [--baseline-ref COMMIT]``.
 
 Starts one agent's processes as real processes (``bot.devstack.LocalStack``) with the
-operator's defaults: Redis, the web tier (uvicorn, one process), a Celery worker (threads pool,
-``--concurrency`` tasks at once in one process), with the local fakes of Meta and OpenAI. Memory
+operator's defaults: Redis, the web tier (uvicorn, one process), the worker (``python -m
+bot.worker``: Celery's threads pool, ``--concurrency`` tasks at once in one process), with the
+local fakes of Meta and OpenAI. Memory
 is read from /proc: RSS, and PSS from ``smaps_rollup`` (pages shared between processes of a part
 counted once, which is what the container's cgroup is charged). Measured:
 
@@ -12,13 +13,17 @@ counted once, which is what the container's cgroup is charged). Measured:
   and Redis holding the bot's keys: de-duplication claims, rate-limit buckets);
 - the retention purge, ``released purge`` run once after the traffic as the agent's CronJob runs
   it: its peak RSS while it runs (it holds nothing between runs, so it is not in the total);
-- with ``--slots N``, the worker again at concurrency N after the same traffic: the cost of
-  one more concurrent slot is the PSS difference divided by the extra slots.
+- with ``--slots 1,4,8``, the worker again at each of these concurrencies after the same
+  traffic (a stack of its own each): the cost of one more concurrent slot is the PSS
+  difference to the smallest concurrency measured, divided by the extra slots.
 
 The total is the PSS of the parts that stay resident (web, worker, Redis), printed with its
 ratio to the figure of the issue that asked for this (447 MiB, ``TODAY_MIB``) and, with
 ``--baseline-ref``, to the same benchmark of that commit measured now on this machine (its tree
-is checked out in a temporary git worktree and runs its own ``tests.bench.footprint``).
+is checked out in a temporary git worktree and runs its own ``tests.bench.footprint``):
+``--baseline-ref af6cd3d`` is the last commit with the prefork worker and the beat Deployment,
+so the old configuration is measured in the same run. The purge's peak is printed beside the
+total, and added to it for the hour's minute while its Job runs.
 
 Prints the figures beside the operator's defaults (``released.agent.resources``) and a
 suggestion derived from them.
@@ -34,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -134,27 +140,47 @@ def _one_stack(workdir: Path, messages: int, db: str, concurrency: int,
     return report
 
 
-def bench(messages: int, db: str, concurrency: int, slots: int | None = None) -> dict[str, Any]:
+def bench(
+    messages: int, db: str, concurrency: int, slots: Sequence[int] = ()
+) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="released-bench-footprint-"))
     report: dict[str, Any] = {"machine": machine(), "worker_concurrency": concurrency, "db": db}
     try:
         report.update(_one_stack(workdir / "main", messages, db, concurrency, with_idle=True))
-        if slots is not None and slots != concurrency:
-            more = _one_stack(workdir / "slots", messages, db, slots, with_idle=False)
-            w1 = report["after_traffic"]["worker"]["pss_mib"]
-            w2 = more["after_traffic"]["worker"]["pss_mib"]
-            report["slots"] = {
-                "concurrency": slots,
-                "traffic": more["traffic"],
-                "worker_pss_mib": w2,
-                "mib_per_extra_slot": round((w2 - w1) / (slots - concurrency), 2),
-            }
+        rows = {concurrency: {"concurrency": concurrency, "traffic": report["traffic"],
+                              "worker": report["after_traffic"]["worker"]}}
+        for n in sorted(set(slots) - {concurrency}):
+            more = _one_stack(workdir / f"slots-{n}", messages, db, n, with_idle=False)
+            rows[n] = {"concurrency": n, "traffic": more["traffic"],
+                       "worker": more["after_traffic"]["worker"]}
+        if len(rows) > 1:
+            report["slots"] = slot_costs(list(rows.values()))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     report["total_pss_mib"] = round(sum(r["pss_mib"] for r in report["after_traffic"].values()), 1)
     report["defaults"] = defaults(concurrency)
     report["suggested"] = suggest(report["after_traffic"])
     return report
+
+
+def slot_costs(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The worker's PSS at each concurrency, and per extra slot against the smallest one."""
+    rows = sorted(rows, key=lambda r: r["concurrency"])
+    low = rows[0]
+    out = []
+    for row in rows:
+        extra = row["concurrency"] - low["concurrency"]
+        pss = row["worker"]["pss_mib"]
+        out.append({
+            "concurrency": row["concurrency"],
+            "traffic": row["traffic"],
+            "worker_pss_mib": pss,
+            "worker_threads": row["worker"]["threads"],
+            "mib_per_extra_slot": (
+                round((pss - low["worker"]["pss_mib"]) / extra, 2) if extra else None
+            ),
+        })
+    return out
 
 
 def baseline(ref: str, messages: int, db: str) -> dict[str, Any]:
@@ -209,14 +235,18 @@ def print_report(report: dict[str, Any]) -> None:
               f"{purge['seconds']} s; default {d.get('requests', {}).get('memory', '-')}/"
               f"{d.get('limits', {}).get('memory', '-')}")
     total = report["total_pss_mib"]
-    print(f"total PSS after traffic: {total} MiB = {total / TODAY_MIB:.2f}x the {TODAY_MIB:g} "
-          f"MiB of issue 11 (target <= {TARGET_MIB:g} MiB: "
-          f"{'met' if total <= TARGET_MIB else 'NOT met'})")
-    slots = report.get("slots")
-    if slots:
-        print(f"worker at concurrency {slots['concurrency']}: {slots['worker_pss_mib']} MiB PSS "
-              f"({json.dumps(slots['traffic'])}): {slots['mib_per_extra_slot']} MiB per extra "
-              "slot")
+    print(f"total PSS after traffic (web + worker + redis): {total} MiB = "
+          f"{total / TODAY_MIB:.2f}x the {TODAY_MIB:g} MiB of issue 11 (target <= "
+          f"{TARGET_MIB:g} MiB: {'met' if total <= TARGET_MIB else 'NOT met'})")
+    if purge:
+        print(f"while the purge Job runs: {total + purge['peak_rss_mib']:.1f} MiB (its peak RSS "
+              "added; it holds nothing between runs)")
+    for row in report.get("slots") or ():
+        cost = row["mib_per_extra_slot"]
+        print(f"worker at concurrency {row['concurrency']:>2}: {row['worker_pss_mib']:>6} MiB PSS, "
+              f"{row['worker_threads']:>2} threads"
+              + (f", {cost} MiB per extra slot (target <= 10)" if cost is not None else "")
+              + f"  {json.dumps(row['traffic'])}")
     base = report.get("baseline")
     if base:
         print(f"\nbaseline {base['ref']} measured now (its own benchmark):")
@@ -229,11 +259,16 @@ def print_report(report: dict[str, Any]) -> None:
               f"({total / base['total_pss_mib']:.2f}x)")
 
 
+def _ints(text: str) -> list[int]:
+    return [int(part) for part in text.split(",") if part.strip()]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Per-agent footprint (see the module doc).")
     parser.add_argument("--messages", type=int, default=300)
     parser.add_argument("--concurrency", type=int, default=2, help="the spec's default")
-    parser.add_argument("--slots", type=int, help="also measure the worker at this concurrency")
+    parser.add_argument("--slots", type=_ints, default=(),
+                        help="also measure the worker at these concurrencies (e.g. 1,4,8)")
     parser.add_argument("--db", choices=("postgres", "sqlite"), default="postgres")
     parser.add_argument("--baseline-ref", help="also measure this commit now (git worktree)")
     parser.add_argument("--json", type=Path)
