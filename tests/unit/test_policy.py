@@ -167,9 +167,12 @@ def test_unlisted_resources_and_missing_memory_limits_are_refused() -> None:
 
 
 def test_a_default_that_grows_with_concurrency_is_bounded_too() -> None:
-    tight = Policy(resources={"worker": TierBounds(max={"cpu": "1", "memory": "1Gi"})})
-    problems = check_resources(spec(worker={"concurrency": 16}), tight)
-    assert problems and all("spec.worker.concurrency=16" in p for p in problems)
+    # The worker's default memory grows with its concurrency (released.agent.resources):
+    # 376Mi / 504Mi at 64 tasks at once.
+    tight = Policy(resources={"worker": TierBounds(max={"cpu": "1", "memory": "256Mi"})})
+    problems = check_resources(spec(worker={"concurrency": 64}), tight)
+    assert problems and all("spec.worker.concurrency=64" in p for p in problems)
+    assert check_resources(spec(worker={"concurrency": 2}), tight) == []
 
 
 def test_replicas_are_bounded() -> None:
