@@ -6,6 +6,10 @@
 # CI uses the local control plane instead (hack/control-plane.sh, tests/integration/).
 #
 #   hack/kind-up.sh            # create (or reuse) the cluster, build, load, install, apply
+#   hack/kind-up.sh cluster    # only the cluster and the images (built, pulled, loaded), for
+#                              # the end-to-end tests: prints the export lines they read, e.g.
+#                              #   eval "$(hack/kind-up.sh cluster | grep ^export)"
+#                              #   python -m pytest tests/cluster
 #   hack/kind-up.sh down       # delete the cluster
 #
 # Needs: docker, kind, kubectl, and this project installed (pip install -e .) for
@@ -44,6 +48,20 @@ kubectl config use-context "kind-$cluster" >/dev/null
 log "image $image"
 docker build -t "$image" .
 kind load docker-image "$image" --name "$cluster"
+
+if [ "${1:-}" = "cluster" ]; then
+  # The end-to-end tests (tests/cluster) install the chart themselves: no release here.
+  for extra in redis:7.4-alpine postgres:16-alpine; do
+    docker pull -q "$extra" >/dev/null
+    kind load docker-image "$extra" --name "$cluster"
+  done
+  echo "export KUBECONFIG=${KUBECONFIG:-$HOME/.kube/config}"
+  echo "export RELEASED_E2E_IMAGE=$image"
+  echo "export RELEASED_E2E_REDIS_IMAGE=redis:7.4-alpine"
+  echo "export RELEASED_E2E_POSTGRES_IMAGE=postgres:16-alpine"
+  echo "export RELEASED_E2E_PULL_POLICY=IfNotPresent"
+  exit 0
+fi
 
 log "demo PostgreSQL in $namespace (ephemeral; the operator provisions each agent's database)"
 kubectl create namespace "$namespace" --dry-run=client -o yaml | kubectl apply -f -

@@ -204,17 +204,22 @@ released_key() {
   ) | sha256sum | cut -c1-12
 }
 released_ref() { echo "localhost/released:$(released_key)"; }
+# One archive per key (released-KEY.tar): worktrees of the same machine share the cache, and
+# each one's `up` imports the image of its own sources.
 image_released() {
   local key ref
   key=$(released_key)
   ref="localhost/released:$key"
-  image_fresh released "$key" && return
+  image_fresh "released-$key" "$key" && return
   B "${BUD[@]}" -t "$ref" "$REPO_ROOT" >"$WORK/released-build.log" 2>&1 ||
     { tail -30 "$WORK/released-build.log" >&2; die "buildah bud of the project's Dockerfile failed (log: $WORK/released-build.log)"; }
-  export_image released "$ref" "$key"
-  # Older project images are not needed any more.
-  B images --format '{{.Name}}:{{.Tag}}' | grep '^localhost/released:' | grep -vx "$ref" |
-    while read -r old; do B rmi "$old" >/dev/null 2>&1 || true; done || true
+  export_image "released-$key" "$ref" "$key"
+  # The archive is the cache: buildah's copy goes, and so do all but the newest archives.
+  B rmi "$ref" >/dev/null 2>&1 || true
+  local old
+  for old in $(ls -t "$IMAGES_DIR"/released-*.tar | tail -n +5); do
+    rm -f "$old" "${old%.tar}.key" "${old%.tar}.ref"
+  done
 }
 
 # Redis from Debian's redis-server: the operator's Redis pod runs `sh -c ... redis-server` and
@@ -240,7 +245,7 @@ EOF
 # PostgreSQL from Debian's postgresql, started like the official image: POSTGRES_PASSWORD (and
 # POSTGRES_USER, PGDATA) in the environment, a fresh cluster initialised on first start.
 image_postgres() {
-  local key="postgres 2 $(base_key)" d="$WORK/postgres"
+  local key="postgres 3 $(base_key)" d="$WORK/postgres"
   image_fresh postgres "$key" && return
   mkdir -p "$d"
   cat >"$d/entrypoint.sh" <<'EOF'
@@ -265,7 +270,8 @@ RUN apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --
     && rm -rf /var/lib/apt/lists/* /var/lib/postgresql/* /etc/postgresql/* /usr/share/locale/* /usr/share/i18n \
        /usr/lib/x86_64-linux-gnu/libLLVM* /usr/lib/x86_64-linux-gnu/libz3* /usr/lib/postgresql/*/lib/llvmjit* \
        /usr/lib/postgresql/*/lib/bitcode /usr/share/doc/* /usr/share/man/* \
-    && mkdir -p /var/lib/postgresql/data && chown -R postgres:postgres /var/lib/postgresql
+    && mkdir -p /var/lib/postgresql/data && chown -R postgres:postgres /var/lib/postgresql \
+    && ln -s /usr/lib/postgresql/*/bin/* /usr/local/bin/
 COPY entrypoint.sh /usr/local/bin/docker-entrypoint.sh
 RUN chmod 0755 /usr/local/bin/docker-entrypoint.sh
 ENV PGDATA=/var/lib/postgresql/data
@@ -289,8 +295,12 @@ do_images() {
   for d in /etc/cni /var/lib/cni; do [[ -e "$d" ]] || created+=("$d"); done
   # shellcheck disable=SC2064
   trap "rm -rf ${created[*]:-/nonexistent-released}" EXIT
+  # One build at a time (test sessions of several worktrees share the cache).
+  exec 8>"$NODE_CACHE/.images.lock"
+  flock 8
   local name
   for name in "$@"; do timed "image $name" "image_$name"; done
+  flock -u 8
 }
 
 do_build() {
@@ -448,7 +458,8 @@ do_up() {
   need_root
   [[ -f "$CP/kubeconfig" && -f "$CP/pki/ca.key" ]] || die "no control plane in $CP (hack/control-plane.sh start)"
   node_binaries_ready || die "no node binaries (hack/node.sh build)"
-  [[ -f "$IMAGES_DIR/pause.tar" ]] || die "no images (hack/node.sh build)"
+  [[ -f "$IMAGES_DIR/pause.tar" && -f "$IMAGES_DIR/released-$(released_key).tar" ]] ||
+    die "no images of this checkout (hack/node.sh build)"
   getent hosts "$NODE_NAME" >/dev/null || die "the node name $NODE_NAME does not resolve (the API server reaches the kubelet by it)"
   if [[ -d "$S" && -n "$(ls -A "$S")" && ! -f "$S/.released-node-state" ]]; then
     die "$S is not empty and is not a node state dir"
@@ -560,8 +571,8 @@ import_images() {
   # Each archive once per key (the store persists); project images of other keys are removed.
   local ti=$SECONDS name ref imported="$CONTAINERD_ROOT/.released-imported" n=0
   mkdir -p "$imported"
-  for name in "${IMAGES[@]}"; do
-    [[ -f "$IMAGES_DIR/$name.tar" ]] || continue
+  for name in pause redis postgres "released-$(released_key)"; do
+    [[ -f "$IMAGES_DIR/$name.tar" ]] || die "no image archive $IMAGES_DIR/$name.tar (hack/node.sh build)"
     ref=$(cat "$IMAGES_DIR/$name.ref")
     if [[ "$(cat "$imported/$name" 2>/dev/null)" != "$(cat "$(image_key_file "$name")")" ]] ||
       ! ctr -a "$SOCK" -n k8s.io images ls -q | grep -qxF "$ref"; then
@@ -570,9 +581,9 @@ import_images() {
       n=$((n + 1))
     fi
   done
-  ref=$(cat "$IMAGES_DIR/released.ref")
   ctr -a "$SOCK" -n k8s.io images ls -q | grep '^localhost/released:' | grep -vxF "$ref" |
     xargs -r ctr -a "$SOCK" -n k8s.io images rm >/dev/null || true
+  find "$imported" -name 'released-*' ! -name "$name" -delete
   log "images: $n imported in $((SECONDS - ti)) s"
 }
 
@@ -631,7 +642,7 @@ EOF
 do_env() {
   [[ -f "$CP/kubeconfig" ]] || die "no control plane in $CP"
   echo "export KUBECONFIG=$CP/kubeconfig"
-  echo "export RELEASED_E2E_IMAGE=$(cat "$IMAGES_DIR/released.ref" 2>/dev/null || released_ref)"
+  echo "export RELEASED_E2E_IMAGE=$(released_ref)"
   echo "export RELEASED_E2E_REDIS_IMAGE=$REDIS_IMAGE"
   echo "export RELEASED_E2E_POSTGRES_IMAGE=$POSTGRES_IMAGE"
   echo "export RELEASED_E2E_PULL_POLICY=Never"

@@ -1,5 +1,10 @@
 """The agent's workloads: Deployments (web, worker, Redis) and the purge CronJob.
 
+Every bot pod (web, worker, purge) first runs ``released migrate`` as an init container, with
+the purge's environment (the database only): the schema is at the image's revision before the
+bot touches it, whoever starts first (concurrent runs wait on an advisory lock, and a run on a
+current schema does nothing).
+
 Web, worker and purge run the bot image with the environment of :func:`bot_env`, whose names are
 fields of ``bot.core.config.Settings`` (a unit test keeps them so); Redis runs the operator's
 Redis image with append-only persistence on the ``NAME-redis`` PersistentVolumeClaim. The worker
@@ -365,6 +370,18 @@ def _bot_container(agent: AgentContext, component: str, command: list[str]) -> d
     }
 
 
+#: The init container of every bot pod: the database schema at the image's revision.
+MIGRATE = "migrate"
+
+
+def _migrate_container(agent: AgentContext) -> dict[str, Any]:
+    """``released migrate`` with the purge's environment and bounds (the database only)."""
+    container = _bot_container(agent, PURGE, ["released", "migrate"])
+    container["name"] = MIGRATE
+    container["volumeMounts"] = [{"name": "tmp", "mountPath": "/tmp"}]  # noqa: S108
+    return container
+
+
 def build_web_deployment(agent: AgentContext) -> dict[str, Any]:
     """``NAME-web``: uvicorn serving ``bot.main:app`` on port 8000 behind the Ingress, with the
     web tier's HTTP limits (concurrency, keep-alive, header and body timeouts: ``bot.serving``)."""
@@ -391,6 +408,7 @@ def build_web_deployment(agent: AgentContext) -> dict[str, Any]:
     template = _pod_template(
         agent, WEB, [container], _bot_volumes(agent), uid=BOT_UID, checksum=agent.config_checksum
     )
+    template["spec"]["initContainers"] = [_migrate_container(agent)]
     # Never drop below the desired count while rolling: Meta retries, but not forever.
     strategy = {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
     names = child_names(agent.name)
@@ -438,6 +456,7 @@ def build_worker_deployment(agent: AgentContext) -> dict[str, Any]:
         checksum=agent.config_checksum,
         grace_seconds=60,
     )
+    template["spec"]["initContainers"] = [_migrate_container(agent)]
     strategy = {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
     names = child_names(agent.name)
     return _deployment(agent, names.worker_deployment, WORKER, worker.replicas, template, strategy)
@@ -465,6 +484,7 @@ def build_purge_cronjob(agent: AgentContext) -> dict[str, Any]:
         checksum=agent.config_checksum,
     )
     pod["spec"]["restartPolicy"] = "Never"
+    pod["spec"]["initContainers"] = [_migrate_container(agent)]
     names = child_names(agent.name)
     return {
         "apiVersion": agent.cronjob_api_version,

@@ -894,3 +894,28 @@ def test_the_redis_acl_names_every_command_the_bot_sends() -> None:
     called |= {c.lower() for c in re.findall(r"redis\.p?call\('([A-Za-z]+)'", source)}
     assert called, "found no Redis call in bot/: the pattern is out of date"
     assert called - set(REDIS_ACL_COMMANDS) == set()
+
+
+def test_every_bot_pod_migrates_the_database_before_it_starts() -> None:
+    """No pod of the bot touches the database before ``released migrate`` brought its schema to
+    the image's revision (a provisioned database starts empty: found by tests/cluster)."""
+    ctx = make_ctx()
+    objects = {(o["kind"], o["metadata"]["name"]): o for o in build_children(ctx)}
+    pods = {
+        "web": objects[("Deployment", "acme-web")]["spec"]["template"]["spec"],
+        "worker": objects[("Deployment", "acme-worker")]["spec"]["template"]["spec"],
+        "purge": build_purge_cronjob(ctx)["spec"]["jobTemplate"]["spec"]["template"]["spec"],
+    }
+    for component, pod in pods.items():
+        (init,) = pod["initContainers"]
+        (main,) = pod["containers"]
+        assert init["command"] == ["released", "migrate"], component
+        assert init["image"] == main["image"]
+        assert init["securityContext"] == main["securityContext"]
+        # The database and nothing else: no Meta, OpenAI or Redis secret.
+        secrets = {e["name"] for e in init["env"] if "valueFrom" in e}
+        assert secrets == {"DATABASE_URL"}, (component, secrets)
+        assert init["resources"]["limits"]["memory"]
+        assert init["volumeMounts"] == [{"name": "tmp", "mountPath": "/tmp"}]
+    redis = objects[("Deployment", "acme-redis")]["spec"]["template"]["spec"]
+    assert "initContainers" not in redis
