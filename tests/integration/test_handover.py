@@ -402,9 +402,13 @@ def test_the_operators_count_and_retention_while_held(
 
     async def counts() -> tuple[int, int]:
         async with session_scope(settings) as session:
-            # Exactly the statement the operator runs for the agent's status.
+            # The operator's count for the agent's status (and its per-number form).
             operator = (await session.execute(text(
                 "SELECT count(*) FROM conversations WHERE held_until > now()"))).scalar_one()
+            mine = (await session.execute(text(
+                "SELECT count(*) FROM conversations WHERE held_until > now() "
+                "AND phone_number_id = :pn"), {"pn": PHONE})).scalar_one()
+            assert mine == operator
         ingest = IngestStore(settings.database_url)
         try:
             web = await ingest.count_held()
