@@ -1,6 +1,7 @@
 """Short operator benchmark on the test control plane (N=10; the full one is
 ``python -m tests.bench.operator_scale``): every child exists and every agent is Ready, for the
-baseline and the operator, and the operator's memory and idle CPU are measured (``-s``)."""
+baseline and the operator; the operator's memory and idle CPU are measured, and a restart with
+the same agents writes nothing (``-s`` prints the figures)."""
 
 from __future__ import annotations
 
@@ -20,3 +21,5 @@ def test_operator_quick() -> None:
     assert base["ready_s"] > 0 and op["ready_s"] > 0
     assert op["objects"] == base["objects"]
     assert op["rss_peak_mib"] > 0
+    assert op["restart"]["objects_compared"] >= op["objects"]
+    assert op["restart"]["objects_written"] == 0, op["restart"]
