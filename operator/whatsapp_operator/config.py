@@ -52,7 +52,7 @@ class OperatorSettings(BaseSettings):
 
     #: How many reconciliation passes may run at once (the others wait their turn): bounds
     #: memory and the load on the API server when many agents appear, or at start.
-    concurrent_reconciles: int = Field(default=10, ge=1)
+    concurrent_reconciles: int = Field(default=20, ge=1)
 
     #: Comma-separated namespaces or glob patterns (``clients-*``) to watch; empty: all.
     namespaces: str = ""

@@ -11,8 +11,11 @@ whatsapp_operator``, which also sets up JSON logs and the liveness endpoint). Th
                            referenced objects are labelled and watched per namespace with that
                            label as the selector (:mod:`.watching`); a change re-reconciles
                            exactly the agents whose inputs changed (:mod:`.reconcile.references`).
-- ``workloads_changed``    events of agents' Deployments (selected by the API server with the
-                           ``app.kubernetes.io/managed-by`` label): refresh ``WorkloadsReady``.
+- (children)               the agents' children are listed and watched per namespace, selected
+                           by the API server with the ``app.kubernetes.io/managed-by`` label
+                           (:class:`.watching.ChildWatches`): a pass knows which exist and how
+                           they were applied without reading them, and a Deployment's change
+                           refreshes the agent's ``WorkloadsReady`` (``workloads_changed``).
 - ``periodic``             a timer per agent: refresh ``WorkloadsReady`` while a rollout is
                            under way, check the outside world when due
                            (:mod:`.reconcile.checks`), rotate credentials.
@@ -34,8 +37,6 @@ from typing import Any
 
 import kopf
 
-from released.agent import naming
-
 from . import FIELD_MANAGER, FINALIZER, GROUP, PLURAL, VERSION, kube, metrics
 from . import status as st
 from .admission import configure_admission, register_admission_handler
@@ -49,7 +50,7 @@ from .reconcile.parts import workloads
 from .reconcile.pipeline import reconcile
 from .reconcile.references import release, touch_referencing
 from .reconcile.rotate import rotate_if_due
-from .watching import ReferenceWatches
+from .watching import ChildWatches, ReferenceWatches
 
 logger = logging.getLogger("whatsapp_operator")
 
@@ -66,15 +67,12 @@ TIMER_IDLE = min(15.0, TIMER_INTERVAL / 2)
 WORKLOAD_EVENTS_SETTLE = 0.5
 
 
-#: Label selectors the API server applies to kopf's watches: only the operator's children.
-WATCH_SELECTORS = {("apps", "deployments"): f"{naming.LABEL_MANAGED_BY}={naming.MANAGED_BY}"}
-
-
 class _State:
     """What the handlers share, set up at start: the referenced objects' watches, the
     ``agent_refs`` index and the limit on concurrent passes."""
 
     watches: ReferenceWatches | None = None
+    children: ChildWatches | None = None
     refs: kopf.Index[Any, Any] | None = None
     passes: asyncio.Semaphore | None = None
 
@@ -89,6 +87,7 @@ def _agent(body: Mapping[str, Any]) -> Agent:
         settings=get_operator_settings(),
         events=st.KopfEvents(body),
         watches=_state.watches,
+        children=_state.children,
     )
 
 
@@ -140,11 +139,12 @@ async def configure(settings: kopf.OperatorSettings, **kwargs: Any) -> None:
     """kopf settings from :class:`~whatsapp_operator.config.OperatorSettings`; the watches of
     referenced objects (with the ``agent_refs`` index, which kopf fills from here on); metrics."""
     ours = get_operator_settings()
-    for resource, selector in WATCH_SELECTORS.items():
-        settings.watching.label_selectors[resource] = selector
     _state.refs = kwargs["agent_refs"]
     _state.watches = ReferenceWatches(
         kube.shared(), _on_reference_change, server_timeout=ours.watch_server_timeout
+    )
+    _state.children = ChildWatches(
+        kube.shared(), workloads_changed, server_timeout=ours.watch_server_timeout
     )
     _state.passes = asyncio.Semaphore(ours.concurrent_reconciles)
     settings.watching.server_timeout = ours.watch_server_timeout
@@ -170,8 +170,9 @@ async def configure(settings: kopf.OperatorSettings, **kwargs: Any) -> None:
 @kopf.on.cleanup()
 async def close_client(**_: Any) -> None:
     """Stop the watches and close the Kubernetes client's connections when the operator stops."""
-    if _state.watches is not None:
-        await _state.watches.close()
+    for watches in (_state.watches, _state.children):
+        if watches is not None:
+            await watches.close()
     await kube.shared().close()
 
 
@@ -224,24 +225,9 @@ def agent_refs(
 _refresh_pending: set[tuple[str, str]] = set()
 
 
-@kopf.on.event(
-    "apps",
-    "v1",
-    "deployments",
-    id="workloads",
-    labels={naming.LABEL_MANAGED_BY: naming.MANAGED_BY, naming.LABEL_NAME: naming.APP_NAME},
-)
-async def workloads_changed(
-    type: str | None,  # kopf's name; None for the initial listing
-    namespace: str | None,
-    labels: Mapping[str, str],
-    **_: Any,
-) -> None:
-    """A Deployment of an agent changed: refresh the agent's ``WorkloadsReady`` (coalesced).
-    The initial listing is left alone: the resume passes read the Deployments anyway."""
-    agent = labels.get(naming.LABEL_INSTANCE)
-    if not type or not agent or not namespace:
-        return
+async def workloads_changed(namespace: str, agent: str) -> None:
+    """A Deployment of ``agent`` changed (reported by :class:`.watching.ChildWatches`): refresh
+    the agent's ``WorkloadsReady``, once for a burst of changes."""
     key = (namespace, agent)
     if key in _refresh_pending:
         return
@@ -251,24 +237,30 @@ async def workloads_changed(
     finally:
         _refresh_pending.discard(key)
     try:
-        await workloads.refresh(kube.shared(), namespace, agent, st.KopfEvents)
+        await workloads.refresh(
+            kube.shared(), namespace, agent, st.KopfEvents, children=_state.children
+        )
     except (kube.KubeError, TemporaryError) as exc:
         logger.warning("could not refresh workloads of %s/%s: %s", namespace, agent, exc)
 
 
 @kopf.timer(GROUP, VERSION, PLURAL, id="periodic", interval=TIMER_INTERVAL, idle=TIMER_IDLE)
 async def periodic(body: kopf.Body, namespace: str | None, name: str, **_: Any) -> None:
-    """Refresh ``WorkloadsReady`` from the Deployments while it is not ``True`` (a rollout
-    under way; Deployment events refresh it too); check the outside world (model, Meta account,
-    WABA subscription, vector store) when due; count held conversations when due
-    (``spec.handover``); rotate credentials when due. An agent with nothing due costs no
-    request."""
+    """Refresh ``WorkloadsReady`` from the Deployments while it is not ``True`` after a first
+    pass (a rollout under way; Deployment events refresh it too); check the outside world
+    (model, Meta account, WABA subscription, vector store) when due; count held conversations
+    when due (``spec.handover``); rotate credentials when due. An agent with nothing due costs
+    no request."""
     if body["metadata"].get("deletionTimestamp") or not namespace:
         return
-    settled = st.get_condition(body.get("status"), st.WORKLOADS_READY)
-    if settled is None or settled.get("status") != "True":
+    status = body.get("status") or {}
+    settled = st.get_condition(status, st.WORKLOADS_READY)
+    # Before its first pass an agent has nothing rolled out: the pass reads the Deployments.
+    if status.get("observedGeneration") and (settled is None or settled.get("status") != "True"):
         try:
-            await workloads.refresh(kube.shared(), namespace, name, st.KopfEvents)
+            await workloads.refresh(
+                kube.shared(), namespace, name, st.KopfEvents, children=_state.children
+            )
         except (kube.KubeError, TemporaryError) as exc:
             logger.warning("could not refresh workloads of %s/%s: %s", namespace, name, exc)
     agent = _agent(body)

@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx2
-from lightkube import ApiError, AsyncClient
+from lightkube import ApiError, AsyncClient, KubeConfig
+from lightkube.config.client_adapter import verify_cluster
 from lightkube.core.resource_registry import resource_registry
 from lightkube.generic_resource import create_global_resource, create_namespaced_resource
 from lightkube.types import CascadeType, PatchType
@@ -176,11 +177,23 @@ class Kube:
 
     @property
     def watch_client(self) -> AsyncClient:
-        """A second client for long-lived watches, over HTTP/2: the watches of many namespaces
-        share one connection instead of each holding one of :attr:`client`'s."""
+        """A second client for the long-lived watches (and their listings), each holding one
+        HTTP/1.1 connection of a pool without a limit, so that the watches of many namespaces
+        never wait for the requests of a pass nor for each other. (httpx's HTTP/2 stalls once
+        a dozen streams share a connection.)"""
         if self._watch_client is None:
+            config = KubeConfig.from_env().get()
+            if config is None or config.user is None:
+                raise KubeError(0, "NoConfig", "no Kubernetes configuration for the watches")
+            transport = httpx2.AsyncHTTPTransport(
+                verify=verify_cluster(config.cluster, config.user, config.abs_file),
+                limits=httpx2.Limits(max_connections=None, max_keepalive_connections=None),
+            )
             self._watch_client = AsyncClient(
-                field_manager=FIELD_MANAGER, timeout=httpx2.Timeout(REQUEST_TIMEOUT), http2=True
+                config,
+                field_manager=FIELD_MANAGER,
+                timeout=httpx2.Timeout(REQUEST_TIMEOUT),
+                transport=transport,
             )
         return self._watch_client
 
@@ -231,6 +244,32 @@ class Kube:
             raise _kube_error(exc) from None
         return found
 
+    async def list_labelled(
+        self,
+        api_version: str,
+        kind: str,
+        namespace: str,
+        *,
+        labels: Mapping[str, str],
+        page: int = 250,
+    ) -> tuple[list[dict[str, Any]], str]:
+        """The objects of one kind in ``namespace`` that carry ``labels`` (selected by the API
+        server, ``page`` at a time) and the ``resourceVersion`` of the listing, to watch from."""
+        found: list[dict[str, Any]] = []
+        try:
+            listing = self.watch_client.list(
+                _resource(api_version, kind),
+                namespace=namespace,
+                labels=dict(labels),
+                chunk_size=page,
+            )
+            async for obj in listing:
+                found.append(_as_dict(obj))
+            version = listing.resourceVersion
+        except (ApiError, httpx2.HTTPError) as exc:
+            raise _kube_error(exc) from None
+        return found, str(version)
+
     async def watch(
         self,
         api_version: str,
@@ -239,17 +278,20 @@ class Kube:
         *,
         labels: Mapping[str, str],
         server_timeout: int = 300,
+        resource_version: str | None = None,
     ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
         """``(type, object)`` of the objects of one kind in ``namespace`` that carry ``labels``
-        (selected by the API server): first an ``ADDED`` for each existing one, then every
-        change. Reconnects after ``server_timeout`` seconds where it left off; any error
-        (a lost connection, ``410 Gone``) ends it as a :class:`KubeError`, and the caller
-        starts again (from a fresh listing)."""
+        (selected by the API server): without ``resource_version`` first an ``ADDED`` for each
+        existing one, then every change (with it, the changes after that version). Reconnects
+        after ``server_timeout`` seconds where it left off; any error (a lost connection,
+        ``410 Gone``) ends it as a :class:`KubeError`, and the caller starts again (from a
+        fresh listing)."""
         stream = self.watch_client.watch(
             _resource(api_version, kind),
             namespace=namespace,
             labels=dict(labels),
             server_timeout=server_timeout,
+            resource_version=resource_version,
         )
         try:
             async for event, obj in stream:

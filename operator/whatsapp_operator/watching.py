@@ -27,10 +27,14 @@ import hashlib
 import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
+from released.agent.naming import LABEL_INSTANCE, LABEL_MANAGED_BY, MANAGED_BY
+
 from . import GROUP
-from .kube import Kube, KubeError
+from .applying import applied_hash
+from .kube import AGENT_API_VERSION, Kube, KubeError, RolloutState, rollout_state
 
 logger = logging.getLogger("whatsapp_operator")
 
@@ -39,6 +43,21 @@ REFERENCED_LABEL = f"{GROUP}/referenced"
 REFERENCED_VALUE = "true"
 #: The kinds watched, with their apiVersion.
 KINDS: dict[str, str] = {"Secret": "v1", "ConfigMap": "v1"}
+
+#: The kinds of children listed and watched (``CronJob``'s and ``PodDisruptionBudget``'s
+#: apiVersion as the server serves them); not the generated Secret (no Secret is watched but the
+#: referenced ones) nor the optional ServiceMonitor.
+CHILD_KINDS: dict[str, str] = {
+    "ServiceAccount": "v1",
+    "ConfigMap": "v1",
+    "PersistentVolumeClaim": "v1",
+    "Service": "v1",
+    "NetworkPolicy": "networking.k8s.io/v1",
+    "Ingress": "networking.k8s.io/v1",
+    "Deployment": "apps/v1",
+    "CronJob": "batch/v1",
+    "PodDisruptionBudget": "policy/v1",
+}
 
 #: ``on_change(kind, namespace, name)``: a referenced object's data changed (or it went away).
 OnChange = Callable[[str, str, str], Awaitable[None]]
@@ -161,3 +180,196 @@ class ReferenceWatches:
             await self.on_change(kind, namespace, name)
         except Exception:
             logger.exception("could not act on the change of %s %s/%s", kind, namespace, name)
+
+
+# -------------------------------------------------------------------------------------------------
+# the children
+
+
+#: ``on_rollout(namespace, agent)``: a Deployment of the agent changed (after the listing).
+OnRollout = Callable[[str, str], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class ChildRecord:
+    """What the operator keeps of one child: whose it is, what it was applied with, and for a
+    Deployment where its rollout stands."""
+
+    controller: str | None
+    applied_hash: str
+    instance: str
+    rollout: RolloutState | None = None
+
+
+def child_record(obj: Mapping[str, Any]) -> ChildRecord:
+    meta = obj.get("metadata") or {}
+    controller = next(
+        (
+            str(ref.get("uid"))
+            for ref in meta.get("ownerReferences") or []
+            if ref.get("controller")
+            and ref.get("kind") == "WhatsAppAgent"
+            and ref.get("apiVersion") == AGENT_API_VERSION
+        ),
+        None,
+    )
+    return ChildRecord(
+        controller=controller,
+        applied_hash=applied_hash(obj),
+        instance=str((meta.get("labels") or {}).get(LABEL_INSTANCE, "")),
+        rollout=rollout_state(obj) if obj.get("kind") == "Deployment" else None,
+    )
+
+
+class ChildWatches:
+    """Per-namespace, label-selected lists and watches of the agents' children.
+
+    In each namespace where agents live, every kind of child the operator makes (but the
+    generated Secret and the ServiceMonitor) is listed and then watched with the label every
+    child carries, ``app.kubernetes.io/managed-by=released-operator``, as the selector; of each
+    object only a :class:`ChildRecord` is kept. A pass then knows which children exist, whose
+    they are and with which hash they were applied without reading them, and a restarted
+    operator looks at unchanged agents without a request per child. A Deployment's change
+    (after the listing) calls ``on_rollout(namespace, agent)``.
+    """
+
+    def __init__(
+        self,
+        kube: Kube,
+        on_rollout: OnRollout | None = None,
+        *,
+        server_timeout: int = 300,
+        retry_delay: float = 5.0,
+    ) -> None:
+        self.kube = kube
+        self.on_rollout = on_rollout
+        self.server_timeout = server_timeout
+        self.retry_delay = retry_delay
+        self._tasks: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self._records: dict[tuple[str, str, str], ChildRecord] = {}
+        self._synced: dict[tuple[str, str], asyncio.Event] = {}
+        self._pending: set[asyncio.Task[None]] = set()
+
+    def start(self, namespace: str) -> None:
+        """List and watch the children in ``namespace`` (once)."""
+        for kind in CHILD_KINDS:
+            task = self._tasks.get((kind, namespace))
+            if task is None or task.done():
+                self._synced.setdefault((kind, namespace), asyncio.Event())
+                self._tasks[(kind, namespace)] = asyncio.get_running_loop().create_task(
+                    self._run(kind, namespace), name=f"watch {kind} in {namespace}"
+                )
+
+    def watched(self) -> set[str]:
+        return {namespace for _, namespace in self._tasks}
+
+    def synced(self, namespace: str) -> bool:
+        """Whether every kind of ``namespace`` has been listed (absent means absent then)."""
+        events = [self._synced.get((kind, namespace)) for kind in CHILD_KINDS]
+        return all(event is not None and event.is_set() for event in events)
+
+    async def wait_synced(self, namespace: str, limit: float) -> bool:
+        """Start watching ``namespace`` and wait (at most ``limit`` seconds) for its listing."""
+        self.start(namespace)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(limit):
+                for kind in CHILD_KINDS:
+                    await self._synced[(kind, namespace)].wait()
+        return self.synced(namespace)
+
+    def get(self, kind: str, namespace: str, name: str) -> ChildRecord | None:
+        return self._records.get((kind, namespace, name))
+
+    def rollouts(self, namespace: str, names: list[str]) -> list[RolloutState] | None:
+        """The rollouts of the Deployments ``names`` (``None`` until the namespace is listed;
+        a Deployment that does not exist has not rolled out)."""
+        if not self.synced(namespace):
+            return None
+        states = []
+        for name in names:
+            record = self._records.get(("Deployment", namespace, name))
+            rollout = record.rollout if record is not None else None
+            states.append(rollout or RolloutState(name, 1, 0, 0, observed_current=False))
+        return states
+
+    async def stop(self, namespace: str) -> None:
+        tasks = [self._tasks.pop((kind, namespace), None) for kind in CHILD_KINDS]
+        for task in tasks:
+            if task is not None:
+                task.cancel()
+        for task in tasks:
+            if task is not None:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        for key in [key for key in self._records if key[1] == namespace]:
+            del self._records[key]
+        for kind in CHILD_KINDS:
+            self._synced.pop((kind, namespace), None)
+
+    async def close(self) -> None:
+        for namespace in sorted(self.watched()):
+            await self.stop(namespace)
+        for task in list(self._pending):
+            task.cancel()
+
+    async def _api_version(self, kind: str, namespace: str) -> str:
+        if kind == "CronJob":
+            return await self.kube.cronjob_api_version(namespace)
+        if kind == "PodDisruptionBudget":
+            return await self.kube.pdb_api_version(namespace)
+        return CHILD_KINDS[kind]
+
+    async def _run(self, kind: str, namespace: str) -> None:
+        labels = {LABEL_MANAGED_BY: MANAGED_BY}
+        while True:
+            try:
+                api_version = await self._api_version(kind, namespace)
+                items, version = await self.kube.list_labelled(
+                    api_version, kind, namespace, labels=labels
+                )
+                stale = {key for key in self._records if key[:2] == (kind, namespace)}
+                for obj in items:
+                    name = str(obj["metadata"]["name"])
+                    self._records[(kind, namespace, name)] = child_record({**obj, "kind": kind})
+                    stale.discard((kind, namespace, name))
+                for key in stale:
+                    del self._records[key]
+                del items
+                self._synced[(kind, namespace)].set()
+                async for event, obj in self.kube.watch(
+                    api_version,
+                    kind,
+                    namespace,
+                    labels=labels,
+                    server_timeout=self.server_timeout,
+                    resource_version=version,
+                ):
+                    await self.handle(kind, namespace, event, obj)
+            except KubeError as exc:
+                logger.info("watch of %s in %s ended (%s); restarting", kind, namespace, exc)
+            except Exception:
+                logger.exception("watch of %s in %s failed; restarting", kind, namespace)
+            await asyncio.sleep(self.retry_delay)
+
+    async def handle(self, kind: str, namespace: str, event: str, obj: Mapping[str, Any]) -> None:
+        """One watch event: the record follows the object."""
+        name = str((obj.get("metadata") or {}).get("name", ""))
+        record = child_record({**obj, "kind": kind})
+        if event == "DELETED":
+            self._records.pop((kind, namespace, name), None)
+        else:
+            self._records[(kind, namespace, name)] = record
+        if kind == "Deployment" and record.instance and self.on_rollout is not None:
+            # In a task of its own: the watch goes on reading meanwhile.
+            task = asyncio.get_running_loop().create_task(
+                self._rolled(namespace, record.instance), name=f"rollout of {namespace}/{name}"
+            )
+            self._pending.add(task)
+            task.add_done_callback(self._pending.discard)
+
+    async def _rolled(self, namespace: str, agent: str) -> None:
+        assert self.on_rollout is not None
+        try:
+            await self.on_rollout(namespace, agent)
+        except Exception:
+            logger.exception("could not act on the rollout of %s/%s", namespace, agent)

@@ -18,13 +18,15 @@ from .. import status as st
 from ..config import OperatorSettings
 from ..errors import ReleasedError, TemporaryError
 from ..kube import Kube
-from ..watching import ReferenceWatches
+from ..watching import ChildWatches, ReferenceWatches
 
 #: The longest wait between two retries of a pass (seconds).
 MAX_BACKOFF = 300.0
 #: The longest wait before a pass that missed a referenced Secret or ConfigMap looks again
 #: (an object that does not exist yet carries no label, so no watch sees it appear).
 MISSING_INPUT_MAX_DELAY = 30.0
+#: How long a pass waits for the first listing of its namespace's children (then it reads them).
+CHILDREN_SYNC_WAIT = 15.0
 
 
 def backoff(retry: int, base: float = 5.0) -> float:
@@ -48,6 +50,8 @@ class Agent:
     #: The label-selected watches of referenced Secrets and ConfigMaps (``None`` in tests that
     #: do not look at them): a pass starts its namespace's and notes what it read.
     watches: ReferenceWatches | None = None
+    #: The label-selected lists and watches of the children (``None``: every child is read).
+    children: ChildWatches | None = None
 
     @property
     def namespace(self) -> str:

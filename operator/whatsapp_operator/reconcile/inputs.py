@@ -35,7 +35,7 @@ from ..kube import Kube
 from ..openai_api import OpenAIParams
 from ..watching import REFERENCED_LABEL, REFERENCED_VALUE, is_labelled
 from . import tenancy
-from .context import Agent
+from .context import CHILDREN_SYNC_WAIT, Agent
 
 #: Keys that the user's Secrets must hold (``spec.secrets.meta`` and ``spec.secrets.openai``).
 META_KEYS = ("accessToken", "appSecret")
@@ -155,6 +155,8 @@ async def gather(agent: Agent) -> Inputs:
     await tenancy.check_notify_url(agent, spec)
     if agent.watches is not None:
         agent.watches.start(agent.namespace)
+    if agent.children is not None:
+        await agent.children.wait_synced(agent.namespace, CHILDREN_SYNC_WAIT)
     faqs = await resolve_faqs(agent, spec)
     secrets = await read_user_secrets(agent, spec)
     inputs = Inputs(spec=spec, faqs=tuple(faqs), secrets=secrets)

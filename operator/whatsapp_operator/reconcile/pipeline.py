@@ -75,7 +75,7 @@ async def reconcile(agent: Agent, retry: int) -> None:
             fields={**outcome.fields, **rot_fields},
         )
 
-    new = await update_status(agent.kube, agent.namespace, agent.name, mutate)
+    new = await update_status(agent.kube, agent.namespace, agent.name, mutate, known=agent.body)
     old_ready = st.get_condition(agent.status, st.READY)
     if (
         new is not None

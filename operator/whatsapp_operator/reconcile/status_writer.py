@@ -7,6 +7,7 @@ reconciliation, the timer, a Deployment event) never lose each other's condition
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -27,16 +28,27 @@ def ready_status(status: Mapping[str, Any]) -> str:
 
 
 async def update_status(
-    kube: Kube, namespace: str, name: str, mutate: Mutate, *, attempts: int = 5
+    kube: Kube,
+    namespace: str,
+    name: str,
+    mutate: Mutate,
+    *,
+    attempts: int = 5,
+    known: Mapping[str, Any] | None = None,
 ) -> dict[str, Any] | None:
     """Read the agent, let ``mutate(body, status)`` return the new status, write it.
 
     The write carries the read ``resourceVersion``, so a concurrent writer makes it fail with
-    409 and it is redone on fresh data. Returns the status now stored (``None`` when the agent
-    is gone); raises :class:`TemporaryError` when every attempt met a conflict.
+    409 and it is redone on fresh data. ``known`` (the agent as just delivered or read) stands
+    in for the first read: an unchanged status then costs no request at all. Returns the status
+    now stored (``None`` when the agent is gone); raises :class:`TemporaryError` when every
+    attempt met a conflict.
     """
-    for _attempt in range(attempts):
-        body = await kube.get_agent(namespace, name)
+    for attempt in range(attempts):
+        if attempt == 0 and known is not None and known.get("metadata", {}).get("resourceVersion"):
+            body: dict[str, Any] | None = copy.deepcopy(dict(known))
+        else:
+            body = await kube.get_agent(namespace, name)
         if body is None:
             return None
         current = dict(body.get("status") or {})

@@ -102,6 +102,8 @@ async def check_ownership(agent: Agent, *, service_monitor: bool) -> dict[tuple[
 
     Returns ``(kind, name)`` -> the :data:`~whatsapp_operator.applying.APPLIED_HASH` annotation
     (``""`` without one) of each child that exists: what the children part compares with.
+    Children that the label-selected watches (``agent.children``) know are not read again; the
+    others are (an object without the operator's labels is found only so).
     """
     kube = agent.kube
     refs = child_refs(
@@ -110,11 +112,30 @@ async def check_ownership(agent: Agent, *, service_monitor: bool) -> dict[tuple[
         cronjob_api_version=await kube.cronjob_api_version(agent.namespace),
         service_monitor=service_monitor,
     )
+    known: dict[tuple[str, str], str] = {}
+    foreign: list[str] = []
+    unknown = []
+    cache = agent.children
+    synced = cache is not None and cache.synced(agent.namespace)
+    for ref in refs:
+        _, kind, name = ref
+        record = cache.get(kind, agent.namespace, name) if cache is not None and synced else None
+        if record is None:
+            unknown.append(ref)  # absent, not ours (no label), or not watched: read it
+        elif record.controller == agent.uid:
+            known[(kind, name)] = record.applied_hash
+        else:
+            foreign.append(f"{kind}/{name}")
     found = await asyncio.gather(
-        *(kube.get(api_version, kind, agent.namespace, name) for api_version, kind, name in refs)
+        *(kube.get(api_version, kind, agent.namespace, name) for api_version, kind, name in unknown)
     )
-    existing = [{**obj, "kind": kind} for obj, (_, kind, _) in zip(found, refs, strict=True) if obj]
-    foreign = foreign_children(existing, agent.uid)
+    existing = [
+        {**obj, "kind": kind} for obj, (_, kind, _) in zip(found, unknown, strict=True) if obj
+    ]
+    foreign = sorted([*foreign, *foreign_children(existing, agent.uid)])
     if foreign:
         raise InvalidSpec([conflict_message(foreign, agent.name)], reason=REASON_CONFLICT)
-    return {(str(obj["kind"]), str(obj["metadata"]["name"])): applied_hash(obj) for obj in existing}
+    known.update(
+        {(str(obj["kind"]), str(obj["metadata"]["name"])): applied_hash(obj) for obj in existing}
+    )
+    return known

@@ -64,6 +64,8 @@ class FakeKube(Kube):
         self._uids = itertools.count(1)
         #: ``(kind, namespace, labels)`` of every watch request.
         self.watches: list[tuple[str, str, dict[str, str]]] = []
+        #: ``(kind, namespace, labels)`` of every labelled listing.
+        self.lists: list[tuple[str, str, dict[str, str]]] = []
         self._watchers: list[tuple[str, str, dict[str, str], asyncio.Queue[Any]]] = []
 
     # -- test helpers -----------------------------------------------------------------------
@@ -222,6 +224,19 @@ class FakeKube(Kube):
         self._notify(key, old, None)
         return bool(self._done("delete", key, old is not None))
 
+    async def list_labelled(
+        self,
+        api_version: str,
+        kind: str,
+        namespace: str,
+        *,
+        labels: Mapping[str, str],
+        page: int = 250,
+    ) -> tuple[list[dict[str, Any]], str]:
+        self.lists.append((kind, namespace, dict(labels)))
+        found = await self.list_objects(api_version, kind, namespace, labels=labels)
+        return found, "listed"
+
     async def watch(
         self,
         api_version: str,
@@ -230,13 +245,15 @@ class FakeKube(Kube):
         *,
         labels: Mapping[str, str],
         server_timeout: int = 300,
+        resource_version: str | None = None,
     ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
         self._check_served(api_version, kind)
         self.watches.append((kind, namespace, dict(labels)))
         queue: asyncio.Queue[Any] = asyncio.Queue()
         watcher = (kind, namespace, dict(labels), queue)
-        for obj in await self.list_objects(api_version, kind, namespace, labels=labels):
-            queue.put_nowait(("ADDED", obj))
+        if resource_version is None:  # else: from the listing on
+            for obj in await self.list_objects(api_version, kind, namespace, labels=labels):
+                queue.put_nowait(("ADDED", obj))
         self._watchers.append(watcher)
         try:
             while True:

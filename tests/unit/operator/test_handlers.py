@@ -138,22 +138,17 @@ async def test_deployment_events_of_one_agent_are_coalesced(
 ) -> None:
     refreshed: list[tuple[str, str]] = []
 
-    async def refresh(kube_: Any, namespace: str, name: str, events_for: Any) -> None:
+    async def refresh(
+        kube_: Any, namespace: str, name: str, events_for: Any, children: Any = None
+    ) -> None:
         refreshed.append((namespace, name))
 
     monkeypatch.setattr(handlers.workloads, "refresh", refresh)
     monkeypatch.setattr(handlers, "WORKLOAD_EVENTS_SETTLE", 0.05)
-    labels = {"app.kubernetes.io/instance": "acme"}
-    await asyncio.gather(
-        *(
-            handlers.workloads_changed(type="MODIFIED", namespace=NS, labels=labels)
-            for _ in range(4)
-        )
-    )
-    await handlers.workloads_changed(type="MODIFIED", namespace=NS, labels={})
-    # The initial listing (at start): the resume passes read the Deployments themselves.
-    await handlers.workloads_changed(type=None, namespace=NS, labels=labels)
+    await asyncio.gather(*(handlers.workloads_changed(NS, "acme") for _ in range(4)))
     assert refreshed == [(NS, "acme")]
+    await handlers.workloads_changed(NS, "acme")  # a later change: refreshed again
+    assert refreshed == [(NS, "acme"), (NS, "acme")]
 
 
 async def test_the_timer_refreshes_and_rotates(
@@ -161,7 +156,7 @@ async def test_the_timer_refreshes_and_rotates(
 ) -> None:
     calls: list[str] = []
 
-    async def refresh(*args: Any) -> None:
+    async def refresh(*args: Any, **kwargs: Any) -> None:
         calls.append("refresh")
         raise kube.KubeError(500, "InternalError")  # logged; rotation still runs
 
@@ -177,16 +172,19 @@ async def test_the_timer_refreshes_and_rotates(
     monkeypatch.setattr(handlers.checks, "check_outside", check_outside)
     body = agent_body()
     body["metadata"]["uid"] = "uid-timer"
+    await handlers.periodic(body=body, namespace=NS, name="acme")  # no pass yet: nothing read
+    body["status"] = {"observedGeneration": 1}
     handlers.checks.mark_checked("uid-timer", now=0.0)  # checked long ago
     await handlers.periodic(body=body, namespace=NS, name="acme")
     # The outside world is checked once per check interval, not on every tick.
     await handlers.periodic(body=body, namespace=NS, name="acme")
     # Rolled out: the Deployment events keep it so, the timer reads nothing.
-    body["status"] = {"conditions": [{"type": "WorkloadsReady", "status": "True"}]}
+    body["status"]["conditions"] = [{"type": "WorkloadsReady", "status": "True"}]
     await handlers.periodic(body=body, namespace=NS, name="acme")
     body["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
     await handlers.periodic(body=body, namespace=NS, name="acme")
     assert calls == [
+        "rotate acme",
         "refresh",
         "check acme",
         "rotate acme",
@@ -204,12 +202,11 @@ async def test_startup_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     settings = kopf.OperatorSettings()
     await handlers.configure(settings=settings, agent_refs={})
     assert ports == [8080]
-    # The API server selects the Deployments kopf watches: only the operator's children.
-    assert list(
-        settings.watching.label_selectors.collect(kopf.Resource("apps", "v1", "deployments"))
-    ) == ["app.kubernetes.io/managed-by=released-operator"]
-    assert not list(settings.watching.label_selectors.collect(kopf.Resource("", "v1", "secrets")))
-    assert handlers._state.watches is not None and handlers._state.refs == {}
+    # The referenced objects and the children are watched by the operator's own label-selected
+    # watches; kopf watches the agents only.
+    assert handlers._state.watches is not None and handlers._state.children is not None
+    assert handlers._state.refs == {}
+    assert handlers._state.children.on_rollout is handlers.workloads_changed
     assert settings.persistence.finalizer == "whatsapp.released.io/cleanup"
     assert settings.posting.reporting_component == "released-operator"
     assert settings.watching.server_timeout == 300

@@ -10,7 +10,12 @@ import pytest
 from whatsapp_operator.applying import APPLIED_HASH, manifest_hash, with_applied_hash
 from whatsapp_operator.reconcile.pipeline import reconcile
 from whatsapp_operator.reconcile.references import release
-from whatsapp_operator.watching import REFERENCED_LABEL, ReferenceWatches, data_digest
+from whatsapp_operator.watching import (
+    REFERENCED_LABEL,
+    ChildWatches,
+    ReferenceWatches,
+    data_digest,
+)
 
 from .conftest import NS, World, agent_body, b64, secret
 
@@ -179,3 +184,92 @@ def test_the_hash_ignores_its_own_annotation_and_sees_everything_else() -> None:
     assert "annotations" not in manifest["metadata"]  # the input is left alone
     other = {**manifest, "metadata": {"name": "a", "labels": {"x": "2"}}}
     assert manifest_hash(other) != manifest_hash(manifest)
+
+
+# -- the children's lists and watches ------------------------------------------------------------
+
+MANAGED = {"app.kubernetes.io/managed-by": "released-operator"}
+
+
+@pytest.fixture
+async def children(world: World) -> ChildWatches:
+    rolled: list[tuple[str, str]] = []
+
+    async def on_rollout(namespace: str, agent: str) -> None:
+        rolled.append((namespace, agent))
+
+    watches = ChildWatches(world.kube, on_rollout, retry_delay=0.01)
+    watches.rolled = rolled  # type: ignore[attr-defined]
+    yield watches
+    await watches.close()
+
+
+def child_reads(world: World) -> int:
+    return sum(n for (kind, _), n in world.kube.reads.items() if kind not in ("Secret",))
+
+
+async def test_the_children_are_listed_and_watched_by_their_label(
+    world: World, children: ChildWatches
+) -> None:
+    world.kube.put(agent_body())
+    agent = dataclasses.replace(world.agent(), children=children)
+    await reconcile(agent, retry=0)
+    await settle()
+    assert {kind for kind, _, _ in world.kube.lists} >= {"Deployment", "Service", "Ingress"}
+    assert all(labels == MANAGED for _, ns, labels in world.kube.lists if ns == NS)
+    assert all(labels == MANAGED for kind, _, labels in world.kube.watches if kind == "Deployment")
+    record = children.get("Deployment", NS, "acme-web")
+    assert (
+        record is not None
+        and record.controller == world.kube.obj("WhatsAppAgent", NS, "acme")["metadata"]["uid"]
+    )
+    assert record.applied_hash and record.rollout is not None
+    # A Deployment's change after the listing is reported, for WorkloadsReady.
+    world.roll_out()
+    dep = world.kube.obj("Deployment", NS, "acme-web")
+    await world.kube.merge_patch("apps/v1", "Deployment", NS, "acme-web", {"status": dep["status"]})
+    await settle()
+    assert (NS, "acme") in children.rolled  # type: ignore[attr-defined]
+
+
+async def test_a_restarted_operator_reads_no_child_of_an_unchanged_agent(world: World) -> None:
+    world.kube.put(agent_body())
+    await reconcile(world.agent(), retry=0)
+    world.roll_out()
+    await reconcile(world.agent(), retry=0)
+    # A new process: nothing in memory but what its watches list.
+    fresh = ChildWatches(world.kube, retry_delay=0.01)
+    try:
+        reads, writes = child_reads(world), len(world.kube.written())
+        await reconcile(dataclasses.replace(world.agent(), children=fresh), retry=0)
+        assert world.kube.written()[writes:] == []
+        assert child_reads(world) - reads == 0  # known from the listing, not read one by one
+    finally:
+        await fresh.close()
+
+
+async def test_an_object_of_a_childs_name_that_is_not_ours_is_still_refused(
+    world: World, children: ChildWatches
+) -> None:
+    body = world.kube.put(agent_body())
+    # Someone else's Service, even with the operator's labels, named like the agent's.
+    world.kube.put(
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "acme-web", "namespace": NS, "labels": dict(MANAGED)},
+        }
+    )
+    world.kube.put(
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": "acme-worker", "namespace": NS},  # and one without
+        }
+    )
+    await reconcile(dataclasses.replace(world.agent(), children=children), retry=0)
+    ready = world.condition("Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "Conflict")
+    assert "Service/acme-web" in ready["message"] and "Deployment/acme-worker" in ready["message"]
+    assert body["metadata"]["uid"]
+    assert [w for w in world.kube.written() if w[1] not in ("WhatsAppAgent", "Secret")] == []

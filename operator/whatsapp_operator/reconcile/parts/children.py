@@ -4,12 +4,16 @@ the unwanted (what earlier versions built only when the agent is its controller)
 Each child is stamped with the hash of its manifest (:mod:`whatsapp_operator.applying`) and
 applied only when the child does not exist or was applied with another hash, as the pass's
 ownership check found it; the children to prune are deleted only when that check found them.
+The changed children are applied together, in two waves: first what the pods use, then the
+Deployments and the CronJob.
 
 The pods' configuration checksum (``status.configChecksum``) covers the FAQs and the
 fingerprints of every Secret the pods read, so a change to any of them rolls the pods.
 """
 
 from __future__ import annotations
+
+import asyncio
 
 from released.agent.naming import child_names
 
@@ -18,6 +22,9 @@ from ...applying import needs_apply, with_applied_hash
 from ...builders.ownership import controlled_by
 from ...kube import Kube, KubeError
 from .base import Pass
+
+#: Applied after the rest (ServiceAccount, ConfigMap, Services, ...), which their pods use.
+WORKLOAD_KINDS = frozenset({"Deployment", "CronJob"})
 
 
 async def _controlled(kube: Kube, ctx: builders.AgentContext, ref: dict[str, str]) -> bool:
@@ -62,7 +69,13 @@ async def ensure(p: Pass) -> None:
         except KubeError as exc:
             if not exc.not_found:  # 404 also when the kind itself is not served
                 raise
-    await kube.apply_all([child for child in wanted if needs_apply(child, inputs.children)])
+    changed = [child for child in wanted if needs_apply(child, inputs.children)]
+    # Two waves, each applied at once: what the workloads use, then the workloads.
+    for wave in (
+        [child for child in changed if child["kind"] not in WORKLOAD_KINDS],
+        [child for child in changed if child["kind"] in WORKLOAD_KINDS],
+    ):
+        await asyncio.gather(*(kube.apply(child) for child in wave))
     if removed:
         agent.events.info("Pruned", "deleted children no longer wanted: " + ", ".join(removed))
     p.outcome.fields["configChecksum"] = checksum

@@ -10,8 +10,11 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from released.agent.naming import child_names
+
 from ... import status as st
 from ...kube import Kube, RolloutState
+from ...watching import ChildWatches
 from ..inputs import BLOCKER_REASONS
 from ..references import request_reconcile
 from ..status_writer import merged_status, update_status
@@ -36,16 +39,32 @@ def workloads_condition(rollouts: list[RolloutState], *, suspended: bool) -> st.
     )
 
 
-async def read_workloads(kube: Kube, namespace: str, name: str, *, suspended: bool) -> st.Condition:
-    """``WorkloadsReady`` of agent ``name`` as its Deployments stand now."""
-    rollouts = await kube.deployment_rollouts(namespace, name)
+async def read_workloads(
+    kube: Kube,
+    namespace: str,
+    name: str,
+    *,
+    suspended: bool,
+    children: ChildWatches | None = None,
+) -> st.Condition:
+    """``WorkloadsReady`` of agent ``name`` as its Deployments stand now (as the watches of
+    ``children`` know them, else read with one list call)."""
+    rollouts = None
+    if children is not None:
+        rollouts = children.rollouts(namespace, list(child_names(name).deployments))
+    if rollouts is None:
+        rollouts = await kube.deployment_rollouts(namespace, name)
     return workloads_condition(rollouts, suspended=suspended)
 
 
 async def ensure(p: Pass) -> None:
     agent = p.agent
     p.workloads = await read_workloads(
-        agent.kube, agent.namespace, agent.name, suspended=p.inputs.spec.suspend
+        agent.kube,
+        agent.namespace,
+        agent.name,
+        suspended=p.inputs.spec.suspend,
+        children=agent.children,
     )
     p.outcome.set(p.workloads)
 
@@ -55,6 +74,7 @@ async def refresh(
     namespace: str,
     name: str,
     events_for: Callable[[Mapping[str, Any]], st.Events],
+    children: ChildWatches | None = None,
 ) -> None:
     """Recompute ``WorkloadsReady`` (and ``Ready``) of one agent from its Deployments.
 
@@ -68,7 +88,7 @@ async def refresh(
     if st.ready_reason(body.get("status")) in BLOCKER_REASONS:
         return
     suspended = bool((body.get("spec") or {}).get("suspend"))
-    cond = await read_workloads(kube, namespace, name, suspended=suspended)
+    cond = await read_workloads(kube, namespace, name, suspended=suspended, children=children)
 
     def mutate(_fresh: dict[str, Any], current: dict[str, Any]) -> dict[str, Any] | None:
         if st.ready_reason(current) in BLOCKER_REASONS:
@@ -77,7 +97,7 @@ async def refresh(
         observed = current.get("observedGeneration")
         return merged_status(current, generation=observed, conditions=[cond], observed=False)
 
-    new = await update_status(kube, namespace, name, mutate)
+    new = await update_status(kube, namespace, name, mutate, known=body)
     was = st.get_condition(body.get("status"), st.WORKLOADS_READY)
     if new is not None and cond.status == "True" and (was is None or was.get("status") != "True"):
         events_for(body).info("WorkloadsReady", "all Deployments run the current template")
