@@ -16,9 +16,11 @@ loses a half-done rotation::
   new current values, the old ones kept as ``...Previous`` keys. It gives the standby
   PostgreSQL role the new password and LOGIN (:func:`apply_rotated_credentials`) *before*
   writing the Secret, so no pod ever holds a database URL that does not work yet, and then
-  writes the Secret. The Redis server accepts both passwords; the web tier accepts both verify
-  tokens (``META_VERIFY_TOKEN_PREVIOUS``) and both admin tokens (``ADMIN_TOKEN_PREVIOUS``).
-  Pods roll because their checksum changed.
+  writes the Secret. The Redis server loads both passwords without a restart (its pod's
+  ``acl-reload`` container, see :mod:`whatsapp_operator.builders.workloads`); the web tier
+  accepts both verify tokens (``META_VERIFY_TOKEN_PREVIOUS``) and both admin tokens
+  (``ADMIN_TOKEN_PREVIOUS``). Web and worker pods roll because their checksum changed, and a
+  new pod is Ready only once Redis accepts its password.
 - **Started** while pods have not rolled: ``ROTATE`` again (re-applies idempotently; this is
   how a rotation interrupted by a restart resumes).
 - **Started → Finishing** once every pod runs the rotated Secret (action ``REVOKE``): the
@@ -213,7 +215,7 @@ def plan_rotation_step(
 ) -> RotationStep:
     """The next rotation step (pure).
 
-    ``pods_rolled``: every web/worker/redis pod runs with the current Secret's checksum.
+    ``pods_rolled``: the web and worker pods run the current Secret, rolled out and Ready.
     ``secret_rotation_id``: the Secret's ``rotationId`` (None when it has none). When given and
     not this rotation's id, the rotated Secret was never written (the operator stopped between
     recording ``Started`` and writing it), so the step is ``ROTATE`` whatever ``pods_rolled``

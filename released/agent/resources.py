@@ -28,6 +28,12 @@ DEFAULT_RESOURCES: dict[str, dict[str, dict[str, str]]] = {
     REDIS: {"requests": {"cpu": "25m", "memory": "16Mi"}, "limits": {"memory": "128Mi"}},
 }
 
+#: The Redis pod's ``acl-reload`` container (a shell loop: about 1 MiB), whatever the spec says.
+ACL_RELOAD_RESOURCES: dict[str, dict[str, str]] = {
+    "requests": {"cpu": "5m", "memory": "8Mi"},
+    "limits": {"memory": "32Mi"},
+}
+
 #: The tiers whose resources a spec may set (the purge always runs with its defaults).
 TENANT_TIERS: tuple[str, ...] = (WEB, WORKER, REDIS)
 

@@ -225,10 +225,12 @@ def children_of(ns: str, name: str, uid: str) -> list[dict[str, Any]]:
 
     body = {"metadata": {"name": name, "namespace": ns, "uid": uid}, **agent_manifest(name)}
     body["metadata"] = {"name": name, "namespace": ns, "uid": uid}
+    checksums: dict[str, str] = {"config_checksum": "c" * 64}
+    if "redis_checksum" in builders.AgentContext.__dataclass_fields__:  # an older --operator-src
+        checksums["redis_checksum"] = "r" * 64
     ctx = builders.AgentContext.from_resource(
         body, OperatorSettings(ingress_host_suffixes=["bots.example.com"]),
-        config_checksum="c" * 64, redis_checksum="r" * 64,
-        pdb_api_version="policy/v1beta1", cronjob_api_version="batch/v1beta1",
+        pdb_api_version="policy/v1beta1", cronjob_api_version="batch/v1beta1", **checksums,
     )
     objs = builders.build_children(ctx)
     objs.append(builders.build_credentials_secret(

@@ -23,6 +23,7 @@ import os
 import re
 import secrets
 import socket
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,7 +34,11 @@ import pytest
 import redis
 from whatsapp_operator.builders.workloads import (
     REDIS_ACL_DIR,
+    REDIS_ACL_RELOAD_SCRIPT,
+    REDIS_ACL_RELOAD_SECONDS,
+    REDIS_CREDENTIALS_DIR,
     REDIS_PORT,
+    REDIS_READY_SCRIPT,
     REDIS_START_SCRIPT,
     build_worker_deployment,
 )
@@ -51,19 +56,41 @@ OBSERVER_PASSWORD = secrets.token_urlsafe(16)
 IGNORED_DENIALS = {"client", "client|setinfo"}
 
 
+def pod_script(script: str, workdir: Path, port: int) -> str:
+    """One of the Redis pod's scripts, on ``workdir`` (``acl``: the in-memory ACL directory,
+    ``passwords``: the Secret's files, ``data``) and ``port``, its poll interval 0.2 s."""
+    for sub in ("acl", "passwords", "data"):
+        (workdir / sub).mkdir(parents=True, exist_ok=True)
+    script = script.replace(REDIS_ACL_DIR, str(workdir / "acl"))
+    script = script.replace(REDIS_CREDENTIALS_DIR, str(workdir / "passwords"))
+    script = script.replace("--dir /data", f"--dir {workdir / 'data'}")
+    script = script.replace(f"sleep {REDIS_ACL_RELOAD_SECONDS} ", "sleep 0.2 ")
+    return script.replace(f"-p {REDIS_PORT}", f"-p {port}").replace(
+        f"--port {REDIS_PORT}", f"--port {port} --bind 127.0.0.1 --save ''"
+    )
+
+
 def acl_script(workdir: Path, port: int) -> str:
     """The container's start script, on ``workdir`` and ``port``, with an observer user added
     (the test reads Redis's ACL log with it; the pods' user is unchanged)."""
-    acl_dir, data = workdir / "acl", workdir / "data"
-    acl_dir.mkdir(parents=True)
-    data.mkdir()
-    script = REDIS_START_SCRIPT.replace(REDIS_ACL_DIR, str(acl_dir))
-    script = script.replace("--dir /data", f"--dir {data}")
-    script = script.replace(f"--port {REDIS_PORT}", f"--port {port} --bind 127.0.0.1 --save ''")
+    script = pod_script(REDIS_START_SCRIPT, workdir, port)
     observer = (
-        f"printf 'user {OBSERVER} on >{OBSERVER_PASSWORD} ~* &* +@all\\n' >> {acl_dir}/users.acl\n"
+        f"printf 'user {OBSERVER} on >{OBSERVER_PASSWORD} ~* &* +@all\\n'"
+        f" >> {workdir / 'acl'}/users.acl\n"
     )
     return script.replace("exec redis-server", observer + "exec redis-server", 1)
+
+
+def write_passwords(workdir: Path, current: str, previous: str | None = None) -> None:
+    """What the kubelet does with the Secret's Redis keys: replace the files (atomically)."""
+    (workdir / "passwords").mkdir(parents=True, exist_ok=True)
+    for name, value in (("password", current), ("previous", previous)):
+        path = workdir / "passwords" / name
+        if value is None:
+            path.unlink(missing_ok=True)
+        else:
+            path.with_suffix(".tmp").write_text(value)
+            path.with_suffix(".tmp").replace(path)
 
 
 class AclStack(LocalStack):
@@ -74,8 +101,9 @@ class AclStack(LocalStack):
     def _start_redis(self) -> None:
         port = free_port()
         self.password = secrets.token_urlsafe(32)
-        env = {**os.environ, "REDIS_PASSWORD": self.password}
-        self._spawn("redis", ["sh", "-c", acl_script(self.workdir / "redis", port)], env=env)
+        script = acl_script(self.workdir / "redis", port)
+        write_passwords(self.workdir / "redis", self.password)
+        self._spawn("redis", ["sh", "-c", script], env=dict(os.environ))
         deadline = time.monotonic() + 20
         while True:
             try:
@@ -224,3 +252,86 @@ def test_a_script_cannot_call_what_the_user_may_not(stack: AclStack) -> None:
         with pytest.raises(redis.exceptions.ResponseError, match=refused):
             client.eval(body, 0)
     assert client.get("canary") == b"1"
+
+
+# -- a credential rotation reaches Redis without a restart ------------------------------------
+
+
+def _auth(port: int, password: str) -> redis.Redis:
+    client = redis.Redis(host="127.0.0.1", port=port, password=password, socket_timeout=5)
+    client.ping()
+    return client
+
+
+def _refused(port: int, password: str) -> bool:
+    try:
+        _auth(port, password).close()
+    except redis.exceptions.AuthenticationError:
+        return True
+    return False
+
+
+def _ready(workdir: Path, port: int) -> bool:
+    probe = pod_script(REDIS_READY_SCRIPT, workdir, port)
+    return subprocess.run(["sh", "-c", probe], capture_output=True, timeout=10).returncode == 0
+
+
+def _until(predicate: Any, what: str, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def test_a_rotation_reaches_redis_without_a_restart(tmp_path: Path) -> None:
+    """The Redis pod's two containers as the operator starts them (``REDIS_START_SCRIPT`` and
+    ``acl-reload``'s ``REDIS_ACL_RELOAD_SCRIPT``) with the kubelet's part played by hand: the
+    Secret's files change when a rotation starts (new password, old one as ``previous``) and
+    when it finishes (``previous`` gone). Redis accepts the new password, then refuses the old
+    one, without restarting, keeping its data and its open connections; the readiness probe
+    follows the current password; nothing in the logs shows a password."""
+    port, old, new = free_port(), secrets.token_urlsafe(32), secrets.token_urlsafe(32)
+    write_passwords(tmp_path, old)
+    logs = {name: (tmp_path / f"{name}.log").open("wb") for name in ("redis", "reload")}
+    server = subprocess.Popen(
+        ["sh", "-c", pod_script(REDIS_START_SCRIPT, tmp_path, port)],
+        stdout=logs["redis"], stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    reloader = subprocess.Popen(
+        ["sh", "-c", pod_script(REDIS_ACL_RELOAD_SCRIPT, tmp_path, port)],
+        stdout=logs["reload"], stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        _until(lambda: _ready(tmp_path, port), "Redis to be ready")
+        pod = _auth(port, old)  # a pod connected before the rotation
+        pod.set("queued", "1")
+        assert _refused(port, new)
+
+        write_passwords(tmp_path, new, previous=old)  # the rotation starts
+        _until(lambda: not _refused(port, new), "the new password to be accepted")
+        assert not _refused(port, old)  # pods that have not rolled yet still connect
+        assert _ready(tmp_path, port)
+        assert pod.get("queued") == b"1"  # the open connection and the data stayed
+
+        write_passwords(tmp_path, new)  # the rotation finishes
+        _until(lambda: _refused(port, old), "the old password to be refused")
+        assert _auth(port, new).get("queued") == b"1"
+        assert pod.ping()  # still the same connection
+        assert server.poll() is None, "Redis restarted"
+
+        write_passwords(tmp_path, "")  # a broken Secret: nothing is loaded, Redis goes on
+        time.sleep(1.0)
+        assert not _refused(port, new)
+        write_passwords(tmp_path, new)
+    finally:
+        reloader.terminate()
+        stopped = reloader.wait(timeout=5)  # promptly on SIGTERM: a pod does not hang
+        server.terminate()
+        server.wait(timeout=10)
+        for handle in logs.values():
+            handle.close()
+    assert stopped == 0
+    text = (tmp_path / "reload.log").read_text() + (tmp_path / "redis.log").read_text()
+    assert (tmp_path / "reload.log").read_text().count("ACL loaded") >= 3, text
+    assert old not in text and new not in text

@@ -30,8 +30,8 @@ class AgentContext:
 
     ``faqs`` are the resolved FAQs (``spec.faqs``, or the ones read from ``spec.faqsFrom``);
     ``None`` means ``spec.faqs``. ``config_checksum`` goes on the web and worker pod
-    templates, ``redis_checksum`` on Redis's (see :func:`compute_checksum` and
-    :func:`compute_redis_checksum`); a change rolls those pods. ``openai_base_url`` is the
+    templates (see :func:`compute_checksum`); a change rolls those pods (Redis's never rolls for
+    a credential: it loads new passwords live). ``openai_base_url`` is the
     ``baseUrl`` key of the agent's OpenAI Secret when it has one (``None``: the operator's
     ``openai_base_url`` setting). ``pdb_api_version`` is ``policy/v1`` from Kubernetes 1.21 on;
     pass ``policy/v1beta1`` on 1.20; so is ``cronjob_api_version`` (``batch/v1`` from 1.21,
@@ -44,7 +44,6 @@ class AgentContext:
     spec: AgentSpec
     settings: OperatorSettings
     config_checksum: str = ""
-    redis_checksum: str = ""
     faqs: tuple[Faq, ...] | None = None
     vector_store_id: str | None = None
     openai_base_url: str | None = None
@@ -157,20 +156,6 @@ def compute_checksum(
             "faqs": faqs_json(list(faqs)),
             "secrets": dict(sorted(secret_fingerprints.items())),
             "extra": dict(sorted((extra or {}).items())),
-        }
-    )
-
-
-def compute_redis_checksum(credentials: Mapping[str, str | bytes]) -> str:
-    """Redis's pod checksum: only its passwords, so FAQ edits do not restart Redis.
-
-    ``credentials`` is the ``NAME-credentials`` Secret's data (base64 or decoded, consistently).
-    """
-    return secret_fingerprint(
-        {
-            key: credentials[key]
-            for key in (keys.REDIS_PASSWORD, keys.REDIS_PASSWORD_PREVIOUS)
-            if key in credentials
         }
     )
 

@@ -30,7 +30,7 @@ from released.agent.naming import (
     labels,
     selector_labels,
 )
-from released.agent.resources import effective_resources
+from released.agent.resources import ACL_RELOAD_RESOURCES, effective_resources
 
 from .. import credentials as keys
 from .context import AgentContext, object_meta
@@ -49,6 +49,8 @@ FAQS_DIR = "/etc/released/faqs"
 FAQS_FILE = "faqs.json"
 FAQS_PATH = f"{FAQS_DIR}/{FAQS_FILE}"
 REDIS_ACL_DIR = "/run/redis"
+#: The container beside Redis that loads new passwords (:data:`REDIS_ACL_RELOAD_SCRIPT`).
+REDIS_ACL_RELOAD = "acl-reload"
 #: The worker's heartbeat (``WORKER_HEARTBEAT_FILE``), refreshed every 10 s, in its emptyDir.
 WORKER_HEARTBEAT_FILE = "/tmp/worker-heartbeat"  # noqa: S108
 #: The heartbeat's largest age (seconds) that its probes accept.
@@ -103,20 +105,73 @@ REDIS_ACL_COMMANDS: tuple[str, ...] = (
 #: The permissions of the bot's Redis user: every key and channel, only those commands.
 REDIS_ACL_PERMISSIONS = "~* &* -@all " + " ".join(f"+{c}" for c in REDIS_ACL_COMMANDS)
 
-# Renders the ACL file from the environment and starts Redis. Two passwords are valid while
+#: The Redis pod reads its passwords from files: the ``NAME-credentials`` Secret's Redis keys,
+#: mounted read-only here, which the kubelet updates in place when the Secret changes.
+REDIS_CREDENTIALS_DIR = "/etc/released/redis"
+#: The files of that mount: Secret key -> file name (``previous`` exists during a rotation).
+REDIS_PASSWORD_FILES: dict[str, str] = {
+    keys.REDIS_PASSWORD: "password",
+    keys.REDIS_PASSWORD_PREVIOUS: "previous",
+}
+#: How often (seconds) the ``acl-reload`` container compares those files with the loaded ACL.
+REDIS_ACL_RELOAD_SECONDS = 5
+
+# Prints the ACL file for the passwords in the mounted files. Two passwords are valid while
 # ``redisPasswordPrevious`` exists (during a rotation), so pods that still hold the old one keep
 # working until they have rolled. Generated passwords are URL-safe tokens: no spaces, no '>'.
+# The ``reloader`` user may run ACL LOAD and nothing else; its password is the pod's own, made
+# at each start in the in-memory ACL directory.
+_REDIS_RENDER_ACL = f"""render() {{
+  if [ ! -s {REDIS_CREDENTIALS_DIR}/password ]; then
+    echo "no Redis password in the Secret" >&2
+    return 1
+  fi
+  rule="user default on >$(cat {REDIS_CREDENTIALS_DIR}/password)"
+  if [ -s {REDIS_CREDENTIALS_DIR}/previous ]; then
+    rule="$rule >$(cat {REDIS_CREDENTIALS_DIR}/previous)"
+  fi
+  printf '%s {REDIS_ACL_PERMISSIONS}\\n' "$rule"
+  printf 'user reloader on >%s -@all +acl|load\\n' "$(cat {REDIS_ACL_DIR}/reloader)"
+}}
+"""
+
+#: The Redis container: renders the ACL file from the mounted passwords and starts Redis.
 REDIS_START_SCRIPT = f"""set -eu
 umask 077
-: "${{REDIS_PASSWORD:?REDIS_PASSWORD is empty}}"
-rule="user default on >$REDIS_PASSWORD"
-if [ -n "${{REDIS_PASSWORD_PREVIOUS:-}}" ]; then rule="$rule >$REDIS_PASSWORD_PREVIOUS"; fi
-printf '%s {REDIS_ACL_PERMISSIONS}\\n' "$rule" > {REDIS_ACL_DIR}/users.acl
+{_REDIS_RENDER_ACL}head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \\n' > {REDIS_ACL_DIR}/reloader
+render > {REDIS_ACL_DIR}/users.acl
 exec redis-server --port {REDIS_PORT} --dir /data --appendonly yes \\
   --aclfile {REDIS_ACL_DIR}/users.acl
 """
 
-REDIS_READY_SCRIPT = '[ "$(redis-cli -p 6379 ping)" = PONG ]'
+#: The ``acl-reload`` container beside Redis: when the mounted passwords change (a rotation
+#: starts or finishes), it renders the ACL file again and has Redis load it (ACL LOAD), so
+#: Redis learns a new password without a restart, and connections stay open. Until Redis has
+#: loaded it, pods that use the new password are not ready and the old ones keep serving.
+REDIS_ACL_RELOAD_SCRIPT = f"""set -u
+umask 077
+trap 'exit 0' TERM INT
+{_REDIS_RENDER_ACL}loaded=""
+while :; do
+  if [ -s {REDIS_ACL_DIR}/reloader ] && want=$(render); then
+    if [ "$want" != "$loaded" ]; then
+      printf '%s\\n' "$want" > {REDIS_ACL_DIR}/users.next
+      mv {REDIS_ACL_DIR}/users.next {REDIS_ACL_DIR}/users.acl
+      reply=$(REDISCLI_AUTH="$(cat {REDIS_ACL_DIR}/reloader)" \\
+        redis-cli -p {REDIS_PORT} --no-auth-warning --user reloader acl load 2>&1)
+      # (not the reply itself: an ACL error may quote the file)
+      if [ "$reply" = OK ]; then loaded=$want; echo "ACL loaded"; else echo "ACL LOAD failed"; fi
+    fi
+  fi
+  sleep {REDIS_ACL_RELOAD_SECONDS} & wait $!
+done
+"""
+
+#: Redis's readiness: it answers the current password of the Secret.
+REDIS_READY_SCRIPT = (
+    f'[ "$(REDISCLI_AUTH="$(cat {REDIS_CREDENTIALS_DIR}/password)" '
+    f'redis-cli -p {REDIS_PORT} --no-auth-warning ping)" = PONG ]'
+)
 
 
 def _value(name: str, value: str | int | float) -> dict[str, Any]:
@@ -296,14 +351,16 @@ def _pod_template(
     volumes: list[dict[str, Any]],
     *,
     uid: int,
-    checksum: str,
+    checksum: str | None = None,
     grace_seconds: int = 30,
 ) -> dict[str, Any]:
+    """A pod template; ``checksum`` (of what the pods read but the template does not show)
+    goes in an annotation, so that a change of it rolls the pods."""
+    metadata: dict[str, Any] = {"labels": labels(agent.name, component)}
+    if checksum is not None:
+        metadata["annotations"] = {CONFIG_CHECKSUM_ANNOTATION: checksum}
     return {
-        "metadata": {
-            "labels": labels(agent.name, component),
-            "annotations": {CONFIG_CHECKSUM_ANNOTATION: checksum},
-        },
+        "metadata": metadata,
         "spec": {
             "serviceAccountName": child_names(agent.name).service_account,
             "automountServiceAccountToken": False,
@@ -511,20 +568,19 @@ def build_purge_cronjob(agent: AgentContext) -> dict[str, Any]:
 
 
 def build_redis_deployment(agent: AgentContext) -> dict[str, Any]:
-    """``NAME-redis``: Redis with an append-only file on ``NAME-redis`` and ACL passwords."""
+    """``NAME-redis``: Redis with an append-only file on ``NAME-redis`` and ACL passwords, and
+    beside it ``acl-reload``, which has Redis load new passwords when a rotation changes them
+    (so a rotation never restarts Redis; the pod template does not change with the Secret)."""
     names = child_names(agent.name)
-    creds = names.credentials_secret
+    mounts = [
+        {"name": "acl", "mountPath": REDIS_ACL_DIR},
+        {"name": "passwords", "mountPath": REDIS_CREDENTIALS_DIR, "readOnly": True},
+    ]
     container = {
         "name": REDIS,
         "image": agent.settings.redis_image,
         "imagePullPolicy": agent.settings.image_pull_policy,
         "command": ["sh", "-c", REDIS_START_SCRIPT],
-        "env": [
-            _secret("REDIS_PASSWORD", creds, keys.REDIS_PASSWORD),
-            _secret("REDIS_PASSWORD_PREVIOUS", creds, keys.REDIS_PASSWORD_PREVIOUS, optional=True),
-            # redis-cli (the readiness probe) authenticates with this.
-            _value("REDISCLI_AUTH", "$(REDIS_PASSWORD)"),
-        ],
         "ports": [{"name": "redis", "containerPort": REDIS_PORT, "protocol": "TCP"}],
         "livenessProbe": {
             "tcpSocket": {"port": "redis"},
@@ -540,18 +596,43 @@ def build_redis_deployment(agent: AgentContext) -> dict[str, Any]:
         "securityContext": container_security_context(REDIS_UID),
         "volumeMounts": [
             {"name": "data", "mountPath": "/data"},
-            {"name": "acl", "mountPath": REDIS_ACL_DIR},
+            *mounts,
             {"name": "tmp", "mountPath": "/tmp"},  # noqa: S108
         ],
+    }
+    reloader = {
+        "name": REDIS_ACL_RELOAD,
+        "image": agent.settings.redis_image,
+        "imagePullPolicy": agent.settings.image_pull_policy,
+        "command": ["sh", "-c", REDIS_ACL_RELOAD_SCRIPT],
+        "resources": ACL_RELOAD_RESOURCES,
+        "securityContext": container_security_context(REDIS_UID),
+        "volumeMounts": mounts,
     }
     volumes = [
         {"name": "data", "persistentVolumeClaim": {"claimName": names.redis_pvc}},
         # The ACL file holds the passwords in clear: keep it in memory, never on a disk.
         {"name": "acl", "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}},
+        {
+            "name": "passwords",
+            # Only the Redis keys: the password (the pod waits for it) and, only during a
+            # rotation, the previous one (an optional source: its absence is no error).
+            "projected": {
+                "defaultMode": 0o440,
+                "sources": [
+                    {
+                        "secret": {
+                            "name": names.credentials_secret,
+                            "items": [{"key": key, "path": REDIS_PASSWORD_FILES[key]}],
+                            **({"optional": True} if key == keys.REDIS_PASSWORD_PREVIOUS else {}),
+                        }
+                    }
+                    for key in (keys.REDIS_PASSWORD, keys.REDIS_PASSWORD_PREVIOUS)
+                ],
+            },
+        },
         {"name": "tmp", "emptyDir": {}},
     ]
-    template = _pod_template(
-        agent, REDIS, [container], volumes, uid=REDIS_UID, checksum=agent.redis_checksum
-    )
+    template = _pod_template(agent, REDIS, [container, reloader], volumes, uid=REDIS_UID)
     # The volume is ReadWriteOnce: the old pod must be gone before the new one starts.
     return _deployment(agent, names.redis_deployment, REDIS, 1, template, {"type": "Recreate"})

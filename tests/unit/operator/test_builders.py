@@ -25,13 +25,15 @@ from whatsapp_operator.builders import (
     build_service_monitor,
     build_web_pdb,
     compute_checksum,
-    compute_redis_checksum,
     decode_secret_data,
     generate_credentials,
     owner_reference,
     secret_fingerprint,
 )
 from whatsapp_operator.builders.workloads import (
+    REDIS_ACL_PERMISSIONS,
+    REDIS_ACL_RELOAD_SCRIPT,
+    REDIS_READY_SCRIPT,
     REDIS_START_SCRIPT,
     WORKER_HEARTBEAT_FILE,
     WORKER_PROBE_SCRIPT,
@@ -75,7 +77,7 @@ def example_body(name: str = "acme") -> dict[str, Any]:
 
 
 def make_ctx(**overrides: Any) -> AgentContext:
-    values: dict[str, Any] = {"config_checksum": "c" * 64, "redis_checksum": "r" * 64}
+    values: dict[str, Any] = {"config_checksum": "c" * 64}
     values.update(overrides)
     return AgentContext.from_resource(example_body(), SETTINGS, **values)
 
@@ -98,8 +100,8 @@ def pod_spec(workload: dict[str, Any]) -> dict[str, Any]:
 
 
 def container(workload: dict[str, Any]) -> dict[str, Any]:
-    (c,) = pod_spec(workload)["containers"]
-    result: dict[str, Any] = c
+    """The workload's main container (Redis's pod has ``acl-reload`` besides)."""
+    result: dict[str, Any] = pod_spec(workload)["containers"][0]
     return result
 
 
@@ -297,18 +299,18 @@ def test_pod_security() -> None:
         assert sc["fsGroup"] == sc["runAsUser"]
         expected_uid = 999 if dep["metadata"]["name"] == "acme-redis" else 10001
         assert sc["runAsUser"] == expected_uid
-        c = container(dep)
-        csc = c["securityContext"]
-        assert csc["readOnlyRootFilesystem"] is True
-        assert csc["allowPrivilegeEscalation"] is False
-        assert csc["capabilities"] == {"drop": ["ALL"]}
-        assert csc["runAsNonRoot"] is True
-        mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+        for c in pod["containers"]:  # Redis's acl-reload too
+            csc = c["securityContext"]
+            assert csc["readOnlyRootFilesystem"] is True
+            assert csc["allowPrivilegeEscalation"] is False
+            assert csc["capabilities"] == {"drop": ["ALL"]}
+            assert csc["runAsNonRoot"] is True
+            assert c["resources"]["requests"]["memory"]
+            assert c["resources"]["limits"]["memory"]
+        mounts = {m["mountPath"]: m["name"] for m in container(dep)["volumeMounts"]}
         assert "/tmp" in mounts
         volumes = {v["name"]: v for v in pod["volumes"]}
         assert "emptyDir" in volumes[mounts["/tmp"]]
-        assert c["resources"]["requests"]["memory"]
-        assert c["resources"]["limits"]["memory"]
         if dep["kind"] == "Deployment":
             assert dep["spec"]["selector"]["matchLabels"].items() <= (
                 dep["spec"]["template"]["metadata"]["labels"].items()
@@ -376,20 +378,36 @@ def test_redis_deployment() -> None:
     assert dep["spec"]["replicas"] == 1
     assert "--appendonly yes" in REDIS_START_SCRIPT
     # Only named commands (tests/integration/test_redis_acl.py proves they suffice).
-    assert "+@all" not in REDIS_START_SCRIPT and " -@all +" in REDIS_START_SCRIPT
+    assert REDIS_ACL_PERMISSIONS in REDIS_START_SCRIPT
+    assert REDIS_ACL_PERMISSIONS.startswith("~* &* -@all +")
+    assert "+@all" not in REDIS_ACL_PERMISSIONS
     for dangerous in ("config", "flushall", "keys", "module", "debug", "monitor", "acl"):
-        assert f"+{dangerous}" not in REDIS_START_SCRIPT
+        assert f"+{dangerous}" not in REDIS_ACL_PERMISSIONS
+    # The reloader's own user may only load the ACL file.
+    assert "user reloader on >%s -@all +acl|load\\n" in REDIS_START_SCRIPT
     assert c["command"] == ["sh", "-c", REDIS_START_SCRIPT]
-    env = {e["name"]: e for e in c["env"]}
-    assert env["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
-        "name": "acme-credentials",
-        "key": "redisPassword",
-    }
-    assert env["REDIS_PASSWORD_PREVIOUS"]["valueFrom"]["secretKeyRef"] == {
-        "name": "acme-credentials",
-        "key": "redisPasswordPrevious",
-        "optional": True,
-    }
+    # No password in the environment: the Redis keys of the Secret as files, which the kubelet
+    # updates in place; the previous one is optional (it exists only during a rotation).
+    assert "env" not in c
+    pod = dep["spec"]["template"]["spec"]
+    passwords = {v["name"]: v for v in pod["volumes"]}["passwords"]["projected"]
+    assert passwords["sources"] == [
+        {"secret": {"name": "acme-credentials",
+                    "items": [{"key": "redisPassword", "path": "password"}]}},
+        {"secret": {"name": "acme-credentials", "optional": True,
+                    "items": [{"key": "redisPasswordPrevious", "path": "previous"}]}},
+    ]  # fmt: skip
+    reloader = pod["containers"][1]
+    assert reloader["name"] == "acl-reload" and reloader["image"] == c["image"]
+    assert reloader["command"] == ["sh", "-c", REDIS_ACL_RELOAD_SCRIPT]
+    assert reloader["securityContext"] == c["securityContext"]
+    for each in (c, reloader):
+        assert {m["name"]: m["mountPath"] for m in each["volumeMounts"]}["passwords"] == (
+            "/etc/released/redis"
+        )
+    # Readiness follows the Secret's current password, not the one Redis started with.
+    assert c["readinessProbe"]["exec"]["command"] == ["sh", "-c", REDIS_READY_SCRIPT]
+    assert "/etc/released/redis/password" in REDIS_READY_SCRIPT
     mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
     volumes = {v["name"]: v for v in dep["spec"]["template"]["spec"]["volumes"]}
     assert volumes[mounts["/data"]]["persistentVolumeClaim"] == {"claimName": "acme-redis"}
@@ -614,11 +632,11 @@ def test_checksum_changes_with_faqs_and_secrets_only() -> None:
 def test_checksum_annotation_on_pod_templates() -> None:
     ctx = make_ctx()
     for dep in deployments(build_children(ctx)):
-        annotations = dep["spec"]["template"]["metadata"]["annotations"]
-        expected = (
-            ctx.redis_checksum if dep["metadata"]["name"] == "acme-redis" else (ctx.config_checksum)
-        )
-        assert annotations == {CONFIG_CHECKSUM_ANNOTATION: expected}
+        annotations = dep["spec"]["template"]["metadata"].get("annotations")
+        if dep["metadata"]["name"] == "acme-redis":  # a rotation must not restart Redis
+            assert annotations is None
+        else:
+            assert annotations == {CONFIG_CHECKSUM_ANNOTATION: ctx.config_checksum}
     assert CONFIG_CHECKSUM_ANNOTATION == "whatsapp.released.io/config-checksum"
 
 
@@ -643,12 +661,23 @@ def test_pod_templates_change_with_faqs_not_with_replicas() -> None:
     assert after["acme-redis"] == before["acme-redis"]
 
 
-def test_redis_checksum_only_follows_redis_passwords() -> None:
+def test_a_rotation_rolls_web_and_worker_but_not_redis() -> None:
+    """The credentials Secret's fingerprint is in the web and worker checksum; Redis's pod
+    template does not depend on the Secret at all (its ``acl-reload`` loads new passwords)."""
     creds = generate_credentials()
-    base = compute_redis_checksum(creds)
-    assert compute_redis_checksum({**creds, keys.VERIFY_TOKEN: "other"}) == base
-    assert compute_redis_checksum({**creds, keys.REDIS_PASSWORD_PREVIOUS: "old"}) != base
-    assert compute_redis_checksum({**creds, keys.REDIS_PASSWORD: "new"}) != base
+    rotated = {**creds, keys.REDIS_PASSWORD: "new", keys.REDIS_PASSWORD_PREVIOUS: "old"}
+
+    def templates(data: dict[str, str]) -> dict[str, Any]:
+        checksum = compute_checksum([], {"acme-credentials": secret_fingerprint(data)})
+        ctx = make_ctx(config_checksum=checksum)
+        return {
+            d["metadata"]["name"]: d["spec"]["template"] for d in deployments(build_children(ctx))
+        }
+
+    before, after = templates(creds), templates(rotated)
+    assert after["acme-redis"] == before["acme-redis"]
+    for name in ("acme-web", "acme-worker"):
+        assert after[name] != before[name]
 
 
 # -- credentials -----------------------------------------------------------------------------

@@ -30,7 +30,7 @@ def ctx_with(handover: dict[str, Any] | None, **overrides: Any) -> AgentContext:
     else:
         body["spec"]["handover"] = handover
     settings = overrides.pop("settings", SETTINGS)
-    values: dict[str, Any] = {"config_checksum": "c" * 64, "redis_checksum": "r" * 64}
+    values: dict[str, Any] = {"config_checksum": "c" * 64}
     values.update(overrides)
     return AgentContext.from_resource(body, settings, **values)
 

@@ -45,7 +45,6 @@ async def ensure(p: Pass) -> None:
         spec=inputs.spec,
         faqs=inputs.faqs,
         config_checksum=checksum,
-        redis_checksum=builders.compute_redis_checksum(p.credentials),
         openai_base_url=inputs.openai_base_url,
         has_service_monitor_crd=inputs.service_monitor,
         pdb_api_version=await kube.pdb_api_version(agent.namespace),
