@@ -34,8 +34,9 @@ SCRIPT = REPO_ROOT / "hack" / "node.sh"
 BUILD_TIMEOUT_S = 60 * 60
 UP_TIMEOUT_S = 10 * 60
 #: One node per machine (it owns the bridge, the kubelet's ports, the iptables chains): a
-#: second test session waits for the first one's node to go.
-LOCK_WAIT_S = 45 * 60
+#: second test session waits for the first one's node to go (less than the tests' own timeout,
+#: so that the error says who kept it).
+LOCK_WAIT_S = 20 * 60
 
 #: containerd's runtime directory of a running node (hack/node.sh; removed by `down`).
 NODE_RUNTIME_DIR = "/run/released-containerd"
@@ -237,28 +238,72 @@ class LocalCluster:
             return problems
         finally:
             if self._lock is not None:
+                _record_owner(self._lock, {})
                 fcntl.flock(self._lock, fcntl.LOCK_UN)
                 self._lock.close()
 
 
 def _lock_machine() -> IO[str]:
+    """Take the machine's node lock (waiting for another session's node, or one started by
+    hand, to go down). The lock file records its owner (:func:`_record_owner`), so a node
+    whose test session died without taking it down is taken down here instead of waited for."""
     cache = Path(os.environ.get("RELEASED_CACHE") or Path.home() / ".cache" / "released")
     (cache / "node").mkdir(parents=True, exist_ok=True)
-    handle = (cache / "node" / ".machine.lock").open("w")
+    # "a+", not "w": opening must not erase the record of the session that holds the lock.
+    handle = (cache / "node" / ".machine.lock").open("a+")
     deadline = time.monotonic() + LOCK_WAIT_S
     while True:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             # A node started by hand (hack/node.sh up) holds no lock: wait for its `down`.
-            if not os.path.exists(NODE_RUNTIME_DIR):
+            if not os.path.exists(NODE_RUNTIME_DIR) or _take_down_orphan(handle):
                 return handle
             fcntl.flock(handle, fcntl.LOCK_UN)
         except BlockingIOError:
             pass
         if time.monotonic() > deadline:
+            owner = _read_owner(handle) or "a node started by hand (hack/node.sh up)"
             handle.close()
-            raise RuntimeError(f"another node kept the machine for {LOCK_WAIT_S}s")
+            raise RuntimeError(f"another node kept the machine for {LOCK_WAIT_S}s: {owner}")
         time.sleep(2)
+
+
+def _read_owner(handle: IO[str]) -> dict[str, str]:
+    handle.seek(0)
+    lines = [line.split("=", 1) for line in handle.read().splitlines() if "=" in line]
+    return {key: value for key, value in lines}
+
+
+def _record_owner(handle: IO[str], owner: dict[str, str]) -> None:
+    """Write who holds the node (``pid``, ``node_state``, ``k8s_state``; empty: nobody)."""
+    handle.seek(0)
+    handle.truncate()
+    handle.write("".join(f"{key}={value}\n" for key, value in owner.items()))
+    handle.flush()
+
+
+def _take_down_orphan(handle: IO[str]) -> bool:
+    """With the lock held and a node running: if the lock's record names a test session that
+    is gone and its node's state, take that node and its control plane down. Returns whether
+    the machine is free now (False: the node is someone else's, such as one started by hand)."""
+    owner = _read_owner(handle)
+    pid, node_state = owner.get("pid", ""), owner.get("node_state", "")
+    if not pid.isdigit() or not node_state or not os.path.isdir(node_state):
+        return False
+    try:
+        os.kill(int(pid), 0)
+        return False  # alive (it holds no lock, though: leave it alone)
+    except ProcessLookupError:
+        pass
+    except PermissionError:
+        return False
+    env = {**os.environ, "RELEASED_NODE_STATE": node_state,
+           "RELEASED_K8S_STATE": owner.get("k8s_state", "")}  # fmt: skip
+    _run(["bash", str(SCRIPT), "down"], env, 300)
+    if owner.get("k8s_state"):
+        _run(["bash", str(REPO_ROOT / "hack" / "control-plane.sh"), "stop"], env, 120)
+    _record_owner(handle, {})
+    return not os.path.exists(NODE_RUNTIME_DIR)
 
 
 def start_local_cluster() -> LocalCluster:
@@ -271,6 +316,8 @@ def start_local_cluster() -> LocalCluster:
     try:
         before = machine_snapshot((node_state,))
         plane = start_control_plane()
+        _record_owner(lock, {"pid": str(os.getpid()), "node_state": node_state,
+                             "k8s_state": plane.state_dir})  # fmt: skip
         env = {**os.environ, "RELEASED_K8S_STATE": plane.state_dir,
                "RELEASED_NODE_STATE": node_state}  # fmt: skip
         t0 = time.monotonic()
@@ -304,6 +351,7 @@ def start_local_cluster() -> LocalCluster:
         if plane is not None:
             with contextlib.suppress(Exception):
                 plane.stop()
+        _record_owner(lock, {})
         fcntl.flock(lock, fcntl.LOCK_UN)
         lock.close()
         raise
