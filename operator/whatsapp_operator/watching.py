@@ -75,8 +75,74 @@ def is_labelled(obj: Mapping[str, Any]) -> bool:
     return labels.get(REFERENCED_LABEL) == REFERENCED_VALUE
 
 
-class ReferenceWatches:
+class _Watches:
+    """What both kinds of watches share: one task per kind and namespace, each running
+    :meth:`_watch` again ``retry_delay`` seconds after it ends or fails, until cancelled."""
+
+    #: The kinds watched in each namespace.
+    kinds: Mapping[str, str] = {}
+
+    def __init__(self, kube: Kube, *, server_timeout: int, retry_delay: float) -> None:
+        self.kube = kube
+        self.server_timeout = server_timeout
+        self.retry_delay = retry_delay
+        self._tasks: dict[tuple[str, str], asyncio.Task[None]] = {}
+
+    def start(self, namespace: str) -> None:
+        """Watch ``namespace`` (nothing happens when it is watched already)."""
+        for kind in self.kinds:
+            task = self._tasks.get((kind, namespace))
+            if task is None or task.done():
+                self._starting(kind, namespace)
+                self._tasks[(kind, namespace)] = asyncio.get_running_loop().create_task(
+                    self._run(kind, namespace), name=f"watch {kind} in {namespace}"
+                )
+
+    def watched(self) -> set[str]:
+        """The namespaces being watched."""
+        return {namespace for _, namespace in self._tasks}
+
+    async def stop(self, namespace: str) -> None:
+        """Stop watching ``namespace`` and forget what was seen there."""
+        tasks = [self._tasks.pop((kind, namespace), None) for kind in self.kinds]
+        for task in tasks:
+            if task is not None:
+                task.cancel()
+        for task in tasks:
+            if task is not None:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._forget(namespace)
+
+    async def close(self) -> None:
+        """Stop every watch."""
+        for namespace in sorted(self.watched()):
+            await self.stop(namespace)
+
+    def _starting(self, kind: str, namespace: str) -> None:
+        """Called before a watch task starts."""
+
+    def _forget(self, namespace: str) -> None:
+        """Drop what was kept of ``namespace`` (its watches have stopped)."""
+
+    async def _watch(self, kind: str, namespace: str) -> None:
+        raise NotImplementedError
+
+    async def _run(self, kind: str, namespace: str) -> None:
+        while True:
+            try:
+                await self._watch(kind, namespace)
+            except KubeError as exc:
+                logger.info("watch of %s in %s ended (%s); restarting", kind, namespace, exc)
+            except Exception:
+                logger.exception("watch of %s in %s failed; restarting", kind, namespace)
+            await asyncio.sleep(self.retry_delay)
+
+
+class ReferenceWatches(_Watches):
     """Per-namespace, label-selected watches of referenced Secrets and ConfigMaps."""
+
+    kinds = KINDS
 
     def __init__(
         self,
@@ -86,28 +152,12 @@ class ReferenceWatches:
         server_timeout: int = 300,
         retry_delay: float = 5.0,
     ) -> None:
-        self.kube = kube
+        super().__init__(kube, server_timeout=server_timeout, retry_delay=retry_delay)
         self.on_change = on_change
-        self.server_timeout = server_timeout
-        self.retry_delay = retry_delay
-        self._tasks: dict[tuple[str, str], asyncio.Task[None]] = {}
         #: ``(kind, namespace, name)`` -> :func:`data_digest` of each labelled object seen.
         self._digests: dict[tuple[str, str, str], str] = {}
 
     # -- what the passes tell and ask ---------------------------------------------------------
-
-    def start(self, namespace: str) -> None:
-        """Watch ``namespace`` (nothing happens when it is watched already)."""
-        for kind in KINDS:
-            task = self._tasks.get((kind, namespace))
-            if task is None or task.done():
-                self._tasks[(kind, namespace)] = asyncio.get_running_loop().create_task(
-                    self._run(kind, namespace), name=f"watch {kind} in {namespace}"
-                )
-
-    def watched(self) -> set[str]:
-        """The namespaces being watched."""
-        return {namespace for _, namespace in self._tasks}
 
     def note(self, kind: str, namespace: str, obj: Mapping[str, Any]) -> None:
         """A pass read (and labelled) ``obj``: a later event with other data is a change, even
@@ -122,43 +172,21 @@ class ReferenceWatches:
         """``(kind, name)`` of the objects in ``namespace`` known to carry the label."""
         return {(kind, name) for kind, ns, name in self._digests if ns == namespace}
 
-    async def stop(self, namespace: str) -> None:
-        """Stop watching ``namespace`` and forget what was seen there."""
-        tasks = [self._tasks.pop((kind, namespace), None) for kind in KINDS]
-        for task in tasks:
-            if task is not None:
-                task.cancel()
-        for task in tasks:
-            if task is not None:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+    def _forget(self, namespace: str) -> None:
         for key in [key for key in self._digests if key[1] == namespace]:
             del self._digests[key]
 
-    async def close(self) -> None:
-        """Stop every watch."""
-        for namespace in sorted(self.watched()):
-            await self.stop(namespace)
-
     # -- the watches --------------------------------------------------------------------------
 
-    async def _run(self, kind: str, namespace: str) -> None:
-        """Watch one kind in one namespace until cancelled; start again after an error."""
-        while True:
-            try:
-                async for event, obj in self.kube.watch(
-                    KINDS[kind],
-                    kind,
-                    namespace,
-                    labels={REFERENCED_LABEL: REFERENCED_VALUE},
-                    server_timeout=self.server_timeout,
-                ):
-                    await self.handle(kind, namespace, event, obj)
-            except KubeError as exc:
-                logger.info("watch of %s in %s ended (%s); restarting", kind, namespace, exc)
-            except Exception:
-                logger.exception("watch of %s in %s failed; restarting", kind, namespace)
-            await asyncio.sleep(self.retry_delay)
+    async def _watch(self, kind: str, namespace: str) -> None:
+        async for event, obj in self.kube.watch(
+            KINDS[kind],
+            kind,
+            namespace,
+            labels={REFERENCED_LABEL: REFERENCED_VALUE},
+            server_timeout=self.server_timeout,
+        ):
+            await self.handle(kind, namespace, event, obj)
 
     async def handle(self, kind: str, namespace: str, event: str, obj: Mapping[str, Any]) -> None:
         """One watch event: call ``on_change`` when the data changed or the object went."""
@@ -221,7 +249,7 @@ def child_record(obj: Mapping[str, Any]) -> ChildRecord:
     )
 
 
-class ChildWatches:
+class ChildWatches(_Watches):
     """Per-namespace, label-selected lists and watches of the agents' children.
 
     In each namespace where agents live, every kind of child the operator makes (but the
@@ -233,6 +261,8 @@ class ChildWatches:
     (after the listing) calls ``on_rollout(namespace, agent)``.
     """
 
+    kinds = CHILD_KINDS
+
     def __init__(
         self,
         kube: Kube,
@@ -241,27 +271,14 @@ class ChildWatches:
         server_timeout: int = 300,
         retry_delay: float = 5.0,
     ) -> None:
-        self.kube = kube
+        super().__init__(kube, server_timeout=server_timeout, retry_delay=retry_delay)
         self.on_rollout = on_rollout
-        self.server_timeout = server_timeout
-        self.retry_delay = retry_delay
-        self._tasks: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._records: dict[tuple[str, str, str], ChildRecord] = {}
         self._synced: dict[tuple[str, str], asyncio.Event] = {}
         self._pending: set[asyncio.Task[None]] = set()
 
-    def start(self, namespace: str) -> None:
-        """List and watch the children in ``namespace`` (once)."""
-        for kind in CHILD_KINDS:
-            task = self._tasks.get((kind, namespace))
-            if task is None or task.done():
-                self._synced.setdefault((kind, namespace), asyncio.Event())
-                self._tasks[(kind, namespace)] = asyncio.get_running_loop().create_task(
-                    self._run(kind, namespace), name=f"watch {kind} in {namespace}"
-                )
-
-    def watched(self) -> set[str]:
-        return {namespace for _, namespace in self._tasks}
+    def _starting(self, kind: str, namespace: str) -> None:
+        self._synced.setdefault((kind, namespace), asyncio.Event())
 
     def synced(self, namespace: str) -> bool:
         """Whether every kind of ``namespace`` has been listed (absent means absent then)."""
@@ -292,23 +309,14 @@ class ChildWatches:
             states.append(rollout or RolloutState(name, 1, 0, 0, observed_current=False))
         return states
 
-    async def stop(self, namespace: str) -> None:
-        tasks = [self._tasks.pop((kind, namespace), None) for kind in CHILD_KINDS]
-        for task in tasks:
-            if task is not None:
-                task.cancel()
-        for task in tasks:
-            if task is not None:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+    def _forget(self, namespace: str) -> None:
         for key in [key for key in self._records if key[1] == namespace]:
             del self._records[key]
         for kind in CHILD_KINDS:
             self._synced.pop((kind, namespace), None)
 
     async def close(self) -> None:
-        for namespace in sorted(self.watched()):
-            await self.stop(namespace)
+        await super().close()
         for task in list(self._pending):
             task.cancel()
 
@@ -319,37 +327,29 @@ class ChildWatches:
             return await self.kube.pdb_api_version(namespace)
         return CHILD_KINDS[kind]
 
-    async def _run(self, kind: str, namespace: str) -> None:
+    async def _watch(self, kind: str, namespace: str) -> None:
+        """List the kind (the records follow the listing), then watch from that version."""
         labels = {LABEL_MANAGED_BY: MANAGED_BY}
-        while True:
-            try:
-                api_version = await self._api_version(kind, namespace)
-                items, version = await self.kube.list_labelled(
-                    api_version, kind, namespace, labels=labels
-                )
-                stale = {key for key in self._records if key[:2] == (kind, namespace)}
-                for obj in items:
-                    name = str(obj["metadata"]["name"])
-                    self._records[(kind, namespace, name)] = child_record({**obj, "kind": kind})
-                    stale.discard((kind, namespace, name))
-                for key in stale:
-                    del self._records[key]
-                del items
-                self._synced[(kind, namespace)].set()
-                async for event, obj in self.kube.watch(
-                    api_version,
-                    kind,
-                    namespace,
-                    labels=labels,
-                    server_timeout=self.server_timeout,
-                    resource_version=version,
-                ):
-                    await self.handle(kind, namespace, event, obj)
-            except KubeError as exc:
-                logger.info("watch of %s in %s ended (%s); restarting", kind, namespace, exc)
-            except Exception:
-                logger.exception("watch of %s in %s failed; restarting", kind, namespace)
-            await asyncio.sleep(self.retry_delay)
+        api_version = await self._api_version(kind, namespace)
+        items, version = await self.kube.list_labelled(api_version, kind, namespace, labels=labels)
+        stale = {key for key in self._records if key[:2] == (kind, namespace)}
+        for obj in items:
+            name = str(obj["metadata"]["name"])
+            self._records[(kind, namespace, name)] = child_record({**obj, "kind": kind})
+            stale.discard((kind, namespace, name))
+        for key in stale:
+            del self._records[key]
+        del items
+        self._synced[(kind, namespace)].set()
+        async for event, obj in self.kube.watch(
+            api_version,
+            kind,
+            namespace,
+            labels=labels,
+            server_timeout=self.server_timeout,
+            resource_version=version,
+        ):
+            await self.handle(kind, namespace, event, obj)
 
     async def handle(self, kind: str, namespace: str, event: str, obj: Mapping[str, Any]) -> None:
         """One watch event: the record follows the object."""

@@ -257,9 +257,18 @@ class FakeKube(Kube):
         self._watchers.append(watcher)
         try:
             while True:
-                yield await queue.get()
+                item = await queue.get()
+                if isinstance(item, Exception):
+                    raise item
+                yield item
         finally:
             self._watchers.remove(watcher)
+
+    def end_watches(self, error: Exception) -> None:
+        """Every running watch ends with ``error`` (as a dropped connection or an expired
+        resourceVersion ends a real one)."""
+        for *_, queue in self._watchers:
+            queue.put_nowait(error)
 
 
 def _matches(obj: Mapping[str, Any], labels: Mapping[str, str]) -> bool:

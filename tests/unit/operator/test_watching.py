@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from whatsapp_operator.applying import APPLIED_HASH, manifest_hash, with_applied_hash
+from whatsapp_operator.kube import KubeError
 from whatsapp_operator.reconcile.pipeline import reconcile
 from whatsapp_operator.reconcile.references import release
 from whatsapp_operator.watching import (
+    CHILD_KINDS,
     REFERENCED_LABEL,
     ChildWatches,
     ReferenceWatches,
@@ -273,3 +277,64 @@ async def test_an_object_of_a_childs_name_that_is_not_ours_is_still_refused(
     assert "Service/acme-web" in ready["message"] and "Deployment/acme-worker" in ready["message"]
     assert body["metadata"]["uid"]
     assert [w for w in world.kube.written() if w[1] not in ("WhatsAppAgent", "Secret")] == []
+
+
+def break_watches(world: World, failures: list[Exception]) -> None:
+    """The fake API server's watches end at once with each of ``failures`` in turn (an expired
+    resourceVersion, a dropped connection...), then work again."""
+    watch = world.kube.watch
+
+    def failing(*args: Any, **kwargs: Any) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+        if failures:
+            error = failures.pop(0)
+
+            async def broken() -> AsyncIterator[tuple[str, dict[str, Any]]]:
+                raise error
+                yield  # pragma: no cover - makes this a generator
+
+            return broken()
+        return watch(*args, **kwargs)
+
+    world.kube.watch = failing  # type: ignore[method-assign]
+
+
+async def test_a_reference_watch_that_ends_starts_again_and_misses_no_change(
+    world: World, watched: tuple[ReferenceWatches, list[tuple[str, str, str]]]
+) -> None:
+    watches, changes = watched
+    world.kube.put(agent_body())
+    break_watches(world, [KubeError(410, "Expired"), RuntimeError("connection reset")] * 2)
+    agent = dataclasses.replace(world.agent(), watches=watches)
+    await reconcile(agent, retry=0)  # the pass notes what it read
+    await world.kube.merge_patch(
+        "v1", "Secret", NS, "openai", {"data": {"apiKey": b64("sk-changed-while-down")}}
+    )
+    for _ in range(50):  # the watches start again after retry_delay (10 ms)
+        await asyncio.sleep(0.01)
+        if changes:
+            break
+    assert changes == [("Secret", NS, "openai")]
+    assert watches.watched() == {NS}
+
+
+async def test_a_child_watch_that_ends_starts_again(world: World, children: ChildWatches) -> None:
+    world.kube.put(agent_body())
+    agent = dataclasses.replace(world.agent(), children=children)
+    await reconcile(agent, retry=0)
+    await settle()
+    assert children.synced(NS)
+    # Every watch ends now, and each new one fails twice before one works again.
+    failures: list[Exception] = [KubeError(0, "connection lost")] * (2 * len(CHILD_KINDS))
+    break_watches(world, failures)
+    running = len(world.kube.watches)
+    world.kube.end_watches(KubeError(410, "Expired"))
+    for _ in range(200):
+        await asyncio.sleep(0.01)
+        if not failures and len(world.kube.watches) == running + len(CHILD_KINDS):
+            break
+    assert not failures and len(world.kube.watches) == running + len(CHILD_KINDS)
+    # The watches that started again follow the children.
+    await world.kube.delete("v1", "Service", NS, "acme-web")
+    await settle()
+    assert children.get("Service", NS, "acme-web") is None
+    assert children.get("Deployment", NS, "acme-web") is not None
