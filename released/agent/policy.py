@@ -419,6 +419,38 @@ def address_refused(
     return None
 
 
+_NOT_A_URL, _NOT_HTTPS, _CREDENTIALS = "not a URL", "not https", "credentials"
+
+
+def _https_url_host(url: str) -> tuple[str, str | None]:
+    """The host of a tenant's https URL, and what is wrong with the URL if anything:
+    :data:`_NOT_A_URL`, :data:`_NOT_HTTPS` (or no host) or :data:`_CREDENTIALS` (a user or
+    password in it). Each caller words the problem for its own field."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+        _ = parts.port
+    except ValueError:
+        return "", _NOT_A_URL
+    if parts.scheme != "https" or not host:
+        return host or "", _NOT_HTTPS
+    if parts.username or parts.password:
+        return host, _CREDENTIALS
+    return host, None
+
+
+def _literal_address_refused(
+    host: str, policy: Policy, allowed: Iterable[str] | None = None
+) -> str | None:
+    """Why an IP address written in a URL is refused (``None``: allowed, or a name, which is
+    checked once resolved)."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    return address_refused(host, policy, allowed)
+
+
 def check_openai_base_url(url: str, policy: Policy, *, default_url: str) -> list[str]:
     """Problems of a tenant's OpenAI ``baseUrl`` before resolving it (never its response).
 
@@ -429,15 +461,12 @@ def check_openai_base_url(url: str, policy: Policy, *, default_url: str) -> list
     field = "the 'baseUrl' key of the OpenAI Secret"
     if url.rstrip("/") == default_url.rstrip("/"):
         return []
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname
-        _ = parts.port
-    except ValueError:
+    host, problem = _https_url_host(url)
+    if problem == _NOT_A_URL:
         return [f"{field} is not a URL: remove it or use an allowed base URL"]
-    if parts.scheme != "https" or not host:
+    if problem == _NOT_HTTPS:
         return [f"{field} must be an https:// URL: fix it or remove it to use the default"]
-    if parts.username or parts.password:
+    if problem == _CREDENTIALS:
         return [f"{field} must not carry credentials: the key belongs in 'apiKey'"]
     if not any(_same_origin_prefix(url, prefix) for prefix in policy.openai_base_urls):
         if policy.openai_base_urls:
@@ -447,11 +476,7 @@ def check_openai_base_url(url: str, policy: Policy, *, default_url: str) -> list
             f"{field} is set but the platform allows no other base URL than its own: remove "
             "the key, or ask the platform team to add yours to tenancy.openai.allowedBaseUrls"
         ]
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return []
-    why = address_refused(host, policy)
+    why = _literal_address_refused(host, policy)
     return [f"{field} points at {why}: use a public OpenAI-compatible endpoint"] if why else []
 
 
@@ -489,25 +514,17 @@ def check_notify_url(spec: AgentSpec, policy: Policy) -> list[str]:
     """
     if spec.handover is None or spec.handover.notify is None:
         return []
-    url = spec.handover.notify.url
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname
-        _ = parts.port
-    except ValueError:
+    host, problem = _https_url_host(spec.handover.notify.url)
+    if problem == _NOT_A_URL:
         return [f"{_NOTIFY_FIELD} is not a URL: write https://host[:port]/path"]
-    if parts.scheme != "https" or not host:
+    if problem == _NOT_HTTPS:
         return [f"{_NOTIFY_FIELD} must be an https:// URL with a host"]
-    if parts.username or parts.password:
+    if problem == _CREDENTIALS:
         return [
             f"{_NOTIFY_FIELD} must not carry a user or password: notifications are signed "
             "with the key of spec.handover.notify.secretRef"
         ]
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return []
-    why = address_refused(host, policy, policy.notify_allowed_networks)
+    why = _literal_address_refused(host, policy, policy.notify_allowed_networks)
     if why:
         return [
             f"{_NOTIFY_FIELD} points at {why}: agents may notify public https endpoints only "
