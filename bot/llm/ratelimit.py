@@ -26,15 +26,9 @@ from typing import Any
 
 from bot.core.config import Settings
 
-# KEYS[1]: bucket key. ARGV: rate (tokens/s), capacity, tokens requested, max wait (s).
-# Returns {granted (0/1), wait seconds as a string}.
-BUCKET_SCRIPT = """
-local key = KEYS[1]
-local rate = tonumber(ARGV[1])
-local capacity = tonumber(ARGV[2])
-local requested = tonumber(ARGV[3])
-local max_wait = tonumber(ARGV[4])
-local t = redis.call('TIME')
+# Both scripts first read the bucket (``key``) and refill it at ``rate`` up to ``capacity``,
+# with Redis's clock: ``now``, ``tokens`` and ``ts`` are then current.
+_REFILL = """local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local state = redis.call('HMGET', key, 'tokens', 'ts')
 local tokens = tonumber(state[1])
@@ -47,7 +41,17 @@ if now > ts then
   tokens = math.min(capacity, tokens + (now - ts) * rate)
   ts = now
 end
-local wait = 0
+"""
+
+# KEYS[1]: bucket key. ARGV: rate (tokens/s), capacity, tokens requested, max wait (s).
+# Returns {granted (0/1), wait seconds as a string}.
+BUCKET_SCRIPT = """
+local key = KEYS[1]
+local rate = tonumber(ARGV[1])
+local capacity = tonumber(ARGV[2])
+local requested = tonumber(ARGV[3])
+local max_wait = tonumber(ARGV[4])
+""" + _REFILL + """local wait = 0
 if tokens < requested then
   wait = (requested - tokens) / rate
 end
@@ -67,20 +71,7 @@ local key = KEYS[1]
 local rate = tonumber(ARGV[1])
 local capacity = tonumber(ARGV[2])
 local pause = tonumber(ARGV[3])
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local state = redis.call('HMGET', key, 'tokens', 'ts')
-local tokens = tonumber(state[1])
-local ts = tonumber(state[2])
-if tokens == nil or ts == nil then
-  tokens = capacity
-  ts = now
-end
-if now > ts then
-  tokens = math.min(capacity, tokens + (now - ts) * rate)
-  ts = now
-end
-tokens = math.min(tokens, -pause * rate)
+""" + _REFILL + """tokens = math.min(tokens, -pause * rate)
 redis.call('HSET', key, 'tokens', tostring(tokens), 'ts', tostring(ts))
 redis.call('PEXPIRE', key, math.ceil((capacity - tokens) / rate * 1000) + 1000)
 return tostring((1 - tokens) / rate)
