@@ -155,10 +155,13 @@ def machine_snapshot(state_dirs: tuple[str, ...] = ()) -> dict[str, object]:
     tables = {}
     for cmd in ("iptables-save", "ip6tables-save"):
         if shutil.which(cmd):
-            lines = _sh(cmd).splitlines()
+            lines = (re.sub(r"\[\d+:\d+\]", "", line) for line in _sh(cmd).splitlines())
+            # A built-in chain that accepts and holds no rule is no change: on a fresh machine
+            # the first iptables call loads the tables, and their chains appear so.
             tables[cmd] = sorted(
-                re.sub(r"\[\d+:\d+\]", "", line) for line in lines if line[:1] in (":", "-")
-            )
+                line for line in lines if line[:1] == "-" or (line[:1] == ":" and not
+                re.fullmatch(r":(INPUT|OUTPUT|FORWARD|PREROUTING|POSTROUTING) ACCEPT\s*", line))
+            )  # fmt: skip
     sysctls = {}
     for key in SYSCTLS:
         path = Path("/proc/sys") / key.replace(".", "/")
