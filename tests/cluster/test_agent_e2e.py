@@ -372,8 +372,7 @@ def test_agent_becomes_ready_with_its_pods_from_the_image(
                 assert security["readOnlyRootFilesystem"] is True
                 assert security["runAsNonRoot"] is True
                 assert security["allowPrivilegeEscalation"] is False
-            main = pod["spec"]["containers"][0]
-            assert main["livenessProbe"] and main["readinessProbe"]
+                assert container["livenessProbe"] and container["readinessProbe"]
             assert all(s["ready"] for s in pod["status"]["containerStatuses"])
     # Really non-root, really read-only, in the running containers.
     web = _agent_pods(kubectl, "web")[0]["metadata"]["name"]

@@ -34,6 +34,7 @@ import pytest
 import redis
 from whatsapp_operator.builders.workloads import (
     REDIS_ACL_DIR,
+    REDIS_ACL_RELOAD_PROBE_SCRIPT,
     REDIS_ACL_RELOAD_SCRIPT,
     REDIS_ACL_RELOAD_SECONDS,
     REDIS_CREDENTIALS_DIR,
@@ -324,6 +325,9 @@ def test_a_rotation_reaches_redis_without_a_restart(tmp_path: Path) -> None:
         time.sleep(1.0)
         assert not _refused(port, new)
         write_passwords(tmp_path, new)
+        # acl-reload's probes: alive while its loop goes round.
+        probe = pod_script(REDIS_ACL_RELOAD_PROBE_SCRIPT, tmp_path, port)
+        assert subprocess.run(["sh", "-c", probe], timeout=10).returncode == 0
     finally:
         reloader.terminate()
         stopped = reloader.wait(timeout=5)  # promptly on SIGTERM: a pod does not hang

@@ -163,9 +163,14 @@ while :; do
       if [ "$reply" = OK ]; then loaded=$want; echo "ACL loaded"; else echo "ACL LOAD failed"; fi
     fi
   fi
+  touch {REDIS_ACL_DIR}/reload.alive
   sleep {REDIS_ACL_RELOAD_SECONDS} & wait $!
 done
 """
+#: ``acl-reload``'s liveness and readiness: its loop went round within the last minute.
+REDIS_ACL_RELOAD_PROBE_SCRIPT = (
+    f"test $(( $(date +%s) - $(stat -c %Y {REDIS_ACL_DIR}/reload.alive) )) -lt 60"
+)
 
 #: Redis's readiness: it answers the current password of the Secret.
 REDIS_READY_SCRIPT = (
@@ -600,11 +605,18 @@ def build_redis_deployment(agent: AgentContext) -> dict[str, Any]:
             {"name": "tmp", "mountPath": "/tmp"},  # noqa: S108
         ],
     }
+    reload_probe = {
+        "exec": {"command": ["sh", "-c", REDIS_ACL_RELOAD_PROBE_SCRIPT]},
+        "timeoutSeconds": 5,
+        "failureThreshold": 3,
+    }
     reloader = {
         "name": REDIS_ACL_RELOAD,
         "image": agent.settings.redis_image,
         "imagePullPolicy": agent.settings.image_pull_policy,
         "command": ["sh", "-c", REDIS_ACL_RELOAD_SCRIPT],
+        "livenessProbe": {**reload_probe, "initialDelaySeconds": 30, "periodSeconds": 30},
+        "readinessProbe": {**reload_probe, "periodSeconds": 10},
         "resources": ACL_RELOAD_RESOURCES,
         "securityContext": container_security_context(REDIS_UID),
         "volumeMounts": mounts,

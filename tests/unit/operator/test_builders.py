@@ -32,6 +32,7 @@ from whatsapp_operator.builders import (
 )
 from whatsapp_operator.builders.workloads import (
     REDIS_ACL_PERMISSIONS,
+    REDIS_ACL_RELOAD_PROBE_SCRIPT,
     REDIS_ACL_RELOAD_SCRIPT,
     REDIS_READY_SCRIPT,
     REDIS_START_SCRIPT,
@@ -400,6 +401,9 @@ def test_redis_deployment() -> None:
     reloader = pod["containers"][1]
     assert reloader["name"] == "acl-reload" and reloader["image"] == c["image"]
     assert reloader["command"] == ["sh", "-c", REDIS_ACL_RELOAD_SCRIPT]
+    # Alive while its loop goes round (a heartbeat file in the in-memory ACL directory).
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert reloader[probe]["exec"]["command"] == ["sh", "-c", REDIS_ACL_RELOAD_PROBE_SCRIPT]
     assert reloader["securityContext"] == c["securityContext"]
     for each in (c, reloader):
         assert {m["name"]: m["mountPath"] for m in each["volumeMounts"]}["passwords"] == (
