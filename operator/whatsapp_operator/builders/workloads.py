@@ -55,6 +55,8 @@ REDIS_ACL_RELOAD = "acl-reload"
 WORKER_HEARTBEAT_FILE = "/tmp/worker-heartbeat"  # noqa: S108
 #: The heartbeat's largest age (seconds) that its probes accept.
 WORKER_HEARTBEAT_MAX_AGE = 60
+#: How long web and worker may take to start before their liveness probes count (seconds).
+STARTUP_SECONDS = 180
 #: The worker's liveness and readiness check: is the heartbeat younger than the largest age?
 WORKER_PROBE_SCRIPT = (
     f"test $(( $(date +%s) - $(stat -c %Y {WORKER_HEARTBEAT_FILE}) ))"
@@ -454,9 +456,15 @@ def build_web_deployment(agent: AgentContext) -> dict[str, Any]:
         ["uvicorn", *uvicorn_args("0.0.0.0", WEB_PORT)],  # noqa: S104
     )
     container["ports"] = [{"name": "http", "containerPort": WEB_PORT, "protocol": "TCP"}]
+    # Liveness starts once the app has answered (a slow start on a busy node is no hang): the
+    # startup probe gives it STARTUP_SECONDS.
+    container["startupProbe"] = {
+        "httpGet": {"path": "/healthz", "port": "http"},
+        "periodSeconds": 2,
+        "failureThreshold": STARTUP_SECONDS // 2,
+    }
     container["livenessProbe"] = {
         "httpGet": {"path": "/healthz", "port": "http"},
-        "initialDelaySeconds": 5,
         "periodSeconds": 10,
         "timeoutSeconds": 3,
         "failureThreshold": 3,
@@ -502,9 +510,15 @@ def build_worker_deployment(agent: AgentContext) -> dict[str, Any]:
         {"name": "metrics", "containerPort": WORKER_METRICS_PORT, "protocol": "TCP"}
     ]
     probe = {"exec": {"command": ["sh", "-c", WORKER_PROBE_SCRIPT]}, "timeoutSeconds": 5}
+    # The heartbeat starts once the worker has connected to Redis (a fresh pod during a
+    # rotation waits for Redis to load its password): liveness only after that.
+    container["startupProbe"] = {
+        **probe,
+        "periodSeconds": 5,
+        "failureThreshold": STARTUP_SECONDS // 5,
+    }
     container["livenessProbe"] = {
         **probe,
-        "initialDelaySeconds": 30,
         "periodSeconds": 30,
         "failureThreshold": 3,
     }

@@ -349,6 +349,11 @@ def test_commands_ports_and_probes() -> None:
     assert c["ports"] == [{"name": "http", "containerPort": 8000, "protocol": "TCP"}]
     assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    # A slow start (a busy node, imports) is not taken for a hang: liveness counts only after
+    # the startup probe passed, which allows minutes.
+    startup = c["startupProbe"]
+    assert startup["httpGet"]["path"] == "/healthz"
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 120
     assert web["spec"]["replicas"] == 2
 
     worker = container(objs[("Deployment", "acme-worker")])
@@ -359,8 +364,10 @@ def test_commands_ports_and_probes() -> None:
     # The worker proves it is alive with a heartbeat file its consumer and loop refresh.
     env = {e["name"]: e.get("value") for e in worker["env"]}
     assert env["WORKER_HEARTBEAT_FILE"] == WORKER_HEARTBEAT_FILE == "/tmp/worker-heartbeat"
-    for probe in (worker["livenessProbe"], worker["readinessProbe"]):
+    for probe in (worker["startupProbe"], worker["livenessProbe"], worker["readinessProbe"]):
         assert probe["exec"]["command"] == ["sh", "-c", WORKER_PROBE_SCRIPT]
+    startup = worker["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 120
     assert worker["livenessProbe"]["failureThreshold"] * worker["livenessProbe"][
         "periodSeconds"
     ] >= 60
