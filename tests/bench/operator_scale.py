@@ -58,6 +58,8 @@ from tests.kubelet import FakeKubelet
 GROUP, VERSION, PLURAL = "whatsapp.released.io", "v1alpha1", "whatsappagents"
 CRD_FILE = REPO / "crds" / "whatsappagent.yaml"
 MANAGED = "app.kubernetes.io/managed-by=released-operator"
+#: The field managers of Kubernetes' own controllers (their writes are not the operator's).
+CONTROLLER_MANAGERS = frozenset({"kube-controller-manager"})
 T = TypeVar("T")
 
 #: kind -> plural, for the raw list calls.
@@ -207,13 +209,23 @@ class Cluster:
                 ready += 1
         return ready >= expected
 
-    def versions(self, ns: str, kinds: list[tuple[str, str]]) -> dict[str, str]:
-        """``Kind/name`` -> resourceVersion of the agents and every child."""
-        found: dict[str, str] = {}
+    def versions(self, ns: str, kinds: list[tuple[str, str]]) -> dict[str, tuple[str, str]]:
+        """``Kind/name`` -> (resourceVersion, the writes of everyone but Kubernetes'
+        controllers) of the agents and every child. The second part is the ``managedFields``
+        entries (manager, operation, time) of the other managers: it changes when the operator
+        (or a person) writes, not when the CronJob controller records a run or the Deployment
+        controller a rollout."""
+        found: dict[str, tuple[str, str]] = {}
         for api_version, kind in [(f"{GROUP}/{VERSION}", "WhatsAppAgent"), *kinds]:
             selector = None if kind == "WhatsAppAgent" else MANAGED
             for obj in self.items(api_version, kind, ns, selector=selector):
-                found[f"{kind}/{obj['metadata']['name']}"] = obj["metadata"]["resourceVersion"]
+                meta = obj["metadata"]
+                writes = sorted(
+                    f"{m.get('manager')} {m.get('operation')} {m.get('time')}"
+                    for m in meta.get("managedFields") or []
+                    if m.get("manager") not in CONTROLLER_MANAGERS
+                )
+                found[f"{kind}/{meta['name']}"] = (meta["resourceVersion"], "|".join(writes))
         return found
 
 
@@ -383,13 +395,18 @@ def restart_operator(cluster: Cluster, op: Any, ns: str, n: int,
     cpu = cpu_seconds(pid) - cpu0
     time.sleep(5.0)  # whatever the passes wrote has landed
     after = cluster.versions(ns, child_kinds)
-    written = sorted(k for k, v in before.items() if after.get(k) != v)
+    written = sorted(k for k, v in before.items() if after.get(k, ("", ""))[1] != v[1])
+    changed = sorted(k for k, v in before.items() if after.get(k, ("", ""))[0] != v[0])
     by_kind = Counter(k.split("/", 1)[0] for k in written)
     return {
         "converged_s": round(converged, 1), "cpu_s": round(cpu, 1),
         "objects_compared": len(before), "objects_written": len(written),
         "agents_written": by_kind.get("WhatsAppAgent", 0),
-        "written_by_kind": dict(by_kind), "rss_peak_mib": mib(peak_kib(pid)),
+        "written_by_kind": dict(by_kind),
+        # Any change, Kubernetes' controllers' included (a CronJob's run, a rollout's status).
+        "objects_changed_by_anyone": len(changed),
+        "changed_by_kind": dict(Counter(k.split("/", 1)[0] for k in changed)),
+        "rss_peak_mib": mib(peak_kib(pid)),
     }
 
 
