@@ -186,15 +186,15 @@ async def reconcile_agent(body: kopf.Body, retry: int, reason: str | None = None
     if _state.passes is None:  # not started by kopf (tests)
         _state.passes = asyncio.Semaphore(get_operator_settings().concurrent_reconciles)
     async with _state.passes:
-        await _reconcile(body, retry)
+        await _reconcile(body, retry, resume=reason == "resume")
     if reason == "update":
         await _release(str(body["metadata"]["namespace"]))
 
 
-async def _reconcile(body: kopf.Body, retry: int) -> None:
+async def _reconcile(body: kopf.Body, retry: int, *, resume: bool = False) -> None:
     with metrics.reconcile_timer():
         try:
-            await _retry_with_kopf(reconcile(_agent(body), retry))
+            await _retry_with_kopf(reconcile(_agent(body), retry, resume=resume))
         except kopf.TemporaryError:
             raise
         except kube.KubeError as exc:

@@ -21,6 +21,7 @@ changed, every ``RELEASED_HANDOVER_COUNT_INTERVAL`` seconds (:func:`held_due`).
 from __future__ import annotations
 
 import logging
+import random
 import time
 from typing import Any
 
@@ -49,6 +50,13 @@ _last_counted: dict[str, float] = {}
 def mark_checked(uid: str, now: float | None = None) -> None:
     """Record that the agent's outside world was just looked at (by a pass or a check)."""
     _last_checked[uid] = time.monotonic() if now is None else now
+
+
+def spread_check(uid: str, interval: float, now: float | None = None) -> None:
+    """Make the agent's next check due at a random point of the coming ``interval`` (a resume
+    pass that did not look outside: agents resumed together are checked at different times)."""
+    now = time.monotonic() if now is None else now
+    _last_checked[uid] = now - random.uniform(0.0, interval)
 
 
 def due(uid: str, interval: float, now: float | None = None) -> bool:

@@ -22,18 +22,39 @@ from released.agent.validation import InvalidSpec
 from .. import metrics
 from .. import status as st
 from ..errors import PermanentError, TemporaryError
-from .checks import mark_checked
+from .checks import mark_checked, spread_check
 from .context import MAX_BACKOFF, MISSING_INPUT_MAX_DELAY, Agent, backoff
 from .inputs import MissingInput, gather
-from .parts import PARTS, PREREQUISITES, Pass
+from .parts import PARTS, PREREQUISITES, SETTLED_RESUME_PARTS, Pass
 from .rotate import rotation_fields
 from .status_writer import merged_status, update_status, write_blocked
 
 
-async def reconcile(agent: Agent, retry: int) -> None:
-    """Drive one agent to its spec (``retry``: how many times kopf has retried this pass)."""
-    # The pass looks at the model and at Meta: the periodic check waits a full interval.
-    mark_checked(agent.uid)
+def is_settled(agent: Agent) -> bool:
+    """Whether the agent's last pass saw its current generation through: ``Ready`` at this
+    ``observedGeneration``, no rotation under way."""
+    status = agent.status
+    rotation = (status.get("rotation") or {}).get("phase") or "Idle"
+    return (
+        status.get("observedGeneration") == agent.generation
+        and st.is_ready(status)
+        and rotation == "Idle"
+    )
+
+
+async def reconcile(agent: Agent, retry: int, *, resume: bool = False) -> None:
+    """Drive one agent to its spec (``retry``: how many times kopf has retried this pass).
+
+    ``resume``: the operator has just started. A settled agent (:func:`is_settled`) then gets
+    only :data:`~.parts.SETTLED_RESUME_PARTS`, and its periodic check of the outside world
+    comes at a random point of the check interval.
+    """
+    settled = resume and retry == 0 and is_settled(agent)
+    if settled:
+        spread_check(agent.uid, agent.settings.check_interval)
+    else:
+        # The pass looks at the model and at Meta: the periodic check waits a full interval.
+        mark_checked(agent.uid)
     try:
         p = Pass(agent=agent, inputs=await gather(agent))
         for prerequisite in PREREQUISITES:
@@ -59,7 +80,7 @@ async def reconcile(agent: Agent, retry: int) -> None:
         metrics.count_reconcile("retry")
         raise TemporaryError(exc.message, delay=max(exc.delay, backoff(retry))) from None
 
-    for part in PARTS:
+    for part in SETTLED_RESUME_PARTS if settled else PARTS:
         await part(p)
 
     outcome, spec = p.outcome, p.inputs.spec

@@ -31,22 +31,25 @@ def count(outcome: str) -> float:
 async def test_reconcile_gets_the_agent_and_its_retry(
     shared: FakeKube, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    seen: list[tuple[Agent, int]] = []
+    seen: list[tuple[Agent, int, bool]] = []
 
-    async def fake(agent: Agent, retry: int) -> None:
-        seen.append((agent, retry))
+    async def fake(agent: Agent, retry: int, *, resume: bool = False) -> None:
+        seen.append((agent, retry, resume))
 
     monkeypatch.setattr(handlers, "reconcile", fake)
     body = agent_body()
     body["metadata"]["uid"] = "u1"
-    await handlers.reconcile_agent(body=body, retry=3)
-    ((agent, retry),) = seen
+    await handlers.reconcile_agent(body=body, retry=3, reason="update")
+    ((agent, retry, resume),) = seen
     assert (agent.namespace, agent.name, agent.uid, retry) == (NS, "acme", "u1", 3)
-    assert agent.kube is shared
+    assert agent.kube is shared and not resume
+    # kopf's resume (the operator started) is passed on: a settled agent's pass is lighter.
+    await handlers.reconcile_agent(body=body, retry=0, reason="resume")
+    assert seen[-1][2] is True
 
 
 async def test_a_retry_becomes_kopfs(monkeypatch: pytest.MonkeyPatch) -> None:
-    async def wants_retry(agent: Agent, retry: int) -> None:
+    async def wants_retry(agent: Agent, retry: int, *, resume: bool = False) -> None:
         raise TemporaryError("OpenAI is down", delay=42.0)
 
     monkeypatch.setattr(handlers, "reconcile", wants_retry)
@@ -56,7 +59,7 @@ async def test_a_retry_becomes_kopfs(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 async def test_a_kubernetes_error_is_retried_with_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
-    async def api_down(agent: Agent, retry: int) -> None:
+    async def api_down(agent: Agent, retry: int, *, resume: bool = False) -> None:
         raise kube.KubeError(503, "ServiceUnavailable", "etcd is gone")
 
     monkeypatch.setattr(handlers, "reconcile", api_down)
@@ -67,7 +70,7 @@ async def test_a_kubernetes_error_is_retried_with_backoff(monkeypatch: pytest.Mo
     assert "Kubernetes API: 503 ServiceUnavailable" in str(raised.value)
     assert count("retry") == before + 1
 
-    async def forbidden(agent: Agent, retry: int) -> None:
+    async def forbidden(agent: Agent, retry: int, *, resume: bool = False) -> None:
         raise kube.KubeError(403, "Forbidden")
 
     monkeypatch.setattr(handlers, "reconcile", forbidden)
@@ -78,7 +81,7 @@ async def test_a_kubernetes_error_is_retried_with_backoff(monkeypatch: pytest.Mo
 
 
 async def test_a_bug_is_counted_and_left_to_kopf(monkeypatch: pytest.MonkeyPatch) -> None:
-    async def bug(agent: Agent, retry: int) -> None:
+    async def bug(agent: Agent, retry: int, *, resume: bool = False) -> None:
         raise RuntimeError("bug")
 
     monkeypatch.setattr(handlers, "reconcile", bug)
@@ -89,7 +92,7 @@ async def test_a_bug_is_counted_and_left_to_kopf(monkeypatch: pytest.MonkeyPatch
 
 
 async def test_cleanup_retry_becomes_kopfs(monkeypatch: pytest.MonkeyPatch) -> None:
-    async def failing(agent: Agent, retry: int) -> None:
+    async def failing(agent: Agent, retry: int, *, resume: bool = False) -> None:
         raise TemporaryError("OpenAI knowledge: down", delay=5.0)
 
     monkeypatch.setattr(handlers, "cleanup_agent", failing)

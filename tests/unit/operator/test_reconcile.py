@@ -6,10 +6,13 @@ fields, the Events, and whether (and when) the pass is retried.
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from whatsapp_operator import credentials as keys
 from whatsapp_operator import metrics
 from whatsapp_operator.errors import PermanentError, TemporaryError
+from whatsapp_operator.reconcile import checks
 from whatsapp_operator.reconcile.context import MAX_BACKOFF, backoff
 from whatsapp_operator.reconcile.pipeline import reconcile
 
@@ -382,3 +385,62 @@ async def test_status_write_gives_up_when_it_keeps_changing(world: World) -> Non
     world.kube.before_write = always
     with pytest.raises(TemporaryError, match="status kept changing"):
         await reconcile(world.agent(), retry=0)
+
+
+async def _settled(world: World) -> None:
+    world.kube.put(agent_body())
+    await reconcile(world.agent(), retry=0)
+    world.roll_out()
+    await reconcile(world.agent(), retry=0)
+    assert world.condition("Ready")["status"] == "True"
+    world.outside.calls.clear()
+
+
+def _asked_outside(world: World) -> list[str]:
+    # ensure_knowledge is called each pass but calls OpenAI only when the FAQs' hash changed.
+    return [name for name, _ in world.outside.calls if name != "ensure_knowledge"]
+
+
+async def test_a_restarted_operator_asks_nothing_outside_for_a_settled_agent(
+    world: World,
+) -> None:
+    """1,000 agents resumed at once would otherwise call OpenAI and Meta 4,000 times: a settled
+    agent's resume pass applies what changed in the cluster and leaves the outside world to its
+    periodic check, due at a random point of the next interval."""
+    await _settled(world)
+    writes = len(world.kube.writes)
+    agent = world.agent()
+    await reconcile(agent, retry=0, resume=True)
+    assert _asked_outside(world) == []
+    assert len(world.kube.writes) == writes  # nothing was written either
+    assert world.condition("Ready")["status"] == "True"
+    interval, now = world.settings.check_interval, time.monotonic()
+    assert checks.due(agent.uid, interval, now=now + interval + 1)  # within one interval
+    # A pass that is not a resume (a spec change, a referenced Secret) looks outside as ever.
+    await reconcile(world.agent(), retry=0)
+    assert "model_exists" in _asked_outside(world)
+
+
+async def test_a_restarted_operator_reconciles_in_full_what_changed_meanwhile(
+    world: World,
+) -> None:
+    await _settled(world)
+    await world.kube.merge_patch(
+        "whatsapp.released.io/v1alpha1", "WhatsAppAgent", NS, "acme",
+        {"spec": {"model": "gpt-4.1-mini"}},
+    )  # fmt: skip
+    await reconcile(world.agent(), retry=0, resume=True)
+    assert "model_exists" in _asked_outside(world)
+    assert world.status()["observedGeneration"] == 2
+
+
+def test_resumed_agents_are_checked_at_different_times() -> None:
+    interval, now = 600.0, 1_000_000.0
+    for n in range(200):
+        checks.spread_check(f"uid-{n}", interval, now=now)
+    due_at = sorted(
+        next(t for t in range(0, 601, 5) if checks.due(f"uid-{n}", interval, now=now + t))
+        for n in range(200)
+    )
+    assert due_at[0] < 60 and due_at[-1] > 540  # spread over the whole interval
+    assert len(set(due_at)) > 50

@@ -47,6 +47,17 @@ PARTS: tuple[Part, ...] = (
     webhook.ensure,
 )
 
+#: A resume pass (the operator started) of a settled agent: the cluster's side only. Knowledge
+#: calls nothing while the FAQs' hash matches; the model, the Meta account, the subscription and
+#: the webhook keep what the status says until the periodic check, which the pass starts at a
+#: random point of its interval (so a restarted operator does not call OpenAI and Meta for
+#: every agent at once).
+SETTLED_RESUME_PARTS: tuple[Part, ...] = (
+    knowledge.ensure,
+    children.ensure,
+    workloads.ensure,
+)
+
 #: The periodic check of the outside world (:mod:`whatsapp_operator.reconcile.checks`): the
 #: vector store still there, the model still served, the token still accepted, the app still
 #: subscribed; what needs a rebuild is left to a full pass.
@@ -58,4 +69,4 @@ CHECKS: tuple[Part, ...] = (
     webhook.gate,
 )
 
-__all__ = ["CHECKS", "PARTS", "PREREQUISITES", "Part", "Pass"]
+__all__ = ["CHECKS", "PARTS", "PREREQUISITES", "SETTLED_RESUME_PARTS", "Part", "Pass"]
