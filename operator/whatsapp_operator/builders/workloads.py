@@ -55,6 +55,8 @@ REDIS_ACL_RELOAD = "acl-reload"
 WORKER_HEARTBEAT_FILE = "/tmp/worker-heartbeat"  # noqa: S108
 #: The heartbeat's largest age (seconds) that its probes accept.
 WORKER_HEARTBEAT_MAX_AGE = 60
+#: How long a stopping web pod goes on serving before uvicorn gets SIGTERM (seconds).
+WEB_DRAIN_SECONDS = 5
 #: How long web and worker may take to start before their liveness probes count (seconds).
 STARTUP_SECONDS = 180
 #: The worker's liveness and readiness check: is the heartbeat younger than the largest age?
@@ -456,6 +458,10 @@ def build_web_deployment(agent: AgentContext) -> dict[str, Any]:
         ["uvicorn", *uvicorn_args("0.0.0.0", WEB_PORT)],  # noqa: S104
     )
     container["ports"] = [{"name": "http", "containerPort": WEB_PORT, "protocol": "TCP"}]
+    # A pod that is stopping (a rollout, a rotation) keeps accepting for a few seconds: the
+    # Service's endpoints and kube-proxy's rules drop it meanwhile. Without this, uvicorn stops
+    # listening at SIGTERM while deliveries are still routed to it, and they fail.
+    container["lifecycle"] = {"preStop": {"exec": {"command": ["sleep", str(WEB_DRAIN_SECONDS)]}}}
     # Liveness starts once the app has answered (a slow start on a busy node is no hang): the
     # startup probe gives it STARTUP_SECONDS.
     container["startupProbe"] = {

@@ -349,6 +349,10 @@ def test_commands_ports_and_probes() -> None:
     assert c["ports"] == [{"name": "http", "containerPort": 8000, "protocol": "TCP"}]
     assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    # A stopping pod serves on until the Service has dropped it, well within its grace period.
+    (sleep, seconds) = c["lifecycle"]["preStop"]["exec"]["command"]
+    grace = pod_spec(web)["terminationGracePeriodSeconds"]
+    assert sleep == "sleep" and 0 < int(seconds) < grace / 2
     # A slow start (a busy node, imports) is not taken for a hang: liveness counts only after
     # the startup probe passed, which allows minutes.
     startup = c["startupProbe"]
