@@ -98,10 +98,15 @@ async def refresh(
         return merged_status(current, generation=observed, conditions=[cond], observed=False)
 
     new = await update_status(kube, namespace, name, mutate, known=body)
+    if new is None or cond.status != "True":
+        return
     was = st.get_condition(body.get("status"), st.WORKLOADS_READY)
-    if new is not None and cond.status == "True" and (was is None or was.get("status") != "True"):
+    if was is None or was.get("status") != "True":
         events_for(body).info("WorkloadsReady", "all Deployments run the current template")
-        webhook = ((body.get("spec") or {}).get("ingress") or {}).get("webhook") or {}
-        registered = st.get_condition(new, st.WEBHOOK_REGISTERED)
-        if webhook.get("register") and (registered is None or registered.get("status") != "True"):
-            await request_reconcile(kube, namespace, name)
+    # Whenever the workloads are ready and the webhook waits for them, not only when this call
+    # saw the change: a pass may have written WorkloadsReady=True meanwhile, yet registered
+    # nothing because it ran its webhook part before (the agent then stayed un-Ready).
+    webhook = ((body.get("spec") or {}).get("ingress") or {}).get("webhook") or {}
+    registered = st.get_condition(new, st.WEBHOOK_REGISTERED)
+    if webhook.get("register") and (registered is None or registered.get("status") != "True"):
+        await request_reconcile(kube, namespace, name)
