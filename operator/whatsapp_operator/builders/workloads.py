@@ -59,11 +59,16 @@ WORKER_HEARTBEAT_MAX_AGE = 60
 WEB_DRAIN_SECONDS = 5
 #: How long web and worker may take to start before their liveness probes count (seconds).
 STARTUP_SECONDS = 180
+
+
+def heartbeat_probe_script(path: str, max_age: int) -> str:
+    """A probe's shell check: was ``path`` touched less than ``max_age`` seconds ago?"""
+    return f"test $(( $(date +%s) - $(stat -c %Y {path}) )) -lt {max_age}"
+
+
 #: The worker's liveness and readiness check: is the heartbeat younger than the largest age?
-WORKER_PROBE_SCRIPT = (
-    f"test $(( $(date +%s) - $(stat -c %Y {WORKER_HEARTBEAT_FILE}) ))"
-    f" -lt {WORKER_HEARTBEAT_MAX_AGE}"
-)
+WORKER_PROBE_SCRIPT = heartbeat_probe_script(WORKER_HEARTBEAT_FILE, WORKER_HEARTBEAT_MAX_AGE)
+
 #: The purge's run time limit, and how many times a failed run is tried again.
 PURGE_DEADLINE_SECONDS = 600
 PURGE_BACKOFF_LIMIT = 2
@@ -172,9 +177,7 @@ while :; do
 done
 """
 #: ``acl-reload``'s liveness and readiness: its loop went round within the last minute.
-REDIS_ACL_RELOAD_PROBE_SCRIPT = (
-    f"test $(( $(date +%s) - $(stat -c %Y {REDIS_ACL_DIR}/reload.alive) )) -lt 60"
-)
+REDIS_ACL_RELOAD_PROBE_SCRIPT = heartbeat_probe_script(f"{REDIS_ACL_DIR}/reload.alive", 60)
 
 #: Redis's readiness: it answers the current password of the Secret.
 REDIS_READY_SCRIPT = (

@@ -20,6 +20,7 @@ from typing import Any
 from released.agent.validation import InvalidSpec
 
 from .. import metrics
+from .. import rotation as rot
 from .. import status as st
 from ..errors import PermanentError, TemporaryError
 from .checks import mark_checked, spread_check
@@ -34,11 +35,10 @@ def is_settled(agent: Agent) -> bool:
     """Whether the agent's last pass saw its current generation through: ``Ready`` at this
     ``observedGeneration``, no rotation under way."""
     status = agent.status
-    rotation = (status.get("rotation") or {}).get("phase") or "Idle"
     return (
         status.get("observedGeneration") == agent.generation
         and st.is_ready(status)
-        and rotation == "Idle"
+        and rot.RotationState.from_status(status).phase is rot.RotationPhase.IDLE
     )
 
 

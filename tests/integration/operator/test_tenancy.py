@@ -79,7 +79,8 @@ class Tenant:
         body = {"metadata": {"name": name}, "data": {k: _b64(v) for k, v in data.items()}}
         self.core.create_namespaced_secret(self.ns, body)
 
-    def agent(self, name: str, **spec: Any) -> dict[str, Any]:
+    def agent(self, name: str, *, dry_run: bool = False, **spec: Any) -> dict[str, Any]:
+        """Create agent ``name`` (with ``dry_run``, only ask the API server whether it would)."""
         body: dict[str, Any] = {
             "phoneNumberId": "5550001234",
             "faqs": [{"q": "When are you open?", "a": "9 to 5."}],
@@ -90,7 +91,7 @@ class Tenant:
         manifest = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "WhatsAppAgent",
                     "metadata": {"name": name}, "spec": body}  # fmt: skip
         created: dict[str, Any] = self.custom.create_namespaced_custom_object(
-            GROUP, VERSION, self.ns, PLURAL, manifest
+            GROUP, VERSION, self.ns, PLURAL, manifest, **({"dry_run": "All"} if dry_run else {})
         )
         return created
 
@@ -385,19 +386,13 @@ def test_phase_2_reconciliation_refuses_the_rest(
     snippet = SPEC_ESCALATIONS[0][1](world)
 
     def webhook_gone() -> bool:
-        manifest = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "WhatsAppAgent",
-                    "metadata": {"name": "dry-run"},
-                    "spec": {"phoneNumberId": "5550001234", "faqs": [{"q": "Q?", "a": "A."}],
-                             "secrets": {"meta": {"name": "meta"}, "openai": {"name": "openai"}},
-                             "database": {"secretRef": {"name": "db", "key": "url"}}, **snippet}}
         try:
-            tenant.custom.create_namespaced_custom_object(
-                GROUP, VERSION, tenant.ns, PLURAL, manifest, dry_run="All")
+            tenant.agent("dry-run", dry_run=True, **snippet)
         except ApiException as exc:
             if "admission webhook" in str(exc.body):
                 return False
             raise
-        return True  # fmt: skip
+        return True
 
     wait_for("the admission webhook to be off", webhook_gone, timeout=30)
     # What admission would have refused, if the webhook is down: refused by reconcile.
