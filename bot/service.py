@@ -50,7 +50,7 @@ import hmac
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -59,6 +59,7 @@ from typing import Any, Literal
 import httpx2 as httpx
 from redis.exceptions import RedisError
 
+from bot import dedup
 from bot.account import AccountHealth, AccountProblem
 from bot.core.config import Settings
 from bot.core.metrics import (
@@ -771,10 +772,22 @@ async def expire_held(rt: Runtime, now: float | None = None) -> int:
                     "not answered within the 24-hour window: " + reason.reason(),
                 )
             await inbox.discard(session, [msg.wamid])  # its task will not run again
+        await mark_finished(rt, msg.phone_number_id, [msg.wamid])
         MESSAGES_HELD.labels(outcome="expired").inc()
         MESSAGES_UNANSWERED.labels(reason="account_unhealthy").inc()
         log.warning("held message %s expired: %s", msg.wamid, reason.reason())
     return len(expired)
+
+
+async def mark_finished(rt: Runtime, phone_number_id: str, wamids: Sequence[str]) -> None:
+    """Tell the web tier that the inbox rows of ``wamids`` are deleted for good (``bot.dedup``),
+    so that a later redelivery's row is deleted again rather than kept until the retention purge.
+    Call it once the transaction that deleted them has committed; a Redis failure costs no more
+    than that, so it is logged, not raised."""
+    try:
+        await dedup.mark_done(rt.redis, phone_number_id, wamids)
+    except RedisError as exc:
+        log.warning("could not mark %d message(s) finished: %s", len(wamids), type(exc).__name__)
 
 
 async def _record_failed(settings: Settings, reply: Message, exc: GraphError) -> None:

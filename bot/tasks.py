@@ -370,7 +370,7 @@ async def _stored(
 
 
 async def _done_with(
-    settings: Settings, msg: InboundMessage, result: service.MessageResult
+    rt: service.Runtime, msg: InboundMessage, result: service.MessageResult
 ) -> None:
     """Delete ``msg``'s inbox row once nothing will run for it again: answered, not to be
     answered, failed for good, or a duplicate of a reply already final (a duplicate of one
@@ -379,7 +379,7 @@ async def _done_with(
     finished = result.outcome in (
         service.Outcome.REPLIED, service.Outcome.NOT_ANSWERED, service.Outcome.FAILED
     )
-    async with session_scope(settings) as session:
+    async with session_scope(rt.settings) as session:
         if result.outcome == service.Outcome.DUPLICATE:
             reply = await repo.find_reply(session, msg.wamid)
             finished = reply is not None and reply.status in repo.FINAL_REPLY_STATUSES
@@ -387,6 +387,7 @@ async def _done_with(
         if msg.kind == "revoke" and msg.original_wamid:
             gone.append(msg.original_wamid)
         await inbox.discard(session, gone)
+    await service.mark_finished(rt, msg.phone_number_id, gone)
 
 
 # -- tasks ----------------------------------------------------------------------------------
@@ -427,7 +428,7 @@ def process_message(
             # A message takes one turn of its sender's bucket, on its first run.
             user_slot=user_slot or retries > 0,
         )
-        await _done_with(settings, msg, result)
+        await _done_with(rt, msg, result)
         return result
 
     try:
@@ -501,6 +502,7 @@ def process_echo(self: Task, payload: dict[str, Any]) -> str:
         stored = await service.record_echo(echo, settings)
         async with session_scope(settings) as session:
             await inbox.discard(session, [echo.wamid])
+        await service.mark_finished(await _runtime(settings), echo.phone_number_id, [echo.wamid])
         return stored
 
     try:

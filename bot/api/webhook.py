@@ -50,6 +50,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from redis.asyncio import Redis
 from starlette.requests import ClientDisconnect
 
+from bot import dedup
 from bot.api.deps import SettingsDep
 from bot.core.config import Settings
 from bot.core.metrics import (
@@ -246,7 +247,9 @@ async def _receive(
         stored = await ingest.put_inbox(rows)
     except Exception as exc:
         return _unavailable("store_inbox", exc)
-    handled: list[str] = []  # stored now for a message handled before: delete again
+    # Stored now, yet claimed already: a redelivery of a message handled before (delete the row
+    # again) or of one still queued (the worker needs the row): the claim tells which.
+    restored: list[tuple[str, str]] = []
 
     queued = duplicates = 0
     for msg in delivery.messages:
@@ -257,7 +260,7 @@ async def _receive(
         if task_id is None:
             duplicates += 1
             if msg.wamid in stored:
-                handled.append(msg.wamid)
+                restored.append((msg.phone_number_id, msg.wamid))
             log.info("webhook.duplicate", wamid=msg.wamid)
             continue
         queued += 1
@@ -274,7 +277,7 @@ async def _receive(
         if task_id is None:
             duplicates += 1
             if echo.wamid in stored:
-                handled.append(echo.wamid)
+                restored.append((echo.phone_number_id, echo.wamid))
             continue
         queued += 1
         log.debug("webhook.echo_queued", wamid=echo.wamid, kind=echo.kind, task_id=task_id)
@@ -287,11 +290,11 @@ async def _receive(
         queued += 1
         log.debug("webhook.status_queued", wamid=status.wamid, status=status.status)
 
-    if handled:
+    if restored:
         try:
-            await ingest.drop_inbox(handled)
+            await ingest.drop_inbox(await dedup.finished(redis, restored))
         except Exception as exc:  # the retention purge deletes them anyway
-            log.warning("webhook.inbox_not_cleaned", count=len(handled), error=type(exc).__name__)
+            log.warning("webhook.inbox_not_cleaned", count=len(restored), error=type(exc).__name__)
 
     if delivery.quarantined:
         try:

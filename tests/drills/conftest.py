@@ -170,16 +170,22 @@ def _port_open(port: int) -> bool:
 
 
 def wait_until(
-    predicate: Callable[[], T], *, timeout: float, interval: float = 0.1, what: str = "condition"
+    predicate: Callable[[], T],
+    *,
+    timeout: float,
+    interval: float = 0.1,
+    what: str | Callable[[], str] = "condition",
 ) -> T:
-    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` seconds."""
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` seconds.
+    ``what`` may be a callable: it then describes the state at the time of the failure."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
         if value:
             return value
         if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
+            described = what() if callable(what) else what
+            pytest.fail(f"timed out after {timeout:.0f}s waiting for {described}")
         time.sleep(interval)
 
 
@@ -334,7 +340,7 @@ class Tally:
             lambda: self.counts(meta)["answered"] >= self.sent,
             timeout=timeout,
             interval=0.25,
-            what=f"{self.name}: every message answered ({self.counts(meta)})",
+            what=lambda: f"{self.name}: every message answered ({self.counts(meta)})",
         )
         return self.counts(meta)
 

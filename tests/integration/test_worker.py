@@ -10,10 +10,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+import redis
 
 import bot.tasks as tasks
 from bot import retention
 from bot.core.config import Settings
+from bot.dedup import DONE, dedup_key
 from bot.storage import repository as repo
 from bot.storage.db import session_scope
 from released.fakes import FakeMeta, FakeOpenAI
@@ -55,6 +57,23 @@ def test_faq_question_is_answered_once_quoting_the_message(
     assert again["outcome"] == "duplicate" and again["reply_wamid"] == sent[0]["id"]
     assert len(meta.sent()) == 1
     assert len(oai.response_requests()) == 1
+
+
+def test_an_answered_message_is_marked_done_for_the_web_tier(
+    settings: Settings, meta: FakeMeta
+) -> None:
+    """The worker marks the wamid's claim done once the message's inbox row is gone, so that
+    a later redelivery's row is deleted again by the web tier (``bot.dedup``)."""
+    client = redis.Redis.from_url(settings.redis_url)
+    key = dedup_key(PHONE, "wamid.D1")
+    try:
+        client.set(key, "1", ex=3600)  # claimed when the web tier queued it
+        assert process(inbound("wamid.D1"))["outcome"] == "replied"
+        assert client.get(key) == DONE.encode()
+        assert 3500 < client.ttl(key) <= 3600
+    finally:
+        client.delete(key)
+        client.close()
 
 
 def test_history_is_sent_to_the_model(settings: Settings, oai: FakeOpenAI) -> None:

@@ -31,7 +31,7 @@ from sqlalchemy import text
 from bot.api.deps import get_database_check
 from bot.core.config import MissingSecretsError, Settings
 from bot.core.logging import configure_logging
-from bot.dedup import DEDUP_TTL_SECONDS, dedup_key, first_seen, release
+from bot.dedup import DEDUP_TTL_SECONDS, dedup_key, finished, first_seen, mark_done, release
 from bot.main import create_app
 from bot.queue import (
     CELERY_QUEUE,
@@ -489,6 +489,59 @@ async def test_text_message_is_queued_once(
     assert again.status_code == 200
     assert len(queued(raw)) == 1
     assert "webhook.duplicate" in [e["event"] for e in logs]
+
+
+async def inbox_row(settings: Settings, wamid: str) -> InboundMessage | EchoMessage | None:
+    async with session_scope(settings) as session:
+        return await inbox.load(session, wamid)
+
+
+async def test_a_copy_of_a_message_still_queued_keeps_its_text_for_the_worker(
+    client: httpx.AsyncClient, settings: Settings, raw: sync_redis.Redis
+) -> None:
+    """Meta's copies of one delivery race: copy B claims the wamid while copy A stores the
+    inbox row. A sees a claim for a row it stored itself; the message is still queued, so A
+    must leave the row: deleting it lost the message (the worker found nothing to answer)."""
+    body = sample("text")
+    wamid = json.loads(body)["entry"][0]["changes"][0]["value"]["messages"][0]["id"]
+    raw.set(dedup_key(PN, wamid), "1", ex=60)  # claimed and queued by the other copy
+    assert (await post(client, body)).status_code == 200
+    assert raw.llen(CELERY_QUEUE) == 0  # not queued twice
+    row = await inbox_row(settings, wamid)
+    assert row is not None and row.text == "Does the coffee maker come in red?"
+
+
+async def test_a_redelivery_after_the_answer_does_not_keep_the_text(
+    client: httpx.AsyncClient, settings: Settings, raw: sync_redis.Redis
+) -> None:
+    """Once the worker has answered, it deletes the row and marks the claim done; a
+    redelivery stores the row again and the web tier deletes it again at once."""
+    body = sample("text")
+    wamid = json.loads(body)["entry"][0]["changes"][0]["value"]["messages"][0]["id"]
+    assert (await post(client, body)).status_code == 200
+    assert await inbox_row(settings, wamid) is not None
+    async with session_scope(settings) as session:  # what the worker does when it is done
+        await inbox.discard(session, [wamid])
+    redis = Redis.from_url(settings.redis_url)
+    try:
+        await mark_done(redis, PN, [wamid])
+    finally:
+        await redis.aclose()
+    assert raw.ttl(dedup_key(PN, wamid)) > DEDUP_TTL_SECONDS - 60  # the claim keeps its expiry
+
+    assert (await post(client, body)).status_code == 200
+    assert await inbox_row(settings, wamid) is None
+    assert raw.llen(CELERY_QUEUE) == 1  # answered once
+
+
+async def test_marking_done_creates_no_claim(raw: sync_redis.Redis, test_redis_url: str) -> None:
+    redis = Redis.from_url(test_redis_url)
+    try:
+        await mark_done(redis, PN, ["wamid.never-claimed"])
+        assert await finished(redis, [(PN, "wamid.never-claimed")]) == set()
+    finally:
+        await redis.aclose()
+    assert raw.exists(dedup_key(PN, "wamid.never-claimed")) == 0
 
 
 async def test_statuses_are_queued(client: httpx.AsyncClient, raw: sync_redis.Redis) -> None:
