@@ -23,6 +23,7 @@ Layers, each importing only from the ones below it:
                    actions outside the cluster).
 - ``status``       conditions and Events; ``metrics`` the operator's Prometheus metrics.
 - ``config``, ``errors``, ``credentials``: settings, domain errors, Secret key names.
+- ``namespaces``   a fix to kopf: namespaces created while kopf lists them are followed too.
 - ``released.agent`` (a package of its own, kopf-free) holds the typed ``WhatsAppAgent`` spec,
   its naming and validation; the operator and the ``released`` CLI import it.
 """

@@ -37,7 +37,7 @@ from typing import Any
 
 import kopf
 
-from . import FIELD_MANAGER, FINALIZER, GROUP, PLURAL, VERSION, kube, metrics
+from . import FIELD_MANAGER, FINALIZER, GROUP, PLURAL, VERSION, kube, metrics, namespaces
 from . import status as st
 from .admission import configure_admission, register_admission_handler
 from .config import get_operator_settings
@@ -56,6 +56,9 @@ logger = logging.getLogger("whatsapp_operator")
 
 # The validating admission handler exists only with ``RELEASED_ADMISSION_WEBHOOK`` set.
 register_admission_handler()
+# With namespace patterns, follow the namespaces kopf lists too, not only those it is told of
+# by watch events (see :mod:`.namespaces`).
+namespaces.install()
 
 #: Where kopf keeps its progress and last-handled configuration (annotations, not status).
 KOPF_PREFIX = f"kopf.{GROUP}"
