@@ -33,10 +33,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-import httpx
+import httpx2 as httpx
 
 from released.providers import meta as policy
 
+from . import http_clients
 from .errors import PermanentError, ReleasedError, TemporaryError, redact
 from .retrying import DEFAULT_POLICY, RetryPolicy, call_with_retries
 
@@ -154,15 +155,9 @@ async def _once(
     params: Mapping[str, str] | None,
 ) -> dict[str, Any]:
     try:
-        if client is not None:
-            response = await client.request(
-                method, url, headers=dict(headers), json=json, params=params, timeout=limits
-            )
-        else:
-            async with httpx.AsyncClient(timeout=limits, trust_env=False) as own:
-                response = await own.request(
-                    method, url, headers=dict(headers), json=json, params=params
-                )
+        response = await (client or http_clients.graph()).request(
+            method, url, headers=dict(headers), json=json, params=params, timeout=limits
+        )
     except httpx.HTTPError as exc:
         raise _no_answer(action, exc) from None
     try:

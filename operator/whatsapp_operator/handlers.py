@@ -37,7 +37,17 @@ from typing import Any
 
 import kopf
 
-from . import FIELD_MANAGER, FINALIZER, GROUP, PLURAL, VERSION, kube, metrics, namespaces
+from . import (
+    FIELD_MANAGER,
+    FINALIZER,
+    GROUP,
+    PLURAL,
+    VERSION,
+    http_clients,
+    kube,
+    metrics,
+    namespaces,
+)
 from . import status as st
 from .admission import configure_admission, register_admission_handler
 from .config import get_operator_settings
@@ -172,11 +182,13 @@ async def configure(settings: kopf.OperatorSettings, **kwargs: Any) -> None:
 
 @kopf.on.cleanup()
 async def close_client(**_: Any) -> None:
-    """Stop the watches and close the Kubernetes client's connections when the operator stops."""
+    """Stop the watches and close the connections to Kubernetes, Meta and OpenAI when the
+    operator stops."""
     for watches in (_state.watches, _state.children):
         if watches is not None:
             await watches.close()
     await kube.shared().close()
+    await http_clients.aclose()
 
 
 @kopf.on.resume(GROUP, VERSION, PLURAL, id="reconcile")

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import re
 
-import httpx
+import httpx2 as httpx
 
 from whatsapp_operator import graph
 from whatsapp_operator.errors import PermanentError, TemporaryError

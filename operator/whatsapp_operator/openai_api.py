@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from released.agent.policy import Policy
 from released.providers import openai as openai_policy
 
-from .egress import guarded_client
+from . import http_clients
 from .errors import NotFoundError, PermanentError, ReleasedError, TemporaryError
 from .retrying import DEFAULT_POLICY, RetryPolicy, call_with_retries
 
@@ -60,10 +60,12 @@ class OpenAIParams(BaseModel):
         return RetryPolicy(attempts=self.max_retries + 1)
 
     def client(self) -> AsyncOpenAI:
-        """A new ``AsyncOpenAI`` client for these parameters (close it when done)."""
-        http_client = None
+        """An ``AsyncOpenAI`` client for these parameters, over the operator's shared
+        connection pool for its URL (:mod:`whatsapp_operator.http_clients`): do not close it."""
         if self.policy is not None:
-            http_client = guarded_client(self.policy, timeout=self.timeout)
+            http_client = http_clients.guarded(self.policy)
+        else:
+            http_client = http_clients.openai()
         return AsyncOpenAI(
             api_key=self.api_key.get_secret_value(),
             base_url=self.base_url,
@@ -161,13 +163,10 @@ class Session:
 
 @asynccontextmanager
 async def session(client_or_params: AsyncOpenAI | OpenAIParams) -> AsyncIterator[Session]:
-    """A :class:`Session` on ``client_or_params``: a given client is used as it is (and left
-    open); parameters make a client that is closed afterwards."""
+    """A :class:`Session` on ``client_or_params``: a given client is used as it is; parameters
+    make a client over the shared connection pool (:meth:`OpenAIParams.client`). Either is left
+    open."""
     if isinstance(client_or_params, AsyncOpenAI):
         yield Session(client_or_params, DEFAULT_POLICY)
         return
-    client = client_or_params.client()
-    try:
-        yield Session(client, client_or_params.retry_policy)
-    finally:
-        await client.close()
+    yield Session(client_or_params.client(), client_or_params.retry_policy)

@@ -94,8 +94,9 @@ NON_SETTING_ENV: frozenset[str] = frozenset({"REDIS_PASSWORD", "PROMETHEUS_MULTI
 REDIS_ACL_COMMANDS: tuple[str, ...] = (
     # connections: redis-py (HELLO), the readiness probe's redis-cli (AUTH, PING), a URL's db
     "auth", "hello", "ping", "select",
-    # keys: dedupe claims, locks (SET NX PX), kombu's bookkeeping, the account flags
-    "get", "set", "del", "exists", "expire", "pexpire",
+    # keys: dedupe claims (MGET: whether their messages are finished), locks (SET NX PX),
+    # kombu's bookkeeping, the account flags
+    "get", "mget", "set", "del", "exists", "expire", "pexpire",
     # lists: Celery's queues (kombu restores a lost task with RPUSH), the bot's claim-and-push,
     # queue depth
     "lpush", "rpush", "rpop", "brpop", "llen",
