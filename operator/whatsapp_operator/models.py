@@ -22,11 +22,17 @@ OpenAI's answer              status   reason                message
 An OpenAI-compatible server (the Secret's ``baseUrl``) whose 404 lacks OpenAI's
 ``model_not_found`` code (it may not serve ``/v1/models/{id}`` at all) is asked for its model
 list instead.
+
+The answer depends only on the base URL, the key and the model, and many agents often share
+all three: the periodic check (``max_age``) takes an answer given for the same three within
+that many seconds, so that they ask once per check interval, not once each.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import time
 
 from openai import AsyncOpenAI
 
@@ -44,12 +50,43 @@ SHUT_DOWN, NOT_FOUND = "ModelShutDown", "ModelNotFound"
 MODEL_NOT_FOUND = "model_not_found"
 
 
-async def model_exists(client_or_params: AsyncOpenAI | OpenAIParams, model: str) -> bool:
-    """Whether OpenAI (or the compatible server) serves ``model`` to this key.
+#: (base URL, digest of the key, model) -> (``time.monotonic()`` of the answer, the answer).
+_answers: dict[tuple[str, str, str], tuple[float, bool]] = {}
+#: Above this many remembered answers, the old ones are dropped.
+_ANSWERS_KEPT = 4096
+
+
+def _answer_key(params: OpenAIParams, model: str) -> tuple[str, str, str]:
+    key = hashlib.sha256(params.api_key.get_secret_value().encode()).hexdigest()
+    return params.base_url.rstrip("/"), key, model
+
+
+async def model_exists(
+    client_or_params: AsyncOpenAI | OpenAIParams, model: str, *, max_age: float = 0.0
+) -> bool:
+    """Whether OpenAI (or the compatible server) serves ``model`` to this key; with
+    ``max_age``, an answer given for the same base URL, key and model at most that many seconds
+    ago is taken instead of asking again.
 
     Raises the errors of :mod:`whatsapp_operator.knowledge` (a refused key, an unreachable
     server) for everything but "no such model".
     """
+    if not isinstance(client_or_params, OpenAIParams):
+        return await _ask(client_or_params, model)
+    key = _answer_key(client_or_params, model)
+    now = time.monotonic()
+    known = _answers.get(key)
+    if known is not None and now - known[0] <= max_age:
+        return known[1]
+    served = await _ask(client_or_params, model)
+    if len(_answers) >= _ANSWERS_KEPT:
+        for old in sorted(_answers, key=lambda k: _answers[k][0])[: _ANSWERS_KEPT // 2]:
+            del _answers[old]
+    _answers[key] = (time.monotonic(), served)
+    return served
+
+
+async def _ask(client_or_params: AsyncOpenAI | OpenAIParams, model: str) -> bool:
     async with session(client_or_params) as s:
         try:
             await s.call(

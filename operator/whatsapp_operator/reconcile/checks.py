@@ -202,7 +202,7 @@ async def check_outside(agent: Agent) -> Pass | None:
                 observed=False,
             )
 
-        await update_status(agent.kube, agent.namespace, agent.name, mutate)
+        await update_status(agent.kube, agent.namespace, agent.name, mutate, known=agent.body)
     if p.needs_reconcile:
         await request_reconcile(agent.kube, agent.namespace, agent.name)
     return p

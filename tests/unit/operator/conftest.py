@@ -228,7 +228,7 @@ def _patch_outside(monkeypatch: pytest.MonkeyPatch, outside: Outside) -> None:
             raise outside.database_error
         return True
 
-    async def model_exists(params: Any, model: str) -> bool:
+    async def model_exists(params: Any, model: str, *, max_age: float = 0.0) -> bool:
         outside.calls.append(("model_exists", model))
         if outside.model_error is not None:
             raise outside.model_error

@@ -1,7 +1,8 @@
-"""The operator's calls to Meta and OpenAI share connections (``whatsapp_operator.http_clients``).
+"""The operator's calls to Meta and OpenAI share connections (``whatsapp_operator.http_clients``)
+and, for the periodic model check, answers (``whatsapp_operator.models``).
 
 A client per call cost ~25 ms of CPU each (a new TLS context); at 1,000 agents that was most of
-the operator's idle CPU. Here a local HTTP server counts the connections it accepts.
+the operator's idle CPU. Here a local HTTP server counts the connections and requests it gets.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 from pydantic import SecretStr
-from whatsapp_operator import graph, http_clients
+from whatsapp_operator import graph, http_clients, models
 from whatsapp_operator.models import model_exists
 from whatsapp_operator.openai_api import OpenAIParams
 
@@ -74,6 +75,21 @@ async def test_openai_calls_share_one_connection(server: CountingServer) -> None
     for _ in range(3):
         assert await model_exists(params, "gpt-5-mini")
     assert (server.requests, server.connections) == (3, 1)
+
+
+async def test_agents_sharing_key_and_model_share_the_periodic_answer(
+    server: CountingServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(models, "_answers", {})
+    shared = OpenAIParams(api_key=SecretStr("sk-shared"), base_url=f"{server.url}/v1")
+    other = OpenAIParams(api_key=SecretStr("sk-other"), base_url=f"{server.url}/v1")
+    for _ in range(5):  # five agents' periodic checks with one key
+        assert await model_exists(shared, "gpt-5-mini", max_age=300)
+    assert server.requests == 1
+    assert await model_exists(other, "gpt-5-mini", max_age=300)  # another key asks
+    assert await model_exists(shared, "gpt-5", max_age=300)  # another model asks
+    assert await model_exists(shared, "gpt-5-mini")  # a pass always asks
+    assert server.requests == 4
 
 
 async def test_closing_ends_the_connections_and_a_later_call_opens_one(

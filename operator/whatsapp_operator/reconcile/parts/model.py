@@ -1,7 +1,8 @@
 """Part ``model`` (condition ``ModelAvailable``): does OpenAI still serve the agent's model?
 
 ``GET /v1/models/{id}`` with the agent's key, on every pass (so a spec change is checked at
-once) and by the periodic check (so a shutdown is noticed without one); the condition is
+once) and by the periodic check (so a shutdown is noticed without one; agents with the same key,
+base URL and model share an answer up to half a check interval old); the condition is
 :func:`whatsapp_operator.models.model_condition`'s. Ahead of an announced shutdown the
 condition stays ``True`` (reason ``ShutdownAnnounced``) and a Warning Event says when and what
 to set instead: on every pass, and on a periodic check when the message changed. A model that
@@ -28,7 +29,11 @@ async def ensure(p: Pass) -> None:
     agent = p.agent
     model = p.inputs.spec.assistant.model
     try:
-        exists = await model_exists(p.inputs.openai_params(agent.settings), model)
+        exists = await model_exists(
+            p.inputs.openai_params(agent.settings),
+            model,
+            max_age=agent.settings.check_interval / 2 if p.periodic else 0.0,
+        )
     except TemporaryError as exc:
         p.check_failed(st.MODEL_AVAILABLE, exc)
         return
