@@ -19,7 +19,7 @@ it rotates) and kubeconfig files (``$KUBECONFIG``) alike.
 from __future__ import annotations
 
 import base64
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -255,11 +255,13 @@ class Kube:
         namespace: str,
         *,
         labels: Mapping[str, str],
+        each: Callable[[dict[str, Any]], None],
         page: int = 250,
-    ) -> tuple[list[dict[str, Any]], str]:
-        """The objects of one kind in ``namespace`` that carry ``labels`` (selected by the API
-        server, ``page`` at a time) and the ``resourceVersion`` of the listing, to watch from."""
-        found: list[dict[str, Any]] = []
+    ) -> str:
+        """Call ``each`` with every object of one kind in ``namespace`` that carries ``labels``
+        (selected by the API server, ``page`` at a time, so that a namespace of thousands of
+        children is never held whole); return the ``resourceVersion`` of the listing, to watch
+        from."""
         try:
             listing = self.watch_client.list(
                 _resource(api_version, kind),
@@ -268,11 +270,11 @@ class Kube:
                 chunk_size=page,
             )
             async for obj in listing:
-                found.append(_as_dict(obj))
+                each(_as_dict(obj))
             version = listing.resourceVersion
         except (ApiError, httpx2.HTTPError) as exc:
             raise _kube_error(exc) from None
-        return found, str(version)
+        return str(version)
 
     async def watch(
         self,

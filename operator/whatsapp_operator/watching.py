@@ -331,15 +331,18 @@ class ChildWatches(_Watches):
         """List the kind (the records follow the listing), then watch from that version."""
         labels = {LABEL_MANAGED_BY: MANAGED_BY}
         api_version = await self._api_version(kind, namespace)
-        items, version = await self.kube.list_labelled(api_version, kind, namespace, labels=labels)
         stale = {key for key in self._records if key[:2] == (kind, namespace)}
-        for obj in items:
+
+        def record(obj: dict[str, Any]) -> None:
             name = str(obj["metadata"]["name"])
             self._records[(kind, namespace, name)] = child_record({**obj, "kind": kind})
             stale.discard((kind, namespace, name))
+
+        version = await self.kube.list_labelled(
+            api_version, kind, namespace, labels=labels, each=record
+        )
         for key in stale:
             del self._records[key]
-        del items
         self._synced[(kind, namespace)].set()
         async for event, obj in self.kube.watch(
             api_version,

@@ -231,11 +231,13 @@ class FakeKube(Kube):
         namespace: str,
         *,
         labels: Mapping[str, str],
+        each: Callable[[dict[str, Any]], None],
         page: int = 250,
-    ) -> tuple[list[dict[str, Any]], str]:
+    ) -> str:
         self.lists.append((kind, namespace, dict(labels)))
-        found = await self.list_objects(api_version, kind, namespace, labels=labels)
-        return found, "listed"
+        for obj in await self.list_objects(api_version, kind, namespace, labels=labels):
+            each(obj)
+        return "listed"
 
     async def watch(
         self,
