@@ -58,7 +58,7 @@ from .reconcile.context import Agent, backoff
 from .reconcile.inputs import referenced_names
 from .reconcile.parts import workloads
 from .reconcile.pipeline import reconcile
-from .reconcile.references import release, touch_referencing
+from .reconcile.references import release, request_reconcile, touch_referencing
 from .reconcile.rotate import rotate_if_due
 from .watching import ChildWatches, ReferenceWatches
 
@@ -278,6 +278,8 @@ async def periodic(body: kopf.Body, namespace: str | None, name: str, **_: Any) 
             )
         except (kube.KubeError, TemporaryError) as exc:
             logger.warning("could not refresh workloads of %s/%s: %s", namespace, name, exc)
+    elif workloads.webhook_stalled(body):
+        await _retry_with_kopf(request_reconcile(kube.shared(), namespace, name))
     agent = _agent(body)
     if checks.due(agent.uid, agent.settings.check_interval):
         try:

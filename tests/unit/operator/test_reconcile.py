@@ -14,6 +14,7 @@ from whatsapp_operator import metrics
 from whatsapp_operator.errors import PermanentError, TemporaryError
 from whatsapp_operator.reconcile import checks
 from whatsapp_operator.reconcile.context import MAX_BACKOFF, backoff
+from whatsapp_operator.reconcile.parts import workloads
 from whatsapp_operator.reconcile.pipeline import reconcile
 
 from .conftest import DB_NAME, NS, OPENAI_KEY, ROLE_A, World, agent_body, b64, unb64
@@ -444,3 +445,31 @@ def test_resumed_agents_are_checked_at_different_times() -> None:
     )
     assert due_at[0] < 60 and due_at[-1] > 540  # spread over the whole interval
     assert len(set(due_at)) > 50
+
+
+def _stall_body(register: bool, workloads: str, webhook_reason: str) -> dict[str, object]:
+    return {
+        "spec": {"ingress": {"webhook": {"register": register}}},
+        "status": {
+            "conditions": [
+                {"type": "WorkloadsReady", "status": workloads, "reason": "x"},
+                {"type": "WebhookRegistered", "status": "False", "reason": webhook_reason},
+            ]
+        },
+    }
+
+
+@pytest.mark.parametrize(
+    ("register", "workloads_status", "reason", "stalled"),
+    [
+        (True, "True", "WaitingForWorkloads", True),  # the pass that registers was missed
+        (True, "False", "WaitingForWorkloads", False),  # still rolling: the edge will come
+        (True, "True", "MetaRefused", False),  # another problem: a pass would not help
+        (False, "True", "WaitingForWorkloads", False),  # no registration asked for
+    ],
+)
+def test_the_timer_asks_for_a_pass_only_when_the_webhook_waits_on_ready_workloads(
+    register: bool, workloads_status: str, reason: str, stalled: bool
+) -> None:
+    body = _stall_body(register, workloads_status, reason)
+    assert workloads.webhook_stalled(body) is stalled

@@ -110,3 +110,24 @@ async def refresh(
     registered = st.get_condition(new, st.WEBHOOK_REGISTERED)
     if webhook.get("register") and (registered is None or registered.get("status") != "True"):
         await request_reconcile(kube, namespace, name)
+
+
+def webhook_stalled(body: Mapping[str, Any]) -> bool:
+    """Whether the agent's webhook still waits for workloads that its status says are ready.
+
+    Level-triggered safety net for the timer: the edge that requests the pass
+    (:func:`refresh`) can be missed when a pass and a rotation step interleave (seen in CI:
+    the agent stayed ``WaitingForWorkloads`` with ``WorkloadsReady=True`` and Meta already
+    holding the new verify token). The pass that this asks for registers the webhook.
+    """
+    status = body.get("status") or {}
+    webhook = ((body.get("spec") or {}).get("ingress") or {}).get("webhook") or {}
+    workloads = st.get_condition(status, st.WORKLOADS_READY)
+    registered = st.get_condition(status, st.WEBHOOK_REGISTERED)
+    return bool(
+        webhook.get("register")
+        and workloads is not None
+        and workloads.get("status") == "True"
+        and registered is not None
+        and registered.get("reason") == "WaitingForWorkloads"
+    )
