@@ -12,8 +12,8 @@ met exactly that; so did CI, once in a few runs.
 already changes nothing, so processing every listed item is safe. Deleted namespaces are still
 noticed by their watch events. kopf keeps this in a private module (read in kopf 1.45.2, the
 locked version): a kopf that no longer has it fails at import, and
-``tests/unit/test_namespaces.py`` fails on one that changes how it behaves, rather than either
-silently bringing the gap back.
+``tests/unit/operator/test_namespaces.py`` fails on one that changes how it behaves, rather
+than either silently bringing the gap back.
 """
 
 from __future__ import annotations

@@ -106,10 +106,15 @@ async def refresh(
     # Whenever the workloads are ready and the webhook waits for them, not only when this call
     # saw the change: a pass may have written WorkloadsReady=True meanwhile, yet registered
     # nothing because it ran its webhook part before (the agent then stayed un-Ready).
-    webhook = ((body.get("spec") or {}).get("ingress") or {}).get("webhook") or {}
     registered = st.get_condition(new, st.WEBHOOK_REGISTERED)
-    if webhook.get("register") and (registered is None or registered.get("status") != "True"):
+    if _register_requested(body) and (registered is None or registered.get("status") != "True"):
         await request_reconcile(kube, namespace, name)
+
+
+def _register_requested(body: Mapping[str, Any]) -> bool:
+    """Whether the agent's spec asks the operator to register its webhook with Meta."""
+    webhook = ((body.get("spec") or {}).get("ingress") or {}).get("webhook") or {}
+    return bool(webhook.get("register"))
 
 
 def webhook_stalled(body: Mapping[str, Any]) -> bool:
@@ -121,11 +126,10 @@ def webhook_stalled(body: Mapping[str, Any]) -> bool:
     holding the new verify token). The pass that this asks for registers the webhook.
     """
     status = body.get("status") or {}
-    webhook = ((body.get("spec") or {}).get("ingress") or {}).get("webhook") or {}
     workloads = st.get_condition(status, st.WORKLOADS_READY)
     registered = st.get_condition(status, st.WEBHOOK_REGISTERED)
     return bool(
-        webhook.get("register")
+        _register_requested(body)
         and workloads is not None
         and workloads.get("status") == "True"
         and registered is not None
