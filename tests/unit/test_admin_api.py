@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 import redis as sync_redis
+from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 from sqlalchemy import update
 
@@ -260,11 +261,32 @@ async def test_metrics_report_held_conversations(
     conv = await user_writes(settings, "wamid.H1")
     await user_writes(settings, "wamid.H2", wa_id="34600000009")
     before = (await client.get("/metrics")).text
-    assert "released_conversations_held 0.0" in before
-    await client.post(f"/admin/conversations/{conv}/hold", json={"seconds": 60})
+    assert sample(before, "released_conversations_held") == 0
+    held = await client.post(f"/admin/conversations/{conv}/hold", json={"seconds": 60})
+    assert held.status_code == 200
     text = (await client.get("/metrics")).text
-    assert "released_conversations_held 1.0" in text
-    assert 'released_handovers_total{reason="admin"}' in text
+    assert sample(text, "released_conversations_held") == 1
+    # The counter's series exists from the start (every reason is pre-created): its value
+    # tells whether this hold was counted.
+    admin = {"reason": "admin"}
+    assert sample(text, "released_handovers_total", admin) == (
+        sample(before, "released_handovers_total", admin) + 1
+    )
+    assert sample(text, "released_handovers_total", {"reason": "staff_echo"}) == (
+        sample(before, "released_handovers_total", {"reason": "staff_echo"})
+    )
+
+
+def sample(exposition: str, name: str, labels: dict[str, str] | None = None) -> float:
+    """The value of the sample ``name{labels}`` in a Prometheus text exposition."""
+    found = [
+        s.value
+        for family in text_string_to_metric_families(exposition)
+        for s in family.samples
+        if s.name == name and s.labels == (labels or {})
+    ]
+    assert len(found) == 1, (name, labels, found)
+    return float(found[0])
 
 
 async def test_holds_only_lengthen_and_stale_events_hold_nothing(settings: Settings) -> None:
