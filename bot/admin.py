@@ -127,7 +127,9 @@ async def show_conversation(
     """``GET /admin/conversations/{id}``: the conversation and its stored messages."""
     async with session_scope(settings) as session:
         conversation = await _conversation(session, conversation_id)
-        messages = await holds.messages_of(session, conversation_id, limit)
+        messages = await holds.messages_of(
+            session, conversation_id, limit, retention_days=settings.retention_days
+        )
         last_in = await holds.last_inbound_at(session, conversation_id)
         names = await user_identities(session, conversation_id)
     out = conversation_json(

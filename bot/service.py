@@ -896,7 +896,12 @@ async def notify_handover(rt: Runtime, handover: Handover) -> str:
         return "duplicate"
     async with session_scope(settings) as session:
         conversation = await session.get(Conversation, handover.conversation_id)
-        messages = await holds.messages_of(session, handover.conversation_id, NOTIFY_MESSAGES)
+        messages = await holds.messages_of(
+            session,
+            handover.conversation_id,
+            NOTIFY_MESSAGES,
+            retention_days=settings.retention_days,
+        )
     if conversation is None:
         return "gone"
     body = notification_body(

@@ -22,6 +22,7 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from bot.storage.models import Conversation, Direction, Message, MessageStatus, utcnow
+from bot.storage.repository import retention_cutoff
 
 #: ``state`` filter of :func:`list_conversations`.
 StateFilter = Literal["held", "bot", "all"]
@@ -231,13 +232,17 @@ def _aware(value: Any) -> datetime | None:
 
 
 async def messages_of(
-    session: AsyncSession, conversation_id: int, limit: int = 200
+    session: AsyncSession, conversation_id: int, limit: int = 200, *, retention_days: int
 ) -> list[Message]:
-    """The conversation's stored messages (those within retention), oldest first; at most the
-    last ``limit``."""
+    """The conversation's messages within retention (``retention_days``, ``RETENTION_DAYS``),
+    oldest first; at most the last ``limit``. One past retention is left out though the hourly
+    purge has not deleted it yet."""
     result = await session.exec(
         select(Message)
-        .where(col(Message.conversation_id) == conversation_id)
+        .where(
+            col(Message.conversation_id) == conversation_id,
+            col(Message.created_at) >= retention_cutoff(retention_days),
+        )
         .order_by(col(Message.created_at).desc(), col(Message.id).desc())
         .limit(limit)
     )

@@ -575,11 +575,17 @@ async def _apply_status(session: AsyncSession, update_: StatusUpdate) -> StatusO
     return StatusOutcome.STALE
 
 
+def retention_cutoff(days: int, now: datetime | None = None) -> datetime:
+    """The start of retention: what was created before this moment is past ``days`` days, to
+    be deleted by the purge and, until it runs, shown to nobody (``holds.messages_of``)."""
+    return _utc(now or utcnow()) - timedelta(days=days)
+
+
 async def purge_older_than(session: AsyncSession, days: int, *, now: datetime | None = None) -> int:
     """Delete messages (and quarantined webhook elements, and inbox rows whose task never
     finished) created more than ``days`` days ago, then conversations left empty and idle as
     long; return the number of messages deleted."""
-    cutoff = _utc(now or utcnow()) - timedelta(days=days)
+    cutoff = retention_cutoff(days, now)
     await session.execute(
         delete(QuarantinedEvent).where(col(QuarantinedEvent.created_at) < cutoff)
     )

@@ -179,6 +179,18 @@ async def test_bad_requests_get_clear_errors(client: httpx.AsyncClient, settings
     assert shown["state"] == "bot" and len(shown["messages"]) == 1
 
 
+async def test_show_stops_at_retention(client: httpx.AsyncClient, settings: Settings) -> None:
+    days = settings.retention_days
+    conv = await user_writes(settings, "wamid.RT1", "past retention", ago=timedelta(days=days + 1))
+    await user_writes(settings, "wamid.RT2", "within retention", ago=timedelta(days=days - 1))
+    await user_writes(settings, "wamid.RT3", "today")
+    # The purge has not run: the old message is still stored, and shown to nobody.
+    async with session_scope(settings) as session:
+        assert await repo.get_message(session, "wamid.RT1") is not None
+    shown = (await client.get(f"/admin/conversations/{conv}")).json()
+    assert [m["text"] for m in shown["messages"]] == ["within retention", "today"]
+
+
 async def test_reply_outside_the_24_hour_window_is_refused(
     client: httpx.AsyncClient, settings: Settings
 ) -> None:

@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy import text
 
 from bot.core.config import Settings
+from bot.storage import holds
 from bot.storage import repository as repo
 from bot.storage.db import (
     dispose_engines,
@@ -226,6 +227,33 @@ async def test_purge_deletes_only_old_messages(settings: Settings) -> None:
         assert await repo.purge_older_than(session, 14) == 0
         rows = (await session.execute(text("SELECT count(*) FROM conversations"))).scalar()
         assert rows == 1
+
+
+async def test_messages_of_leaves_out_what_is_past_retention(settings: Settings) -> None:
+    """What a person sees of a conversation (``show``, the handover notification) stops at
+    retention, though the hourly purge has not deleted the older messages yet."""
+    async with session_scope(settings) as session:
+        old = await repo.record_inbound(session, inbound("wamid.r-old", "from 15 days ago"))
+        await repo.record_inbound(session, inbound("wamid.r-day", "from yesterday"))
+        await repo.record_inbound(session, inbound("wamid.r-now", "from today"))
+        conversation_id = old.conversation.id or 0
+        for wamid, age in (("wamid.r-old", timedelta(days=15)), ("wamid.r-day", timedelta(days=1))):
+            message = await repo.get_message(session, wamid)
+            assert message is not None
+            message.created_at = datetime.now(UTC) - age
+            session.add(message)
+    async with session_scope(settings) as session:
+        shown = await holds.messages_of(session, conversation_id, retention_days=14)
+        assert [m.text for m in shown] == ["from yesterday", "from today"]
+        last = await holds.messages_of(session, conversation_id, 1, retention_days=14)
+        assert [m.text for m in last] == ["from today"]
+        longer = await holds.messages_of(session, conversation_id, retention_days=30)
+        assert [m.text for m in longer] == ["from 15 days ago", "from yesterday", "from today"]
+        # The purge's cut-off is the same: it deletes exactly what was left out.
+        assert await repo.purge_older_than(session, 14) == 1
+    async with session_scope(settings) as session:
+        kept = await holds.messages_of(session, conversation_id, retention_days=30)
+        assert [m.text for m in kept] == ["from yesterday", "from today"]
 
 
 async def test_message_model_defaults() -> None:
