@@ -140,7 +140,17 @@ class _Watches:
 
 
 class ReferenceWatches(_Watches):
-    """Per-namespace, label-selected watches of referenced Secrets and ConfigMaps."""
+    """Per-namespace, label-selected lists and watches of referenced Secrets and ConfigMaps.
+
+    Each kind is listed and then watched from the listing's version (listed again after a
+    watch ends), and the operator keeps the latest of each labelled object: a pass reads a
+    referenced object from here (:meth:`cached`) once its namespace is listed, instead of
+    asking the API server, so the periodic checks of a thousand agents read no Secret.
+
+    What a pass built from is noted (:meth:`note`, a digest of the data); a listed or watched
+    version whose data differs from it calls ``on_change``, and so does an object that is
+    deleted or loses the label (also while the watch was down: the next listing lacks it).
+    """
 
     kinds = KINDS
 
@@ -154,56 +164,138 @@ class ReferenceWatches(_Watches):
     ) -> None:
         super().__init__(kube, server_timeout=server_timeout, retry_delay=retry_delay)
         self.on_change = on_change
-        #: ``(kind, namespace, name)`` -> :func:`data_digest` of each labelled object seen.
+        #: ``(kind, namespace, name)`` -> :func:`data_digest` of what the last pass read.
         self._digests: dict[tuple[str, str, str], str] = {}
+        #: ``(kind, namespace, name)`` -> the latest labelled object listed or watched.
+        self._objects: dict[tuple[str, str, str], dict[str, Any]] = {}
+        self._synced: dict[tuple[str, str], asyncio.Event] = {}
+        self._pending: set[asyncio.Task[None]] = set()
 
     # -- what the passes tell and ask ---------------------------------------------------------
 
+    def cached(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        """The object as last listed or watched (it carries the label), once its kind is listed
+        in ``namespace``; ``None`` when it is not known here (read it from the API server)."""
+        synced = self._synced.get((kind, namespace))
+        if synced is None or not synced.is_set():
+            return None
+        return self._objects.get((kind, namespace, name))
+
     def note(self, kind: str, namespace: str, obj: Mapping[str, Any]) -> None:
-        """A pass read (and labelled) ``obj``: a later event with other data is a change, even
-        when the watch starts only after it (its first events are the objects as they are)."""
+        """A pass read (and labelled) ``obj``: a later version with other data is a change, even
+        when the watch starts only after it (its listing holds the objects as they are). When
+        the watch already holds other data than the pass read, a change is reported at once:
+        the pass that follows reads what the watch holds."""
         name = str((obj.get("metadata") or {}).get("name", ""))
-        self._digests[(kind, namespace, name)] = data_digest(obj)
+        key = (kind, namespace, name)
+        digest = data_digest(obj)
+        self._digests[key] = digest
+        known = self._objects.get(key)
+        if known is not None and data_digest(known) != digest:
+            self._changed(key)
 
     def forget(self, kind: str, namespace: str, name: str) -> None:
         self._digests.pop((kind, namespace, name), None)
+        self._objects.pop((kind, namespace, name), None)
 
     def labelled(self, namespace: str) -> set[tuple[str, str]]:
         """``(kind, name)`` of the objects in ``namespace`` known to carry the label."""
-        return {(kind, name) for kind, ns, name in self._digests if ns == namespace}
+        return {
+            (kind, name) for kind, ns, name in [*self._digests, *self._objects] if ns == namespace
+        }
+
+    def _starting(self, kind: str, namespace: str) -> None:
+        self._synced.setdefault((kind, namespace), asyncio.Event())
 
     def _forget(self, namespace: str) -> None:
-        for key in [key for key in self._digests if key[1] == namespace]:
-            del self._digests[key]
+        for store in (self._digests, self._objects):
+            for key in [key for key in store if key[1] == namespace]:
+                del store[key]
+        for kind in KINDS:
+            self._synced.pop((kind, namespace), None)
 
-    # -- the watches --------------------------------------------------------------------------
+    async def close(self) -> None:
+        await super().close()
+        for task in list(self._pending):
+            task.cancel()
+
+    # -- the lists and watches ----------------------------------------------------------------
 
     async def _watch(self, kind: str, namespace: str) -> None:
+        """List the kind (what is known follows the listing), then watch from that version."""
+        labels = {REFERENCED_LABEL: REFERENCED_VALUE}
+        # What was known before this listing and is not in it went meanwhile.
+        stale = {key for key in [*self._digests, *self._objects] if key[:2] == (kind, namespace)}
+        listed: list[dict[str, Any]] = []
+
+        def record(obj: dict[str, Any]) -> None:
+            listed.append(obj)
+            stale.discard((kind, namespace, str(obj["metadata"]["name"])))
+
+        version = await self.kube.list_labelled(
+            KINDS[kind], kind, namespace, labels=labels, each=record
+        )
+        for key in sorted(stale):
+            self._gone(key)
+        for obj in listed:
+            self._seen(kind, namespace, obj)
+        self._synced[(kind, namespace)].set()
         async for event, obj in self.kube.watch(
             KINDS[kind],
             kind,
             namespace,
-            labels={REFERENCED_LABEL: REFERENCED_VALUE},
+            labels=labels,
             server_timeout=self.server_timeout,
+            resource_version=version,
         ):
             await self.handle(kind, namespace, event, obj)
 
     async def handle(self, kind: str, namespace: str, event: str, obj: Mapping[str, Any]) -> None:
-        """One watch event: call ``on_change`` when the data changed or the object went."""
+        """One watch event: keep the object; report a change of its data, or its going."""
         name = str((obj.get("metadata") or {}).get("name", ""))
-        key = (kind, namespace, name)
         if event == "DELETED" or not is_labelled(obj):
             # Deleted, or no longer selected (the label was removed): the API server sends
             # DELETED for both.
-            changed = self._digests.pop(key, None) is not None
+            self._gone((kind, namespace, name))
         else:
-            digest = data_digest(obj)
-            old = self._digests.get(key)
+            self._seen(kind, namespace, obj)
+
+    def _seen(self, kind: str, namespace: str, obj: Mapping[str, Any]) -> None:
+        meta = obj.get("metadata") or {}
+        key = (kind, namespace, str(meta.get("name", "")))
+        kept: dict[str, Any] = {
+            "metadata": {
+                "name": meta.get("name"),
+                "namespace": namespace,
+                "labels": dict(meta.get("labels") or {}),
+                "resourceVersion": meta.get("resourceVersion"),
+            }
+        }
+        for field_name in ("data", "binaryData"):
+            if obj.get(field_name):
+                kept[field_name] = dict(obj[field_name])
+        self._objects[key] = kept
+        digest = data_digest(kept)
+        old = self._digests.get(key)
+        if old is not None and old != digest:
+            # An object no pass read yet was used for nothing: only a known one is a change.
             self._digests[key] = digest
-            # An object first seen now was read by no pass yet: nothing was built from it.
-            changed = old is not None and old != digest
-        if not changed:
-            return
+            self._changed(key)
+
+    def _gone(self, key: tuple[str, str, str]) -> None:
+        self._objects.pop(key, None)
+        if self._digests.pop(key, None) is not None:
+            self._changed(key)
+
+    def _changed(self, key: tuple[str, str, str]) -> None:
+        """Call ``on_change`` in a task of its own (the watch goes on reading meanwhile)."""
+        task = asyncio.get_running_loop().create_task(
+            self._report(*key), name=f"change of {key[0]} {key[1]}/{key[2]}"
+        )
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _report(self, kind: str, namespace: str, name: str) -> None:
         try:
             await self.on_change(kind, namespace, name)
         except Exception:

@@ -176,8 +176,14 @@ async def gather(agent: Agent) -> Inputs:
 async def read_referenced(agent: Agent, kind: str, name: str) -> dict[str, Any] | None:
     """A Secret or ConfigMap the agent references, labelled :data:`REFERENCED_LABEL` (once:
     an object that has the label is not written) and noted for the watch of its namespace;
-    ``None`` when it does not exist."""
+    ``None`` when it does not exist. Read from the watch of its namespace when that holds it
+    (:meth:`~whatsapp_operator.watching.ReferenceWatches.cached`), else from the API server."""
     kube, namespace = agent.kube, agent.namespace
+    if agent.watches is not None:
+        cached = agent.watches.cached(kind, namespace, name)
+        if cached is not None:
+            agent.watches.note(kind, namespace, cached)
+            return cached
     obj = await kube.get("v1", kind, namespace, name)
     if obj is None:
         return None

@@ -108,8 +108,69 @@ async def test_a_change_between_the_read_and_the_watch_is_not_lost(
     changed = {**obj, "data": {"apiKey": b64("sk-other")}}
     changed["metadata"] = {**obj["metadata"], "labels": SELECTOR}
     await watches.handle("Secret", NS, "ADDED", changed)
+    await settle()
     assert changes == [("Secret", NS, "openai")]
     assert data_digest(changed) != data_digest(obj)
+
+
+def secret_reads(world: World) -> int:
+    """Reads of the Secrets the agent references (not of its generated credentials)."""
+    return sum(world.kube.reads[("Secret", name)] for name in ("meta", "openai", "db"))
+
+
+async def test_a_pass_reads_referenced_secrets_from_the_watch_once_listed(
+    world: World, watched: tuple[ReferenceWatches, list[tuple[str, str, str]]]
+) -> None:
+    """The periodic checks of many agents cost no Secret request: the label-selected watch
+    holds the referenced objects, and a change reaches the next pass."""
+    watches, changes = watched
+    world.kube.put(agent_body())
+    agent = dataclasses.replace(world.agent(), watches=watches)
+    await reconcile(agent, retry=0)
+    await settle()
+    first = secret_reads(world)
+    assert first == 3  # before the namespace is listed, from the API server
+    await reconcile(dataclasses.replace(world.agent(), watches=watches), retry=0)
+    assert secret_reads(world) == first
+    await world.kube.merge_patch(
+        "v1", "Secret", NS, "openai", {"data": {"apiKey": b64("sk-rotated")}}
+    )
+    await settle()
+    assert changes == [("Secret", NS, "openai")]
+    cached = watches.cached("Secret", NS, "openai")
+    assert cached is not None and cached["data"]["apiKey"] == b64("sk-rotated")
+    assert secret_reads(world) == first
+
+
+async def test_a_secret_deleted_while_the_watch_was_down_is_reported_by_the_next_listing(
+    world: World, watched: tuple[ReferenceWatches, list[tuple[str, str, str]]]
+) -> None:
+    watches, changes = watched
+    world.kube.put(agent_body())
+    await reconcile(dataclasses.replace(world.agent(), watches=watches), retry=0)
+    await settle()
+    world.kube.end_watches(KubeError(0, "Disconnected"))
+    await world.kube.delete("v1", "Secret", NS, "db")  # its DELETED event is never read
+    for _ in range(50):
+        await asyncio.sleep(0.01)
+        if changes:
+            break
+    assert changes == [("Secret", NS, "db")]
+    assert watches.cached("Secret", NS, "db") is None
+    assert ("Secret", "db") not in watches.labelled(NS)
+
+
+async def test_a_pass_that_read_other_data_than_the_watch_holds_is_followed_by_another(
+    world: World, watched: tuple[ReferenceWatches, list[tuple[str, str, str]]]
+) -> None:
+    watches, changes = watched
+    obj = world.kube.obj("Secret", NS, "openai")
+    assert obj is not None
+    labelled_obj = {**obj, "metadata": {**obj["metadata"], "labels": SELECTOR}}
+    await watches.handle("Secret", NS, "ADDED", labelled_obj)
+    watches.note("Secret", NS, {**labelled_obj, "data": {"apiKey": b64("sk-older")}})
+    await settle()
+    assert changes == [("Secret", NS, "openai")]
 
 
 async def test_release_unlabels_what_no_agent_references_and_stops_watching(
