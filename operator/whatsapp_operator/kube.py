@@ -55,8 +55,12 @@ KINDS: dict[str, tuple[str, bool]] = {
 #: One request's time limit (seconds); watches are kopf's, not ours.
 REQUEST_TIMEOUT = 30.0
 #: Connections of the request client (passes run at most ``RELEASED_CONCURRENT_RECONCILES``
-#: at once, each with a few requests in flight), all kept open between requests.
+#: at once, each with a few requests in flight).
 MAX_CONNECTIONS = 100
+#: Of those, how many are kept open between requests. Every request looks at each pooled
+#: connection (is it closed, has it expired), so a large idle pool costs CPU on every request;
+#: the timers' requests at rest need only a few.
+KEEPALIVE_CONNECTIONS = 16
 #: How long an idle connection to the API server is kept: under kube-apiserver's own idle
 #: timeout (90 s), so that it is the client that closes it.
 KEEPALIVE_SECONDS = 60.0
@@ -176,14 +180,15 @@ class Kube:
     def client(self) -> AsyncClient:
         """The lightkube client, created on first use (in-cluster config or ``$KUBECONFIG``).
 
-        Its connections stay open for :data:`KEEPALIVE_SECONDS` between requests (httpx keeps
-        at most 20 for 5 s by default): a new TLS connection costs the operator more CPU than
-        the request it carries, and the timers' and checks' requests come seconds apart."""
+        Up to :data:`KEEPALIVE_CONNECTIONS` of its connections stay open for
+        :data:`KEEPALIVE_SECONDS` between requests (httpx keeps at most 20 for 5 s by default):
+        a new TLS connection costs the operator more CPU than the request it carries, and the
+        timers' and checks' requests come seconds apart."""
         if self._client is None:
             self._client = _client(
                 httpx2.Limits(
                     max_connections=MAX_CONNECTIONS,
-                    max_keepalive_connections=MAX_CONNECTIONS,
+                    max_keepalive_connections=KEEPALIVE_CONNECTIONS,
                     keepalive_expiry=KEEPALIVE_SECONDS,
                 )
             )
