@@ -334,16 +334,28 @@ class KnowledgeCheck(StrEnum):
 async def check_knowledge(
     client_or_params: AsyncOpenAI | OpenAIParams, state: KnowledgeState
 ) -> KnowledgeCheck:
-    """Whether the store and file recorded in ``status.knowledge`` still exist (two reads).
+    """Whether the store and file recorded in ``status.knowledge`` still exist.
 
     The periodic check calls this; what it finds missing is rebuilt by
-    :func:`ensure_knowledge` (the store is looked up, or created, again).
+    :func:`ensure_knowledge` (the store is looked up, or created, again). One read when the
+    store is as :func:`ensure_knowledge` leaves it (its ``file_counts``: one file, indexed);
+    otherwise the recorded file is read too, to tell a lost file from another one.
     """
     async with session(client_or_params) as s:
-        if await _retrieve_store(s, state.vector_store_id) is None:
+        try:
+            store = await s.call(
+                "read the vector store",
+                lambda: s.client.vector_stores.retrieve(state.vector_store_id),
+            )
+        except NotFoundError:
+            return KnowledgeCheck.STORE_MISSING
+        if getattr(store, "status", None) == "expired":
             return KnowledgeCheck.STORE_MISSING
         if not state.file_id:
             return KnowledgeCheck.FILE_MISSING
+        counts = getattr(store, "file_counts", None)
+        if counts is not None and counts.total == 1 and counts.completed == 1:
+            return KnowledgeCheck.OK
         file_id = state.file_id
         try:
             item = await s.call(
