@@ -8,6 +8,8 @@ something, only the objects with that label: the selector is part of the watch r
 API server sends nothing else. There is no cluster-wide list or watch of Secrets in any mode;
 a namespace's watches stop when no agent there references anything any more, and the label is
 taken off objects no agent references (:func:`whatsapp_operator.reconcile.references.release`).
+Each kind is listed before it is watched, and the latest of each labelled object is kept: the
+passes read referenced objects from here (:meth:`ReferenceWatches.cached`).
 
 A change to an object's data (``data``/``binaryData``; not to its labels or annotations) calls
 ``on_change(kind, namespace, name)``, and so does its deletion or the loss of the label; the
