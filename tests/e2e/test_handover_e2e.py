@@ -7,13 +7,17 @@ with no flags (it finds the local bot and its admin token itself).
   until a person releases the conversation;
 - a staff echo (``smb_message_echoes``) holds the conversation;
 - a hold expires and the bot answers again;
-- ``released conversations reply`` reaches the user through the fake Graph API.
+- ``released conversations reply`` reaches the user through the fake Graph API;
+- a notification receiver that takes the request and never answers does not delay the
+  handover message (the worker's own task waits for it).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import select
+import socket
 import subprocess
 import sys
 import threading
@@ -36,11 +40,23 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 NOTIFY_SECRET = "e2e-notification-secret-0123456789"
 
 
+#: The longest a stalled receiver keeps a request unanswered (the test answers it sooner).
+STALL_LIMIT = 60.0
+
+
 class Receiver:
-    """Collects the handover notifications the worker POSTs (127.0.0.1 only)."""
+    """Collects the handover notifications the worker POSTs (127.0.0.1 only).
+
+    While ``answering`` is clear it takes each request and answers nothing (at most
+    ``STALL_LIMIT`` seconds): a receiver that hangs. ``waiting`` holds the connections of the
+    requests it has not answered yet.
+    """
 
     def __init__(self) -> None:
         self.received: list[tuple[dict[str, str], bytes]] = []
+        self.answering = threading.Event()
+        self.answering.set()
+        self.waiting: dict[str, socket.socket] = {}
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -48,8 +64,16 @@ class Receiver:
                 length = min(int(self.headers.get("Content-Length", "0")), 1_000_000)
                 body = self.rfile.read(length)
                 receiver.received.append(({k.lower(): v for k, v in self.headers.items()}, body))
-                self.send_response(204)
-                self.end_headers()
+                if not receiver.answering.is_set():
+                    user = str(json.loads(body).get("user"))
+                    receiver.waiting[user] = self.connection
+                    receiver.answering.wait(STALL_LIMIT)
+                    receiver.waiting.pop(user, None)
+                try:
+                    self.send_response(204)
+                    self.end_headers()
+                except OSError:  # the worker gave up waiting meanwhile
+                    pass
 
             def log_message(self, *_: Any) -> None:
                 pass
@@ -60,7 +84,11 @@ class Receiver:
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 
+    def bodies(self) -> list[bytes]:
+        return [body for _, body in self.received]
+
     def close(self) -> None:
+        self.answering.set()
         self.server.shutdown()
         self.server.server_close()
 
@@ -255,6 +283,45 @@ def test_a_reply_through_the_cli_reaches_the_user(stack: LocalStack, meta: FakeM
     writes(stack, meta, dani, "Gracias Lucía")
     wait_until(lambda: the_conversation(stack, dani)["heldMessages"] == 1)
     assert sent_to(meta, dani)[-1]["id"] == sent["id"]
+
+
+def closed_by_peer(conn: socket.socket) -> bool:
+    """Whether the other end closed ``conn`` (it sends nothing more on a request it made)."""
+    readable, _, _ = select.select([conn], [], [], 0)
+    if not readable:
+        return False
+    try:
+        return conn.recv(1, socket.MSG_PEEK) == b""
+    except OSError:
+        return True
+
+
+def test_a_receiver_that_never_answers_does_not_delay_the_handover_message(
+    stack: LocalStack, meta: FakeMeta, receiver: Receiver
+) -> None:
+    """The notification is a task of its own: the worker answering the user only queues it.
+
+    The receiver takes the notification's request and answers nothing. The handover message
+    must reach the user while that request is still open, the worker still waiting for its
+    answer: had the answer waited for the POST, it would have gone out only after the POST
+    timed out and its connection closed.
+    """
+    eva = WhatsAppUser(phone="34611000005", name="Eva")
+    receiver.answering.clear()
+    try:
+        asks = writes(stack, meta, eva, "Quiero hablar con una persona")
+        handover = reply_to(meta, asks)
+        assert "passed your conversation to a person" in handover["text"]
+        pending = wait_until(lambda: receiver.waiting.get(eva.phone))
+        assert not closed_by_peer(pending), "the handover message waited for the notification"
+    finally:
+        receiver.answering.set()
+    # Answered at last, the notification is delivered: the same one however many tries it took.
+    notes = wait_until(
+        lambda: [note for note in map(json.loads, receiver.bodies()) if note["user"] == eva.phone]
+    )
+    assert len({note["id"] for note in notes}) == 1 and notes[0]["reason"] == "user_request"
+    assert [m for m in sent_to(meta, eva) if m["context_message_id"] == asks] == [handover]
 
 
 def test_the_admin_api_needs_the_token_and_is_not_the_webhook(stack: LocalStack) -> None:
