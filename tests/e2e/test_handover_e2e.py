@@ -9,11 +9,14 @@ with no flags (it finds the local bot and its admin token itself).
 - a hold expires and the bot answers again;
 - ``released conversations reply`` reaches the user through the fake Graph API;
 - a notification receiver that takes the request and never answers does not delay the
-  handover message (the worker's own task waits for it).
+  handover message (the worker's own task waits for it);
+- the admin API refuses requests without its token, and nothing under ``/webhook`` (what the
+  Ingress routes) reaches it.
 """
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import select
@@ -32,6 +35,7 @@ import pytest
 
 from bot.devstack import LocalStack
 from bot.handover import verify_signature
+from bot.whatsapp.signature import SIGNATURE_HEADER, sign
 from released.fakes import FakeMeta, FakeOpenAI
 from released.fakes.webhooks import WhatsAppUser, message_echo_event, text_message_event
 
@@ -255,13 +259,24 @@ def test_a_hold_expires_and_the_bot_answers_again(stack: LocalStack, meta: FakeM
     carla = WhatsAppUser(phone="34611000003", name="Carla")
     reply_to(meta, writes(stack, meta, carla, "What is Released?"))
     conv = the_conversation(stack, carla)
-    out = released(stack, "conversations", "hold", str(conv["id"]), "--for", "3s",
-                   "--reason", "Lucía")
+    # Held for an hour first, so that the silence is checked with no expiry to race against;
+    # then the person shortens the hold to a few seconds and lets it run out.
+    out = released(
+        stack, "conversations", "hold", str(conv["id"]), "--for", "1h", "--reason", "Lucía"
+    )
     assert "held until" in out and "Lucía" in out
-    # (What a held conversation does with messages: the tests above.)
+    sends = len(sent_to(meta, carla))
+    unanswered = writes(stack, meta, carla, "¿Sigues ahí?")
+    wait_until(lambda: the_conversation(stack, carla)["heldMessages"] == 1)
+    assert len(sent_to(meta, carla)) == sends
+    out = released(stack, "conversations", "hold", str(conv["id"]), "--for", "3s")
+    assert "held until" in out
     wait_until(lambda: the_conversation(stack, carla)["state"] == "bot", timeout=30)
     again = writes(stack, meta, carla, "What is Released?")
     assert "Kubernetes" in reply_to(meta, again)["text"]
+    # What came in while held stays unanswered: the bot does not catch up afterwards.
+    assert not [m for m in sent_to(meta, carla) if m["context_message_id"] == unanswered]
+    assert len(sent_to(meta, carla)) == sends + 1
 
 
 def test_a_reply_through_the_cli_reaches_the_user(stack: LocalStack, meta: FakeMeta) -> None:
@@ -324,15 +339,79 @@ def test_a_receiver_that_never_answers_does_not_delay_the_handover_message(
     assert [m for m in sent_to(meta, eva) if m["context_message_id"] == asks] == [handover]
 
 
-def test_the_admin_api_needs_the_token_and_is_not_the_webhook(stack: LocalStack) -> None:
+def raw_request(
+    web: str, method: str, path: str, headers: dict[str, str], body: bytes = b""
+) -> int:
+    """The status of ``METHOD path`` sent as is (no client normalises ``..`` or ``//``)."""
+    host, port = web.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    try:
+        conn.request(method, path, body=body, headers=headers)
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
+def test_the_admin_api_needs_the_token_and_is_not_the_webhook(
+    stack: LocalStack, meta: FakeMeta
+) -> None:
     web = stack.urls["web"]
-    assert httpx.get(f"{web}/admin/conversations").status_code == 401
-    assert httpx.get(f"{web}/admin/conversations",
-                     headers={"Authorization": "Bearer wrong"}).status_code == 401
     state = json.loads((Path(stack.workdir) / "stack.json").read_text())
     assert (Path(stack.workdir) / "stack.json").stat().st_mode & 0o077 == 0
-    ok = httpx.get(f"{web}/admin/conversations",
-                   headers={"Authorization": f"Bearer {state['admin_token']}"})
-    assert ok.status_code == 200
+    token = state["admin_token"]
+    fran = WhatsAppUser(phone="34611000006", name="Fran")
+    reply_to(meta, writes(stack, meta, fran, "What is Released?"))
+    conv = the_conversation(stack, fran)["id"]
+    sends = len(sent_to(meta, fran))
+    calls = [
+        ("GET", "/admin/conversations", None),
+        ("GET", f"/admin/conversations/{conv}", None),
+        ("POST", f"/admin/conversations/{conv}/hold", {"seconds": 3600}),
+        ("POST", f"/admin/conversations/{conv}/release", None),
+        ("POST", f"/admin/conversations/{conv}/reply", {"text": "Hola, soy Lucía"}),
+    ]
+
+    # No token, a wrong one, another credential of the agent, Meta's signature: refused.
+    body = json.dumps({"seconds": 3600}).encode()
+    refused = [
+        {},
+        {"Authorization": "Bearer wrong"},
+        {"Authorization": f"Basic {token}"},
+        {"Authorization": f"Bearer {stack.env['META_VERIFY_TOKEN']}"},
+        {SIGNATURE_HEADER: sign(body, stack.env["META_APP_SECRET"])},
+    ]
+    for headers in refused:
+        for method, path, payload in calls:
+            response = httpx.request(method, f"{web}{path}", headers=headers, json=payload)
+            assert response.status_code == 401, (headers, method, path)
+            assert response.headers["www-authenticate"] == "Bearer"
+            assert "messages" not in response.text and token not in response.text
+
+    # The Ingress routes the prefix /webhook: nothing under it reaches the admin API, not even
+    # with the token.
+    bearer = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    for path in (
+        f"/webhook/admin/conversations/{conv}/hold",
+        "/webhook/../admin/conversations",
+        "/webhook/%2e%2e/admin/conversations",
+        "/webhook//admin/conversations",
+    ):
+        for method in ("GET", "POST"):
+            status = raw_request(web, method, path, bearer, body)
+            assert status in (404, 405), (method, path, status)
+    # The webhook itself takes Meta's signature, never the admin token.
+    assert httpx.post(f"{web}/webhook", headers=bearer, content=body).status_code == 401
+    verify = httpx.get(
+        f"{web}/webhook",
+        params={"hub.mode": "subscribe", "hub.verify_token": token, "hub.challenge": "42"},
+    )
+    assert verify.status_code == 403
+
+    # None of that held the conversation or said anything to the user.
+    assert the_conversation(stack, fran)["state"] == "bot"
+    assert len(sent_to(meta, fran)) == sends
+    # With the token it works.
+    ok = httpx.get(f"{web}/admin/conversations", headers={"Authorization": f"Bearer {token}"})
+    assert ok.status_code == 200 and conv in [c["id"] for c in ok.json()["conversations"]]
     metrics = httpx.get(f"{web}/metrics").text
     assert "released_conversations_held" in metrics
