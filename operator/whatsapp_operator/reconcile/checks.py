@@ -178,7 +178,7 @@ async def check_outside(agent: Agent) -> Pass | None:
     if agent.status.get("observedGeneration") != agent.generation:
         return None  # a pass is due (or running): it checks the same
     try:
-        inputs = await gather(agent)
+        inputs = await gather(agent, children=False)
     except (InvalidSpec, MissingInput):
         return None  # the next pass reports it
     p = Pass(agent=agent, inputs=inputs, periodic=True)

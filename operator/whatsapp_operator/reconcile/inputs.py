@@ -143,9 +143,10 @@ class Inputs:
         return {name: secret_fingerprint(data) for name, data in self.secrets.items()}
 
 
-async def gather(agent: Agent) -> Inputs:
+async def gather(agent: Agent, *, children: bool = True) -> Inputs:
     """Parse and check the spec, run the preconditions and the tenancy checks, read the FAQs
-    and the Secrets."""
+    and the Secrets; with ``children`` (a pass, not a periodic check, which applies none) also
+    whether ServiceMonitors are served and which children exist (the ownership check)."""
     spec = parse_spec(agent.body.get("spec") or {}, name=agent.name)
     for precondition in PRECONDITIONS:
         problem = precondition(spec, agent.settings)
@@ -162,13 +163,15 @@ async def gather(agent: Agent) -> Inputs:
     inputs = Inputs(spec=spec, faqs=tuple(faqs), secrets=secrets)
     await tenancy.check_meta_secret(agent, inputs)
     await tenancy.check_openai_base_url(agent, inputs)
+    if not children:
+        return inputs
     service_monitor = await agent.kube.servicemonitor_crd_exists(agent.namespace)
-    children = await tenancy.check_ownership(agent, service_monitor=service_monitor)
+    existing = await tenancy.check_ownership(agent, service_monitor=service_monitor)
     return Inputs(
         spec=spec,
         faqs=inputs.faqs,
         secrets=secrets,
-        children=children,
+        children=existing,
         service_monitor=service_monitor,
     )
 

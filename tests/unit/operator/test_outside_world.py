@@ -357,6 +357,24 @@ async def test_an_agent_whose_pass_is_pending_is_not_checked(world: World) -> No
     assert len(world.outside.calls) == calls
 
 
+async def test_a_check_reads_no_child(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The check applies nothing: it neither reads the children (the ownership check of a
+    pass) nor asks whether ServiceMonitors are served."""
+    await ready_agent(world)
+    asked: list[str] = []
+
+    async def servicemonitor_crd_exists(namespace: str) -> bool:
+        asked.append(namespace)
+        return False
+
+    monkeypatch.setattr(world.kube, "servicemonitor_crd_exists", servicemonitor_crd_exists)
+    referenced = {("Secret", "meta"), ("Secret", "openai"), ("Secret", "db")}
+    before = {k: n for k, n in world.kube.reads.items() if k not in referenced}
+    assert await checks.check_outside(world.agent()) is not None
+    assert {k: n for k, n in world.kube.reads.items() if k not in referenced} == before
+    assert asked == []
+
+
 async def test_a_pass_counts_as_a_check(world: World) -> None:
     world.kube.put(agent_body())
     agent = world.agent()
