@@ -25,18 +25,6 @@ import kopf
 
 from .config import get_operator_settings
 
-#: kopf's INFO lines for what runs all the time for every agent (the timer, the Deployment
-#: events): a line per agent per minute and per rollout step says nothing at 1,000 agents and
-#: costs CPU. Failures and retries are still logged; ``--verbose`` keeps everything.
-ROUTINE_MESSAGES = frozenset({"Timer 'periodic' succeeded.", "Handler 'workloads' succeeded."})
-
-
-class RoutineFilter(logging.Filter):
-    """Drops kopf's routine success lines (:data:`ROUTINE_MESSAGES`)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.levelno <= logging.INFO and record.getMessage() in ROUTINE_MESSAGES)
-
 
 def configure_logging(log_format: str, *, verbose: bool = False) -> None:
     """kopf's logging, as JSON lines (``json``) or plain text (anything else)."""
@@ -48,9 +36,6 @@ def configure_logging(log_format: str, *, verbose: bool = False) -> None:
     # quiet otherwise: a line per API request is most of the operator's log and CPU at scale.
     for name in ("urllib3", "httpx", "httpx2", "httpcore"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    if not verbose:
-        for handler in logging.getLogger().handlers:
-            handler.addFilter(RoutineFilter())
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

@@ -56,7 +56,8 @@ class OperatorSettings(BaseSettings):
 
     #: Comma-separated namespaces or glob patterns (``clients-*``) to watch; empty: all.
     namespaces: str = ""
-    #: Seconds between the per-agent timer runs (workloads, rotation).
+    #: Seconds between two wake-ups of an agent's timer, which works only when something is
+    #: due (``reconcile.schedule``: a rollout, a check, a held count, a rotation).
     timer_interval: float = Field(default=60.0, gt=0)
     #: Seconds between two checks of an agent's outside world (model, Meta token, WABA
     #: subscription, vector store): ``reconcile.checks``, run by the timer when due.

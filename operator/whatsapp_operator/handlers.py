@@ -16,9 +16,12 @@ whatsapp_operator``, which also sets up JSON logs and the liveness endpoint). Th
                            (:class:`.watching.ChildWatches`): a pass knows which exist and how
                            they were applied without reading them, and a Deployment's change
                            refreshes the agent's ``WorkloadsReady`` (``workloads_changed``).
-- ``periodic``             a timer per agent: refresh ``WorkloadsReady`` while a rollout is
-                           under way, check the outside world when due
-                           (:mod:`.reconcile.checks`), rotate credentials.
+- ``periodic``             a daemon per agent that wakes every ``RELEASED_TIMER_INTERVAL``
+                           seconds and, only when something is due
+                           (:mod:`.reconcile.schedule`), refreshes ``WorkloadsReady`` while a
+                           rollout is under way, checks the outside world
+                           (:mod:`.reconcile.checks`), counts held conversations, rotates
+                           credentials.
 - ``validate-agent``       the validating admission handler (see :mod:`.admission`).
 
 A domain :class:`~whatsapp_operator.errors.TemporaryError` becomes ``kopf.TemporaryError`` with
@@ -51,8 +54,8 @@ from . import (
 from . import status as st
 from .admission import configure_admission, register_admission_handler
 from .config import get_operator_settings
-from .errors import TemporaryError
-from .reconcile import checks
+from .errors import ReleasedError, TemporaryError
+from .reconcile import checks, schedule
 from .reconcile.cleanup import cleanup as cleanup_agent
 from .reconcile.context import Agent, backoff
 from .reconcile.inputs import referenced_names
@@ -75,7 +78,6 @@ KOPF_PREFIX = f"kopf.{GROUP}"
 
 #: The per-agent timer; ``RELEASED_TIMER_INTERVAL`` (seconds) shortens it for tests and demos.
 TIMER_INTERVAL = get_operator_settings().timer_interval
-TIMER_IDLE = min(15.0, TIMER_INTERVAL / 2)
 #: Deployment events of one agent arriving within this many seconds are handled once.
 WORKLOAD_EVENTS_SETTLE = 0.5
 
@@ -259,19 +261,40 @@ async def workloads_changed(namespace: str, agent: str) -> None:
         logger.warning("could not refresh workloads of %s/%s: %s", namespace, agent, exc)
 
 
-@kopf.timer(GROUP, VERSION, PLURAL, id="periodic", interval=TIMER_INTERVAL, idle=TIMER_IDLE)
-async def periodic(body: kopf.Body, namespace: str | None, name: str, **_: Any) -> None:
+@kopf.daemon(GROUP, VERSION, PLURAL, id="periodic", cancellation_timeout=10.0)
+async def periodic(
+    stopped: kopf.DaemonStopped, body: kopf.Body, namespace: str | None, name: str, **_: Any
+) -> None:
+    """The agent's timer: wake every ``RELEASED_TIMER_INTERVAL`` seconds and run :func:`tick`
+    when :func:`.reconcile.schedule.work_due` says there is something to do (the body is kopf's
+    live view of the agent). An agent with nothing due costs a wake-up: no kopf handler run, no
+    request. A tick that asks for a retry (:class:`TemporaryError`) is run again after its
+    delay."""
+    settings = get_operator_settings()
+    delay = TIMER_INTERVAL
+    while not stopped:
+        await stopped.wait(delay)
+        delay = TIMER_INTERVAL
+        if stopped or not schedule.work_due(body, settings):
+            continue
+        try:
+            await tick(body=body, namespace=namespace, name=name)
+        except TemporaryError as exc:
+            logger.warning("timer of %s/%s: %s", namespace, name, exc.message)
+            delay = exc.delay
+        except (kube.KubeError, ReleasedError) as exc:
+            logger.warning("timer of %s/%s: %s", namespace, name, exc)
+
+
+async def tick(body: Mapping[str, Any], namespace: str | None, name: str) -> None:
     """Refresh ``WorkloadsReady`` from the Deployments while it is not ``True`` after a first
     pass (a rollout under way; Deployment events refresh it too); check the outside world
     (model, Meta account, WABA subscription, vector store) when due; count held conversations
-    when due (``spec.handover``); rotate credentials when due. An agent with nothing due costs
-    no request."""
+    when due; rotate credentials when due. Raises :class:`TemporaryError` when a rotation step
+    asks to be retried."""
     if body["metadata"].get("deletionTimestamp") or not namespace:
         return
-    status = body.get("status") or {}
-    settled = st.get_condition(status, st.WORKLOADS_READY)
-    # Before its first pass an agent has nothing rolled out: the pass reads the Deployments.
-    if status.get("observedGeneration") and (settled is None or settled.get("status") != "True"):
+    if schedule.rollout_pending(body):
         try:
             await workloads.refresh(
                 kube.shared(), namespace, name, st.KopfEvents, children=_state.children
@@ -279,7 +302,7 @@ async def periodic(body: kopf.Body, namespace: str | None, name: str, **_: Any) 
         except (kube.KubeError, TemporaryError) as exc:
             logger.warning("could not refresh workloads of %s/%s: %s", namespace, name, exc)
     elif workloads.webhook_stalled(body):
-        await _retry_with_kopf(request_reconcile(kube.shared(), namespace, name))
+        await request_reconcile(kube.shared(), namespace, name)
     agent = _agent(body)
     if checks.due(agent.uid, agent.settings.check_interval):
         try:
@@ -291,4 +314,4 @@ async def periodic(body: kopf.Body, namespace: str | None, name: str, **_: Any) 
             await checks.count_held(agent)
         except (kube.KubeError, TemporaryError) as exc:
             logger.warning("could not count held conversations of %s/%s: %s", namespace, name, exc)
-    await _retry_with_kopf(rotate_if_due(agent))
+    await rotate_if_due(agent)

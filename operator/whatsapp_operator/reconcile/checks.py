@@ -75,14 +75,15 @@ def forget(uid: str) -> None:
     handover.forget(uid)
 
 
-def held_due(uid: str, interval: float, now: float | None = None) -> bool:
+def held_due(uid: str, interval: float, now: float | None = None, *, mark: bool = True) -> bool:
     """Whether the agent's held conversations are to be counted now (the first time at once);
-    marks them counted when so."""
+    marks them counted when so, unless ``mark`` is false (only asking)."""
     now = time.monotonic() if now is None else now
     last = _last_counted.get(uid)
     if last is not None and now - last < interval:
         return False
-    _last_counted[uid] = now
+    if mark:
+        _last_counted[uid] = now
     return True
 
 

@@ -154,7 +154,7 @@ async def test_deployment_events_of_one_agent_are_coalesced(
     assert refreshed == [(NS, "acme"), (NS, "acme")]
 
 
-async def test_the_timer_refreshes_and_rotates(
+async def test_a_tick_refreshes_and_rotates(
     shared: FakeKube, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls: list[str] = []
@@ -175,17 +175,17 @@ async def test_the_timer_refreshes_and_rotates(
     monkeypatch.setattr(handlers.checks, "check_outside", check_outside)
     body = agent_body()
     body["metadata"]["uid"] = "uid-timer"
-    await handlers.periodic(body=body, namespace=NS, name="acme")  # no pass yet: nothing read
+    await handlers.tick(body=body, namespace=NS, name="acme")  # no pass yet: nothing read
     body["status"] = {"observedGeneration": 1}
     handlers.checks.mark_checked("uid-timer", now=0.0)  # checked long ago
-    await handlers.periodic(body=body, namespace=NS, name="acme")
+    await handlers.tick(body=body, namespace=NS, name="acme")
     # The outside world is checked once per check interval, not on every tick.
-    await handlers.periodic(body=body, namespace=NS, name="acme")
+    await handlers.tick(body=body, namespace=NS, name="acme")
     # Rolled out: the Deployment events keep it so, the timer reads nothing.
     body["status"]["conditions"] = [{"type": "WorkloadsReady", "status": "True"}]
-    await handlers.periodic(body=body, namespace=NS, name="acme")
+    await handlers.tick(body=body, namespace=NS, name="acme")
     body["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
-    await handlers.periodic(body=body, namespace=NS, name="acme")
+    await handlers.tick(body=body, namespace=NS, name="acme")
     assert calls == [
         "rotate acme",
         "refresh",
@@ -213,3 +213,41 @@ async def test_startup_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.persistence.finalizer == "whatsapp.released.io/cleanup"
     assert settings.posting.reporting_component == "released-operator"
     assert settings.watching.server_timeout == 300
+
+
+class Stopped:
+    """kopf's ``stopped`` flag of a daemon: set after ``wakes`` wake-ups; records the waits."""
+
+    def __init__(self, wakes: int) -> None:
+        self.wakes = wakes
+        self.waits: list[float | None] = []
+
+    def __bool__(self) -> bool:
+        return len(self.waits) > self.wakes
+
+    async def wait(self, timeout: float | None = None) -> Stopped:
+        self.waits.append(timeout)
+        return self
+
+
+async def test_the_timer_ticks_only_when_something_is_due(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    due = iter([False, True, True, False])
+    outcomes: list[Exception | None] = [TemporaryError("rotation step", delay=5.0), None]
+    ticks: list[str] = []
+
+    async def tick(body: Any, namespace: str | None, name: str) -> None:
+        ticks.append(name)
+        outcome = outcomes.pop(0)
+        if outcome is not None:
+            raise outcome
+
+    monkeypatch.setattr(handlers, "tick", tick)
+    monkeypatch.setattr(handlers.schedule, "work_due", lambda body, settings: next(due))
+    stopped = Stopped(wakes=4)
+    await handlers.periodic(stopped=stopped, body=agent_body(), namespace=NS, name="acme")
+    # Four wake-ups, two of them with work due; the failed tick is retried after its delay.
+    assert ticks == ["acme", "acme"]
+    interval = handlers.TIMER_INTERVAL
+    assert stopped.waits == [interval, interval, 5.0, interval, interval]
