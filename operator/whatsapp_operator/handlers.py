@@ -309,7 +309,7 @@ async def tick(body: Mapping[str, Any], namespace: str | None, name: str) -> Non
             await checks.check_outside(agent)
         except (kube.KubeError, TemporaryError) as exc:
             logger.warning("could not check %s/%s: %s", namespace, name, exc)
-    if checks.held_due(agent.uid, agent.settings.handover_count_interval):
+    if checks.held_due(agent.uid, checks.held_interval(body, agent.settings)):
         try:
             await checks.count_held(agent)
         except (kube.KubeError, TemporaryError) as exc:

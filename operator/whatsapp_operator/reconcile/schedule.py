@@ -10,8 +10,9 @@ this says yes. It answers yes for:
 - a rollout under way (``WorkloadsReady`` not ``True`` after a first pass) or a webhook that
   waits for workloads the status says are ready (:func:`.parts.workloads.webhook_stalled`);
 - the outside world's check when due (:func:`.checks.due`);
-- the count of held conversations when due and there is something to count: the operator
-  provisions databases (a shared PostgreSQL is configured) or the spec asks for a handover;
+- the count of held conversations when due (:func:`.checks.held_interval`) and there is
+  something to count: the operator provisions databases (a shared PostgreSQL is configured) or
+  the spec asks for a handover;
 - a credential rotation in progress, or due by the status's rotation record.
 """
 
@@ -73,7 +74,7 @@ def work_due(
         return True
     spec = body.get("spec") or {}
     if counts_held(spec, settings) and checks.held_due(
-        uid, settings.handover_count_interval, now=now, mark=False
+        uid, checks.held_interval(body, settings), now=now, mark=False
     ):
         return True
     return rotation_due(body, wall or dt.datetime.now(dt.UTC))

@@ -75,9 +75,26 @@ def test_held_conversations_are_counted_only_where_there_is_something_to_count()
     assert checks.held_due(UID, SETTINGS.handover_count_interval, now=1000.0)  # the tick counts
     assert not due(handing_over, now=1030.0)
     assert due(handing_over, now=1060.0)
-    # A shared PostgreSQL: every agent whose database the operator provisioned is counted.
+    # A shared PostgreSQL: every agent whose database the operator provisioned is counted
+    # (the first time at once).
+    checks.forget(UID)
+    checks.mark_checked(UID, now=900.0)
     shared = SETTINGS.model_copy(update={"postgres_admin_url": "postgresql://admin:pw@db/x"})
+    assert not due(settled(database=None), now=1060.0)
     assert due(settled(database=None), now=1060.0, settings=shared)
+
+
+def test_without_handover_or_holds_the_count_comes_with_the_checks() -> None:
+    shared = SETTINGS.model_copy(update={"postgres_admin_url": "postgresql://admin:pw@db/x"})
+    body = settled(database=None)
+    checks.mark_checked(UID, now=900.0)
+    assert checks.held_due(UID, 60.0, now=1000.0)  # counted: nothing held
+    # No spec.handover and nothing held: counted again once per check interval, not per minute.
+    assert not due(body, now=1100.0, settings=shared)
+    assert due(body, now=1000.0 + SETTINGS.check_interval, settings=shared)
+    # Staff hold a conversation (the count found it): counted every minute until it ends.
+    body["status"]["handover"] = {"held": 1}
+    assert due(body, now=1100.0, settings=shared)
 
 
 def test_a_rotation_is_due_when_its_time_has_come_or_it_is_under_way() -> None:
