@@ -100,7 +100,9 @@ async def list_conversations(
 ) -> dict[str, Any]:
     """``GET /admin/conversations``."""
     async with session_scope(settings) as session:
-        rows = await holds.list_conversations(session, state, limit)
+        rows = await holds.list_conversations(
+            session, state, limit, retention_days=settings.retention_days
+        )
     return {
         "conversations": [
             conversation_json(

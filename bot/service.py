@@ -625,7 +625,11 @@ async def _compose(
         return Answer(plan.text, "canned")
     async with session_scope(rt.settings) as session:
         history = await repo.history(
-            session, conversation_id, rt.settings.history_turns, before_message_id=message_id
+            session,
+            conversation_id,
+            rt.settings.history_turns,
+            before_message_id=message_id,
+            retention_days=rt.settings.retention_days,
         )
     return await compose_answer(
         plan.question,

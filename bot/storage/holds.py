@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import func, or_, update
+from sqlalchemy import func, or_, true, update
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -180,16 +180,27 @@ class ConversationSummary:
 
 
 async def list_conversations(
-    session: AsyncSession, state: StateFilter = "all", limit: int = 100
+    session: AsyncSession,
+    state: StateFilter = "all",
+    limit: int = 100,
+    *,
+    retention_days: int | None = None,
 ) -> list[ConversationSummary]:
-    """Conversations, the most recently active first; ``held``: held now, ``bot``: not."""
+    """Conversations, the most recently active first; ``held``: held now, ``bot``: not. With
+    ``retention_days`` the counts and times cover only the messages within retention."""
     now = utcnow()
+    kept = (
+        col(Message.created_at) >= retention_cutoff(retention_days)
+        if retention_days is not None
+        else true()
+    )
     stats = (
         select(
             col(Message.conversation_id).label("cid"),
             func.count().label("messages"),
             func.max(Message.created_at).label("last_at"),
         )
+        .where(kept)
         .group_by(col(Message.conversation_id))
         .subquery()
     )
@@ -198,7 +209,7 @@ async def list_conversations(
             col(Message.conversation_id).label("cid"),
             func.max(Message.created_at).label("last_in"),
         )
-        .where(col(Message.direction) == Direction.INBOUND.value)
+        .where(col(Message.direction) == Direction.INBOUND.value, kept)
         .group_by(col(Message.conversation_id))
         .subquery()
     )

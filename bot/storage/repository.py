@@ -337,11 +337,14 @@ async def history(
     turns: int,
     *,
     before_message_id: int | None = None,
+    retention_days: int | None = None,
 ) -> list[Message]:
     """The last ``turns`` messages of a conversation with text, oldest first.
 
     ``before_message_id`` excludes that message and later ones (the message being answered);
-    failed replies are left out: the user never saw them.
+    failed replies are left out: the user never saw them. With ``retention_days`` a message
+    past retention is left out too, though the hourly purge has not deleted it yet: the model
+    never reads what should be gone.
     """
     if turns <= 0:
         return []
@@ -350,6 +353,8 @@ async def history(
         col(Message.text).is_not(None),
         col(Message.status) != MessageStatus.FAILED.value,
     )
+    if retention_days is not None:
+        stmt = stmt.where(col(Message.created_at) >= retention_cutoff(retention_days))
     if before_message_id is not None:
         stmt = stmt.where(col(Message.id) < before_message_id)
     stmt = stmt.order_by(col(Message.created_at).desc(), col(Message.id).desc()).limit(turns)

@@ -84,6 +84,29 @@ def test_history_is_sent_to_the_model(settings: Settings, oai: FakeOpenAI) -> No
     assert last[1]["content"] == "Monday to Friday, 9:00 to 18:00."
 
 
+def test_messages_past_retention_are_not_sent_to_the_model(
+    settings: Settings, oai: FakeOpenAI
+) -> None:
+    """Before the hourly purge deletes them, messages past retention are still stored: the
+    model is not given them."""
+    process(inbound("wamid.RH1"))
+
+    async def age() -> None:
+        async with session_scope(settings) as session:
+            question = await repo.get_message(session, "wamid.RH1")
+            answer = await repo.find_reply(session, "wamid.RH1")
+            for msg in (question, answer):
+                assert msg is not None
+                msg.created_at = datetime.now(UTC) - timedelta(days=settings.retention_days + 1)
+                session.add(msg)
+
+    tasks.run_async(age())
+    process(inbound("wamid.RH2", "How long do you keep messages?"))
+    last = oai.response_requests()[-1]["input"]
+    assert [m["role"] for m in last] == ["user"]
+    assert stored(settings, "wamid.RH1") is not None  # not purged yet: left out all the same
+
+
 def test_model_failures_fall_back_to_the_faq(
     settings: Settings, meta: FakeMeta, oai: FakeOpenAI
 ) -> None:

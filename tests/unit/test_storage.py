@@ -249,11 +249,31 @@ async def test_messages_of_leaves_out_what_is_past_retention(settings: Settings)
         assert [m.text for m in last] == ["from today"]
         longer = await holds.messages_of(session, conversation_id, retention_days=30)
         assert [m.text for m in longer] == ["from 15 days ago", "from yesterday", "from today"]
+        # The list counts what a person can see: two messages, the last inbound today.
+        (listed,) = await holds.list_conversations(session, retention_days=14)
+        assert listed.messages == 2 and listed.last_inbound_at is not None
+        assert listed.last_inbound_at > datetime.now(UTC) - timedelta(hours=1)
+        (everything,) = await holds.list_conversations(session)
+        assert everything.messages == 3
         # The purge's cut-off is the same: it deletes exactly what was left out.
         assert await repo.purge_older_than(session, 14) == 1
     async with session_scope(settings) as session:
         kept = await holds.messages_of(session, conversation_id, retention_days=30)
         assert [m.text for m in kept] == ["from yesterday", "from today"]
+
+
+async def test_the_models_history_leaves_out_what_is_past_retention(settings: Settings) -> None:
+    async with session_scope(settings) as session:
+        old = await repo.record_inbound(session, inbound("wamid.m-old", "from 15 days ago"))
+        await repo.record_inbound(session, inbound("wamid.m-now", "from today"))
+        conversation_id = old.conversation.id or 0
+        old.message.created_at = datetime.now(UTC) - timedelta(days=15)
+        session.add(old.message)
+    async with session_scope(settings) as session:
+        within = await repo.history(session, conversation_id, 10, retention_days=14)
+        assert [m.text for m in within] == ["from today"]
+        everything = await repo.history(session, conversation_id, 10)
+        assert [m.text for m in everything] == ["from 15 days ago", "from today"]
 
 
 async def test_message_model_defaults() -> None:
