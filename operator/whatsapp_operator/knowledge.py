@@ -44,6 +44,7 @@ from whatsapp_operator.openai_api import (
     OpenAIParams,
     Session,
     error_code,
+    read,
     session,
 )
 
@@ -331,43 +332,38 @@ class KnowledgeCheck(StrEnum):
     FILE_MISSING = "file_missing"
 
 
-async def check_knowledge(
-    client_or_params: AsyncOpenAI | OpenAIParams, state: KnowledgeState
-) -> KnowledgeCheck:
+async def check_knowledge(params: OpenAIParams, state: KnowledgeState) -> KnowledgeCheck:
     """Whether the store and file recorded in ``status.knowledge`` still exist.
 
-    The periodic check calls this; what it finds missing is rebuilt by
+    The periodic check calls this for every agent every check interval, so it reads with
+    :func:`~whatsapp_operator.openai_api.read` (no SDK); what it finds missing is rebuilt by
     :func:`ensure_knowledge` (the store is looked up, or created, again). One read when the
     store is as :func:`ensure_knowledge` leaves it (its ``file_counts``: one file, indexed);
     otherwise the recorded file is read too, to tell a lost file from another one.
     """
-    async with session(client_or_params) as s:
-        try:
-            store = await s.call(
-                "read the vector store",
-                lambda: s.client.vector_stores.retrieve(state.vector_store_id),
-            )
-        except NotFoundError:
-            return KnowledgeCheck.STORE_MISSING
-        if getattr(store, "status", None) == "expired":
-            return KnowledgeCheck.STORE_MISSING
-        if not state.file_id:
-            return KnowledgeCheck.FILE_MISSING
-        counts = getattr(store, "file_counts", None)
-        if counts is not None and counts.total == 1 and counts.completed == 1:
-            return KnowledgeCheck.OK
-        file_id = state.file_id
-        try:
-            item = await s.call(
-                "read the FAQ file of the vector store",
-                lambda: s.client.vector_stores.files.retrieve(
-                    file_id, vector_store_id=state.vector_store_id
-                ),
-            )
-        except NotFoundError:
-            return KnowledgeCheck.FILE_MISSING
-        if getattr(item, "status", "completed") in ("failed", "cancelled"):
-            return KnowledgeCheck.FILE_MISSING
+    try:
+        store = await read(
+            params, "read the vector store", f"vector_stores/{state.vector_store_id}"
+        )
+    except NotFoundError:
+        return KnowledgeCheck.STORE_MISSING
+    if store.get("status") == "expired":
+        return KnowledgeCheck.STORE_MISSING
+    if not state.file_id:
+        return KnowledgeCheck.FILE_MISSING
+    counts = store.get("file_counts") or {}
+    if counts.get("total") == 1 and counts.get("completed") == 1:
+        return KnowledgeCheck.OK
+    try:
+        item = await read(
+            params,
+            "read the FAQ file of the vector store",
+            f"vector_stores/{state.vector_store_id}/files/{state.file_id}",
+        )
+    except NotFoundError:
+        return KnowledgeCheck.FILE_MISSING
+    if item.get("status", "completed") in ("failed", "cancelled"):
+        return KnowledgeCheck.FILE_MISSING
     return KnowledgeCheck.OK
 
 

@@ -6,6 +6,8 @@
   :mod:`whatsapp_operator.retrying`, with an explicit ``httpx`` timeout.
 - :func:`session` / :class:`Session`: ``await s.call("upload the FAQ file", lambda: ...)`` runs
   one SDK call under that policy and turns the SDK's exceptions into domain errors.
+- :func:`read`: one ``GET`` without the SDK, under the same policy (the periodic check's
+  reads, made for every agent every interval).
 - :func:`domain_error`: what an SDK exception means, decided by
   :mod:`released.providers.openai` (the bot's client decides with it too): no answer, 5xx and
   429 are :class:`~whatsapp_operator.errors.TemporaryError` (retried at once, except a 429 for
@@ -59,19 +61,26 @@ class OpenAIParams(BaseModel):
     def retry_policy(self) -> RetryPolicy:
         return RetryPolicy(attempts=self.max_retries + 1)
 
-    def client(self) -> AsyncOpenAI:
-        """An ``AsyncOpenAI`` client for these parameters, over the operator's shared
-        connection pool for its URL (:mod:`whatsapp_operator.http_clients`): do not close it."""
+    @property
+    def http_timeout(self) -> httpx.Timeout:
+        return httpx.Timeout(self.timeout, connect=min(CONNECT_TIMEOUT, self.timeout))
+
+    def http_client(self) -> httpx.AsyncClient:
+        """The operator's shared connection pool for this URL
+        (:mod:`whatsapp_operator.http_clients`): do not close it."""
         if self.policy is not None:
-            http_client = http_clients.guarded(self.policy)
-        else:
-            http_client = http_clients.openai()
+            return http_clients.guarded(self.policy)
+        return http_clients.openai()
+
+    def client(self) -> AsyncOpenAI:
+        """An ``AsyncOpenAI`` client for these parameters, over :meth:`http_client`: do not
+        close it."""
         return AsyncOpenAI(
             api_key=self.api_key.get_secret_value(),
             base_url=self.base_url,
-            timeout=httpx.Timeout(self.timeout, connect=min(CONNECT_TIMEOUT, self.timeout)),
+            timeout=self.http_timeout,
             max_retries=0,
-            http_client=http_client,
+            http_client=self.http_client(),
         )
 
 
@@ -94,14 +103,22 @@ def domain_error(exc: BaseException, action: str) -> ReleasedError:
     The message carries the HTTP status and OpenAI's error code only (never text from the
     body: the server may be the tenant's).
     """
-    info = openai_policy.from_exception(exc)
+    return error_from_info(
+        openai_policy.from_exception(exc), action, timed_out=isinstance(exc, openai.APITimeoutError)
+    )
+
+
+def error_from_info(
+    info: openai_policy.OpenAIErrorInfo, action: str, *, timed_out: bool = False
+) -> ReleasedError:
+    """The operator's error for a parsed OpenAI error (see :func:`domain_error`)."""
     kind = info.kind
     code = info.code if info.code and ERROR_CODE.match(info.code) else None
     common: dict[str, Any] = {"service": SERVICE, "kind": kind.value, "code": code}
     if info.status is None:
         message = (
             f"OpenAI did not answer in time while trying to {action}"
-            if isinstance(exc, openai.APITimeoutError)
+            if timed_out
             else f"cannot reach OpenAI to {action}"
         )
         return TemporaryError(
@@ -170,3 +187,45 @@ async def session(client_or_params: AsyncOpenAI | OpenAIParams) -> AsyncIterator
         yield Session(client_or_params, DEFAULT_POLICY)
         return
     yield Session(client_or_params.client(), client_or_params.retry_policy)
+
+
+async def read(params: OpenAIParams, action: str, path: str) -> dict[str, Any]:
+    """``GET {base_url}/{path}`` as a JSON object under the parameters' retry policy, without
+    the SDK; errors mean what the SDK's do (:func:`error_from_info`).
+
+    For the periodic check's reads, made for every agent every check interval: the SDK builds
+    a request through several layers, about twice the CPU of the request itself
+    (``tests/bench/README.md``, "At rest").
+    """
+    url = f"{params.base_url.rstrip('/')}/{path.lstrip('/')}"
+    headers = {
+        "Authorization": f"Bearer {params.api_key.get_secret_value()}",
+        "OpenAI-Beta": "assistants=v2",  # what the SDK sends for vector stores
+    }
+
+    async def once() -> dict[str, Any]:
+        try:
+            response = await params.http_client().get(
+                url, headers=headers, timeout=params.http_timeout
+            )
+        except httpx.TimeoutException:
+            info = openai_policy.OpenAIErrorInfo(
+                status=None, kind=openai_policy.ErrorKind.TEMPORARY, code="timeout"
+            )
+            raise error_from_info(info, action, timed_out=True) from None
+        except httpx.HTTPError:
+            info = openai_policy.OpenAIErrorInfo(
+                status=None, kind=openai_policy.ErrorKind.TEMPORARY, code="connection_error"
+            )
+            raise error_from_info(info, action) from None
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if response.status_code >= 400 or not isinstance(body, dict):
+            status = response.status_code if response.status_code >= 400 else 502
+            info = openai_policy.parse_error(status, body, response.headers)
+            raise error_from_info(info, action)
+        return body
+
+    return await call_with_retries(once, params.retry_policy)

@@ -248,3 +248,39 @@ async def test_unreachable_is_retryable() -> None:
 async def test_no_faqs_is_permanent(params: kn.OpenAIParams) -> None:
     with pytest.raises(PermanentError):
         await kn.ensure_knowledge(params, AGENT, [], None)
+
+
+# -- the periodic check's reads (openai_api.read, no SDK): errors mean what the SDK's do ------
+
+
+async def test_the_checks_reads_retry_server_errors_and_keep_the_key_out(
+    fake: FakeOpenAI, params: kn.OpenAIParams
+) -> None:
+    state = await kn.ensure_knowledge(params, AGENT, FAQS, None)
+    before = len(fake.requests())
+    fake.script_errors(["server_error", "server_error", "server_error"])
+    with pytest.raises(TemporaryError) as excinfo:
+        await kn.check_knowledge(params, state)
+    assert excinfo.value.reason == "OpenAIUnavailable" and "HTTP 500" in str(excinfo.value)
+    assert DEFAULT_API_KEY not in str(excinfo.value)
+    assert len(fake.requests()[before:]) == 3  # the operator's policy: three tries
+    fake.script_errors(["bad_gateway"])
+    assert await kn.check_knowledge(params, state) is kn.KnowledgeCheck.OK
+
+
+async def test_the_checks_reads_tell_a_bad_key_and_an_unreachable_server(
+    fake: FakeOpenAI, params: kn.OpenAIParams
+) -> None:
+    state = await kn.ensure_knowledge(params, AGENT, FAQS, None)
+    wrong = "sk-wrong-key-0123456789abcdef"
+    bad_key = params.model_copy(update={"api_key": SecretStr(wrong)})
+    with pytest.raises(PermanentError) as excinfo:
+        await kn.check_knowledge(bad_key, state)
+    assert excinfo.value.reason == "OpenAIAuthFailed"
+    assert wrong not in str(excinfo.value) and "0123456789" not in str(excinfo.value)
+    gone = params.model_copy(
+        update={"base_url": f"http://127.0.0.1:{free_port()}/v1", "max_retries": 0}
+    )
+    with pytest.raises(TemporaryError) as unreachable:
+        await kn.check_knowledge(gone, state)
+    assert "cannot reach OpenAI" in str(unreachable.value)
