@@ -13,7 +13,7 @@ this says yes. It answers yes for:
 - the count of held conversations when due (:func:`.checks.held_interval`) and there is
   something to count: the operator provisions databases (a shared PostgreSQL is configured) or
   the spec asks for a handover;
-- a credential rotation in progress, or due by the status's rotation record.
+- a credential rotation under way, or due by the status's ``nextRotation``.
 """
 
 from __future__ import annotations
@@ -21,8 +21,6 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Mapping
 from typing import Any
-
-from released.agent.validation import InvalidSpec, parse_spec
 
 from .. import rotation as rot
 from .. import status as st
@@ -45,14 +43,14 @@ def counts_held(spec: Mapping[str, Any], settings: OperatorSettings) -> bool:
     return settings.postgres_admin_url is not None or spec.get("handover") is not None
 
 
-def rotation_due(body: Mapping[str, Any], now: dt.datetime) -> bool:
-    """Whether a rotation is in progress or due (an unparsable spec: never)."""
-    try:
-        spec = parse_spec(body.get("spec") or {}, check=False)
-    except InvalidSpec:
-        return False
-    state = rot.RotationState.from_status(body.get("status"), spec.rotation.interval_timedelta)
-    return rot.is_due(state, now)
+def rotation_due(status: Mapping[str, Any], now: dt.datetime) -> bool:
+    """Whether a rotation is under way or its time has come, by the status: each pass writes
+    ``nextRotation`` from the spec's interval (so this parses no spec on every wake-up)."""
+    phase = (status.get("rotation") or {}).get("phase")
+    if phase and phase != rot.RotationPhase.IDLE:
+        return True
+    due = rot.parse_time(status.get("nextRotation"))
+    return due is not None and now >= due
 
 
 def work_due(
@@ -77,4 +75,4 @@ def work_due(
         uid, checks.held_interval(body, settings), now=now, mark=False
     ):
         return True
-    return rotation_due(body, wall or dt.datetime.now(dt.UTC))
+    return rotation_due(body.get("status") or {}, wall or dt.datetime.now(dt.UTC))

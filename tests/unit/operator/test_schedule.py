@@ -100,9 +100,11 @@ def test_without_handover_or_holds_the_count_comes_with_the_checks() -> None:
 def test_a_rotation_is_due_when_its_time_has_come_or_it_is_under_way() -> None:
     body = settled()
     checks.mark_checked(UID, now=900.0)
-    body["status"]["lastRotation"] = "2026-10-01T11:00:00Z"  # 63 days ago, 60-day interval
+    # The status says when: each pass writes nextRotation from the spec's interval.
+    body["status"]["nextRotation"] = "2026-12-03T11:59:59Z"
     assert due(body)
-    body["status"]["lastRotation"] = "2026-12-03T11:00:00Z"
+    body["status"]["nextRotation"] = "2026-12-03T12:00:01Z"
+    assert not due(body)
     body["status"]["rotation"] = {
         "phase": "Started",
         "rotationId": "r1",
